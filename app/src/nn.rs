@@ -1,0 +1,247 @@
+//! burn modules built from a `kernels::ModelSpec`, so no architecture is written twice.
+//!
+//! [`BurnModel`] mirrors the spec layer for layer. Training adds a batch-norm after each conv
+//! (folded back into the conv at export); inference from a `kernels::Model` has none.
+//!
+//! # Shapes
+//! Input `[batch, channels, height, width]` (normalised as `kernels::reference::preprocess`
+//! defines), logits `[batch, classes]`.
+
+use anyhow::Context as _;
+use burn::module::{Module, Param};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d, Relu};
+use burn::tensor::{Device, Tensor, TensorData, activation};
+use kernels::{GpuContext, Layer, ModelSpec};
+
+/// A convolution, optionally followed by batch-norm (training only; folded at export).
+#[derive(Module, Debug)]
+pub struct ConvBlock {
+    /// The convolution.
+    pub conv: Conv2d,
+    /// Batch-norm after it, if the preset trains with one.
+    pub bn: Option<BatchNorm>,
+}
+
+/// Global average pool: `[n, c, h, w]` → `[n, c, 1, 1]`.
+#[derive(Module, Debug, Default)]
+pub struct GlobalAvgPool;
+
+/// One layer of a [`BurnModel`], matching one `kernels::Layer`.
+#[derive(Module, Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum Block {
+    /// `Layer::Conv2d`.
+    Conv(ConvBlock),
+    /// `Layer::Relu`.
+    Relu(Relu),
+    /// `Layer::MaxPool2d`.
+    MaxPool(MaxPool2d),
+    /// `Layer::GlobalAvgPool`.
+    GlobalAvgPool(GlobalAvgPool),
+    /// `Layer::Linear`.
+    Linear(Linear),
+}
+
+/// A CNN built from a [`ModelSpec`].
+#[derive(Module, Debug)]
+pub struct BurnModel {
+    /// The layers, in spec order.
+    pub blocks: Vec<Block>,
+}
+
+impl BurnModel {
+    /// Freshly initialised layers for `spec`; `batch_norm` adds a batch-norm after every conv.
+    pub fn init(spec: &ModelSpec, batch_norm: bool, device: &Device) -> anyhow::Result<Self> {
+        spec.validate()?;
+        let blocks = spec
+            .layers
+            .iter()
+            .map(|l| match *l {
+                Layer::Conv2d {
+                    in_channels,
+                    out_channels,
+                    kernel,
+                    stride,
+                    padding,
+                } => Block::Conv(ConvBlock {
+                    conv: Conv2dConfig::new(
+                        [in_channels as usize, out_channels as usize],
+                        [kernel as usize; 2],
+                    )
+                    .with_stride([stride as usize; 2])
+                    .with_padding(PaddingConfig2d::Explicit(
+                        padding as usize,
+                        padding as usize,
+                        padding as usize,
+                        padding as usize,
+                    ))
+                    .with_bias(true)
+                    .init(device),
+                    bn: batch_norm
+                        .then(|| BatchNormConfig::new(out_channels as usize).init(device)),
+                }),
+                Layer::Relu => Block::Relu(Relu::new()),
+                Layer::MaxPool2d { kernel, stride } => Block::MaxPool(
+                    MaxPool2dConfig::new([kernel as usize; 2])
+                        .with_strides([stride as usize; 2])
+                        .init(),
+                ),
+                Layer::GlobalAvgPool => Block::GlobalAvgPool(GlobalAvgPool),
+                Layer::Linear {
+                    in_features,
+                    out_features,
+                } => Block::Linear(
+                    LinearConfig::new(in_features as usize, out_features as usize).init(device),
+                ),
+            })
+            .collect();
+        Ok(Self { blocks })
+    }
+
+    /// The same network with the weights of a `kernels::Model` (no batch-norm).
+    pub fn from_model(model: &kernels::Model, device: &Device) -> anyhow::Result<Self> {
+        let mut m = Self::init(&model.spec, false, device)?;
+        for (i, (block, w)) in m.blocks.iter_mut().zip(&model.weights).enumerate() {
+            let layer = &model.spec.layers[i];
+            match (block, w, layer) {
+                (
+                    Block::Conv(c),
+                    Some(w),
+                    Layer::Conv2d {
+                        in_channels,
+                        out_channels,
+                        kernel,
+                        ..
+                    },
+                ) => {
+                    let shape = [
+                        *out_channels as usize,
+                        *in_channels as usize,
+                        *kernel as usize,
+                        *kernel as usize,
+                    ];
+                    c.conv.weight = Param::from_tensor(Tensor::from_data(
+                        TensorData::new(w.weight.clone(), shape),
+                        device,
+                    ));
+                    c.conv.bias = Some(Param::from_tensor(Tensor::from_data(
+                        TensorData::new(w.bias.clone(), [w.bias.len()]),
+                        device,
+                    )));
+                }
+                (
+                    Block::Linear(l),
+                    Some(w),
+                    Layer::Linear {
+                        in_features,
+                        out_features,
+                    },
+                ) => {
+                    let (i_f, o_f) = (*in_features as usize, *out_features as usize);
+                    // File layout is [out, in]; burn's Linear stores [in, out].
+                    let mut t = vec![0.0; i_f * o_f];
+                    for o in 0..o_f {
+                        for j in 0..i_f {
+                            t[j * o_f + o] = w.weight[o * i_f + j];
+                        }
+                    }
+                    l.weight = Param::from_tensor(Tensor::from_data(
+                        TensorData::new(t, [i_f, o_f]),
+                        device,
+                    ));
+                    l.bias = Some(Param::from_tensor(Tensor::from_data(
+                        TensorData::new(w.bias.clone(), [o_f]),
+                        device,
+                    )));
+                }
+                (_, None, _) => {}
+                (_, Some(_), l) => {
+                    anyhow::bail!("layer {i} ({}) has weights burn cannot place", l.kind())
+                }
+            }
+        }
+        Ok(m)
+    }
+
+    /// Logits `[n, classes]` for input `[n, c, h, w]`.
+    pub fn forward(&self, input: Tensor<4>) -> Tensor<2> {
+        let mut x = input;
+        let mut flat: Option<Tensor<2>> = None;
+        for block in &self.blocks {
+            match block {
+                Block::Conv(c) => {
+                    x = c.conv.forward(x);
+                    if let Some(bn) = &c.bn {
+                        x = bn.forward(x);
+                    }
+                }
+                Block::Relu(r) => x = r.forward(x),
+                Block::MaxPool(p) => x = p.forward(x),
+                Block::GlobalAvgPool(_) => {
+                    let [n, c, _, _] = x.dims();
+                    flat = Some(x.clone().mean_dim(3).mean_dim(2).reshape([n, c]));
+                }
+                Block::Linear(l) => {
+                    if let Some(f) = flat.take() {
+                        flat = Some(l.forward(f));
+                    }
+                }
+            }
+        }
+        flat.unwrap_or_else(|| {
+            let [n, c, h, w] = x.dims();
+            x.reshape([n, c * h * w])
+        })
+    }
+
+    /// Probabilities `[n × classes]`, row-major, for a flat normalised input of `n` images;
+    /// uploads the input, runs the forward pass and reads the result back.
+    pub fn probabilities(&self, input: &[f32], n: usize) -> anyhow::Result<Vec<f32>> {
+        let device = self
+            .devices()
+            .into_iter()
+            .next()
+            .context("model has no device")?;
+        let per_image = input.len() / n.max(1);
+        let Some(Block::Conv(first)) = self.blocks.first() else {
+            anyhow::bail!("model does not start with a conv")
+        };
+        let [_, c, _, _] = first.conv.weight.shape().dims();
+        let side = ((per_image / c) as f64).sqrt() as usize;
+        anyhow::ensure!(
+            side * side * c == per_image,
+            "probabilities() takes square inputs"
+        );
+        let x =
+            Tensor::<4>::from_data(TensorData::new(input.to_vec(), [n, c, side, side]), &device);
+        let probs = activation::softmax(self.forward(x), 1);
+        probs
+            .into_data()
+            .try_to_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("reading probabilities: {e:?}"))
+    }
+}
+
+/// A burn wgpu device on the same adapter as `gpu`: burn adopts `gpu`'s device and queue, so
+/// the benchmark compares both on one device.
+pub fn wgpu_device_for(gpu: &GpuContext) -> Device {
+    use burn::tensor::wgpu::WgpuSetup;
+    let setup = WgpuSetup {
+        instance: gpu.instance.clone(),
+        adapter: gpu.adapter.clone(),
+        device: gpu.device.clone(),
+        queue: gpu.queue.clone(),
+        backend: gpu.adapter.get_info().backend,
+    };
+    match Device::wgpu_options().setup(setup).init() {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(
+                "burn could not adopt the shared wgpu device ({e}); using burn's own on the default adapter"
+            );
+            Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)
+        }
+    }
+}

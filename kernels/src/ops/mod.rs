@@ -1,0 +1,132 @@
+//! One Rust wrapper per WGSL kernel: its source, its `Params` mirror and its dispatch size.
+//!
+//! Pipelines are created once per [`crate::Engine`] (see [`Kernels`]); a call only writes
+//! parameters that changed and records dispatches.
+
+pub mod cam_heatmap;
+pub mod conv2d;
+pub mod global_avg_pool;
+pub mod linear;
+pub mod max_pool;
+pub mod preprocess;
+pub mod relu;
+pub mod softmax;
+
+/// Every shader: `(file name, source)`. The naga validation test walks this list.
+pub const SHADERS: &[(&str, &str)] = &[
+    ("preprocess.wgsl", preprocess::SOURCE),
+    ("conv2d.wgsl", conv2d::SOURCE),
+    ("max_pool.wgsl", max_pool::SOURCE),
+    ("relu.wgsl", relu::SOURCE),
+    ("global_avg_pool.wgsl", global_avg_pool::SOURCE),
+    ("linear.wgsl", linear::SOURCE),
+    ("softmax.wgsl", softmax::SOURCE),
+    ("cam_heatmap.wgsl", cam_heatmap::SOURCE),
+];
+
+/// Invocations per workgroup of the 1-D kernels (`@workgroup_size(64)` in the shaders).
+pub const WORKGROUP: u32 = 64;
+/// Most workgroups per dispatch dimension (WebGPU's default limit).
+const MAX_GROUPS: u32 = 65_535;
+
+/// Workgroup counts covering `invocations` 1-D invocations, spilling into a second dimension
+/// (the shaders rebuild the index as `gid.x + gid.{y|z} · nwg.x · 64`).
+pub fn grid_1d(invocations: u32) -> (u32, u32) {
+    let groups = invocations.div_ceil(WORKGROUP).max(1);
+    if groups <= MAX_GROUPS {
+        (groups, 1)
+    } else {
+        (MAX_GROUPS, groups.div_ceil(MAX_GROUPS))
+    }
+}
+
+/// A compiled compute pipeline with its bind-group layout.
+#[derive(Debug)]
+pub struct Kernel {
+    /// The pipeline.
+    pub pipeline: wgpu::ComputePipeline,
+    /// Layout of bind group 0, for creating bind groups.
+    pub layout: wgpu::BindGroupLayout,
+}
+
+impl Kernel {
+    fn new(device: &wgpu::Device, label: &str, source: &str) -> Self {
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(label),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
+        });
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(label),
+            layout: None,
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        let layout = pipeline.get_bind_group_layout(0);
+        Self { pipeline, layout }
+    }
+
+    /// A bind group binding `buffers` to bindings 0, 1, 2, … in order.
+    pub fn bind(
+        &self,
+        device: &wgpu::Device,
+        label: &str,
+        buffers: &[&wgpu::Buffer],
+    ) -> wgpu::BindGroup {
+        let entries: Vec<wgpu::BindGroupEntry<'_>> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: b.as_entire_binding(),
+            })
+            .collect();
+        device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(label),
+            layout: &self.layout,
+            entries: &entries,
+        })
+    }
+}
+
+/// All pipelines of the engine, compiled once.
+#[derive(Debug)]
+pub struct Kernels {
+    /// preprocess.wgsl
+    pub preprocess: Kernel,
+    /// conv2d.wgsl
+    pub conv2d: Kernel,
+    /// max_pool.wgsl
+    pub max_pool: Kernel,
+    /// relu.wgsl
+    pub relu: Kernel,
+    /// global_avg_pool.wgsl
+    pub global_avg_pool: Kernel,
+    /// linear.wgsl
+    pub linear: Kernel,
+    /// softmax.wgsl
+    pub softmax: Kernel,
+    /// cam_heatmap.wgsl
+    pub cam_heatmap: Kernel,
+}
+
+impl Kernels {
+    /// Compiles every kernel on `device`.
+    pub fn new(device: &wgpu::Device) -> Self {
+        Self {
+            preprocess: Kernel::new(device, "kernels::preprocess", preprocess::SOURCE),
+            conv2d: Kernel::new(device, "kernels::conv2d", conv2d::SOURCE),
+            max_pool: Kernel::new(device, "kernels::max_pool", max_pool::SOURCE),
+            relu: Kernel::new(device, "kernels::relu", relu::SOURCE),
+            global_avg_pool: Kernel::new(
+                device,
+                "kernels::global_avg_pool",
+                global_avg_pool::SOURCE,
+            ),
+            linear: Kernel::new(device, "kernels::linear", linear::SOURCE),
+            softmax: Kernel::new(device, "kernels::softmax", softmax::SOURCE),
+            cam_heatmap: Kernel::new(device, "kernels::cam_heatmap", cam_heatmap::SOURCE),
+        }
+    }
+}

@@ -1,0 +1,562 @@
+//! `ModelSpec`: the one description of a defect classifier, shared by training and inference.
+//!
+//! A model is a plain feed-forward CNN: a *feature* part made of `conv2d`, `relu` and
+//! `max_pool2d` layers, then exactly one `global_avg_pool`, then exactly one `linear`
+//! classifier. This shape is what makes the class-activation heatmap (CAM) exact: the logit of
+//! class `k` is the spatial mean of `Σ_c W[k,c] · A[c,y,x]` over the last feature map `A`, so
+//! that per-pixel sum *is* the heatmap.
+//!
+//! Batch-norm is folded into the preceding convolution at export, so it never appears here.
+//! [`ModelSpec::validate`] checks every rule and returns the shapes of every activation, which
+//! both the GPU engine and the CPU reference build from.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::SpecError;
+
+/// The format tag stored in every model file.
+pub const FORMAT_TAG: &str = "defect-inspector-model";
+/// The format version this crate reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Upper bounds that keep a damaged or hostile file from asking for absurd resources.
+pub mod limits {
+    /// Largest model input side in pixels.
+    pub const MAX_INPUT_SIDE: u32 = 4096;
+    /// Most channels of any activation.
+    pub const MAX_CHANNELS: u32 = 4096;
+    /// Largest convolution / pooling kernel side.
+    pub const MAX_KERNEL: u32 = 15;
+    /// Most layers in a model.
+    pub const MAX_LAYERS: usize = 256;
+    /// Most classes.
+    pub const MAX_CLASSES: usize = 1024;
+    /// Most parameters (f32 values) in a model: 256 Mi values = 1 GiB.
+    pub const MAX_PARAMETERS: u64 = 1 << 28;
+    /// Most f32 values in one activation of one image: 64 Mi values = 256 MiB.
+    pub const MAX_ACTIVATION_VALUES: u64 = 1 << 26;
+}
+
+/// The complete description of a model: input, layers, classes, decision rule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    /// Always [`FORMAT_TAG`].
+    pub format: String,
+    /// Always [`FORMAT_VERSION`] for files this crate writes.
+    pub version: u32,
+    /// A human name for the model ("ref-cnn", "tile-v3", ...).
+    #[serde(default)]
+    pub name: String,
+    /// What the network expects as input.
+    pub input: InputSpec,
+    /// The layers, in order.
+    pub layers: Vec<Layer>,
+    /// Class names, in logit order.
+    pub classes: Vec<String>,
+    /// The classes that count as PASS; every other class is a defect (FAIL).
+    pub pass_classes: Vec<String>,
+    /// A part FAILs when its fail score `1 − Σ P(pass classes)` is at least this.
+    pub threshold: f32,
+    /// Free-form record of how the model was made (dataset, date, metrics, command).
+    #[serde(default)]
+    pub training: serde_json::Value,
+}
+
+/// The network input: size, channels and normalisation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InputSpec {
+    /// 1 (grayscale) or 3 (RGB).
+    pub channels: u32,
+    /// Input height in pixels.
+    pub height: u32,
+    /// Input width in pixels.
+    pub width: u32,
+    /// Per-channel mean, on pixel values scaled to 0..1.
+    pub mean: Vec<f32>,
+    /// Per-channel standard deviation, on pixel values scaled to 0..1.
+    pub std: Vec<f32>,
+}
+
+/// One layer of the network.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Layer {
+    /// 2-D convolution with a square kernel; weight `[out, in, k, k]`, bias `[out]`.
+    Conv2d {
+        /// Input channels.
+        in_channels: u32,
+        /// Output channels.
+        out_channels: u32,
+        /// Kernel side.
+        kernel: u32,
+        /// Stride (both directions).
+        stride: u32,
+        /// Zero padding (all four sides).
+        padding: u32,
+    },
+    /// `max(x, 0)`.
+    Relu,
+    /// Max pooling with a square window, no padding, floor mode.
+    MaxPool2d {
+        /// Window side.
+        kernel: u32,
+        /// Stride (both directions).
+        stride: u32,
+    },
+    /// Mean over all spatial positions: `[C, H, W]` → `[C]`.
+    GlobalAvgPool,
+    /// Fully connected; weight `[out, in]`, bias `[out]`.
+    Linear {
+        /// Input features.
+        in_features: u32,
+        /// Output features.
+        out_features: u32,
+    },
+}
+
+impl Layer {
+    /// The short kind name used in the JSON and in messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Conv2d { .. } => "conv2d",
+            Self::Relu => "relu",
+            Self::MaxPool2d { .. } => "max_pool2d",
+            Self::GlobalAvgPool => "global_avg_pool",
+            Self::Linear { .. } => "linear",
+        }
+    }
+
+    /// Shapes of this layer's weight and bias tensors, if it has parameters.
+    pub fn parameter_shapes(&self) -> Option<([usize; 4], usize)> {
+        match *self {
+            Self::Conv2d {
+                in_channels,
+                out_channels,
+                kernel,
+                ..
+            } => Some((
+                [
+                    out_channels as usize,
+                    in_channels as usize,
+                    kernel as usize,
+                    kernel as usize,
+                ],
+                out_channels as usize,
+            )),
+            Self::Linear {
+                in_features,
+                out_features,
+            } => Some((
+                [out_features as usize, in_features as usize, 1, 1],
+                out_features as usize,
+            )),
+            _ => None,
+        }
+    }
+
+    /// The weight shape as stored in the file (`[o, i, k, k]` for conv, `[o, i]` for linear).
+    pub fn weight_file_shape(&self) -> Option<Vec<usize>> {
+        match self {
+            Self::Conv2d { .. } => self.parameter_shapes().map(|(w, _)| w.to_vec()),
+            Self::Linear { .. } => self.parameter_shapes().map(|(w, _)| w[..2].to_vec()),
+            _ => None,
+        }
+    }
+}
+
+/// A `[channels, height, width]` activation shape of one image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape3 {
+    /// Channels.
+    pub c: u32,
+    /// Height.
+    pub h: u32,
+    /// Width.
+    pub w: u32,
+}
+
+impl Shape3 {
+    /// Number of values.
+    pub fn len(&self) -> u64 {
+        self.c as u64 * self.h as u64 * self.w as u64
+    }
+
+    /// True when the shape holds no value.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What validation learns about a spec: activation shapes and the head.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// `shapes[0]` is the network input; `shapes[i + 1]` is the output of layer `i` (for the
+    /// global pool and the linear layer, `h = w = 1`).
+    pub shapes: Vec<Shape3>,
+    /// Index of the global average pool layer.
+    pub gap_layer: usize,
+    /// Index of the linear classifier (the last layer).
+    pub linear_layer: usize,
+    /// For each class, whether it counts as PASS.
+    pub is_pass: Vec<bool>,
+    /// Total parameter count.
+    pub parameters: u64,
+}
+
+impl Plan {
+    /// Shape of the feature map the heatmap is drawn at (the global pool's input).
+    pub fn heatmap_shape(&self) -> Shape3 {
+        self.shapes[self.gap_layer]
+    }
+}
+
+impl ModelSpec {
+    /// A spec with the standard format tag, no training record and threshold 0.5.
+    pub fn new(
+        name: impl Into<String>,
+        input: InputSpec,
+        layers: Vec<Layer>,
+        classes: Vec<String>,
+        pass_classes: Vec<String>,
+    ) -> Self {
+        Self {
+            format: FORMAT_TAG.to_owned(),
+            version: FORMAT_VERSION,
+            name: name.into(),
+            input,
+            layers,
+            classes,
+            pass_classes,
+            threshold: 0.5,
+            training: serde_json::Value::Null,
+        }
+    }
+
+    /// The "ref-cnn" benchmark architecture of the kernels issue: 1×128×128 input, four 3×3
+    /// convolutions (16, 32, 64, 64 channels), three 2×2 max-pools, global pool, linear.
+    pub fn ref_cnn(classes: Vec<String>, pass_classes: Vec<String>) -> Self {
+        let conv = |i, o| Layer::Conv2d {
+            in_channels: i,
+            out_channels: o,
+            kernel: 3,
+            stride: 1,
+            padding: 1,
+        };
+        let pool = Layer::MaxPool2d {
+            kernel: 2,
+            stride: 2,
+        };
+        let n = classes.len() as u32;
+        Self::new(
+            "ref-cnn",
+            InputSpec {
+                channels: 1,
+                height: 128,
+                width: 128,
+                mean: vec![0.5],
+                std: vec![0.25],
+            },
+            vec![
+                conv(1, 16),
+                Layer::Relu,
+                pool.clone(),
+                conv(16, 32),
+                Layer::Relu,
+                pool.clone(),
+                conv(32, 64),
+                Layer::Relu,
+                pool,
+                conv(64, 64),
+                Layer::Relu,
+                Layer::GlobalAvgPool,
+                Layer::Linear {
+                    in_features: 64,
+                    out_features: n,
+                },
+            ],
+            classes,
+            pass_classes,
+        )
+    }
+
+    /// Checks every rule and computes the activation shapes.
+    pub fn validate(&self) -> Result<Plan, SpecError> {
+        use limits::*;
+        if self.format != FORMAT_TAG {
+            return Err(SpecError::Format(format!(
+                "format tag is {:?}, expected {FORMAT_TAG:?}",
+                self.format
+            )));
+        }
+        if self.version != FORMAT_VERSION {
+            return Err(SpecError::Format(format!(
+                "format version {} is not supported (this build reads version {FORMAT_VERSION})",
+                self.version
+            )));
+        }
+        let inp = &self.input;
+        if inp.channels != 1 && inp.channels != 3 {
+            return Err(SpecError::Input(format!(
+                "channels must be 1 or 3, found {}",
+                inp.channels
+            )));
+        }
+        for (what, v) in [("height", inp.height), ("width", inp.width)] {
+            if v == 0 || v > MAX_INPUT_SIDE {
+                return Err(SpecError::Input(format!(
+                    "{what} must be 1..={MAX_INPUT_SIDE}, found {v}"
+                )));
+            }
+        }
+        for (what, v) in [("mean", &inp.mean), ("std", &inp.std)] {
+            if v.len() != inp.channels as usize {
+                return Err(SpecError::Input(format!(
+                    "{what} needs one value per channel ({}), found {}",
+                    inp.channels,
+                    v.len()
+                )));
+            }
+            if v.iter().any(|x| !x.is_finite()) {
+                return Err(SpecError::Input(format!(
+                    "{what} has a non-finite value: {v:?}"
+                )));
+            }
+        }
+        if inp.std.iter().any(|&s| s <= 0.0) {
+            return Err(SpecError::Input(format!(
+                "std values must be > 0, found {:?}",
+                inp.std
+            )));
+        }
+
+        if self.classes.len() < 2 || self.classes.len() > MAX_CLASSES {
+            return Err(SpecError::Classes(format!(
+                "need 2..={MAX_CLASSES} classes, found {}",
+                self.classes.len()
+            )));
+        }
+        for (i, c) in self.classes.iter().enumerate() {
+            if c.trim().is_empty() {
+                return Err(SpecError::Classes(format!("class {i} has an empty name")));
+            }
+            if self.classes[..i].contains(c) {
+                return Err(SpecError::Classes(format!("class {c:?} appears twice")));
+            }
+        }
+        for p in &self.pass_classes {
+            if !self.classes.contains(p) {
+                return Err(SpecError::Classes(format!(
+                    "pass class {p:?} is not one of the classes {:?}",
+                    self.classes
+                )));
+            }
+        }
+        let is_pass: Vec<bool> = self
+            .classes
+            .iter()
+            .map(|c| self.pass_classes.contains(c))
+            .collect();
+        if !is_pass.iter().any(|&p| p) || is_pass.iter().all(|&p| p) {
+            return Err(SpecError::Classes(format!(
+                "at least one PASS and one FAIL class are needed; pass classes {:?} of {:?}",
+                self.pass_classes, self.classes
+            )));
+        }
+        if !(self.threshold.is_finite() && (0.0..=1.0).contains(&self.threshold)) {
+            return Err(SpecError::Threshold(self.threshold));
+        }
+
+        if self.layers.is_empty() || self.layers.len() > MAX_LAYERS {
+            return Err(SpecError::Layers(format!(
+                "need 1..={MAX_LAYERS} layers, found {}",
+                self.layers.len()
+            )));
+        }
+        let mut shapes = vec![Shape3 {
+            c: inp.channels,
+            h: inp.height,
+            w: inp.width,
+        }];
+        let mut gap_layer = None;
+        let mut linear_layer = None;
+        let mut parameters = 0u64;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let s = *shapes.last().unwrap_or(&shapes[0]);
+            let bad = |msg: String| SpecError::Layer {
+                index: i,
+                kind: layer.kind(),
+                msg,
+            };
+            if let Some(g) = gap_layer {
+                if !matches!(layer, Layer::Linear { .. }) || linear_layer.is_some() {
+                    return Err(bad(format!(
+                        "only one linear classifier may follow the global_avg_pool (layer {g})"
+                    )));
+                }
+            }
+            let out = match *layer {
+                Layer::Conv2d {
+                    in_channels,
+                    out_channels,
+                    kernel,
+                    stride,
+                    padding,
+                } => {
+                    if in_channels != s.c {
+                        return Err(bad(format!(
+                            "expects {in_channels} input channels, found {}",
+                            s.c
+                        )));
+                    }
+                    if out_channels == 0 || out_channels > MAX_CHANNELS {
+                        return Err(bad(format!(
+                            "out_channels must be 1..={MAX_CHANNELS}, found {out_channels}"
+                        )));
+                    }
+                    if kernel == 0 || kernel > MAX_KERNEL || stride == 0 || stride > MAX_KERNEL {
+                        return Err(bad(format!(
+                            "kernel and stride must be 1..={MAX_KERNEL}, found kernel {kernel}, stride {stride}"
+                        )));
+                    }
+                    if padding >= kernel {
+                        return Err(bad(format!(
+                            "padding {padding} must be smaller than kernel {kernel}"
+                        )));
+                    }
+                    let (ph, pw) = (s.h + 2 * padding, s.w + 2 * padding);
+                    if ph < kernel || pw < kernel {
+                        return Err(bad(format!(
+                            "a {kernel}×{kernel} kernel does not fit the padded {ph}×{pw} input"
+                        )));
+                    }
+                    parameters +=
+                        out_channels as u64 * (in_channels as u64 * (kernel as u64).pow(2) + 1);
+                    Shape3 {
+                        c: out_channels,
+                        h: (ph - kernel) / stride + 1,
+                        w: (pw - kernel) / stride + 1,
+                    }
+                }
+                Layer::Relu => {
+                    if i == 0 {
+                        return Err(bad("a network cannot start with relu".into()));
+                    }
+                    s
+                }
+                Layer::MaxPool2d { kernel, stride } => {
+                    if kernel == 0 || kernel > MAX_KERNEL || stride == 0 || stride > MAX_KERNEL {
+                        return Err(bad(format!(
+                            "kernel and stride must be 1..={MAX_KERNEL}, found kernel {kernel}, stride {stride}"
+                        )));
+                    }
+                    if s.h < kernel || s.w < kernel {
+                        return Err(bad(format!(
+                            "a {kernel}×{kernel} window does not fit the {}×{} input",
+                            s.h, s.w
+                        )));
+                    }
+                    Shape3 {
+                        c: s.c,
+                        h: (s.h - kernel) / stride + 1,
+                        w: (s.w - kernel) / stride + 1,
+                    }
+                }
+                Layer::GlobalAvgPool => {
+                    if !self.layers[..i]
+                        .iter()
+                        .any(|l| matches!(l, Layer::Conv2d { .. }))
+                    {
+                        return Err(bad("needs at least one conv2d before it".into()));
+                    }
+                    gap_layer = Some(i);
+                    Shape3 { c: s.c, h: 1, w: 1 }
+                }
+                Layer::Linear {
+                    in_features,
+                    out_features,
+                } => {
+                    if gap_layer.is_none() {
+                        return Err(bad("a linear layer must follow the global_avg_pool".into()));
+                    }
+                    if in_features != s.c {
+                        return Err(bad(format!(
+                            "expects {in_features} input features, found {}",
+                            s.c
+                        )));
+                    }
+                    if out_features as usize != self.classes.len() {
+                        return Err(bad(format!(
+                            "has {out_features} outputs but the model has {} classes",
+                            self.classes.len()
+                        )));
+                    }
+                    linear_layer = Some(i);
+                    parameters += out_features as u64 * (in_features as u64 + 1);
+                    Shape3 {
+                        c: out_features,
+                        h: 1,
+                        w: 1,
+                    }
+                }
+            };
+            if out.len() > MAX_ACTIVATION_VALUES {
+                return Err(bad(format!(
+                    "its output {}×{}×{} is larger than the limit of {MAX_ACTIVATION_VALUES} values",
+                    out.c, out.h, out.w
+                )));
+            }
+            if parameters > MAX_PARAMETERS {
+                return Err(bad(format!(
+                    "the model exceeds {MAX_PARAMETERS} parameters"
+                )));
+            }
+            shapes.push(out);
+        }
+        let (Some(gap_layer), Some(linear_layer)) = (gap_layer, linear_layer) else {
+            return Err(SpecError::Layers(
+                "the network must end with global_avg_pool followed by one linear classifier"
+                    .into(),
+            ));
+        };
+        Ok(Plan {
+            shapes,
+            gap_layer,
+            linear_layer,
+            is_pass,
+            parameters,
+        })
+    }
+
+    /// The FAIL score of a probability vector: `1 − Σ P(pass classes)`, in 0..=1.
+    pub fn fail_score(&self, probabilities: &[f32]) -> f32 {
+        let pass: f32 = self
+            .classes
+            .iter()
+            .zip(probabilities)
+            .filter(|(c, _)| self.pass_classes.contains(c))
+            .map(|(_, p)| *p)
+            .sum();
+        (1.0 - pass).clamp(0.0, 1.0)
+    }
+
+    /// Multiply-accumulate count of one forward pass, times two (FLOPs), for one image.
+    pub fn flops_per_image(&self) -> u64 {
+        let Ok(plan) = self.validate() else { return 0 };
+        self.layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| match *l {
+                Layer::Conv2d {
+                    in_channels,
+                    kernel,
+                    ..
+                } => 2 * plan.shapes[i + 1].len() * in_channels as u64 * (kernel as u64).pow(2),
+                Layer::Linear {
+                    in_features,
+                    out_features,
+                } => 2 * in_features as u64 * out_features as u64,
+                _ => 0,
+            })
+            .sum()
+    }
+}
