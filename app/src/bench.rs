@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use kernels::rng::SplitMix64;
-use kernels::{Engine, Frame, GpuContext, Model, ModelSpec, PixelFormat};
+use kernels::{Engine, Frame, Model, ModelSpec, PixelFormat};
 use serde::Serialize;
 
 /// ONNX Runtime on this machine's 2 CPU threads runs ref-cnn in about this many ms per image at
@@ -85,14 +85,14 @@ fn time<F: FnMut() -> anyhow::Result<()>>(
 
 /// Runs the benchmark and prints the table or JSON.
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    let gpu = GpuContext::headless()?;
+    let (burn_device, gpu) = crate::nn::shared_gpu()?;
     let info = gpu.adapter.get_info();
     let spec = ModelSpec::ref_cnn(vec!["good".into(), "defect".into()], vec!["good".into()]);
     let model = Model::random(spec, 42)?;
     let flops = model.spec.flops_per_image();
     let max_batch = args.batches.iter().copied().max().unwrap_or(1);
     let mut engine = Engine::new(&gpu.device, &gpu.queue, &model, max_batch, gpu.describe())?;
-    let burn_model = crate::nn::BurnModel::from_model(&model, &crate::nn::wgpu_device_for(&gpu))?;
+    let burn_model = crate::nn::BurnModel::from_model(&model, &burn_device)?;
 
     let mut rng = SplitMix64::new(7);
     let (h, w) = (model.spec.input.height, model.spec.input.width);

@@ -224,24 +224,37 @@ impl BurnModel {
     }
 }
 
-/// A burn wgpu device on the same adapter as `gpu`: burn adopts `gpu`'s device and queue, so
-/// the benchmark compares both on one device.
-pub fn wgpu_device_for(gpu: &GpuContext) -> Device {
-    use burn::tensor::wgpu::WgpuSetup;
-    let setup = WgpuSetup {
-        instance: gpu.instance.clone(),
-        adapter: gpu.adapter.clone(),
-        device: gpu.device.clone(),
-        queue: gpu.queue.clone(),
-        backend: gpu.adapter.get_info().backend,
+/// One wgpu device for burn and the `kernels` engine: burn acquires it (with the features its
+/// compilers need, e.g. 64-bit integers) and hands the same handles out as a `GpuContext`.
+/// `WGPU_BACKEND` (vulkan, metal, dx12, gl) pins the graphics API, as it does for the engine.
+pub fn shared_gpu() -> anyhow::Result<(Device, GpuContext)> {
+    use burn::tensor::wgpu::WgpuBackend;
+    let mut options = Device::wgpu_options();
+    let api = match std::env::var("WGPU_BACKEND")
+        .unwrap_or_default()
+        .to_lowercase()
+        .as_str()
+    {
+        "vulkan" => Some(WgpuBackend::Vulkan),
+        "metal" => Some(WgpuBackend::Metal),
+        "dx12" => Some(WgpuBackend::Dx12),
+        "gl" | "opengl" => Some(WgpuBackend::Gl),
+        _ => None,
     };
-    match Device::wgpu_options().setup(setup).init() {
-        Ok(d) => d,
-        Err(e) => {
-            tracing::warn!(
-                "burn could not adopt the shared wgpu device ({e}); using burn's own on the default adapter"
-            );
-            Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)
-        }
+    if let Some(api) = api {
+        options = options.graphics_api(api);
     }
+    let (device, setup) = options.init_with_setup().map_err(|e| {
+        anyhow::anyhow!(
+            "no usable GPU adapter ({e}). On a machine without a GPU install Mesa's Vulkan driver: \
+             `apt-get install mesa-vulkan-drivers`"
+        )
+    })?;
+    let gpu = GpuContext {
+        instance: setup.instance,
+        adapter: setup.adapter,
+        device: setup.device,
+        queue: setup.queue,
+    };
+    Ok((device, gpu))
 }

@@ -7,10 +7,11 @@
 //   bias:    [oc4]
 //   dst:     [n][out_h + 2*ob][out_w + 2*ob][out_c4]  (border `ob` is the consumer's padding)
 //
-// Each invocation computes 4 output channels (one oc4) for PX horizontally adjacent output
-// pixels, so every weight load is reused PX times and every input load 4 times. All
-// invocations of a workgroup share oc4 (it is the dispatch's y), so weight loads are uniform
-// across the workgroup. The zero border removes every bounds check from the inner loop.
+// Each invocation computes OCB×4 output channels for PX horizontally adjacent output pixels,
+// so every weight load is reused PX times and every input load 4·OCB times: on CPU
+// rasterisers (lavapipe) every per-invocation load is a gather, so loads per FMA decide speed.
+// All invocations of a workgroup share their output channels (the dispatch's y). The zero
+// border removes every bounds check from the inner loop.
 // Rust side: src/ops/conv2d.rs (mirrors `Params`).
 
 struct Params {
@@ -38,11 +39,13 @@ struct Params {
 @group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> dst: array<vec4<f32>>;
 
-const PX: u32 = 4u;
+// Tile per invocation, substituted by src/ops/conv2d.rs before compilation.
+const PX: u32 = 4u;     // output pixels (horizontal)
+const OCB: u32 = 1u;    // output channel blocks of 4
 
 @compute @workgroup_size(64, 1, 1)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let oc4 = gid.y;
+    let ocg = gid.y;
     let t = gid.x + gid.z * nwg.x * 64u;
     if t >= p.batch * p.out_h * p.x_groups {
         return;
@@ -57,50 +60,56 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let ox0 = xg * PX;
     // Pixels past the right edge recompute the last column (never stored), so loads stay in bounds.
     let last = p.out_w - 1u;
-    let step = p.stride * p.in_c4;
-    let sx0 = min(ox0, last) * step;
-    let sx1 = min(ox0 + 1u, last) * step;
-    let sx2 = min(ox0 + 2u, last) * step;
-    let sx3 = min(ox0 + 3u, last) * step;
-
-    let b = bias[oc4];
-    var acc0 = b;
-    var acc1 = b;
-    var acc2 = b;
-    var acc3 = b;
+    var sx: array<u32, PX>;
+    for (var i = 0u; i < PX; i++) {
+        sx[i] = min(ox0 + i, last) * p.stride * p.in_c4;
+    }
+    var acc: array<vec4<f32>, PX * OCB>;
+    for (var j = 0u; j < OCB; j++) {
+        let b = bias[ocg * OCB + j];
+        for (var i = 0u; i < PX; i++) {
+            acc[j * PX + i] = b;
+        }
+    }
     let kk = p.kernel;
+    // Weights of block j start `wstride` vec4s after those of block j - 1.
+    let wstride = kk * kk * p.in_c4 * 4u;
     for (var ky = 0u; ky < kk; ky++) {
         let row = ((n * in_ph + oy * p.stride + ky) * in_pw) * p.in_c4;
         for (var kx = 0u; kx < kk; kx++) {
-            var wi = ((oc4 * kk + ky) * kk + kx) * p.in_c4 * 4u;
+            var wi = (((ocg * OCB) * kk + ky) * kk + kx) * p.in_c4 * 4u;
             let base = row + kx * p.in_c4;
             for (var ic4 = 0u; ic4 < p.in_c4; ic4++) {
-                let w = mat4x4<f32>(weights[wi], weights[wi + 1u], weights[wi + 2u], weights[wi + 3u]);
-                acc0 += w * src[base + sx0 + ic4];
-                acc1 += w * src[base + sx1 + ic4];
-                acc2 += w * src[base + sx2 + ic4];
-                acc3 += w * src[base + sx3 + ic4];
+                var x: array<vec4<f32>, PX>;
+                for (var i = 0u; i < PX; i++) {
+                    x[i] = src[base + sx[i] + ic4];
+                }
+                for (var j = 0u; j < OCB; j++) {
+                    let wj = wi + j * wstride;
+                    let w = mat4x4<f32>(weights[wj], weights[wj + 1u], weights[wj + 2u], weights[wj + 3u]);
+                    for (var i = 0u; i < PX; i++) {
+                        acc[j * PX + i] += w * x[i];
+                    }
+                }
                 wi += 4u;
             }
         }
     }
-    if p.relu != 0u {
-        acc0 = max(acc0, vec4<f32>(0.0));
-        acc1 = max(acc1, vec4<f32>(0.0));
-        acc2 = max(acc2, vec4<f32>(0.0));
-        acc3 = max(acc3, vec4<f32>(0.0));
-    }
     let ob = p.out_border;
-    let out_pw = p.out_w + 2u * ob;
-    let out_row = (n * (p.out_h + 2u * ob) + oy + ob) * out_pw + ob;
-    dst[(out_row + ox0) * p.out_c4 + oc4] = acc0;
-    if ox0 + 1u < p.out_w {
-        dst[(out_row + ox0 + 1u) * p.out_c4 + oc4] = acc1;
-    }
-    if ox0 + 2u < p.out_w {
-        dst[(out_row + ox0 + 2u) * p.out_c4 + oc4] = acc2;
-    }
-    if ox0 + 3u < p.out_w {
-        dst[(out_row + ox0 + 3u) * p.out_c4 + oc4] = acc3;
+    let out_row = (n * (p.out_h + 2u * ob) + oy + ob) * (p.out_w + 2u * ob) + ob;
+    for (var j = 0u; j < OCB; j++) {
+        let oc4 = ocg * OCB + j;
+        if oc4 >= p.out_c4 {
+            break;
+        }
+        for (var i = 0u; i < PX; i++) {
+            if ox0 + i < p.out_w {
+                var v = acc[j * PX + i];
+                if p.relu != 0u {
+                    v = max(v, vec4<f32>(0.0));
+                }
+                dst[(out_row + ox0 + i) * p.out_c4 + oc4] = v;
+            }
+        }
     }
 }

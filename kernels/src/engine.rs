@@ -67,10 +67,10 @@ impl Params {
         }
     }
 
-    fn workgroups(&self) -> [u32; 3] {
+    fn workgroups(&self, tile: ops::conv2d::Tile) -> [u32; 3] {
         match self {
             Self::Preprocess(p) => ops::preprocess::workgroups(p),
-            Self::Conv(p) => ops::conv2d::workgroups(p),
+            Self::Conv(p) => ops::conv2d::workgroups(p, tile),
             Self::MaxPool(p) => ops::max_pool::workgroups(p),
             Self::Relu { p, .. } => ops::relu::workgroups(p),
             Self::GlobalAvgPool(p) => ops::global_avg_pool::workgroups(p),
@@ -194,9 +194,28 @@ impl Engine {
         max_batch: u32,
         adapter_label: impl Into<String>,
     ) -> Result<Self, EngineError> {
+        Self::with_conv_tile(
+            device,
+            queue,
+            model,
+            max_batch,
+            adapter_label,
+            ops::conv2d::Tile::from_env(),
+        )
+    }
+
+    /// [`Self::new`] with an explicit convolution tile (for tuning and its tests).
+    pub fn with_conv_tile(
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        model: &Model,
+        max_batch: u32,
+        adapter_label: impl Into<String>,
+        tile: ops::conv2d::Tile,
+    ) -> Result<Self, EngineError> {
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let built = Self::build(device, queue, model, max_batch, adapter_label.into());
+        let built = Self::build(device, queue, model, max_batch, adapter_label.into(), tile);
         let oom_err = pollster::block_on(oom.pop());
         let val_err = pollster::block_on(scope.pop());
         if let Some(e) = oom_err.or(val_err) {
@@ -211,6 +230,7 @@ impl Engine {
         model: &Model,
         max_batch: u32,
         adapter_label: String,
+        tile: ops::conv2d::Tile,
     ) -> Result<Self, EngineError> {
         let plan = model.spec.validate()?;
         let max_batch = max_batch.max(1);
@@ -219,7 +239,7 @@ impl Engine {
             .max_storage_buffer_binding_size
             .min(limits.max_buffer_size);
         let spec = model.spec.clone();
-        let kernels = Kernels::new(device);
+        let kernels = Kernels::new(device, tile);
         let layers = &spec.layers;
         let uniform = |label: &str, params: &Params| {
             use wgpu::util::DeviceExt as _;
@@ -321,14 +341,16 @@ impl Engine {
                     let Some(w) = &model.weights[i] else {
                         unreachable!("validated model")
                     };
+                    let padded = kernels.conv_tile.padded_out_channels(out_channels as usize);
                     let packed = ops::conv2d::pack_weights(
                         &w.weight,
                         out_channels as usize,
                         in_channels as usize,
                         kernel as usize,
+                        padded,
                     );
                     let mut bias = w.bias.clone();
-                    bias.resize(out_channels.div_ceil(4) as usize * 4, 0.0);
+                    bias.resize(padded, 0.0);
                     let wb = init_storage(device, &format!("kernels::conv{i}::weights"), &packed);
                     let bb = init_storage(device, &format!("kernels::conv{i}::bias"), &bias);
                     let p = Params::Conv(ops::conv2d::Params {
@@ -344,7 +366,7 @@ impl Engine {
                         stride,
                         pad: padding,
                         relu: fuse_relu as u32,
-                        x_groups: out.w.div_ceil(ops::conv2d::PX),
+                        x_groups: out.w.div_ceil(kernels.conv_tile.px),
                         _pad: [0; 3],
                     });
                     debug_assert_eq!(acts[cur].border, padding);
@@ -743,7 +765,7 @@ impl Engine {
                 timestamp_writes: None,
             });
             for step in &self.steps {
-                let [x, y, z] = step.params.workgroups();
+                let [x, y, z] = step.params.workgroups(self.kernels.conv_tile);
                 pass.set_pipeline(&step.params.kernel(&self.kernels).pipeline);
                 pass.set_bind_group(0, step.bind_group.as_ref(), &[]);
                 pass.dispatch_workgroups(x, y, z);

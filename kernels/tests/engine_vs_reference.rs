@@ -179,6 +179,35 @@ fn awkward_rgb_model_mixed_formats_and_edge_rois() {
 }
 
 #[test]
+fn every_conv_tile_matches_the_reference() {
+    let mut rng = SplitMix64::new(seed("tiles"));
+    let layers = vec![
+        conv(3, 5, 3, 1, 1),
+        Layer::Relu,
+        conv(5, 21, 3, 2, 0),
+        Layer::Relu,
+        conv(21, 6, 1, 1, 0),
+    ];
+    let model = Model::random(spec(3, 23, 19, layers, 6, 3), rng.next_u64()).expect("model");
+    let g = gpu();
+    for (px, ocb) in [(1, 1), (3, 2), (4, 4), (5, 3)] {
+        let tile = kernels::ops::conv2d::Tile { px, ocb };
+        let mut engine = Engine::with_conv_tile(&g.device, &g.queue, &model, 3, g.describe(), tile)
+            .expect("engine");
+        let cases: Vec<Case<'_>> = (0..3)
+            .map(|i| {
+                random_case(
+                    &mut rng,
+                    [PixelFormat::Rgb8, PixelFormat::Gray8, PixelFormat::Rgba8][i],
+                    i == 2,
+                )
+            })
+            .collect();
+        check(&model, &mut engine, &cases, &format!("tile {px}x{ocb}"));
+    }
+}
+
+#[test]
 fn awkward_gray_model_many_classes_odd_sizes() {
     let mut rng = SplitMix64::new(seed("awkward_gray"));
     let layers = vec![

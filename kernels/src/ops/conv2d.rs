@@ -6,8 +6,55 @@ use super::grid_1d;
 
 /// The shader source.
 pub const SOURCE: &str = include_str!("../../shaders/conv2d.wgsl");
-/// Output pixels per invocation (`PX` in the shader).
-pub const PX: u32 = 4;
+/// Work per invocation: `px` output pixels × `ocb` blocks of 4 output channels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tile {
+    /// Output pixels per invocation (`PX` in the shader).
+    pub px: u32,
+    /// Output-channel blocks of 4 per invocation (`OCB` in the shader).
+    pub ocb: u32,
+}
+
+impl Tile {
+    /// The default tile, chosen by measurement on lavapipe (ref-cnn, batch 32, 2 cores; ms):
+    /// 4×1 495, 2×2 545, 4×2 367, 8×1 388, 4×4 316, 8×2 350, 8×4 578, 4×8 605, 16×2 892.
+    /// Larger tiles spill registers; smaller ones issue more (gathered) loads per FMA.
+    pub const DEFAULT: Self = Self { px: 4, ocb: 4 };
+
+    /// The tile to compile: `KERNELS_CONV_TILE=PXxOCB` (e.g. `4x2`) overrides the default, for
+    /// tuning on a new GPU.
+    pub fn from_env() -> Self {
+        std::env::var("KERNELS_CONV_TILE")
+            .ok()
+            .and_then(|v| {
+                let (a, b) = v.split_once('x')?;
+                Some(Self {
+                    px: a.trim().parse().ok()?,
+                    ocb: b.trim().parse().ok()?,
+                })
+            })
+            .filter(|t| (1..=16).contains(&t.px) && (1..=8).contains(&t.ocb))
+            .unwrap_or(Self::DEFAULT)
+    }
+
+    /// The shader source specialised for this tile.
+    pub fn source(self) -> String {
+        SOURCE
+            .replace(
+                "const PX: u32 = 4u;",
+                &format!("const PX: u32 = {}u;", self.px),
+            )
+            .replace(
+                "const OCB: u32 = 1u;",
+                &format!("const OCB: u32 = {}u;", self.ocb),
+            )
+    }
+
+    /// Output channels rounded up to whole invocation tiles (weights and bias are padded to it).
+    pub fn padded_out_channels(self, out_c: usize) -> usize {
+        out_c.div_ceil(4 * self.ocb as usize) * 4 * self.ocb as usize
+    }
+}
 
 /// Mirrors `Params` in conv2d.wgsl.
 #[repr(C)]
@@ -43,15 +90,22 @@ pub struct Params {
     pub _pad: [u32; 3],
 }
 
-/// Workgroups for `p`: x (and z on overflow) cover (n, oy, x-group); y is the oc4 block.
-pub fn workgroups(p: &Params) -> [u32; 3] {
+/// Workgroups for `p`: x (and z on overflow) cover (n, oy, x-group); y the output-channel tile.
+pub fn workgroups(p: &Params, tile: Tile) -> [u32; 3] {
     let (x, z) = grid_1d(p.batch * p.out_h * p.x_groups);
-    [x, p.out_c4, z]
+    [x, p.out_c4.div_ceil(tile.ocb), z]
 }
 
-/// Repacks a `[out, in, k, k]` weight into the shader's `[oc4][ky][kx][ic4][4 × vec4]` layout.
-pub fn pack_weights(weight: &[f32], out_c: usize, in_c: usize, k: usize) -> Vec<f32> {
-    let (oc4, ic4) = (out_c.div_ceil(4), in_c.div_ceil(4));
+/// Repacks a `[out, in, k, k]` weight into the shader's `[oc4][ky][kx][ic4][4 × vec4]` layout,
+/// zero-padded to `padded_out` output channels.
+pub fn pack_weights(
+    weight: &[f32],
+    out_c: usize,
+    in_c: usize,
+    k: usize,
+    padded_out: usize,
+) -> Vec<f32> {
+    let (oc4, ic4) = (padded_out.div_ceil(4), in_c.div_ceil(4));
     let mut packed = vec![0.0; oc4 * k * k * ic4 * 16];
     for o in 0..out_c {
         for i in 0..in_c {

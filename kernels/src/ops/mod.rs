@@ -51,10 +51,11 @@ pub struct Kernel {
 
 impl Kernel {
     fn new(device: &wgpu::Device, label: &str, source: &str) -> Self {
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        let desc = wgpu::ShaderModuleDescriptor {
             label: Some(label),
             source: wgpu::ShaderSource::Wgsl(source.into()),
-        });
+        };
+        let module = device.create_shader_module(desc);
         let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(label),
             layout: None,
@@ -109,14 +110,17 @@ pub struct Kernels {
     pub softmax: Kernel,
     /// cam_heatmap.wgsl
     pub cam_heatmap: Kernel,
+    /// The tile `conv2d` was compiled for.
+    pub conv_tile: conv2d::Tile,
 }
 
 impl Kernels {
-    /// Compiles every kernel on `device`.
-    pub fn new(device: &wgpu::Device) -> Self {
+    /// Compiles every kernel on `device`, `conv2d` for `conv_tile`.
+    pub fn new(device: &wgpu::Device, conv_tile: conv2d::Tile) -> Self {
         Self {
+            conv_tile,
             preprocess: Kernel::new(device, "kernels::preprocess", preprocess::SOURCE),
-            conv2d: Kernel::new(device, "kernels::conv2d", conv2d::SOURCE),
+            conv2d: Kernel::new(device, "kernels::conv2d", &conv_tile.source()),
             max_pool: Kernel::new(device, "kernels::max_pool", max_pool::SOURCE),
             relu: Kernel::new(device, "kernels::relu", relu::SOURCE),
             global_avg_pool: Kernel::new(
