@@ -18,6 +18,83 @@ pub struct Cli {
 pub enum Command {
     /// Time the GPU engine against burn-wgpu and the CPU reference on the "ref-cnn" model.
     Bench(crate::bench::BenchArgs),
+    /// Train a defect classifier on a labelled dataset and write a model file.
+    Train(TrainArgs),
+    /// Evaluate a model on a dataset split through the GPU engine.
+    Eval(EvalArgs),
+}
+
+/// Options of `inspector train`.
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    /// Dataset folder (manifest.csv, or one folder per class).
+    #[arg(long)]
+    pub data: std::path::PathBuf,
+    /// Model file to write (.safetensors).
+    #[arg(long)]
+    pub out: std::path::PathBuf,
+    /// Training split name.
+    #[arg(long, default_value = "train")]
+    pub split_train: String,
+    /// Validation split name (carved from train when it has no rows).
+    #[arg(long, default_value = "val")]
+    pub split_val: String,
+    /// Model preset.
+    #[arg(long, default_value = crate::train::DEFAULT_PRESET)]
+    pub preset: String,
+    /// Epochs.
+    #[arg(long, default_value_t = 30)]
+    pub epochs: usize,
+    /// Images per step.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Optimizer.
+    #[arg(long, value_enum, default_value = "momentum")]
+    pub optimizer: crate::train::OptimizerKind,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 0.05)]
+    pub lr: f64,
+    /// Seed.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// PASS class (repeatable); default: recognise good/ok/pass/normal/free.
+    #[arg(long = "pass")]
+    pub pass: Vec<String>,
+    /// Backend: wgpu, cpu, or auto (CPU backend when the only GPU is a CPU rasteriser).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub backend: crate::train::BackendKind,
+    /// Stop after this many epochs without val improvement (0 = never).
+    #[arg(long, default_value_t = 10)]
+    pub patience: usize,
+    /// Largest val miss rate for the chosen threshold.
+    #[arg(long, default_value_t = 0.01)]
+    pub max_miss_rate: f64,
+    /// Turn augmentation off.
+    #[arg(long)]
+    pub no_augment: bool,
+    /// Continue from the checkpoint next to --out.
+    #[arg(long)]
+    pub resume: bool,
+    /// Print a one-line JSON summary on stdout at the end.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of `inspector eval`.
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    /// Model file.
+    #[arg(long)]
+    pub model: std::path::PathBuf,
+    /// Dataset folder.
+    #[arg(long)]
+    pub data: std::path::PathBuf,
+    /// Split to evaluate.
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// Print exactly one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Parses arguments, runs, prints any error once with its causes, returns the exit code.
@@ -42,10 +119,123 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Bench(args)) => crate::bench::run(&args),
+        Some(Command::Train(args)) => train(args),
+        Some(Command::Eval(args)) => {
+            let report = crate::eval::evaluate(&args.model, &args.data, &args.split)?;
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                crate::eval::print(&report);
+            }
+            Ok(())
+        }
         None => {
             use clap::CommandFactory as _;
             Cli::command().print_help()?;
             Ok(())
         }
     }
+}
+
+fn train(args: TrainArgs) -> anyhow::Result<()> {
+    use crate::train::{Progress, TrainConfig};
+    let mut cfg = TrainConfig::new(args.data, args.out);
+    cfg.split_train = args.split_train;
+    cfg.split_val = args.split_val;
+    cfg.preset = args.preset;
+    cfg.epochs = args.epochs;
+    cfg.batch_size = args.batch_size;
+    cfg.optimizer = args.optimizer;
+    cfg.lr = args.lr;
+    cfg.seed = args.seed;
+    cfg.pass = args.pass;
+    cfg.backend = args.backend;
+    cfg.patience = args.patience;
+    cfg.max_miss_rate = args.max_miss_rate;
+    cfg.resume = args.resume;
+    if args.no_augment {
+        cfg.augment = crate::augment::AugmentConfig::off();
+    }
+    let style =
+        indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> ");
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    let mut last_epoch_line = String::new();
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    let epochs = cfg.epochs;
+    let summary = crate::train::train(
+        &cfg,
+        &mut |p| match p {
+            Progress::Started {
+                train,
+                val,
+                skipped,
+                backend,
+                first_epoch,
+            } => {
+                eprintln!(
+                    "training on {train} images, validating on {val}; backend {backend}; starting at epoch {first_epoch}"
+                );
+                if !skipped.is_empty() {
+                    eprintln!("skipped {} unreadable images:", skipped.len());
+                    for (p, why) in skipped.iter().take(10) {
+                        eprintln!("  {p}: {why}");
+                    }
+                }
+            }
+            Progress::Step {
+                epoch,
+                step,
+                steps,
+                loss,
+            } => {
+                let b = bar.get_or_insert_with(|| {
+                    let b = indicatif::ProgressBar::new(steps as u64).with_style(style.clone());
+                    b.set_prefix(format!("{epoch}/{epochs}"));
+                    b
+                });
+                b.set_position(step as u64);
+                b.set_message(format!("loss {loss:.4} {last_epoch_line}"));
+            }
+            Progress::Epoch(r) => {
+                if let Some(b) = bar.take() {
+                    b.finish_and_clear();
+                }
+                last_epoch_line = format!("(last val acc {:.3})", r.val_accuracy);
+                eprintln!(
+                    "epoch {}/{epochs}: loss {:.4}  train acc {:.4}  val acc {:.4}  macro F1 {:.4}  AUROC {}  lr {:.2e}  {:.0}s, ETA {:.0}s",
+                    r.epoch,
+                    r.train_loss,
+                    r.train_accuracy,
+                    r.val_accuracy,
+                    r.val_macro_f1,
+                    r.val_auroc.map_or("n/a".into(), |a| format!("{a:.4}")),
+                    r.lr,
+                    r.elapsed_s,
+                    r.eta_s
+                );
+            }
+        },
+        &cancel,
+    )?;
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        eprintln!(
+            "wrote {} (best epoch {}): val accuracy {:.4}, macro F1 {:.4}, AUROC {}, threshold {:.4} → miss {:.4}, false reject {:.4}; {:.0}s",
+            summary.model.display(),
+            summary.best_epoch,
+            summary.val_accuracy,
+            summary.val_macro_f1,
+            summary
+                .val_auroc
+                .map_or("n/a".into(), |a| format!("{a:.4}")),
+            summary.threshold,
+            summary.val_miss_rate,
+            summary.val_false_reject_rate,
+            summary.train_seconds
+        );
+    }
+    Ok(())
 }

@@ -100,6 +100,44 @@ impl BurnModel {
         Ok(Self { blocks })
     }
 
+    /// [`Self::init`] with weights drawn from a generator seeded by `seed` (He-uniform for
+    /// convolutions, ±1/√fan-in for the classifier, zero biases), so the same seed gives the same
+    /// network whatever else uses burn's global generator at the same time.
+    pub fn init_seeded(
+        spec: &ModelSpec,
+        batch_norm: bool,
+        device: &Device,
+        seed: u64,
+    ) -> anyhow::Result<Self> {
+        let mut m = Self::init(spec, batch_norm, device)?;
+        let mut rng = kernels::rng::SplitMix64::new(seed ^ 0x5EED_0F_1A7E);
+        let mut uniform = |n: usize, bound: f32| -> Vec<f32> {
+            (0..n).map(|_| rng.uniform(-bound, bound)).collect()
+        };
+        for block in &mut m.blocks {
+            match block {
+                Block::Conv(c) => {
+                    let [o, i, kh, kw] = c.conv.weight.shape().dims();
+                    let w = uniform(o * i * kh * kw, (6.0 / (i * kh * kw) as f32).sqrt());
+                    c.conv.weight = Param::from_tensor(Tensor::from_data(
+                        TensorData::new(w, [o, i, kh, kw]),
+                        device,
+                    ));
+                    c.conv.bias = Some(Param::from_tensor(Tensor::zeros([o], device)));
+                }
+                Block::Linear(l) => {
+                    let [i, o] = l.weight.shape().dims();
+                    let w = uniform(i * o, 1.0 / (i as f32).sqrt());
+                    l.weight =
+                        Param::from_tensor(Tensor::from_data(TensorData::new(w, [i, o]), device));
+                    l.bias = Some(Param::from_tensor(Tensor::zeros([o], device)));
+                }
+                _ => {}
+            }
+        }
+        Ok(m)
+    }
+
     /// The same network with the weights of a `kernels::Model` (no batch-norm).
     pub fn from_model(model: &kernels::Model, device: &Device) -> anyhow::Result<Self> {
         let mut m = Self::init(&model.spec, false, device)?;

@@ -13,12 +13,17 @@
 
 use crate::frame::{Frame, PixelFormat};
 use crate::model::Model;
-use crate::spec::Layer;
+use crate::spec::{InputSpec, Layer};
 use crate::{Heatmap, Inference};
 
 /// Preprocesses one frame into a `[c, h, w]` tensor (row-major) for the model input.
 pub fn preprocess(model: &Model, frame: &Frame<'_>) -> Result<Vec<f64>, String> {
-    let inp = &model.spec.input;
+    preprocess_input(&model.spec.input, frame)
+}
+
+/// [`preprocess`] for an input description: the one preprocessing contract, also used to build
+/// training tensors.
+pub fn preprocess_input(inp: &InputSpec, frame: &Frame<'_>) -> Result<Vec<f64>, String> {
     let roi = frame.effective_roi()?;
     let (c, oh, ow) = (
         inp.channels as usize,

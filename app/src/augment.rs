@@ -1,0 +1,196 @@
+//! Seeded data augmentation for training: random crop (as a region of interest, so it goes
+//! through the one preprocessing contract), flips, small rotations, brightness and contrast.
+//!
+//! Every random draw comes from a generator seeded by `(seed, epoch, sample index)`, so the same
+//! seed gives the same augmented tensors in any order and on any thread.
+
+use kernels::rng::SplitMix64;
+use kernels::{Frame, InputSpec, Roi};
+use serde::{Deserialize, Serialize};
+
+/// Augmentation switches and strengths.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AugmentConfig {
+    /// Random horizontal and vertical flips.
+    pub flips: bool,
+    /// Largest rotation in degrees (0 = off).
+    pub rotate_degrees: f32,
+    /// Largest brightness shift, in 0..1 pixel units (0 = off).
+    pub brightness: f32,
+    /// Largest relative contrast change (0 = off).
+    pub contrast: f32,
+    /// Smallest crop side as a fraction of the image side (1 = off).
+    pub min_crop: f32,
+}
+
+impl Default for AugmentConfig {
+    fn default() -> Self {
+        Self {
+            flips: true,
+            rotate_degrees: 10.0,
+            brightness: 0.1,
+            contrast: 0.15,
+            min_crop: 0.8,
+        }
+    }
+}
+
+impl AugmentConfig {
+    /// No augmentation at all.
+    pub fn off() -> Self {
+        Self {
+            flips: false,
+            rotate_degrees: 0.0,
+            brightness: 0.0,
+            contrast: 0.0,
+            min_crop: 1.0,
+        }
+    }
+}
+
+/// The generator for one sample in one epoch.
+pub fn sample_rng(seed: u64, epoch: usize, index: usize) -> SplitMix64 {
+    let mut r = SplitMix64::new(seed ^ 0xA076_1D64_78BD_642F);
+    let a = r.next_u64() ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    SplitMix64::new(a ^ (index as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F))
+}
+
+/// An augmented, normalised `[c, h, w]` tensor for `frame`.
+pub fn augmented(
+    input: &InputSpec,
+    frame: &Frame<'_>,
+    cfg: &AugmentConfig,
+    rng: &mut SplitMix64,
+) -> Result<Vec<f32>, String> {
+    let crop = cfg.min_crop.clamp(0.1, 1.0);
+    let roi = if crop < 1.0 {
+        let fw = rng.uniform(crop, 1.0);
+        let fh = rng.uniform(crop, 1.0);
+        let w = ((frame.width as f32 * fw).round() as u32).clamp(1, frame.width);
+        let h = ((frame.height as f32 * fh).round() as u32).clamp(1, frame.height);
+        let x = rng.below((frame.width - w + 1) as u64) as u32;
+        let y = rng.below((frame.height - h + 1) as u64) as u32;
+        Some(Roi {
+            x,
+            y,
+            width: w,
+            height: h,
+        })
+    } else {
+        None
+    };
+    let t = kernels::reference::preprocess_input(input, &Frame { roi, ..*frame })?;
+    let (c, h, w) = (
+        input.channels as usize,
+        input.height as usize,
+        input.width as usize,
+    );
+    let mut v: Vec<f32> = t.into_iter().map(|x| x as f32).collect();
+
+    // Photometric: p' = (p − 0.5)·contrast + 0.5 + brightness, in 0..1 pixel units.
+    let contrast = 1.0
+        + if cfg.contrast > 0.0 {
+            rng.uniform(-cfg.contrast, cfg.contrast)
+        } else {
+            0.0
+        };
+    let brightness = if cfg.brightness > 0.0 {
+        rng.uniform(-cfg.brightness, cfg.brightness)
+    } else {
+        0.0
+    };
+    if contrast != 1.0 || brightness != 0.0 {
+        for ch in 0..c {
+            let (m, s) = (input.mean[ch], input.std[ch]);
+            for x in &mut v[ch * h * w..(ch + 1) * h * w] {
+                let p = *x * s + m;
+                *x = (((p - 0.5) * contrast + 0.5 + brightness) - m) / s;
+            }
+        }
+    }
+    // Geometric: flips and a small rotation about the centre (bilinear, edges clamped).
+    let flip_x = cfg.flips && rng.below(2) == 1;
+    let flip_y = cfg.flips && rng.below(2) == 1;
+    let angle = if cfg.rotate_degrees > 0.0 {
+        rng.uniform(-cfg.rotate_degrees, cfg.rotate_degrees)
+            .to_radians()
+    } else {
+        0.0
+    };
+    if flip_x || flip_y || angle != 0.0 {
+        let (sin, cos) = angle.sin_cos();
+        let (cx, cy) = ((w as f32 - 1.0) / 2.0, (h as f32 - 1.0) / 2.0);
+        let src = v.clone();
+        for ch in 0..c {
+            let plane = &src[ch * h * w..(ch + 1) * h * w];
+            for y in 0..h {
+                for x in 0..w {
+                    let (dx, dy) = (x as f32 - cx, y as f32 - cy);
+                    let mut sx = cos * dx + sin * dy + cx;
+                    let mut sy = -sin * dx + cos * dy + cy;
+                    if flip_x {
+                        sx = w as f32 - 1.0 - sx;
+                    }
+                    if flip_y {
+                        sy = h as f32 - 1.0 - sy;
+                    }
+                    let sx = sx.clamp(0.0, w as f32 - 1.0);
+                    let sy = sy.clamp(0.0, h as f32 - 1.0);
+                    let (x0, y0) = (sx.floor() as usize, sy.floor() as usize);
+                    let (x1, y1) = ((x0 + 1).min(w - 1), (y0 + 1).min(h - 1));
+                    let (fx, fy) = (sx - x0 as f32, sy - y0 as f32);
+                    let top = plane[y0 * w + x0] * (1.0 - fx) + plane[y0 * w + x1] * fx;
+                    let bottom = plane[y1 * w + x0] * (1.0 - fx) + plane[y1 * w + x1] * fx;
+                    v[ch * h * w + y * w + x] = top * (1.0 - fy) + bottom * fy;
+                }
+            }
+        }
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kernels::PixelFormat;
+
+    #[test]
+    fn same_seed_same_tensor_other_seed_other_tensor() {
+        let input = InputSpec {
+            channels: 1,
+            height: 24,
+            width: 20,
+            mean: vec![0.5],
+            std: vec![0.25],
+        };
+        let data: Vec<u8> = (0..37 * 29).map(|i| (i * 7 % 251) as u8).collect();
+        let frame = Frame::new(&data, 37, 29, PixelFormat::Gray8);
+        let cfg = AugmentConfig::default();
+        let a = augmented(&input, &frame, &cfg, &mut sample_rng(1, 3, 5)).expect("a");
+        let b = augmented(&input, &frame, &cfg, &mut sample_rng(1, 3, 5)).expect("b");
+        assert_eq!(a, b);
+        let others: Vec<Vec<f32>> = (0..4)
+            .map(|e| augmented(&input, &frame, &cfg, &mut sample_rng(2, e, 5)).expect("c"))
+            .collect();
+        assert!(
+            others.iter().any(|o| o != &a),
+            "another seed must change the augmentation"
+        );
+        let plain = augmented(
+            &input,
+            &frame,
+            &AugmentConfig::off(),
+            &mut sample_rng(1, 3, 5),
+        )
+        .expect("off");
+        let reference: Vec<f32> = kernels::reference::preprocess_input(&input, &frame)
+            .expect("ref")
+            .into_iter()
+            .map(|x| x as f32)
+            .collect();
+        assert_eq!(
+            plain, reference,
+            "with augmentation off, training sees exactly the inference preprocessing"
+        );
+    }
+}

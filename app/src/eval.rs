@@ -1,0 +1,155 @@
+//! `inspector eval`: runs a dataset split through the `kernels` engine — the same path as live
+//! inspection — and reports accuracy, per-class metrics, the confusion matrix, PASS/FAIL AUROC
+//! and the miss / false-reject rates at the model's own threshold.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use kernels::{Engine, GpuContext, Model};
+use serde::Serialize;
+
+use crate::dataset::{self, Dataset};
+use crate::metrics::{self, ClassMetrics, Confusion};
+
+/// The report `--json` prints.
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalReport {
+    /// Images evaluated.
+    pub images: usize,
+    /// Unreadable images skipped.
+    pub skipped: usize,
+    /// Accuracy over the model's classes.
+    pub accuracy: f64,
+    /// Mean F1 over classes with images.
+    pub macro_f1: f64,
+    /// PASS/FAIL AUROC (null without both kinds of images).
+    pub auroc: Option<f64>,
+    /// The model's threshold.
+    pub threshold: f32,
+    /// Defective images passed / defective images, at the threshold.
+    pub miss_rate: f64,
+    /// Good images failed / good images, at the threshold.
+    pub false_reject_rate: f64,
+    /// Per class: precision, recall, f1, support.
+    pub per_class: std::collections::BTreeMap<String, ClassMetrics>,
+    /// Confusion matrix (rows = true label).
+    pub confusion: Confusion,
+    /// Median engine latency per image (batch 1, upload to results), ms.
+    pub latency_ms_p50: f64,
+}
+
+/// Evaluates `model_path` on `split` of the dataset at `data` (all rows when the dataset has no
+/// splits). Labels unknown to the model are skipped with a warning.
+pub fn evaluate(model_path: &Path, data: &Path, split: &str) -> anyhow::Result<EvalReport> {
+    let model = Model::load(model_path)?;
+    let ds = Dataset::open(data)?;
+    let has_splits = ds.samples.iter().any(|s| s.split.is_some());
+    let rows = if has_splits {
+        ds.split(split)
+    } else {
+        ds.samples.clone()
+    };
+    anyhow::ensure!(
+        !rows.is_empty(),
+        "dataset {} has no rows in split {split:?}",
+        data.display()
+    );
+    let gpu = GpuContext::headless()?;
+    let mut engine = Engine::new(&gpu.device, &gpu.queue, &model, 1, gpu.describe())?;
+    let spec = &model.spec;
+    let mut skipped = 0;
+    let (mut probs, mut labels, mut latencies) = (Vec::new(), Vec::new(), Vec::new());
+    for s in &rows {
+        let Some(label) = spec.classes.iter().position(|c| *c == s.label) else {
+            tracing::warn!(
+                "{}: label {:?} is not a class of the model; skipped",
+                s.rel_path,
+                s.label
+            );
+            skipped += 1;
+            continue;
+        };
+        let img = match dataset::decode_image(&s.path) {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::warn!("skipping {}: {e}", s.rel_path);
+                skipped += 1;
+                continue;
+            }
+        };
+        let t = Instant::now();
+        let out = engine
+            .infer(&[img.frame()])
+            .with_context(|| format!("inspecting {}", s.rel_path))?;
+        latencies.push(t.elapsed().as_secs_f64() * 1e3);
+        probs.push(
+            out.into_iter()
+                .next()
+                .context("engine returned no result")?
+                .probabilities,
+        );
+        labels.push(label);
+    }
+    anyhow::ensure!(
+        !probs.is_empty(),
+        "no readable images with known labels in split {split:?}"
+    );
+    let vm = crate::train::val_metrics(spec, &probs, &labels);
+    let rates = metrics::rates_at(&vm.scores, &vm.defective, spec.threshold);
+    latencies.sort_by(f64::total_cmp);
+    let per_class = spec
+        .classes
+        .iter()
+        .cloned()
+        .zip(vm.confusion.per_class())
+        .collect();
+    Ok(EvalReport {
+        images: probs.len(),
+        skipped,
+        accuracy: vm.confusion.accuracy(),
+        macro_f1: vm.confusion.macro_f1(),
+        auroc: vm.auroc,
+        threshold: spec.threshold,
+        miss_rate: rates.miss_rate,
+        false_reject_rate: rates.false_reject_rate,
+        per_class,
+        confusion: vm.confusion,
+        latency_ms_p50: latencies[latencies.len() / 2],
+    })
+}
+
+/// Prints the report as a table.
+pub fn print(report: &EvalReport) {
+    println!("images {}  skipped {}", report.images, report.skipped);
+    println!(
+        "accuracy {:.4}  macro F1 {:.4}",
+        report.accuracy, report.macro_f1
+    );
+    println!(
+        "{:<16} {:>9} {:>9} {:>9} {:>8}",
+        "class", "precision", "recall", "f1", "support"
+    );
+    for (name, m) in &report.per_class {
+        println!(
+            "{name:<16} {:>9.4} {:>9.4} {:>9.4} {:>8}",
+            m.precision, m.recall, m.f1, m.support
+        );
+    }
+    println!(
+        "confusion (rows = true, columns = predicted): {:?}",
+        report.confusion.labels
+    );
+    for (name, row) in report.confusion.labels.iter().zip(&report.confusion.matrix) {
+        println!("  {name:<16} {row:?}");
+    }
+    match report.auroc {
+        Some(a) => println!("PASS/FAIL AUROC {a:.4}"),
+        None => println!("PASS/FAIL AUROC n/a (needs both good and defective images)"),
+    }
+    println!(
+        "threshold {:.4}: miss rate {:.4}, false-reject rate {:.4}",
+        report.threshold, report.miss_rate, report.false_reject_rate
+    );
+    println!("latency p50 {:.2} ms per image", report.latency_ms_p50);
+}

@@ -1,0 +1,236 @@
+//! Classification and PASS/FAIL metrics, shared by training (val selection, threshold choice)
+//! and `inspector eval`.
+//!
+//! The FAIL score of an image is `1 − Σ P(pass classes)`; a part FAILs when its score is at
+//! least the threshold. *Miss rate* = defective images passed / defective images;
+//! *false-reject rate* = good images failed / good images.
+
+use serde::Serialize;
+
+/// Precision, recall, F1 and support of one class.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ClassMetrics {
+    /// Precision (0 when nothing was predicted as this class).
+    pub precision: f64,
+    /// Recall (0 when the class has no images).
+    pub recall: f64,
+    /// Harmonic mean of precision and recall.
+    pub f1: f64,
+    /// Images of this class.
+    pub support: usize,
+}
+
+/// A confusion matrix: `matrix[true][predicted]`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Confusion {
+    /// Class names, in index order.
+    pub labels: Vec<String>,
+    /// Rows are true labels, columns predictions.
+    pub matrix: Vec<Vec<usize>>,
+}
+
+impl Confusion {
+    /// Builds the matrix from `(true, predicted)` index pairs.
+    pub fn new(labels: Vec<String>, pairs: impl IntoIterator<Item = (usize, usize)>) -> Self {
+        let k = labels.len();
+        let mut matrix = vec![vec![0; k]; k];
+        for (t, p) in pairs {
+            matrix[t][p] += 1;
+        }
+        Self { labels, matrix }
+    }
+
+    /// Fraction of correct predictions (0 for an empty matrix).
+    pub fn accuracy(&self) -> f64 {
+        let total: usize = self.matrix.iter().flatten().sum();
+        let correct: usize = (0..self.labels.len()).map(|i| self.matrix[i][i]).sum();
+        if total == 0 {
+            0.0
+        } else {
+            correct as f64 / total as f64
+        }
+    }
+
+    /// Per-class precision, recall, F1, support.
+    pub fn per_class(&self) -> Vec<ClassMetrics> {
+        let k = self.labels.len();
+        (0..k)
+            .map(|c| {
+                let tp = self.matrix[c][c] as f64;
+                let support: usize = self.matrix[c].iter().sum();
+                let predicted: usize = (0..k).map(|t| self.matrix[t][c]).sum();
+                let precision = if predicted == 0 {
+                    0.0
+                } else {
+                    tp / predicted as f64
+                };
+                let recall = if support == 0 {
+                    0.0
+                } else {
+                    tp / support as f64
+                };
+                let f1 = if precision + recall == 0.0 {
+                    0.0
+                } else {
+                    2.0 * precision * recall / (precision + recall)
+                };
+                ClassMetrics {
+                    precision,
+                    recall,
+                    f1,
+                    support,
+                }
+            })
+            .collect()
+    }
+
+    /// Mean F1 over classes that have images.
+    pub fn macro_f1(&self) -> f64 {
+        let pc: Vec<ClassMetrics> = self
+            .per_class()
+            .into_iter()
+            .filter(|m| m.support > 0)
+            .collect();
+        if pc.is_empty() {
+            0.0
+        } else {
+            pc.iter().map(|m| m.f1).sum::<f64>() / pc.len() as f64
+        }
+    }
+}
+
+/// Area under the ROC curve of FAIL scores (`defective = true` is the positive class), with
+/// ties counted half (Mann–Whitney U). `None` when either class is absent.
+pub fn auroc(scores: &[f32], defective: &[bool]) -> Option<f64> {
+    let mut v: Vec<(f32, bool)> = scores
+        .iter()
+        .copied()
+        .zip(defective.iter().copied())
+        .collect();
+    let pos = v.iter().filter(|x| x.1).count();
+    let neg = v.len() - pos;
+    if pos == 0 || neg == 0 {
+        return None;
+    }
+    v.sort_by(|a, b| a.0.total_cmp(&b.0));
+    // Rank sum of positives with average ranks for ties.
+    let mut rank_sum = 0.0;
+    let mut i = 0;
+    while i < v.len() {
+        let mut j = i;
+        while j < v.len() && v[j].0 == v[i].0 {
+            j += 1;
+        }
+        let avg_rank = (i + 1 + j) as f64 / 2.0;
+        rank_sum += avg_rank * v[i..j].iter().filter(|x| x.1).count() as f64;
+        i = j;
+    }
+    Some((rank_sum - (pos * (pos + 1)) as f64 / 2.0) / (pos * neg) as f64)
+}
+
+/// Miss and false-reject rates at a threshold (score ≥ threshold → FAIL).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Rates {
+    /// Defective images passed / defective images.
+    pub miss_rate: f64,
+    /// Good images failed / good images.
+    pub false_reject_rate: f64,
+}
+
+/// Rates at `threshold`.
+pub fn rates_at(scores: &[f32], defective: &[bool], threshold: f32) -> Rates {
+    let (mut miss, mut n_def, mut fr, mut n_good) = (0usize, 0usize, 0usize, 0usize);
+    for (&s, &d) in scores.iter().zip(defective) {
+        if d {
+            n_def += 1;
+            miss += (s < threshold) as usize;
+        } else {
+            n_good += 1;
+            fr += (s >= threshold) as usize;
+        }
+    }
+    let frac = |a: usize, n: usize| if n == 0 { 0.0 } else { a as f64 / n as f64 };
+    Rates {
+        miss_rate: frac(miss, n_def),
+        false_reject_rate: frac(fr, n_good),
+    }
+}
+
+/// The threshold with the lowest false-reject rate whose miss rate is at most `max_miss_rate`:
+/// the largest threshold that still fails all but `floor(max_miss_rate · defective)` defective
+/// images. With no defective images, 0.5.
+pub fn choose_threshold(scores: &[f32], defective: &[bool], max_miss_rate: f64) -> f32 {
+    let mut def: Vec<f32> = scores
+        .iter()
+        .zip(defective)
+        .filter(|(_, d)| **d)
+        .map(|(s, _)| *s)
+        .collect();
+    if def.is_empty() {
+        return 0.5;
+    }
+    def.sort_by(|a, b| a.total_cmp(b));
+    let allowed = (max_miss_rate * def.len() as f64 + 1e-9).floor() as usize;
+    def[allowed.min(def.len() - 1)].clamp(0.0, 1.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hand-worked example: 3 classes, 10 images.
+    ///
+    /// ```text
+    ///             pred good  pred crack  pred hole
+    /// true good        4          1          0       (support 5)
+    /// true crack       1          2          0       (support 3)
+    /// true hole        0          1          1       (support 2)
+    /// ```
+    /// accuracy 7/10; good P 4/5 R 4/5; crack P 2/4 R 2/3 F1 4/7; hole P 1/1 R 1/2 F1 2/3.
+    #[test]
+    fn confusion_metrics_match_hand_worked_example() {
+        let pairs = [
+            (0, 0),
+            (0, 0),
+            (0, 0),
+            (0, 0),
+            (0, 1),
+            (1, 0),
+            (1, 1),
+            (1, 1),
+            (2, 1),
+            (2, 2),
+        ];
+        let c = Confusion::new(vec!["good".into(), "crack".into(), "hole".into()], pairs);
+        assert_eq!(c.matrix, vec![vec![4, 1, 0], vec![1, 2, 0], vec![0, 1, 1]]);
+        assert!((c.accuracy() - 0.7).abs() < 1e-12);
+        let pc = c.per_class();
+        assert!((pc[0].precision - 0.8).abs() < 1e-12 && (pc[0].recall - 0.8).abs() < 1e-12);
+        assert!((pc[1].precision - 0.5).abs() < 1e-12 && (pc[1].recall - 2.0 / 3.0).abs() < 1e-12);
+        assert!((pc[1].f1 - 4.0 / 7.0).abs() < 1e-12);
+        assert!((pc[2].precision - 1.0).abs() < 1e-12 && (pc[2].f1 - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!(
+            pc.iter().map(|m| m.support).collect::<Vec<_>>(),
+            vec![5, 3, 2]
+        );
+        assert!((c.macro_f1() - (0.8 + 4.0 / 7.0 + 2.0 / 3.0) / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn auroc_and_threshold_by_hand() {
+        // Good scores 0.1 0.2 0.6; defective 0.4 0.6 0.9. Pairs (def > good): 0.4 beats 2,
+        // 0.6 beats 2 and ties 1 (half), 0.9 beats 3 → 7.5 / 9.
+        let scores = [0.1, 0.2, 0.6, 0.4, 0.6, 0.9];
+        let def = [false, false, false, true, true, true];
+        assert!((auroc(&scores, &def).expect("both classes") - 7.5 / 9.0).abs() < 1e-12);
+        assert_eq!(auroc(&scores[..3], &def[..3]), None);
+        // Miss ≤ 0 → threshold = lowest defective score 0.4: FRR 1/3 (the 0.6 good image).
+        let t = choose_threshold(&scores, &def, 0.0);
+        assert_eq!(t, 0.4);
+        let r = rates_at(&scores, &def, t);
+        assert_eq!(r.miss_rate, 0.0);
+        assert!((r.false_reject_rate - 1.0 / 3.0).abs() < 1e-12);
+        // Allowing one miss in three (34 %) moves the threshold to 0.6.
+        assert_eq!(choose_threshold(&scores, &def, 0.34), 0.6);
+    }
+}

@@ -1,0 +1,179 @@
+//! Training on generated data: learns, is deterministic, resumes, cancels, exports a model the
+//! GPU engine runs with the same probabilities as burn, and evaluates.
+
+use std::sync::atomic::AtomicBool;
+
+use inspector::train::{self, BackendKind, Progress, TrainConfig};
+use integration_tests::synthetic_manifest;
+use kernels::{Engine, GpuContext, Model};
+
+/// burn's devices share global state (its RNG, the flex thread pool): run one training at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn config(root: &std::path::Path, out: &std::path::Path, epochs: usize) -> TrainConfig {
+    let mut cfg = TrainConfig::new(root.to_owned(), out.to_owned());
+    cfg.preset = "tiny".into();
+    cfg.epochs = epochs;
+    cfg.batch_size = 8;
+    cfg.lr = 0.05;
+    cfg.backend = BackendKind::Cpu;
+    cfg.patience = 0;
+    cfg
+}
+
+#[test]
+fn tiny_dataset_trains_well_above_chance_and_engine_agrees_with_burn() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let data = tempfile::tempdir().expect("tmp");
+    synthetic_manifest(data.path(), 16, 6, 11);
+    let out_dir = tempfile::tempdir().expect("tmp");
+    let out = out_dir.path().join("m.safetensors");
+    let t = std::time::Instant::now();
+    let mut epochs_seen = 0;
+    let summary = train::train(
+        &config(data.path(), &out, 8),
+        &mut |p| {
+            if let Progress::Epoch(r) = p {
+                epochs_seen += 1;
+                eprintln!(
+                    "epoch {} loss {:.3} val acc {:.3}",
+                    r.epoch, r.train_loss, r.val_accuracy
+                );
+            }
+        },
+        &AtomicBool::new(false),
+    )
+    .expect("train");
+    eprintln!("trained in {:?}: {summary:?}", t.elapsed());
+    assert_eq!(epochs_seen, 8);
+    assert!(
+        summary.val_accuracy >= 0.8,
+        "val accuracy {} (chance is 0.33)",
+        summary.val_accuracy
+    );
+    assert!(summary.val_auroc.expect("both kinds") >= 0.9);
+    assert_eq!(
+        summary.val_miss_rate, 0.0,
+        "threshold is chosen for at most 1% misses"
+    );
+
+    // The exported model (batch-norm folded) on the GPU engine vs the burn model with its
+    // batch-norm, on the val images: same probabilities within 1e-4.
+    let model = Model::load(&out).expect("load exported model");
+    assert_eq!(model.spec.threshold, summary.threshold);
+    assert_eq!(
+        model.spec.training["summary"]["best_epoch"],
+        summary.best_epoch
+    );
+    let device = burn::tensor::Device::flex();
+    let burn_model = train::load_best(&model.spec, &out, &device).expect("best checkpoint");
+    let gpu = GpuContext::headless().expect("gpu");
+    let mut engine =
+        Engine::new(&gpu.device, &gpu.queue, &model, 4, gpu.describe()).expect("engine");
+    let ds = inspector::dataset::Dataset::open(data.path()).expect("dataset");
+    let mut max_diff = 0f32;
+    for s in ds.split("val") {
+        let img = inspector::dataset::decode_image(&s.path).expect("decode");
+        let gpu_p = engine
+            .infer(&[img.frame()])
+            .expect("infer")
+            .remove(0)
+            .probabilities;
+        let x: Vec<f32> = kernels::reference::preprocess(&model, &img.frame())
+            .expect("pre")
+            .into_iter()
+            .map(|v| v as f32)
+            .collect();
+        let burn_p = train::predict(&burn_model, &device, &[x], &model.spec.input, 1)
+            .expect("burn")
+            .remove(0);
+        for (a, b) in gpu_p.iter().zip(&burn_p) {
+            max_diff = max_diff.max((a - b).abs());
+        }
+    }
+    eprintln!("max |engine − burn| = {max_diff:e}");
+    assert!(max_diff <= 1e-4, "engine and burn disagree by {max_diff}");
+
+    // eval through the engine gives the documented JSON keys and agrees with training's val.
+    let report = inspector::eval::evaluate(&out, data.path(), "val").expect("eval");
+    let json = serde_json::to_value(&report).expect("json");
+    for key in [
+        "images",
+        "skipped",
+        "accuracy",
+        "macro_f1",
+        "auroc",
+        "threshold",
+        "miss_rate",
+        "false_reject_rate",
+        "per_class",
+        "confusion",
+        "latency_ms_p50",
+    ] {
+        assert!(json.get(key).is_some(), "eval JSON lacks {key}: {json}");
+    }
+    assert_eq!(json["per_class"]["scratch"]["support"], 6);
+    assert_eq!(
+        json["confusion"]["labels"],
+        serde_json::json!(["good", "scratch", "spot"])
+    );
+    assert!(
+        (report.accuracy - summary.val_accuracy).abs() < 1e-9,
+        "eval {} vs training val {}",
+        report.accuracy,
+        summary.val_accuracy
+    );
+}
+
+#[test]
+fn same_seed_same_model_and_resume_and_cancel() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let data = tempfile::tempdir().expect("tmp");
+    synthetic_manifest(data.path(), 6, 2, 5);
+    let dir = tempfile::tempdir().expect("tmp");
+    let run = |name: &str, epochs: usize, resume: bool| {
+        let out = dir.path().join(name);
+        let mut cfg = config(data.path(), &out, epochs);
+        cfg.resume = resume;
+        let mut first = 0;
+        let s = train::train(
+            &cfg,
+            &mut |p| {
+                if let Progress::Started { first_epoch, .. } = p {
+                    first = first_epoch;
+                }
+            },
+            &AtomicBool::new(false),
+        )
+        .expect("train");
+        (Model::load(&out).expect("load"), s, first)
+    };
+    let (a, _, _) = run("a.safetensors", 2, false);
+    let (b, _, _) = run("b.safetensors", 2, false);
+    assert_eq!(
+        a.weights, b.weights,
+        "the same seed must give the same model"
+    );
+
+    // Resume: 2 epochs done, ask for 3: starts at epoch 3 and keeps the history.
+    std::fs::copy(
+        dir.path().join("a.safetensors"),
+        dir.path().join("c.safetensors"),
+    )
+    .expect("copy");
+    let ckpt_a = train::checkpoint_dir(&dir.path().join("a.safetensors"));
+    let ckpt_c = train::checkpoint_dir(&dir.path().join("c.safetensors"));
+    std::fs::create_dir_all(&ckpt_c).expect("mkdir");
+    for f in ["state.json", "last.safetensors", "best.safetensors"] {
+        std::fs::copy(ckpt_a.join(f), ckpt_c.join(f)).expect("copy ckpt");
+    }
+    let (_, s, first) = run("c.safetensors", 3, true);
+    assert_eq!(first, 3);
+    assert_eq!(s.epochs_run, 3);
+
+    // Cancel: stops before the first step and says how to resume.
+    let cfg = config(data.path(), &dir.path().join("d.safetensors"), 2);
+    let e = train::train(&cfg, &mut |_| {}, &AtomicBool::new(true)).expect_err("cancelled");
+    assert!(e.downcast_ref::<train::Cancelled>().is_some(), "{e}");
+    assert!(e.to_string().contains("--resume"));
+}
