@@ -32,6 +32,12 @@ pub struct BenchArgs {
     /// Skip the CPU reference.
     #[arg(long)]
     pub no_cpu: bool,
+    /// Skip burn (and do not start its runtime at all).
+    #[arg(long)]
+    pub no_burn: bool,
+    /// Run the engine on its own wgpu device instead of the one shared with burn.
+    #[arg(long)]
+    pub own_device: bool,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -85,14 +91,26 @@ fn time<F: FnMut() -> anyhow::Result<()>>(
 
 /// Runs the benchmark and prints the table or JSON.
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    let (burn_device, gpu) = crate::nn::shared_gpu()?;
+    let (burn_device, shared) = if args.no_burn && args.own_device {
+        (None, None)
+    } else {
+        let (d, g) = crate::nn::shared_gpu()?;
+        (Some(d), Some(g))
+    };
+    let gpu = match (&shared, args.own_device) {
+        (Some(g), false) => g.clone(),
+        _ => kernels::GpuContext::headless()?,
+    };
     let info = gpu.adapter.get_info();
     let spec = ModelSpec::ref_cnn(vec!["good".into(), "defect".into()], vec!["good".into()]);
     let model = Model::random(spec, 42)?;
     let flops = model.spec.flops_per_image();
     let max_batch = args.batches.iter().copied().max().unwrap_or(1);
     let mut engine = Engine::new(&gpu.device, &gpu.queue, &model, max_batch, gpu.describe())?;
-    let burn_model = crate::nn::BurnModel::from_model(&model, &burn_device)?;
+    let burn_model = match (&burn_device, args.no_burn) {
+        (Some(d), false) => Some(crate::nn::BurnModel::from_model(&model, d)?),
+        _ => None,
+    };
 
     let mut rng = SplitMix64::new(7);
     let (h, w) = (model.spec.input.height, model.spec.input.width);
@@ -124,13 +142,13 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             .collect::<Result<_, _>>()
             .map_err(anyhow::Error::msg)?;
         let flat: Vec<f32> = inputs.concat();
-        let brn = time(3, args.iters, || {
-            burn_model.probabilities(&flat, batch as usize).map(|_| ())
-        })?;
-        let mut rows = vec![
-            ("engine", summarize(eng, batch, flops)),
-            ("burn", summarize(brn, batch, flops)),
-        ];
+        let mut rows = vec![("engine", summarize(eng, batch, flops))];
+        if let Some(bm) = &burn_model {
+            let brn = time(3, args.iters, || {
+                bm.probabilities(&flat, batch as usize).map(|_| ())
+            })?;
+            rows.push(("burn", summarize(brn, batch, flops)));
+        }
         if !args.no_cpu {
             if !args.json {
                 eprintln!("batch {batch}: cpu reference…");
