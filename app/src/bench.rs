@@ -141,11 +141,13 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             })
             .collect::<Result<_, _>>()
             .map_err(anyhow::Error::msg)?;
-        let flat: Vec<f32> = inputs.concat();
         let mut rows = vec![("engine", summarize(eng, batch, flops))];
         if let Some(bm) = &burn_model {
+            let device = burn_device.as_ref().context("burn device")?;
+            // Upload of the normalised input, forward, softmax, read back.
             let brn = time(3, args.iters, || {
-                bm.probabilities(&flat, batch as usize).map(|_| ())
+                crate::train::predict(bm, device, &inputs, &model.spec.input, batch as usize)
+                    .map(|_| ())
             })?;
             rows.push(("burn", summarize(brn, batch, flops)));
         }

@@ -7,12 +7,11 @@
 //! Input `[batch, channels, height, width]` (normalised as `kernels::reference::preprocess`
 //! defines), logits `[batch, classes]`.
 
-use anyhow::Context as _;
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d, Relu};
-use burn::tensor::{Device, Tensor, TensorData, activation};
+use burn::tensor::{Device, Tensor, TensorData};
 use kernels::{GpuContext, Layer, ModelSpec};
 
 /// A convolution, optionally followed by batch-norm (training only; folded at export).
@@ -232,33 +231,6 @@ impl BurnModel {
             let [n, c, h, w] = x.dims();
             x.reshape([n, c * h * w])
         })
-    }
-
-    /// Probabilities `[n × classes]`, row-major, for a flat normalised input of `n` images;
-    /// uploads the input, runs the forward pass and reads the result back.
-    pub fn probabilities(&self, input: &[f32], n: usize) -> anyhow::Result<Vec<f32>> {
-        let device = self
-            .devices()
-            .into_iter()
-            .next()
-            .context("model has no device")?;
-        let per_image = input.len() / n.max(1);
-        let Some(Block::Conv(first)) = self.blocks.first() else {
-            anyhow::bail!("model does not start with a conv")
-        };
-        let [_, c, _, _] = first.conv.weight.shape().dims();
-        let side = ((per_image / c) as f64).sqrt() as usize;
-        anyhow::ensure!(
-            side * side * c == per_image,
-            "probabilities() takes square inputs"
-        );
-        let x =
-            Tensor::<4>::from_data(TensorData::new(input.to_vec(), [n, c, side, side]), &device);
-        let probs = activation::softmax(self.forward(x), 1);
-        probs
-            .into_data()
-            .try_to_vec::<f32>()
-            .map_err(|e| anyhow::anyhow!("reading probabilities: {e:?}"))
     }
 }
 
