@@ -130,19 +130,19 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let eng = time(3, args.iters, || {
             engine.infer(&frames).map(|_| ()).map_err(Into::into)
         })?;
-        if !args.json {
-            eprintln!("batch {batch}: burn…");
-        }
-        let inputs: Vec<Vec<f32>> = frames
-            .iter()
-            .map(|f| {
-                kernels::reference::preprocess(&model, f)
-                    .map(|v| v.into_iter().map(|x| x as f32).collect())
-            })
-            .collect::<Result<_, _>>()
-            .map_err(anyhow::Error::msg)?;
         let mut rows = vec![("engine", summarize(eng, batch, flops))];
         if let Some(bm) = &burn_model {
+            if !args.json {
+                eprintln!("batch {batch}: burn…");
+            }
+            let inputs: Vec<Vec<f32>> = frames
+                .iter()
+                .map(|f| {
+                    kernels::reference::preprocess(&model, f)
+                        .map(|v| v.into_iter().map(|x| x as f32).collect())
+                })
+                .collect::<Result<_, _>>()
+                .map_err(anyhow::Error::msg)?;
             let device = burn_device.as_ref().context("burn device")?;
             // Upload of the normalised input, forward, softmax, read back.
             let brn = time(3, args.iters, || {

@@ -11,16 +11,15 @@ use kernels::{Engine, Frame, Layer, Model, PixelFormat, Roi, reference};
 
 const TOLERANCE: f64 = 1e-4;
 
-struct Case<'a> {
+struct Case {
     data: Vec<u8>,
     w: u32,
     h: u32,
     format: PixelFormat,
     roi: Option<Roi>,
-    _p: std::marker::PhantomData<&'a ()>,
 }
 
-fn random_case<'a>(rng: &mut SplitMix64, format: PixelFormat, with_roi: bool) -> Case<'a> {
+fn random_case(rng: &mut SplitMix64, format: PixelFormat, with_roi: bool) -> Case {
     let w = 1 + rng.below(150) as u32;
     let h = 1 + rng.below(150) as u32;
     let data = pixels(rng, w, h, format.bytes_per_pixel());
@@ -49,11 +48,10 @@ fn random_case<'a>(rng: &mut SplitMix64, format: PixelFormat, with_roi: bool) ->
         h,
         format,
         roi,
-        _p: Default::default(),
     }
 }
 
-fn check(model: &Model, engine: &mut Engine, cases: &[Case<'_>], what: &str) {
+fn check(model: &Model, engine: &mut Engine, cases: &[Case], what: &str) {
     let frames: Vec<Frame<'_>> = cases
         .iter()
         .map(|c| Frame {
@@ -122,7 +120,7 @@ fn ref_cnn_gray_97x131_batches_1_3_8() {
     let g = gpu();
     let mut engine = Engine::new(&g.device, &g.queue, &model, 8, g.describe()).expect("engine");
     for n in [1usize, 3, 8, 3] {
-        let cases: Vec<Case<'_>> = (0..n)
+        let cases: Vec<Case> = (0..n)
             .map(|_| {
                 let data = pixels(&mut rng, 97, 131, 1);
                 Case {
@@ -131,7 +129,6 @@ fn ref_cnn_gray_97x131_batches_1_3_8() {
                     h: 131,
                     format: PixelFormat::Gray8,
                     roi: None,
-                    _p: Default::default(),
                 }
             })
             .collect();
@@ -166,7 +163,7 @@ fn awkward_rgb_model_mixed_formats_and_edge_rois() {
     let mut engine = Engine::new(&g.device, &g.queue, &model, 8, g.describe()).expect("engine");
     let formats = [PixelFormat::Gray8, PixelFormat::Rgb8, PixelFormat::Rgba8];
     for n in [1usize, 3, 8] {
-        let cases: Vec<Case<'_>> = (0..n)
+        let cases: Vec<Case> = (0..n)
             .map(|i| random_case(&mut rng, formats[(i + n) % 3], i % 2 == 1))
             .collect();
         check(
@@ -194,7 +191,7 @@ fn every_conv_tile_matches_the_reference() {
         let tile = kernels::ops::conv2d::Tile { px, ocb };
         let mut engine = Engine::with_conv_tile(&g.device, &g.queue, &model, 3, g.describe(), tile)
             .expect("engine");
-        let cases: Vec<Case<'_>> = (0..3)
+        let cases: Vec<Case> = (0..3)
             .map(|i| {
                 random_case(
                     &mut rng,
@@ -225,7 +222,7 @@ fn awkward_gray_model_many_classes_odd_sizes() {
     let g = gpu();
     let mut engine = Engine::new(&g.device, &g.queue, &model, 3, g.describe()).expect("engine");
     for n in [3usize, 1] {
-        let cases: Vec<Case<'_>> = (0..n)
+        let cases: Vec<Case> = (0..n)
             .map(|i| {
                 random_case(
                     &mut rng,
