@@ -2,8 +2,9 @@
 # Sourced, not executed.
 
 # System packages the app and tests need on Debian/Ubuntu. mesa-vulkan-drivers is lavapipe,
-# the Vulkan driver wgpu uses on machines without a GPU (harmless where a GPU driver exists).
-DI_PACKAGES=(mesa-vulkan-drivers libvulkan1)
+# the Vulkan driver wgpu uses on machines without a GPU (harmless where a GPU driver exists);
+# libclang-dev lets nokhwa generate its V4L2 camera bindings at build time.
+DI_PACKAGES=(mesa-vulkan-drivers libvulkan1 libclang-dev)
 
 di_missing_packages() {
   local missing=()

@@ -4,7 +4,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Defect Inspector: visual defect inspection for production lines.
+/// Defect Inspector: visual defect inspection for production lines. With no subcommand it
+/// opens the inspection window.
 #[derive(Debug, Parser)]
 #[command(name = "inspector", version, about)]
 pub struct Cli {
@@ -22,6 +23,14 @@ pub enum Command {
     Train(TrainArgs),
     /// Evaluate a model on a dataset split through the GPU engine.
     Eval(EvalArgs),
+    /// Inspect frames from a folder, camera or synthetic source without the window.
+    Inspect(crate::headless::InspectArgs),
+    /// List the cameras this machine has.
+    Cameras(crate::headless::CamerasArgs),
+    /// Print recorded verdicts from the history database as CSV or JSON lines.
+    History(crate::headless::HistoryArgs),
+    /// Open the inspection window (the same as running with no arguments).
+    App(crate::ui::AppArgs),
 }
 
 /// Options of `inspector train`.
@@ -129,11 +138,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        None => {
-            use clap::CommandFactory as _;
-            Cli::command().print_help()?;
-            Ok(())
-        }
+        Some(Command::Inspect(args)) => crate::headless::inspect(args),
+        Some(Command::Cameras(args)) => crate::headless::cameras(args),
+        Some(Command::History(args)) => crate::headless::history(args),
+        Some(Command::App(args)) => crate::ui::run(args),
+        None => crate::ui::run(crate::ui::AppArgs::default()),
     }
 }
 

@@ -1,5 +1,9 @@
-//! Defect Inspector: the library behind the `inspector` binary (CLI now, the app window later).
+//! Defect Inspector: the library behind the `inspector` binary (the window and the CLI).
 //!
+//! - [`ui`]: the eframe app (Inspect, History, Settings tabs).
+//! - [`source`] → [`pipeline`]: frame sources, capture and inference workers.
+//! - [`history`]: the SQLite verdict store and its writer thread; [`display`]: pixels for people.
+//! - [`headless`]: `inspector inspect`, `cameras`, `history`.
 //! - [`cli`]: argument parsing and dispatch.
 //! - [`bench`]: `inspector bench`, the engine vs burn vs CPU benchmark.
 //! - [`nn`]: burn modules built from a `kernels::ModelSpec`.
@@ -9,7 +13,14 @@ pub mod augment;
 pub mod bench;
 pub mod cli;
 pub mod dataset;
+pub mod display;
 pub mod eval;
+pub mod headless;
+pub mod history;
 pub mod metrics;
 pub mod nn;
+pub mod pipeline;
+pub mod settings;
+pub mod source;
 pub mod train;
+pub mod ui;

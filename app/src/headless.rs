@@ -1,0 +1,358 @@
+//! `inspector inspect`, `inspector cameras` and `inspector history`: the station without a window.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde_json::json;
+
+use crate::history::{self, Filter, Recorder, RecorderOptions, RecorderSink, Store};
+use crate::pipeline::{self, Event, Pipeline, PipelineOptions, SourceStatus};
+use crate::source::SourceSpec;
+
+/// The bundled default model, relative to the repository / install root.
+pub const DEFAULT_MODEL: &str = "assets/models/default.safetensors";
+/// The bundled demo images.
+pub const DEMO_DATASET: &str = "datasets/magnetic-tile-demo";
+
+/// Finds a bundled file: next to the executable's ancestors, then the working directory, then
+/// the source tree this binary was built from.
+pub fn bundled(rel: &str) -> PathBuf {
+    let mut candidates = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        candidates.extend(exe.ancestors().skip(1).map(|a| a.join(rel)));
+    }
+    candidates.push(PathBuf::from(rel));
+    candidates.push(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(rel),
+    );
+    candidates
+        .iter()
+        .find(|p| p.exists())
+        .cloned()
+        .unwrap_or_else(|| PathBuf::from(rel))
+}
+
+/// Options of `inspector inspect`.
+#[derive(Debug, clap::Args)]
+pub struct InspectArgs {
+    /// Model file (default: the bundled model).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// folder:<DIR>, camera:<N> or synthetic.
+    #[arg(long)]
+    pub source: String,
+    /// Frames per second for folder and synthetic sources (0 = as fast as possible).
+    #[arg(long, default_value_t = 0.0)]
+    pub fps: f64,
+    /// Stop after this many frames.
+    #[arg(long)]
+    pub limit: Option<u64>,
+    /// One JSON line per frame and a final summary line.
+    #[arg(long)]
+    pub json: bool,
+    /// Record every verdict into this history database.
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+    /// Station name stored with each verdict.
+    #[arg(long, default_value = "station-1")]
+    pub station: String,
+    /// Region of interest in frame pixels: x,y,width,height.
+    #[arg(long)]
+    pub roi: Option<String>,
+    /// Threshold instead of the model's.
+    #[arg(long)]
+    pub threshold: Option<f32>,
+    /// Share of PASS frames archived as images (rejects always are).
+    #[arg(long, default_value_t = 0.01)]
+    pub pass_sample: f64,
+}
+
+/// Parses `x,y,w,h`.
+pub fn parse_roi(s: &str) -> anyhow::Result<kernels::Roi> {
+    let v: Vec<u32> = s
+        .split(',')
+        .map(|p| p.trim().parse::<u32>())
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("--roi {s:?}: expected x,y,width,height in pixels"))?;
+    anyhow::ensure!(
+        v.len() == 4 && v[2] > 0 && v[3] > 0,
+        "--roi {s:?}: expected x,y,width,height with width and height > 0"
+    );
+    Ok(kernels::Roi {
+        x: v[0],
+        y: v[1],
+        width: v[2],
+        height: v[3],
+    })
+}
+
+/// Runs `inspector inspect`. Exit code 0 unless the model or the source cannot be opened.
+pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let model_path = args.model.clone().unwrap_or_else(|| bundled(DEFAULT_MODEL));
+    let model = pipeline::load_model(&model_path).map_err(anyhow::Error::msg)?;
+    let source = SourceSpec::parse(&args.source).map_err(anyhow::Error::msg)?;
+    let roi = args.roi.as_deref().map(parse_roi).transpose()?;
+    if let Some(t) = args.threshold {
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&t),
+            "--threshold {t}: must be between 0 and 1"
+        );
+    }
+    let gpu = kernels::GpuContext::headless()?;
+    let recorder = match &args.db {
+        Some(db) => Some(Recorder::start(db, RecorderOptions::default())?),
+        None => None,
+    };
+    let sink = recorder
+        .as_ref()
+        .map(|r| RecorderSink::new(r.clone(), &args.station, args.pass_sample));
+    let ticket = sink.as_ref().map(|s| s.last_ticket.clone());
+    if let (Some(r), Some(s)) = (&recorder, &sink) {
+        r.submit(history::Op::Event(history::EventRow::now(
+            &args.station,
+            "run_started",
+            format!("{} with {} (run {})", source.uri(), model.1.id, s.run_id),
+        )))
+        .map_err(anyhow::Error::msg)?;
+    }
+    let label = gpu.describe();
+    let pipe = Pipeline::start(
+        gpu.device.clone(),
+        gpu.queue.clone(),
+        label.clone(),
+        model,
+        source.clone(),
+        PipelineOptions {
+            fps: args.fps,
+            limit: args.limit,
+            lossless_events: true,
+            roi,
+            threshold: args.threshold,
+            display: false,
+        },
+        sink.map(|s| Box::new(s) as Box<dyn pipeline::VerdictSink>),
+        Arc::new(|| {}),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let started = Instant::now();
+    let (mut pass, mut fail, mut unreadable) = (0u64, 0u64, 0u64);
+    let mut latencies = Vec::new();
+    let stdout = std::io::stdout();
+    let source_name = source.uri();
+    while let Some(ev) = pipe.next_event(Duration::from_secs(3600)) {
+        let mut out = stdout.lock();
+        match ev {
+            Event::Verdict(v) => {
+                if let (Some(r), Some(t)) = (&recorder, &ticket) {
+                    let t = t.load(std::sync::atomic::Ordering::SeqCst);
+                    while !r.wait_committed(t, Duration::from_secs(5)) {
+                        if let Some(e) = r.status().db_error {
+                            eprintln!("waiting for the history database: {e}");
+                        }
+                    }
+                }
+                if v.fail {
+                    fail += 1;
+                } else {
+                    pass += 1;
+                }
+                latencies.push(v.latency_ms);
+                if args.json {
+                    let mut line = json!({
+                        "ts": history::rfc3339(v.timestamp),
+                        "source": v.source,
+                        "frame": v.origin,
+                        "seq": v.seq,
+                        "verdict": v.word(),
+                        "class": v.class,
+                        "confidence": v.confidence,
+                        "score": v.score,
+                        "threshold": v.threshold,
+                        "latency_ms": v.latency_ms,
+                    });
+                    if recorder.is_some() {
+                        line["recorded"] = json!(true);
+                    }
+                    writeln!(out, "{line}")?;
+                } else {
+                    writeln!(
+                        out,
+                        "{:<4} {:<12} {:>6.1}%  score {:.3} (threshold {:.3})  {:>7.1} ms  {}",
+                        v.word().to_uppercase(),
+                        v.class,
+                        100.0 * v.confidence,
+                        v.score,
+                        v.threshold,
+                        v.latency_ms,
+                        v.origin
+                    )?;
+                }
+            }
+            Event::Unreadable { origin, error } => {
+                unreadable += 1;
+                if args.json {
+                    let line = json!({
+                        "ts": history::rfc3339(chrono::Utc::now()),
+                        "source": source_name,
+                        "frame": origin,
+                        "verdict": null,
+                        "error": error,
+                    });
+                    writeln!(out, "{line}")?;
+                } else {
+                    eprintln!("unreadable {origin}: {error}");
+                }
+            }
+            Event::Source(SourceStatus::Failed(e)) => {
+                anyhow::bail!("{e}");
+            }
+            Event::Source(SourceStatus::Ended(_)) => break,
+            Event::Source(SourceStatus::Lost(e)) => eprintln!("{e}"),
+            Event::Source(SourceStatus::Running(s)) => {
+                tracing::info!("inspecting {s} on {label}")
+            }
+            Event::ModelLoaded(info) => tracing::info!("model {} ({})", info.id, info.input),
+            Event::ModelRejected(e) | Event::SinkError(e) | Event::Warning(e) => {
+                eprintln!("warning: {e}")
+            }
+        }
+        out.flush()?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let frames = pass + fail;
+    let p50 = pipeline::percentile(latencies.clone(), 0.5);
+    let p90 = pipeline::percentile(latencies, 0.9);
+    let dropped = pipe.counters().dropped;
+    drop(pipe);
+    if let Some(r) = recorder {
+        r.finish();
+    }
+    if args.json {
+        println!(
+            "{}",
+            json!({"summary": {
+                "frames": frames, "pass": pass, "fail": fail, "unreadable": unreadable,
+                "dropped": dropped, "elapsed_s": elapsed,
+                "fps": if elapsed > 0.0 { frames as f64 / elapsed } else { 0.0 },
+                "latency_ms_p50": p50, "latency_ms_p90": p90,
+            }})
+        );
+    } else {
+        println!(
+            "{frames} frames: {pass} pass, {fail} fail, {unreadable} unreadable, {dropped} dropped; \
+             {:.1} frames/s; capture-to-verdict p50 {:.1} ms, p90 {:.1} ms",
+            if elapsed > 0.0 {
+                frames as f64 / elapsed
+            } else {
+                0.0
+            },
+            p50.unwrap_or(f64::NAN),
+            p90.unwrap_or(f64::NAN)
+        );
+    }
+    Ok(())
+}
+
+/// Options of `inspector cameras`.
+#[derive(Debug, clap::Args)]
+pub struct CamerasArgs {
+    /// Print a JSON array.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `inspector cameras`.
+pub fn cameras(args: CamerasArgs) -> anyhow::Result<()> {
+    let cams = crate::source::list_cameras().map_err(anyhow::Error::msg)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&cams)?);
+    } else if cams.is_empty() {
+        println!(
+            "no cameras found. Plug in a USB (UVC) camera, check that your user may open \
+             /dev/video* (group `video`), then run this again; meanwhile inspect images with \
+             --source folder:<DIR>"
+        );
+    } else {
+        for c in cams {
+            println!("camera:{}  {}  ({})", c.index, c.name, c.description);
+        }
+    }
+    Ok(())
+}
+
+/// Options of `inspector history`.
+#[derive(Debug, clap::Args)]
+pub struct HistoryArgs {
+    /// History database (default: the platform data directory).
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+    /// From: RFC 3339 time or a duration back from now (30m, 24h, 7d).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Until: RFC 3339 time or a duration back from now.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Final verdict.
+    #[arg(long, value_parser = ["pass", "fail"])]
+    pub verdict: Option<String>,
+    /// Class.
+    #[arg(long)]
+    pub class: Option<String>,
+    /// Model id (name@hash).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// csv, or json (one object per line).
+    #[arg(long, default_value = "csv", value_parser = ["csv", "json"])]
+    pub format: String,
+    /// At most this many rows, newest first.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub limit: u64,
+}
+
+/// Runs `inspector history`.
+pub fn history(args: HistoryArgs) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let db = args.db.unwrap_or_else(history::default_db_path);
+    anyhow::ensure!(
+        db.is_file(),
+        "history database {} does not exist: record into it with `inspector inspect … --db {}`",
+        db.display(),
+        db.display()
+    );
+    let store = Store::open(&db)?;
+    let now = chrono::Utc::now();
+    let f = Filter {
+        since_ms: args
+            .since
+            .as_deref()
+            .map(|s| history::parse_time(s, now))
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
+        until_ms: args
+            .until
+            .as_deref()
+            .map(|s| history::parse_time(s, now))
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
+        verdict: args.verdict,
+        class: args.class,
+        model: args.model,
+        ..Filter::default()
+    };
+    let rows = store.query(&f, args.limit, 0)?;
+    let stdout = std::io::stdout();
+    if args.format == "json" {
+        let mut out = stdout.lock();
+        for r in &rows {
+            writeln!(out, "{}", serde_json::to_string(r)?)?;
+        }
+    } else {
+        history::write_csv(stdout.lock(), &rows).map_err(anyhow::Error::msg)?;
+    }
+    Ok(())
+}

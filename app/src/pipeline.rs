@@ -1,0 +1,852 @@
+//! The inspection pipeline: a capture thread (owns the [`crate::source`]) → an inference worker
+//! (owns the `kernels` engine on the shared wgpu device) → whoever consumes [`Event`]s (the app,
+//! or `inspector inspect`). Every hop is a bounded channel; nothing here runs on the UI thread.
+//!
+//! - Stored sources (folder, synthetic) wait when inference is behind: every frame is inspected.
+//!   A live camera never waits: the newest frame wins and the frames inference could not take are
+//!   counted as dropped.
+//! - The consumer either takes every event (`lossless_events`, the headless command) or only
+//!   what it has room for (the app: display is newest-wins, counters live in [`Counters`], kept
+//!   by the worker, so the UI can never slow inspection down).
+//! - Verdicts go to an optional [`VerdictSink`] (the history database) before they are reported.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, bounded, select};
+use kernels::{Engine, Heatmap, Model, Roi};
+
+use crate::dataset::DecodedImage;
+use crate::source::{CapturedFrame, Pull, SourceSpec};
+
+/// A loaded model and where it came from.
+#[derive(Clone, Debug)]
+pub struct ModelInfo {
+    /// The file.
+    pub path: PathBuf,
+    /// The spec's name.
+    pub name: String,
+    /// `name@hash`: the content hash identifies the exact weights.
+    pub id: String,
+    /// FNV-1a 64 of the file bytes, hex.
+    pub hash: String,
+    /// Class names.
+    pub classes: Vec<String>,
+    /// PASS classes.
+    pub pass_classes: Vec<String>,
+    /// The model's own threshold.
+    pub threshold: f32,
+    /// Input size, "W×H×C".
+    pub input: String,
+}
+
+/// Reads and validates a model file, off the UI thread.
+pub fn load_model(path: &Path) -> Result<(Model, ModelInfo), String> {
+    let bytes =
+        std::fs::read(path).map_err(|e| format!("cannot read model {}: {e}", path.display()))?;
+    let model =
+        Model::from_bytes(&bytes).map_err(|e| format!("model {} refused: {e}", path.display()))?;
+    let hash = format!("{:016x}", fnv1a(&bytes));
+    let spec = &model.spec;
+    let name = if spec.name.is_empty() {
+        path.file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into())
+    } else {
+        spec.name.clone()
+    };
+    let info = ModelInfo {
+        path: path.to_path_buf(),
+        id: format!("{name}@{}", &hash[..8]),
+        name,
+        hash,
+        classes: spec.classes.clone(),
+        pass_classes: spec.pass_classes.clone(),
+        threshold: spec.threshold,
+        input: format!(
+            "{}×{}×{}",
+            spec.input.width, spec.input.height, spec.input.channels
+        ),
+    };
+    Ok((model, info))
+}
+
+/// FNV-1a, 64 bit: a content fingerprint (not a security hash).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// What the model decided about one frame.
+#[derive(Clone, Debug)]
+pub struct Verdict {
+    /// Frame number in this run, from 1.
+    pub seq: u64,
+    /// Where the frame came from (file, "camera 0 frame 9").
+    pub origin: String,
+    /// The source (`folder:…`, `camera:0`, `synthetic`).
+    pub source: String,
+    /// Capture time.
+    pub timestamp: chrono::DateTime<chrono::Utc>,
+    /// FAIL when the fail score is at least the threshold.
+    pub fail: bool,
+    /// The most probable FAIL class when failed, the most probable PASS class when passed.
+    pub class: String,
+    /// The probability of `class`.
+    pub confidence: f32,
+    /// `1 − Σ P(pass classes)`.
+    pub score: f32,
+    /// The threshold the verdict used.
+    pub threshold: f32,
+    /// Capture to verdict, ms.
+    pub latency_ms: f64,
+    /// Engine call alone, ms.
+    pub engine_ms: f64,
+    /// All class probabilities, in the model's class order.
+    pub probabilities: Vec<f32>,
+    /// The defect heatmap over the region of interest.
+    pub heatmap: Heatmap,
+    /// The region the model saw (clipped to the frame).
+    pub roi: Roi,
+    /// The model.
+    pub model_id: String,
+    /// FNV hash of the model file.
+    pub model_hash: String,
+    /// The frame itself (shared, not copied).
+    pub image: Arc<DecodedImage>,
+    /// Screen-ready pixels, prepared by the worker when [`PipelineOptions::display`] is set.
+    pub display: Option<Arc<Prepared>>,
+}
+
+/// A verdict's pixels, ready to upload as textures.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The frame, at most [`Prepared::MAX_SIDE`] pixels on a side.
+    pub frame: egui::ColorImage,
+    /// The heatmap at its own resolution.
+    pub heat: egui::ColorImage,
+    /// A small thumbnail of the region of interest (rejects only).
+    pub thumb: Option<egui::ColorImage>,
+}
+
+impl Prepared {
+    /// Largest side of the displayed frame.
+    pub const MAX_SIDE: u32 = 1280;
+    /// Largest side of a thumbnail.
+    pub const THUMB_SIDE: u32 = 96;
+}
+
+impl Verdict {
+    /// "pass" or "fail".
+    pub fn word(&self) -> &'static str {
+        if self.fail { "fail" } else { "pass" }
+    }
+}
+
+/// Takes each verdict before it is reported (the history database). An error is reported as
+/// [`Event::SinkError`] and inspection goes on.
+pub trait VerdictSink: Send {
+    /// Records one verdict; blocks when the recorder is behind (inspection slows, nothing is lost).
+    fn record(&mut self, verdict: &Verdict) -> Result<(), String>;
+}
+
+/// The state of the frame source.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SourceStatus {
+    /// Delivering frames.
+    Running(String),
+    /// Could not be opened (folder missing, no camera): nothing will come until another source.
+    Failed(String),
+    /// The device was lost; retrying.
+    Lost(String),
+    /// A replay-once source reached its end and every frame was inspected.
+    Ended(String),
+}
+
+/// What the pipeline reports.
+#[derive(Debug)]
+pub enum Event {
+    /// A verdict.
+    Verdict(Box<Verdict>),
+    /// A frame that could not be read or inspected.
+    Unreadable {
+        /// File or frame.
+        origin: String,
+        /// Why.
+        error: String,
+    },
+    /// The source changed state.
+    Source(SourceStatus),
+    /// A model is now in use.
+    ModelLoaded(ModelInfo),
+    /// A model file was refused; the previous model stays in use.
+    ModelRejected(String),
+    /// The verdict sink failed (the verdict was still reported).
+    SinkError(String),
+    /// Something worth telling the operator.
+    Warning(String),
+}
+
+/// Running totals, kept by the worker so that nothing depends on the consumer keeping up.
+#[derive(Clone, Debug, Default)]
+pub struct Counters {
+    /// Frames inspected.
+    pub inspected: u64,
+    /// PASS verdicts.
+    pub pass: u64,
+    /// FAIL verdicts.
+    pub fail: u64,
+    /// Frames that could not be read.
+    pub unreadable: u64,
+    /// Live frames dropped because inference was busy.
+    pub dropped: u64,
+    /// Recent capture-to-verdict latencies, ms (newest last).
+    pub latencies_ms: VecDeque<f64>,
+    /// Recent verdict times (for the frame rate).
+    pub verdict_times: VecDeque<Instant>,
+    /// The last rejects, newest last (frame shared, not copied).
+    pub last_rejects: VecDeque<Arc<Verdict>>,
+    /// When counting started (start or shift change).
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// FAILs in a row, up to the last verdict.
+    pub consecutive_fails: u64,
+    /// The last [`Counters::RECENT`] outcomes (true = FAIL), newest last: the drift window.
+    pub recent: VecDeque<bool>,
+}
+
+impl Counters {
+    /// How many rejects [`Self::last_rejects`] keeps.
+    pub const REJECTS_KEPT: usize = 12;
+    /// How many outcomes [`Self::recent`] keeps.
+    pub const RECENT: usize = 1000;
+    const WINDOW: usize = 120;
+
+    /// PASS share of the inspected frames, percent.
+    pub fn yield_percent(&self) -> Option<f64> {
+        (self.inspected > 0).then(|| 100.0 * self.pass as f64 / self.inspected as f64)
+    }
+
+    /// Verdicts per second over the recent window.
+    pub fn fps(&self) -> f64 {
+        match (self.verdict_times.front(), self.verdict_times.back()) {
+            (Some(a), Some(b)) if self.verdict_times.len() > 1 => {
+                let s = b.duration_since(*a).as_secs_f64();
+                if s > 0.0 {
+                    (self.verdict_times.len() - 1) as f64 / s
+                } else {
+                    0.0
+                }
+            }
+            _ => 0.0,
+        }
+    }
+
+    /// Median recent capture-to-verdict latency, ms.
+    pub fn latency_p50(&self) -> Option<f64> {
+        percentile(self.latencies_ms.iter().copied().collect(), 0.5)
+    }
+
+    fn add(&mut self, v: &Arc<Verdict>) {
+        self.inspected += 1;
+        self.recent.push_back(v.fail);
+        if self.recent.len() > Self::RECENT {
+            self.recent.pop_front();
+        }
+        if v.fail {
+            self.consecutive_fails += 1;
+        } else {
+            self.consecutive_fails = 0;
+        }
+        if v.fail {
+            self.fail += 1;
+            self.last_rejects.push_back(v.clone());
+            if self.last_rejects.len() > Self::REJECTS_KEPT {
+                self.last_rejects.pop_front();
+            }
+        } else {
+            self.pass += 1;
+        }
+        self.latencies_ms.push_back(v.latency_ms);
+        self.verdict_times.push_back(Instant::now());
+        while self.latencies_ms.len() > Self::WINDOW {
+            self.latencies_ms.pop_front();
+        }
+        while self.verdict_times.len() > Self::WINDOW {
+            self.verdict_times.pop_front();
+        }
+    }
+
+    /// Starts counting again (new shift), keeping nothing.
+    pub fn reset(&mut self) {
+        *self = Self {
+            since: Some(chrono::Utc::now()),
+            ..Self::default()
+        };
+    }
+}
+
+/// The `q` quantile of `v` (nearest rank), None when empty.
+pub fn percentile(mut v: Vec<f64>, q: f64) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let i = ((v.len() - 1) as f64 * q).round() as usize;
+    Some(v[i])
+}
+
+/// How the pipeline runs.
+#[derive(Clone, Debug)]
+pub struct PipelineOptions {
+    /// Frames per second for stored sources (0 = as fast as inference goes); a camera runs at
+    /// its own rate.
+    pub fps: f64,
+    /// Stop after this many frames (readable or not).
+    pub limit: Option<u64>,
+    /// Deliver every event (blocking the worker when the consumer is slow) instead of only those
+    /// the consumer has room for.
+    pub lossless_events: bool,
+    /// Region of interest in frame pixels (None = the whole frame).
+    pub roi: Option<Roi>,
+    /// Threshold to use instead of the model's.
+    pub threshold: Option<f32>,
+    /// Prepare screen pixels with each verdict (the app).
+    pub display: bool,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        Self {
+            fps: 0.0,
+            limit: None,
+            lossless_events: true,
+            roi: None,
+            threshold: None,
+            display: false,
+        }
+    }
+}
+
+enum Command {
+    LoadModel(PathBuf),
+    SetRoi(Option<Roi>),
+    SetThreshold(Option<f32>),
+    Stop,
+}
+
+enum Captured {
+    Frame(CapturedFrame, Arc<str>),
+    Unreadable { origin: String, error: String },
+    Status(SourceStatus),
+    End(String),
+}
+
+struct Capture {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Capture {
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // A camera blocked in `frame()` returns within a frame time; don't wait for it on the
+        // caller's thread.
+        self.thread.take();
+    }
+}
+
+/// A running pipeline. Dropping it stops the threads.
+pub struct Pipeline {
+    commands: Sender<Command>,
+    events: Receiver<Event>,
+    frames: Sender<Captured>,
+    capture: Capture,
+    paused: Arc<AtomicBool>,
+    fps: Arc<Mutex<f64>>,
+    counters: Arc<Mutex<Counters>>,
+    worker: Option<JoinHandle<()>>,
+    limit: Option<u64>,
+}
+
+impl Pipeline {
+    /// Starts capture from `source` and inference with `model` on `device`/`queue`.
+    /// `wake` is called after each event (the app requests a repaint).
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        adapter_label: String,
+        model: (Model, ModelInfo),
+        source: SourceSpec,
+        options: PipelineOptions,
+        sink: Option<Box<dyn VerdictSink>>,
+        wake: Arc<dyn Fn() + Send + Sync>,
+    ) -> Result<Self, String> {
+        let engine =
+            Engine::new(&device, &queue, &model.0, 1, adapter_label.clone()).map_err(|e| {
+                format!(
+                    "cannot load model {} on the GPU: {e}",
+                    model.1.path.display()
+                )
+            })?;
+        let (cmd_tx, cmd_rx) = bounded(16);
+        let (ev_tx, ev_rx) = bounded(if options.lossless_events { 64 } else { 256 });
+        let (frame_tx, frame_rx) = bounded(2);
+        let counters = Arc::new(Mutex::new(Counters {
+            since: Some(chrono::Utc::now()),
+            ..Counters::default()
+        }));
+        let mut worker = Worker {
+            device,
+            queue,
+            adapter_label,
+            engine,
+            info: model.1.clone(),
+            threshold_override: options.threshold,
+            roi: options.roi,
+            events: ev_tx,
+            lossless: options.lossless_events,
+            counters: counters.clone(),
+            sink,
+            wake,
+            seq: 0,
+            roi_warned: false,
+            display: options.display,
+        };
+        let _ = worker.emit(Event::ModelLoaded(model.1));
+        let thread = std::thread::Builder::new()
+            .name("inference".into())
+            .spawn(move || worker.run(cmd_rx, frame_rx))
+            .map_err(|e| format!("cannot start the inference thread: {e}"))?;
+        let paused = Arc::new(AtomicBool::new(false));
+        let fps = Arc::new(Mutex::new(options.fps));
+        let capture = spawn_capture(
+            source,
+            frame_tx.clone(),
+            paused.clone(),
+            fps.clone(),
+            options.limit,
+            counters.clone(),
+        );
+        Ok(Self {
+            commands: cmd_tx,
+            events: ev_rx,
+            frames: frame_tx,
+            capture,
+            paused,
+            fps,
+            counters,
+            worker: Some(thread),
+            limit: options.limit,
+        })
+    }
+
+    /// Events so far, without waiting.
+    pub fn try_events(&self) -> impl Iterator<Item = Event> + '_ {
+        self.events.try_iter()
+    }
+
+    /// The next event, waiting up to `timeout`.
+    pub fn next_event(&self, timeout: Duration) -> Option<Event> {
+        self.events.recv_timeout(timeout).ok()
+    }
+
+    /// A snapshot of the counters.
+    pub fn counters(&self) -> Counters {
+        self.counters.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// Starts the counters again (new shift).
+    pub fn reset_counters(&self) {
+        if let Ok(mut c) = self.counters.lock() {
+            c.reset();
+        }
+    }
+
+    /// Pauses or resumes capture (a folder replay keeps its place).
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::SeqCst);
+    }
+
+    /// Whether capture is paused.
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
+
+    /// Changes the replay rate.
+    pub fn set_fps(&self, fps: f64) {
+        if let Ok(mut f) = self.fps.lock() {
+            *f = fps;
+        }
+    }
+
+    /// Loads a model file in the worker and swaps it in between two frames; a bad file is
+    /// answered with [`Event::ModelRejected`] and the current model stays.
+    pub fn load_model(&self, path: PathBuf) {
+        let _ = self.commands.send(Command::LoadModel(path));
+    }
+
+    /// Sets the region of interest (frame pixels).
+    pub fn set_roi(&self, roi: Option<Roi>) {
+        let _ = self.commands.send(Command::SetRoi(roi));
+    }
+
+    /// Overrides the model's threshold (None = the model's own).
+    pub fn set_threshold(&self, threshold: Option<f32>) {
+        let _ = self.commands.send(Command::SetThreshold(threshold));
+    }
+
+    /// Switches to another source; the old one is stopped.
+    pub fn set_source(&mut self, source: SourceSpec) {
+        self.capture.stop();
+        self.capture = spawn_capture(
+            source,
+            self.frames.clone(),
+            self.paused.clone(),
+            self.fps.clone(),
+            self.limit,
+            self.counters.clone(),
+        );
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        self.capture.stop();
+        let _ = self.commands.try_send(Command::Stop);
+        // Unblock a worker waiting on a full event channel, then let it finish.
+        while self.events.try_recv().is_ok() {}
+        if let Some(t) = self.worker.take() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !t.is_finished() && Instant::now() < deadline {
+                while self.events.try_recv().is_ok() {}
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+fn spawn_capture(
+    source: SourceSpec,
+    frames: Sender<Captured>,
+    paused: Arc<AtomicBool>,
+    fps: Arc<Mutex<f64>>,
+    limit: Option<u64>,
+    counters: Arc<Mutex<Counters>>,
+) -> Capture {
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("capture".into())
+        .spawn(move || capture_loop(source, frames, paused, fps, limit, counters, stop2))
+        .ok();
+    Capture { stop, thread }
+}
+
+fn capture_loop(
+    spec: SourceSpec,
+    frames: Sender<Captured>,
+    paused: Arc<AtomicBool>,
+    fps: Arc<Mutex<f64>>,
+    limit: Option<u64>,
+    counters: Arc<Mutex<Counters>>,
+    stop: Arc<AtomicBool>,
+) {
+    let name = spec.uri();
+    let source_name: Arc<str> = name.clone().into();
+    let live = spec.is_live();
+    let mut source = match spec.open() {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = frames.send(Captured::Status(SourceStatus::Failed(e)));
+            return;
+        }
+    };
+    let _ = frames.send(Captured::Status(SourceStatus::Running(spec.describe())));
+    let mut lost = false;
+    let mut pulled = 0u64;
+    let mut next_due = Instant::now();
+    while !stop.load(Ordering::SeqCst) {
+        if paused.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(20));
+            next_due = Instant::now();
+            continue;
+        }
+        if limit.is_some_and(|l| pulled >= l) {
+            let _ = frames.send(Captured::End(name));
+            return;
+        }
+        if !source.self_paced() {
+            let rate = fps.lock().map(|f| *f).unwrap_or(0.0);
+            if rate > 0.0 {
+                let now = Instant::now();
+                if next_due > now {
+                    // Sleep in short steps so pause and stop take effect at once.
+                    std::thread::sleep((next_due - now).min(Duration::from_millis(20)));
+                    continue;
+                }
+                next_due = next_due.max(now - Duration::from_secs(1))
+                    + Duration::from_secs_f64(1.0 / rate.max(0.01));
+            }
+        }
+        let msg = match source.pull() {
+            Pull::Frame(f) => {
+                pulled += 1;
+                if lost {
+                    lost = false;
+                    let _ = frames.send(Captured::Status(SourceStatus::Running(spec.describe())));
+                }
+                Captured::Frame(f, source_name.clone())
+            }
+            Pull::Unreadable { origin, error } => {
+                pulled += 1;
+                Captured::Unreadable { origin, error }
+            }
+            Pull::End => {
+                let _ = frames.send(Captured::End(name));
+                return;
+            }
+            Pull::Lost(why) => {
+                if !lost {
+                    lost = true;
+                    let _ = frames.send(Captured::Status(SourceStatus::Lost(why)));
+                }
+                continue;
+            }
+        };
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        if live {
+            if let Err(crossbeam_channel::TrySendError::Full(_)) = frames.try_send(msg)
+                && let Ok(mut c) = counters.lock()
+            {
+                c.dropped += 1;
+            }
+        } else if frames.send(msg).is_err() {
+            return;
+        }
+    }
+}
+
+struct Worker {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    adapter_label: String,
+    engine: Engine,
+    info: ModelInfo,
+    threshold_override: Option<f32>,
+    roi: Option<Roi>,
+    events: Sender<Event>,
+    lossless: bool,
+    counters: Arc<Mutex<Counters>>,
+    sink: Option<Box<dyn VerdictSink>>,
+    wake: Arc<dyn Fn() + Send + Sync>,
+    seq: u64,
+    roi_warned: bool,
+    display: bool,
+}
+
+impl Worker {
+    /// Sends an event; false when the consumer is gone.
+    fn emit(&mut self, ev: Event) -> bool {
+        let ok = if self.lossless {
+            self.events.send(ev).is_ok()
+        } else {
+            match self.events.try_send(ev) {
+                Ok(()) | Err(crossbeam_channel::TrySendError::Full(_)) => true,
+                Err(crossbeam_channel::TrySendError::Disconnected(_)) => false,
+            }
+        };
+        (self.wake)();
+        ok
+    }
+
+    fn run(mut self, commands: Receiver<Command>, frames: Receiver<Captured>) {
+        loop {
+            let alive = select! {
+                recv(commands) -> c => match c {
+                    Ok(Command::Stop) | Err(_) => false,
+                    Ok(c) => self.command(c),
+                },
+                recv(frames) -> f => match f {
+                    Ok(f) => self.captured(f),
+                    Err(_) => false,
+                },
+            };
+            if !alive {
+                return;
+            }
+        }
+    }
+
+    fn command(&mut self, c: Command) -> bool {
+        match c {
+            Command::LoadModel(path) => {
+                let loaded = load_model(&path).and_then(|(model, info)| {
+                    Engine::new(
+                        &self.device,
+                        &self.queue,
+                        &model,
+                        1,
+                        self.adapter_label.clone(),
+                    )
+                    .map(|e| (e, info))
+                    .map_err(|e| format!("model {} cannot run on the GPU: {e}", path.display()))
+                });
+                match loaded {
+                    Ok((engine, info)) => {
+                        self.engine = engine;
+                        self.info = info.clone();
+                        self.threshold_override = None;
+                        self.emit(Event::ModelLoaded(info))
+                    }
+                    Err(e) => self.emit(Event::ModelRejected(e)),
+                }
+            }
+            Command::SetRoi(roi) => {
+                self.roi = roi;
+                self.roi_warned = false;
+                true
+            }
+            Command::SetThreshold(t) => {
+                self.threshold_override = t;
+                true
+            }
+            Command::Stop => false,
+        }
+    }
+
+    fn captured(&mut self, c: Captured) -> bool {
+        match c {
+            Captured::Status(s) => self.emit(Event::Source(s)),
+            Captured::End(name) => self.emit(Event::Source(SourceStatus::Ended(name))),
+            Captured::Unreadable { origin, error } => {
+                if let Ok(mut c) = self.counters.lock() {
+                    c.unreadable += 1;
+                }
+                self.emit(Event::Unreadable { origin, error })
+            }
+            Captured::Frame(f, source) => match self.inspect(&f, &source) {
+                Ok(v) => {
+                    if let Some(sink) = self.sink.as_mut()
+                        && let Err(e) = sink.record(&v)
+                    {
+                        let _ = self.emit(Event::SinkError(e));
+                    }
+                    let v = Arc::new(v);
+                    if let Ok(mut c) = self.counters.lock() {
+                        c.add(&v);
+                    }
+                    self.emit(Event::Verdict(Box::new(Arc::unwrap_or_clone(v))))
+                }
+                Err(error) => {
+                    if let Ok(mut c) = self.counters.lock() {
+                        c.unreadable += 1;
+                    }
+                    self.emit(Event::Unreadable {
+                        origin: f.origin,
+                        error,
+                    })
+                }
+            },
+        }
+    }
+
+    fn inspect(&mut self, f: &CapturedFrame, source: &str) -> Result<Verdict, String> {
+        let mut frame = f.image.frame();
+        frame.roi = self.roi;
+        if self.roi.is_some() && frame.effective_roi().is_err() {
+            if !self.roi_warned {
+                self.roi_warned = true;
+                let _ = self.emit(Event::Warning(format!(
+                    "the region of interest lies outside this {}×{} frame; inspecting the whole frame",
+                    f.image.width, f.image.height
+                )));
+            }
+            frame.roi = None;
+        }
+        let roi = frame.effective_roi()?;
+        let t = Instant::now();
+        let out = self
+            .engine
+            .infer(&[frame])
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .next()
+            .ok_or("the engine returned no result")?;
+        let engine_ms = t.elapsed().as_secs_f64() * 1e3;
+        let spec = self.engine.spec();
+        let score = spec.fail_score(&out.probabilities);
+        let threshold = self.threshold_override.unwrap_or(spec.threshold);
+        let fail = score >= threshold;
+        let best = spec
+            .classes
+            .iter()
+            .zip(&out.probabilities)
+            .filter(|(c, _)| spec.pass_classes.contains(c) != fail)
+            .max_by(|a, b| a.1.total_cmp(b.1));
+        let (class, confidence) = best
+            .map(|(c, p)| (c.clone(), *p))
+            .unwrap_or_else(|| (String::new(), 0.0));
+        self.seq += 1;
+        let display = self.display.then(|| {
+            let thumb = fail.then(|| {
+                let crop = crop(&f.image, roi);
+                crate::display::frame_image(&crop, Prepared::THUMB_SIDE)
+            });
+            Arc::new(Prepared {
+                frame: crate::display::frame_image(&f.image, Prepared::MAX_SIDE),
+                heat: crate::display::heatmap_image(&out.heatmap),
+                thumb,
+            })
+        });
+        Ok(Verdict {
+            seq: self.seq,
+            origin: f.origin.clone(),
+            source: source.to_string(),
+            timestamp: f.timestamp,
+            fail,
+            class,
+            confidence,
+            score,
+            threshold,
+            latency_ms: f.captured.elapsed().as_secs_f64() * 1e3,
+            engine_ms,
+            probabilities: out.probabilities,
+            heatmap: out.heatmap,
+            roi,
+            model_id: self.info.id.clone(),
+            model_hash: self.info.hash.clone(),
+            image: f.image.clone(),
+            display,
+        })
+    }
+}
+
+/// The `roi` part of `img` (already clipped to it).
+pub fn crop(img: &DecodedImage, roi: Roi) -> DecodedImage {
+    let bpp = img.format.bytes_per_pixel() as usize;
+    let mut data = Vec::with_capacity(roi.width as usize * roi.height as usize * bpp);
+    for y in roi.y..roi.y + roi.height {
+        let start = (y as usize * img.width as usize + roi.x as usize) * bpp;
+        data.extend_from_slice(&img.data[start..start + roi.width as usize * bpp]);
+    }
+    DecodedImage {
+        data,
+        width: roi.width,
+        height: roi.height,
+        format: img.format,
+    }
+}

@@ -1,0 +1,834 @@
+//! The History tab: filters, a paged table with thumbnails, details with confirm/override,
+//! charts (reject rate per hour with p-chart limits, defect Pareto, yield per shift) and CSV
+//! export. Queries run in a worker thread with its own database connection.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+use egui::{Color32, RichText, vec2};
+
+use super::{InspectorApp, Level};
+use crate::history::{self, Filter, HourBucket, InspectionRow, Store};
+
+/// Rows per page.
+pub const PAGE: u64 = 50;
+const RANGES: [&str; 5] = ["This shift", "24 h", "7 days", "All", "Custom"];
+
+enum Request {
+    Page { filter: Filter, page: u64 },
+    Detail(InspectionRow),
+    Export { filter: Filter, path: PathBuf },
+}
+
+enum Reply {
+    Page(Box<PageResult>),
+    Detail(i64, Option<egui::ColorImage>, Option<egui::ColorImage>),
+    Exported(Result<(PathBuf, usize), String>),
+    Error(String),
+}
+
+/// One page of results with the charts' data.
+pub struct PageResult {
+    /// The filter it answers.
+    pub filter: Filter,
+    /// Page number.
+    pub page: u64,
+    /// The rows.
+    pub rows: Vec<InspectionRow>,
+    /// Rows matching in all.
+    pub total: u64,
+    /// Per hour.
+    pub hourly: Vec<HourBucket>,
+    /// Fails per class.
+    pub pareto: Vec<(String, u64)>,
+    /// Classes and models for the filter menus.
+    pub classes: Vec<String>,
+    /// Models.
+    pub models: Vec<String>,
+    /// Thumbnails by row id.
+    pub thumbs: Vec<(i64, egui::ColorImage)>,
+    /// Query time, ms.
+    pub took_ms: f64,
+}
+
+struct Worker {
+    tx: Sender<Request>,
+    rx: Receiver<Reply>,
+}
+
+/// The tab's state.
+pub struct HistoryView {
+    worker: Option<Worker>,
+    /// Index into the time ranges.
+    pub range: usize,
+    custom_since: String,
+    custom_until: String,
+    /// "", "pass" or "fail".
+    pub verdict: String,
+    /// "" = all.
+    pub class: String,
+    model: String,
+    overridden: usize,
+    text: String,
+    page: u64,
+    /// The newest result.
+    pub result: Option<PageResult>,
+    pending: bool,
+    requested: Option<(Filter, u64)>,
+    last_refresh: Option<Instant>,
+    thumbs: HashMap<i64, egui::TextureHandle>,
+    selected: Option<InspectionRow>,
+    detail: Option<(
+        i64,
+        Option<egui::TextureHandle>,
+        Option<egui::TextureHandle>,
+    )>,
+    /// Where "Export CSV" writes.
+    pub export_path: String,
+    /// The last export's outcome.
+    pub exported: Option<Result<(PathBuf, usize), String>>,
+    error: Option<String>,
+    reason: String,
+}
+
+impl Default for HistoryView {
+    fn default() -> Self {
+        Self {
+            worker: None,
+            range: 1,
+            custom_since: String::new(),
+            custom_until: String::new(),
+            verdict: String::new(),
+            class: String::new(),
+            model: String::new(),
+            overridden: 0,
+            text: String::new(),
+            page: 0,
+            result: None,
+            pending: false,
+            requested: None,
+            last_refresh: None,
+            thumbs: HashMap::new(),
+            selected: None,
+            detail: None,
+            export_path: "history-export.csv".into(),
+            exported: None,
+            error: None,
+            reason: String::new(),
+        }
+    }
+}
+
+impl HistoryView {
+    /// The filter the controls describe; `shift_start` is the counters' start.
+    pub fn filter(
+        &self,
+        shift_start: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Filter, String> {
+        let now = chrono::Utc::now();
+        let (since_ms, until_ms) = match self.range {
+            0 => (shift_start.map(|s| s.timestamp_millis()), None),
+            1 => (Some(now.timestamp_millis() - 86_400_000), None),
+            2 => (Some(now.timestamp_millis() - 7 * 86_400_000), None),
+            3 => (None, None),
+            _ => (
+                (!self.custom_since.trim().is_empty())
+                    .then(|| history::parse_time(self.custom_since.trim(), now))
+                    .transpose()?,
+                (!self.custom_until.trim().is_empty())
+                    .then(|| history::parse_time(self.custom_until.trim(), now))
+                    .transpose()?,
+            ),
+        };
+        let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        Ok(Filter {
+            since_ms,
+            until_ms,
+            verdict: opt(&self.verdict),
+            class: opt(&self.class),
+            model: opt(&self.model),
+            overridden: match self.overridden {
+                1 => Some(true),
+                2 => Some(false),
+                _ => None,
+            },
+            text: opt(self.text.trim()),
+        })
+    }
+
+    fn ensure_worker(&mut self, db: &Path, ctx: &egui::Context) {
+        if self.worker.is_some() {
+            return;
+        }
+        let (req_tx, req_rx) = bounded::<Request>(4);
+        let (rep_tx, rep_rx) = bounded::<Reply>(4);
+        let db = db.to_path_buf();
+        let ctx = ctx.clone();
+        let spawned = std::thread::Builder::new()
+            .name("history-query".into())
+            .spawn(move || query_loop(&db, req_rx, rep_tx, ctx));
+        if spawned.is_ok() {
+            self.worker = Some(Worker {
+                tx: req_tx,
+                rx: rep_rx,
+            });
+        }
+    }
+
+    fn send(&mut self, r: Request) -> bool {
+        self.worker
+            .as_ref()
+            .is_some_and(|w| w.tx.try_send(r).is_ok())
+    }
+}
+
+fn query_loop(db: &Path, rx: Receiver<Request>, tx: Sender<Reply>, ctx: egui::Context) {
+    // The writer creates the database; wait for it rather than creating a second one.
+    let store = loop {
+        if db.is_file() {
+            match Store::open(db) {
+                Ok(s) => break s,
+                Err(e) => {
+                    let _ = tx.send(Reply::Error(e.to_string()));
+                }
+            }
+        }
+        match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(_) => {
+                let _ = tx.send(Reply::Error(format!(
+                    "no history yet: {} does not exist (it appears with the first recorded verdict)",
+                    db.display()
+                )));
+                ctx.request_repaint();
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            Err(_) => return,
+        }
+    };
+    let archive = store.archive_dir();
+    while let Ok(req) = rx.recv() {
+        let reply = match req {
+            Request::Page { filter, page } => {
+                let t = Instant::now();
+                let r = (|| -> Result<PageResult, history::HistoryError> {
+                    let rows = store.query(&filter, PAGE, page * PAGE)?;
+                    let thumbs = rows
+                        .iter()
+                        .filter_map(|r| {
+                            let p = archive.join(r.image_path.as_ref()?);
+                            let img = crate::dataset::decode_image(&p).ok()?;
+                            Some((r.id, crate::display::frame_image(&img, 64)))
+                        })
+                        .collect();
+                    Ok(PageResult {
+                        total: store.count(&filter)?,
+                        hourly: store.hourly(&filter)?,
+                        pareto: store.pareto(&filter)?,
+                        classes: store.distinct("class")?,
+                        models: store.distinct("model_id")?,
+                        filter,
+                        page,
+                        rows,
+                        thumbs,
+                        took_ms: 0.0,
+                    })
+                })();
+                match r {
+                    Ok(mut p) => {
+                        p.took_ms = t.elapsed().as_secs_f64() * 1e3;
+                        Reply::Page(Box::new(p))
+                    }
+                    Err(e) => Reply::Error(e.to_string()),
+                }
+            }
+            Request::Detail(row) => {
+                let load = |rel: &Option<String>| {
+                    let p = archive.join(rel.as_ref()?);
+                    let img = crate::dataset::decode_image(&p).ok()?;
+                    Some(crate::display::frame_image(&img, 1024))
+                };
+                let heat = row.heatmap_path.as_ref().and_then(|rel| {
+                    let img = image::open(archive.join(rel)).ok()?.to_rgba8();
+                    Some(egui::ColorImage::from_rgba_unmultiplied(
+                        [img.width() as usize, img.height() as usize],
+                        img.as_raw(),
+                    ))
+                });
+                Reply::Detail(row.id, load(&row.image_path), heat)
+            }
+            Request::Export { filter, path } => Reply::Exported(export(&store, &filter, &path)),
+        };
+        if tx.send(reply).is_err() {
+            return;
+        }
+        ctx.request_repaint();
+    }
+}
+
+fn export(store: &Store, filter: &Filter, path: &Path) -> Result<(PathBuf, usize), String> {
+    let rows = store
+        .query(filter, u64::MAX >> 1, 0)
+        .map_err(|e| e.to_string())?;
+    // Write next to the target, then rename: a failed export never leaves half a file.
+    let tmp = path.with_extension("csv.partial");
+    let file =
+        std::fs::File::create(&tmp).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    history::write_csv(std::io::BufWriter::new(file), &rows)
+        .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok((path.to_path_buf(), rows.len()))
+}
+
+pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
+    let db = app.db_path();
+    let ctx = ui.ctx().clone();
+    let shift = app.counters.since;
+    let h = &mut app.history;
+    h.ensure_worker(&db, &ctx);
+    // Replies.
+    let replies: Vec<Reply> = h
+        .worker
+        .as_ref()
+        .map(|w| w.rx.try_iter().collect())
+        .unwrap_or_default();
+    for r in replies {
+        match r {
+            Reply::Page(p) => {
+                h.pending = false;
+                h.error = None;
+                h.thumbs.clear();
+                for (id, img) in &p.thumbs {
+                    h.thumbs.insert(
+                        *id,
+                        ctx.load_texture(
+                            format!("hist-{id}"),
+                            img.clone(),
+                            egui::TextureOptions::LINEAR,
+                        ),
+                    );
+                }
+                h.result = Some(*p);
+            }
+            Reply::Detail(id, img, heat) => {
+                let opts = egui::TextureOptions::LINEAR;
+                h.detail = Some((
+                    id,
+                    img.map(|i| ctx.load_texture("hist-detail", i, opts)),
+                    heat.map(|i| ctx.load_texture("hist-detail-heat", i, opts)),
+                ));
+            }
+            Reply::Exported(r) => h.exported = Some(r),
+            Reply::Error(e) => {
+                h.pending = false;
+                h.error = Some(e);
+            }
+        }
+    }
+    // Filters.
+    ui.horizontal_wrapped(|ui| {
+        egui::ComboBox::from_label("time")
+            .selected_text(RANGES[h.range])
+            .show_ui(ui, |ui| {
+                for (i, r) in RANGES.iter().enumerate() {
+                    ui.selectable_value(&mut h.range, i, *r);
+                }
+            });
+        if h.range == 4 {
+            ui.add(
+                egui::TextEdit::singleline(&mut h.custom_since)
+                    .hint_text("from: 2026-11-26T06:00:00Z or 8h")
+                    .desired_width(200.0)
+                    .id_salt("since"),
+            );
+            ui.add(
+                egui::TextEdit::singleline(&mut h.custom_until)
+                    .hint_text("until (empty = now)")
+                    .desired_width(160.0)
+                    .id_salt("until"),
+            );
+        }
+        egui::ComboBox::from_label("verdict")
+            .selected_text(if h.verdict.is_empty() {
+                "any"
+            } else {
+                &h.verdict
+            })
+            .show_ui(ui, |ui| {
+                for v in ["", "pass", "fail"] {
+                    ui.selectable_value(
+                        &mut h.verdict,
+                        v.to_string(),
+                        if v.is_empty() { "any" } else { v },
+                    );
+                }
+            });
+        let classes = h
+            .result
+            .as_ref()
+            .map(|r| r.classes.clone())
+            .unwrap_or_default();
+        egui::ComboBox::from_label("class")
+            .selected_text(if h.class.is_empty() { "any" } else { &h.class })
+            .show_ui(ui, |ui| {
+                ui.selectable_value(&mut h.class, String::new(), "any");
+                for c in classes {
+                    ui.selectable_value(&mut h.class, c.clone(), c);
+                }
+            });
+        let models = h
+            .result
+            .as_ref()
+            .map(|r| r.models.clone())
+            .unwrap_or_default();
+        egui::ComboBox::from_label("model")
+            .selected_text(if h.model.is_empty() { "any" } else { &h.model })
+            .show_ui(ui, |ui| {
+                ui.selectable_value(&mut h.model, String::new(), "any");
+                for m in models {
+                    ui.selectable_value(&mut h.model, m.clone(), m);
+                }
+            });
+        egui::ComboBox::from_label("overridden")
+            .selected_text(["any", "yes", "no"][h.overridden])
+            .show_ui(ui, |ui| {
+                for (i, s) in ["any", "yes", "no"].iter().enumerate() {
+                    ui.selectable_value(&mut h.overridden, i, *s);
+                }
+            });
+        ui.add(
+            egui::TextEdit::singleline(&mut h.text)
+                .hint_text("search file / frame")
+                .desired_width(160.0)
+                .id_salt("search"),
+        );
+    });
+    let filter = match h.filter(shift) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            ui.colored_label(ui.visuals().error_fg_color, e);
+            None
+        }
+    };
+    // Ask again when the filter or page changed, and every few seconds (new verdicts arrive).
+    if let Some(f) = &filter {
+        let changed = h
+            .requested
+            .as_ref()
+            .is_none_or(|(rf, rp)| !same_filter(rf, f) || *rp != h.page);
+        let stale = h
+            .last_refresh
+            .is_none_or(|t| t.elapsed() > Duration::from_secs(3));
+        if !h.pending
+            && (changed || stale)
+            && h.send(Request::Page {
+                filter: f.clone(),
+                page: h.page,
+            })
+        {
+            h.pending = true;
+            h.requested = Some((f.clone(), h.page));
+            h.last_refresh = Some(Instant::now());
+        }
+    }
+    if let Some(e) = &h.error {
+        ui.colored_label(ui.visuals().warn_fg_color, e);
+    }
+    // Export.
+    ui.horizontal(|ui| {
+        ui.label("CSV file");
+        ui.add(
+            egui::TextEdit::singleline(&mut h.export_path)
+                .desired_width(300.0)
+                .id_salt("export-path"),
+        );
+        if ui.button("Export CSV").clicked()
+            && let Some(f) = filter.clone()
+        {
+            let path = PathBuf::from(h.export_path.trim());
+            h.exported = None;
+            h.send(Request::Export { filter: f, path });
+        }
+        match &h.exported {
+            Some(Ok((p, n))) => {
+                ui.label(format!("exported {n} rows to {}", p.display()));
+            }
+            Some(Err(e)) => {
+                ui.colored_label(ui.visuals().error_fg_color, e);
+            }
+            None => {}
+        }
+    });
+    let Some(res) = &h.result else {
+        ui.spinner();
+        return;
+    };
+    let pages = res.total.div_ceil(PAGE).max(1);
+    ui.horizontal(|ui| {
+        ui.label(format!(
+            "{} matching rows · page {} of {pages} · query {:.0} ms",
+            res.total,
+            res.page + 1,
+            res.took_ms
+        ));
+        if ui
+            .add_enabled(h.page > 0, egui::Button::new("Newer"))
+            .clicked()
+        {
+            h.page -= 1;
+        }
+        if ui
+            .add_enabled(h.page + 1 < pages, egui::Button::new("Older"))
+            .clicked()
+        {
+            h.page += 1;
+        }
+    });
+    let mut open = None;
+    let mut override_req = None;
+    egui::Panel::right("history-charts")
+        .default_size(420.0)
+        .show(ui, |ui| {
+            egui::ScrollArea::vertical()
+                .id_salt("charts")
+                .show(ui, |ui| {
+                    charts(ui, res);
+                    if let Some(sel) = &h.selected {
+                        ui.separator();
+                        override_req = details(ui, sel, h.detail.as_ref(), &mut h.reason);
+                    }
+                });
+        });
+    egui::CentralPanel::default().show(ui, |ui| {
+        egui::ScrollArea::vertical().id_salt("rows").show(ui, |ui| {
+            egui::Grid::new("history-rows")
+                .striped(true)
+                .num_columns(7)
+                .show(ui, |ui| {
+                    for head in [
+                        "",
+                        "time",
+                        "verdict",
+                        "class",
+                        "confidence",
+                        "model",
+                        "frame",
+                    ] {
+                        ui.label(RichText::new(head).strong());
+                    }
+                    ui.end_row();
+                    for r in &res.rows {
+                        match h.thumbs.get(&r.id) {
+                            Some(t) => {
+                                ui.add(egui::Image::new(t).max_size(vec2(48.0, 48.0)));
+                            }
+                            None => {
+                                ui.label("");
+                            }
+                        }
+                        ui.label(local_time(&r.ts));
+                        let fin = r.final_verdict();
+                        let color = if fin == "fail" {
+                            Color32::from_rgb(0xe5, 0x39, 0x35)
+                        } else {
+                            Color32::from_rgb(0x43, 0xa0, 0x47)
+                        };
+                        let word = if r.override_verdict.is_some() {
+                            format!("{} (overridden)", fin.to_uppercase())
+                        } else {
+                            fin.to_uppercase()
+                        };
+                        ui.colored_label(color, word);
+                        ui.label(&r.class);
+                        ui.label(format!("{:.0}%", 100.0 * r.confidence));
+                        ui.label(&r.model_id);
+                        if ui.link(&r.origin).clicked() {
+                            open = Some(r.clone());
+                        }
+                        ui.end_row();
+                    }
+                });
+        });
+    });
+    if let Some(r) = open {
+        h.detail = None;
+        h.send(Request::Detail(r.clone()));
+        h.selected = Some(r);
+    }
+    if let Some((verdict, reason)) = override_req
+        && let Some(sel) = h.selected.clone()
+    {
+        let op = crate::history::Op::Override(crate::history::Override {
+            run_id: sel.run_id.clone(),
+            seq: sel.seq,
+            from: sel.final_verdict().to_string(),
+            verdict: verdict.clone(),
+            by: app.operator(),
+            at: history::rfc3339(chrono::Utc::now()),
+            reason: reason.clone(),
+            station: app.settings.station.clone(),
+        });
+        app.pending_ops.push_back(op);
+        app.history.reason.clear();
+        app.history.last_refresh = None;
+        if let Some(s) = &mut app.history.selected {
+            s.override_verdict = Some(verdict.clone());
+            s.override_reason = Some(reason.clone());
+        }
+        app.notify(
+            Level::Info,
+            format!(
+                "{} {} as {verdict}: {reason}",
+                sel.origin,
+                if verdict == sel.verdict {
+                    "confirmed"
+                } else {
+                    "overridden"
+                }
+            ),
+        );
+    }
+}
+
+fn same_filter(a: &Filter, b: &Filter) -> bool {
+    // Relative time ranges move with the clock; compare them to the minute.
+    let minute = |t: Option<i64>| t.map(|t| t / 60_000);
+    minute(a.since_ms) == minute(b.since_ms)
+        && minute(a.until_ms) == minute(b.until_ms)
+        && a.verdict == b.verdict
+        && a.class == b.class
+        && a.model == b.model
+        && a.overridden == b.overridden
+        && a.text == b.text
+}
+
+fn local_time(ts: &str) -> String {
+    chrono::DateTime::parse_from_rfc3339(ts)
+        .map(|t| {
+            t.with_timezone(&chrono::Local)
+                .format("%m-%d %H:%M:%S")
+                .to_string()
+        })
+        .unwrap_or_else(|_| ts.to_string())
+}
+
+fn charts(ui: &mut egui::Ui, res: &PageResult) {
+    use egui_plot::{Bar, BarChart, Line, Plot, PlotPoints};
+    ui.label(RichText::new("Reject rate per hour (p-chart, 3-sigma limits)").strong());
+    let total: u64 = res.hourly.iter().map(|b| b.total).sum();
+    let fails: u64 = res.hourly.iter().map(|b| b.fails).sum();
+    let pbar = if total > 0 {
+        fails as f64 / total as f64
+    } else {
+        0.0
+    };
+    let t0 = res.hourly.first().map(|b| b.hour_ms).unwrap_or(0);
+    let hours = |ms: i64| (ms - t0) as f64 / 3_600_000.0;
+    let rate: Vec<[f64; 2]> = res
+        .hourly
+        .iter()
+        .map(|b| {
+            [
+                hours(b.hour_ms),
+                100.0 * b.fails as f64 / b.total.max(1) as f64,
+            ]
+        })
+        .collect();
+    let ucl: Vec<[f64; 2]> = res
+        .hourly
+        .iter()
+        .map(|b| {
+            [
+                hours(b.hour_ms),
+                100.0 * history::p_chart_limits(pbar, b.total).1,
+            ]
+        })
+        .collect();
+    let lcl: Vec<[f64; 2]> = res
+        .hourly
+        .iter()
+        .map(|b| {
+            [
+                hours(b.hour_ms),
+                100.0 * history::p_chart_limits(pbar, b.total).0,
+            ]
+        })
+        .collect();
+    let out_of_control = res
+        .hourly
+        .iter()
+        .filter(|b| {
+            (b.fails as f64 / b.total.max(1) as f64) > history::p_chart_limits(pbar, b.total).1
+        })
+        .count();
+    Plot::new("reject-rate")
+        .height(160.0)
+        .allow_scroll(false)
+        .legend(egui_plot::Legend::default())
+        .show(ui, |p| {
+            p.line(
+                Line::new("reject %", PlotPoints::from(rate))
+                    .color(Color32::from_rgb(0xe5, 0x39, 0x35)),
+            );
+            p.line(Line::new("UCL", PlotPoints::from(ucl)).color(Color32::GRAY));
+            p.line(Line::new("LCL", PlotPoints::from(lcl)).color(Color32::DARK_GRAY));
+        });
+    ui.label(format!(
+        "centre line {:.1}% over {} hours; {} hours above the upper limit (x = hours since the first)",
+        100.0 * pbar,
+        res.hourly.len(),
+        out_of_control
+    ));
+    ui.label(RichText::new("Defect Pareto (FAILs by class)").strong());
+    let bars: Vec<Bar> = res
+        .pareto
+        .iter()
+        .enumerate()
+        .map(|(i, (c, n))| Bar::new(i as f64, *n as f64).name(c))
+        .collect();
+    Plot::new("pareto")
+        .height(140.0)
+        .allow_scroll(false)
+        .show(ui, |p| p.bar_chart(BarChart::new("fails", bars)));
+    ui.label(
+        res.pareto
+            .iter()
+            .enumerate()
+            .map(|(i, (c, n))| format!("{i}: {c} {n}"))
+            .collect::<Vec<_>>()
+            .join(" · "),
+    );
+    ui.label(RichText::new("Yield per shift (06–14, 14–22, 22–06 local)").strong());
+    let shifts = yield_per_shift(&res.hourly);
+    let bars: Vec<Bar> = shifts
+        .iter()
+        .enumerate()
+        .map(|(i, (name, y))| {
+            Bar::new(i as f64, *y)
+                .name(name)
+                .fill(Color32::from_rgb(0x43, 0xa0, 0x47))
+        })
+        .collect();
+    Plot::new("yield")
+        .height(120.0)
+        .allow_scroll(false)
+        .show(ui, |p| p.bar_chart(BarChart::new("yield %", bars)));
+    if let Some((name, y)) = shifts.last() {
+        ui.label(format!("latest shift {name}: yield {y:.1}%"));
+    }
+}
+
+/// Yield (%) per 8-hour shift starting 06:00, 14:00 and 22:00 local time, oldest first.
+pub fn yield_per_shift(hourly: &[HourBucket]) -> Vec<(String, f64)> {
+    use chrono::{Local, TimeZone as _, Timelike as _};
+    let mut shifts: Vec<(String, u64, u64)> = Vec::new();
+    for b in hourly {
+        let Some(t) = Local.timestamp_millis_opt(b.hour_ms).single() else {
+            continue;
+        };
+        let h = t.hour();
+        let (start_day, label) = match h {
+            6..=13 => (t.date_naive(), "early"),
+            14..=21 => (t.date_naive(), "late"),
+            22..=23 => (t.date_naive(), "night"),
+            _ => (t.date_naive().pred_opt().unwrap_or(t.date_naive()), "night"),
+        };
+        let name = format!("{} {label}", start_day.format("%m-%d"));
+        match shifts.last_mut() {
+            Some(s) if s.0 == name => {
+                s.1 += b.total;
+                s.2 += b.fails;
+            }
+            _ => shifts.push((name, b.total, b.fails)),
+        }
+    }
+    shifts
+        .into_iter()
+        .map(|(n, t, f)| (n, 100.0 * (t - f) as f64 / t.max(1) as f64))
+        .collect()
+}
+
+/// Shows a row; returns (verdict, reason) when the lead confirms or overrides it.
+fn details(
+    ui: &mut egui::Ui,
+    r: &InspectionRow,
+    detail: Option<&(
+        i64,
+        Option<egui::TextureHandle>,
+        Option<egui::TextureHandle>,
+    )>,
+    reason: &mut String,
+) -> Option<(String, String)> {
+    ui.label(RichText::new(format!("{} — {}", r.origin, local_time(&r.ts))).strong());
+    ui.label(format!(
+        "model said {} ({} {:.1}%, score {:.3}, threshold {:.3}), model {}, station {}, latency {:.1} ms",
+        r.verdict.to_uppercase(),
+        r.class,
+        100.0 * r.confidence,
+        r.score,
+        r.threshold,
+        r.model_id,
+        r.station,
+        r.latency_ms
+    ));
+    if let (Some(v), Some(why)) = (&r.override_verdict, &r.override_reason) {
+        ui.label(format!(
+            "overridden to {} by {} at {}: {why}",
+            v.to_uppercase(),
+            r.override_by.clone().unwrap_or_default(),
+            r.override_at.clone().unwrap_or_default()
+        ));
+    }
+    match detail {
+        Some((id, img, heat)) if *id == r.id => {
+            if img.is_none() {
+                ui.label("no archived image (passes are sampled; old images are pruned by the disk budget)");
+            }
+            if let Some(t) = img {
+                let resp = ui.add(egui::Image::new(t).max_size(vec2(380.0, 300.0)));
+                if let Some(h) = heat {
+                    ui.painter().image(
+                        h.id(),
+                        resp.rect,
+                        egui::Rect::from_min_max(egui::pos2(0.0, 0.0), egui::pos2(1.0, 1.0)),
+                        Color32::from_white_alpha(120),
+                    );
+                }
+            }
+        }
+        _ => {
+            ui.spinner();
+        }
+    }
+    ui.add(
+        egui::TextEdit::singleline(reason)
+            .hint_text("reason (required)")
+            .id_salt("lead-reason"),
+    );
+    let mut out = None;
+    ui.horizontal(|ui| {
+        let enabled = !reason.trim().is_empty();
+        let current = r.final_verdict().to_string();
+        if ui
+            .add_enabled(
+                enabled,
+                egui::Button::new(format!("Confirm {}", current.to_uppercase())),
+            )
+            .clicked()
+        {
+            out = Some((current.clone(), reason.trim().to_string()));
+        }
+        let other = if current == "fail" { "pass" } else { "fail" };
+        if ui
+            .add_enabled(
+                enabled,
+                egui::Button::new(format!("Override to {}", other.to_uppercase())),
+            )
+            .clicked()
+        {
+            out = Some((other.to_string(), reason.trim().to_string()));
+        }
+    });
+    out
+}

@@ -1,0 +1,360 @@
+//! The Inspect tab: live frame with region of interest and heatmap, a verdict banner readable
+//! from two metres, counters, the last rejects, pause and override.
+
+use egui::{Color32, RichText, Sense, Stroke, StrokeKind, pos2, vec2};
+
+use super::{InspectorApp, Level};
+
+const PASS_GREEN: Color32 = Color32::from_rgb(0x1b, 0x8a, 0x3a);
+const FAIL_RED: Color32 = Color32::from_rgb(0xc6, 0x28, 0x28);
+
+pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
+    if let Some(alarm) = app.alarm.clone() {
+        egui::Frame::new()
+            .fill(FAIL_RED)
+            .inner_margin(10.0)
+            .corner_radius(6.0)
+            .show(ui, |ui| {
+                ui.horizontal(|ui| {
+                    ui.label(
+                        RichText::new(format!(
+                            "ALARM {}: {}",
+                            alarm.at.format("%H:%M:%S"),
+                            alarm.text
+                        ))
+                        .size(22.0)
+                        .color(Color32::WHITE)
+                        .strong(),
+                    );
+                    if ui.button(RichText::new("Acknowledge").size(18.0)).clicked() {
+                        app.acknowledge_alarm();
+                    }
+                });
+            });
+        ui.add_space(6.0);
+    }
+    if app.is_demo() {
+        ui.label(
+            RichText::new(
+                "Demo mode: replaying the bundled demo images through the default model. \
+                 No camera is selected — pick one in Settings > Source.",
+            )
+            .color(ui.visuals().warn_fg_color),
+        );
+    }
+    egui::Panel::right("verdict")
+        .resizable(false)
+        .exact_size(360.0)
+        .show(ui, |ui| side_panel(app, ui));
+    egui::Panel::bottom("rejects")
+        .resizable(false)
+        .exact_size(150.0)
+        .show(ui, |ui| reject_strip(app, ui));
+    egui::CentralPanel::default().show(ui, |ui| live_view(app, ui));
+}
+
+fn side_panel(app: &mut InspectorApp, ui: &mut egui::Ui) {
+    egui::ScrollArea::vertical().show(ui, |ui| {
+        banner(app, ui);
+        ui.add_space(8.0);
+        ui.horizontal(|ui| {
+            let paused = app.is_paused();
+            let label = if paused { "Resume" } else { "Pause" };
+            if ui
+                .add_enabled(
+                    app.is_running(),
+                    egui::Button::new(RichText::new(label).size(20.0)),
+                )
+                .clicked()
+            {
+                app.set_paused(!paused);
+            }
+            if ui
+                .add_enabled(
+                    app.last.is_some(),
+                    egui::Button::new(RichText::new("Override…").size(20.0)),
+                )
+                .clicked()
+            {
+                app.override_open = !app.override_open;
+            }
+        });
+        if app.override_open {
+            override_form(app, ui);
+        }
+        ui.separator();
+        counters(app, ui);
+        ui.separator();
+        ui.checkbox(&mut app.settings.heatmap, "Show heatmap");
+        ui.add_enabled(
+            app.settings.heatmap,
+            egui::Slider::new(&mut app.settings.heatmap_opacity, 0.0..=1.0).text("opacity"),
+        );
+        ui.horizontal(|ui| {
+            let label = if app.roi_edit {
+                "Drawing ROI: drag on the image"
+            } else {
+                "Draw ROI"
+            };
+            if ui.selectable_label(app.roi_edit, label).clicked() {
+                app.roi_edit = !app.roi_edit;
+            }
+            if app.settings.roi.is_some() && ui.button("Clear ROI").clicked() {
+                app.set_roi(None);
+            }
+        });
+        ui.separator();
+        if let Some(m) = &app.model {
+            ui.label(format!("Model {} ({})", m.id, m.input));
+            ui.label(format!("Classes: {}", m.classes.join(", ")));
+        }
+        if ui.button("Load model…").clicked() {
+            app.tab = super::Tab::Settings;
+        }
+    });
+}
+
+fn banner(app: &InspectorApp, ui: &mut egui::Ui) {
+    let (fill, word, detail) = match &app.last {
+        Some(v) => {
+            let fail = app
+                .overridden
+                .get(&v.seq)
+                .map(|o| o == "fail")
+                .unwrap_or(v.fail);
+            let word = if fail { "FAIL" } else { "PASS" };
+            let detail = if app.overridden.contains_key(&v.seq) {
+                format!(
+                    "overridden by operator (model said {})",
+                    v.word().to_uppercase()
+                )
+            } else {
+                format!("{} {:.0}%", v.class, 100.0 * v.confidence)
+            };
+            (if fail { FAIL_RED } else { PASS_GREEN }, word, detail)
+        }
+        None => (
+            Color32::DARK_GRAY,
+            "WAITING",
+            "no frame inspected yet".into(),
+        ),
+    };
+    egui::Frame::new()
+        .fill(fill)
+        .inner_margin(12.0)
+        .corner_radius(8.0)
+        .show(ui, |ui| {
+            ui.set_min_width(ui.available_width());
+            ui.vertical_centered(|ui| {
+                ui.label(
+                    RichText::new(word)
+                        .size(72.0)
+                        .strong()
+                        .color(Color32::WHITE),
+                );
+                ui.label(RichText::new(detail).size(26.0).color(Color32::WHITE));
+                if let Some(v) = &app.last {
+                    let own = app.settings.threshold.is_none();
+                    ui.label(
+                        RichText::new(format!(
+                            "score {:.3} · threshold {:.3} ({})",
+                            v.score,
+                            v.threshold,
+                            if own { "model's" } else { "set by engineer" }
+                        ))
+                        .size(16.0)
+                        .color(Color32::WHITE),
+                    );
+                    ui.label(
+                        RichText::new(v.origin.to_string())
+                            .size(13.0)
+                            .color(Color32::from_gray(230)),
+                    );
+                }
+            });
+        });
+}
+
+fn override_form(app: &mut InspectorApp, ui: &mut egui::Ui) {
+    let Some(v) = app.last.clone() else { return };
+    let current = app
+        .overridden
+        .get(&v.seq)
+        .cloned()
+        .unwrap_or_else(|| v.word().to_string());
+    let what = if current == "fail" {
+        "Mark as FALSE REJECT (the part is good: PASS)"
+    } else {
+        "Mark as MISSED DEFECT (the part is bad: FAIL)"
+    };
+    ui.group(|ui| {
+        ui.label(RichText::new(what).strong());
+        ui.label(format!("Frame: {}", v.origin));
+        ui.horizontal(|ui| {
+            let label = ui.label("Reason");
+            ui.add(
+                egui::TextEdit::singleline(&mut app.override_reason)
+                    .hint_text("required: what the part really is, and why")
+                    .id_salt("override-reason"),
+            )
+            .labelled_by(label.id);
+        });
+        ui.horizontal(|ui| {
+            if ui.button("Save override").clicked() {
+                let reason = app.override_reason.clone();
+                match app.override_last(&reason) {
+                    Ok(()) => {
+                        app.override_reason.clear();
+                        app.override_open = false;
+                    }
+                    Err(e) => app.notify(Level::Warning, e),
+                }
+            }
+            if ui.button("Cancel").clicked() {
+                app.override_open = false;
+            }
+        });
+    });
+}
+
+fn counters(app: &mut InspectorApp, ui: &mut egui::Ui) {
+    let c = app.counters.clone();
+    egui::Grid::new("counters").num_columns(2).show(ui, |ui| {
+        let big = |s: String| RichText::new(s).size(22.0).strong();
+        ui.label("Inspected");
+        ui.label(big(c.inspected.to_string()));
+        ui.end_row();
+        ui.label("Pass");
+        ui.label(big(c.pass.to_string()).color(PASS_GREEN));
+        ui.end_row();
+        ui.label("Fail");
+        ui.label(big(c.fail.to_string()).color(FAIL_RED));
+        ui.end_row();
+        ui.label("Yield");
+        ui.label(big(c
+            .yield_percent()
+            .map(|y| format!("{y:.1} %"))
+            .unwrap_or_else(|| "—".into())));
+        ui.end_row();
+        ui.label("Unreadable / dropped");
+        ui.label(format!("{} / {}", c.unreadable, c.dropped));
+        ui.end_row();
+        ui.label("Frame rate");
+        ui.label(format!("{:.1} /s", c.fps()));
+        ui.end_row();
+        ui.label("Capture to verdict");
+        ui.label(
+            c.latency_p50()
+                .map(|l| format!("{l:.1} ms (median)"))
+                .unwrap_or_else(|| "—".into()),
+        );
+        ui.end_row();
+    });
+    ui.horizontal(|ui| {
+        if let Some(s) = c.since {
+            ui.label(format!(
+                "since {}",
+                s.with_timezone(&chrono::Local).format("%H:%M:%S")
+            ));
+        }
+        if ui.button("New shift").clicked() {
+            app.new_shift();
+        }
+    });
+}
+
+fn reject_strip(app: &mut InspectorApp, ui: &mut egui::Ui) {
+    ui.label(RichText::new("Last rejects").strong());
+    egui::ScrollArea::horizontal().show(ui, |ui| {
+        ui.horizontal(|ui| {
+            if app.counters.last_rejects.is_empty() {
+                ui.label("none yet");
+            }
+            for v in app.counters.last_rejects.iter().rev() {
+                ui.vertical(|ui| {
+                    if let Some(t) = app.thumbs.get(&v.seq) {
+                        ui.add(egui::Image::new(t).max_size(vec2(96.0, 96.0)));
+                    }
+                    ui.label(
+                        RichText::new(format!(
+                            "{} {:.0}%\n{}",
+                            v.class,
+                            100.0 * v.confidence,
+                            v.timestamp.with_timezone(&chrono::Local).format("%H:%M:%S")
+                        ))
+                        .size(11.0),
+                    );
+                });
+            }
+        });
+    });
+}
+
+fn live_view(app: &mut InspectorApp, ui: &mut egui::Ui) {
+    let (Some(v), Some(tex)) = (app.last.clone(), app.frame_tex.clone()) else {
+        ui.centered_and_justified(|ui| {
+            ui.label(RichText::new("Waiting for the first frame…").size(20.0));
+        });
+        return;
+    };
+    let avail = ui.available_size();
+    let (iw, ih) = (v.image.width as f32, v.image.height as f32);
+    let scale = (avail.x / iw).min(avail.y / ih);
+    let size = vec2(iw * scale, ih * scale);
+    let (rect, resp) = ui.allocate_exact_size(size, Sense::click_and_drag());
+    let painter = ui.painter_at(rect);
+    let uv = egui::Rect::from_min_max(pos2(0.0, 0.0), pos2(1.0, 1.0));
+    painter.image(tex.id(), rect, uv, Color32::WHITE);
+    let to_screen = |x: f32, y: f32| pos2(rect.min.x + x * scale, rect.min.y + y * scale);
+    let roi = v.roi;
+    let roi_rect = egui::Rect::from_min_max(
+        to_screen(roi.x as f32, roi.y as f32),
+        to_screen((roi.x + roi.width) as f32, (roi.y + roi.height) as f32),
+    );
+    if app.settings.heatmap
+        && let Some(h) = &app.heat_tex
+    {
+        let a = (app.settings.heatmap_opacity.clamp(0.0, 1.0) * 255.0) as u8;
+        painter.image(h.id(), roi_rect, uv, Color32::from_white_alpha(a));
+    }
+    if app.settings.roi.is_some() {
+        painter.rect_stroke(
+            roi_rect,
+            0.0,
+            Stroke::new(2.0, Color32::from_rgb(0, 200, 255)),
+            StrokeKind::Outside,
+        );
+    }
+    if app.roi_edit {
+        let to_frame = |p: egui::Pos2| {
+            (
+                ((p.x - rect.min.x) / scale).clamp(0.0, iw),
+                ((p.y - rect.min.y) / scale).clamp(0.0, ih),
+            )
+        };
+        if resp.drag_started() {
+            app.roi_drag = resp.interact_pointer_pos();
+        }
+        if let (Some(a), Some(b)) = (app.roi_drag, resp.interact_pointer_pos()) {
+            painter.rect_stroke(
+                egui::Rect::from_two_pos(a, b),
+                0.0,
+                Stroke::new(2.0, Color32::YELLOW),
+                StrokeKind::Outside,
+            );
+            if resp.drag_stopped() {
+                let (x0, y0) = to_frame(a);
+                let (x1, y1) = to_frame(b);
+                let (x, y) = (x0.min(x1) as u32, y0.min(y1) as u32);
+                let (w, h) = ((x0 - x1).abs() as u32, (y0 - y1).abs() as u32);
+                app.roi_drag = None;
+                if w >= 8 && h >= 8 {
+                    app.set_roi(Some([x, y, w, h]));
+                    app.roi_edit = false;
+                } else {
+                    app.notify(Level::Warning, "ROI too small: drag a larger rectangle");
+                }
+            }
+        }
+    }
+}

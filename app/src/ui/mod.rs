@@ -1,0 +1,881 @@
+//! The eframe app: a tab bar (Inspect, History, Settings), a status bar, and the state shared
+//! by the tabs. The UI thread only reads channels and shared counters and uploads textures: the
+//! pipeline, the history writer and the history queries run in their own threads.
+
+pub mod history_tab;
+mod inspect;
+mod settings_tab;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, bounded};
+
+use crate::headless::{DEFAULT_MODEL, DEMO_DATASET, bundled};
+use crate::history::{self, EventRow, Op, Recorder, RecorderOptions, RecorderSink};
+use crate::pipeline::{
+    self, Counters, Event, ModelInfo, Pipeline, PipelineOptions, SourceStatus, Verdict,
+};
+use crate::settings::{STORAGE_KEY, Settings};
+use crate::source::SourceSpec;
+
+/// Options of `inspector app` (and of `inspector` with no arguments).
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct AppArgs {
+    /// History database (default: the platform data directory, or the one chosen in Settings).
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+    /// Start with this source instead of the saved one (folder:<DIR>, camera:<N>, synthetic).
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Start with this model instead of the saved one.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Ignore saved settings (a fresh start).
+    #[arg(long)]
+    pub reset_settings: bool,
+    /// Quit after this many seconds (for measurements and screenshots).
+    #[arg(long)]
+    pub quit_after: Option<f64>,
+}
+
+/// The wgpu device the app renders with and inspects on.
+#[derive(Clone)]
+pub struct Gpu {
+    /// Device.
+    pub device: wgpu::Device,
+    /// Queue.
+    pub queue: wgpu::Queue,
+    /// "llvmpipe (Vulkan)".
+    pub label: String,
+}
+
+/// Opens the window. Burn creates the device (it needs device features the others don't ask
+/// for); the inspection engine and egui's renderer share it.
+pub fn run(args: AppArgs) -> anyhow::Result<()> {
+    let (_burn_device, ctx) = crate::nn::shared_gpu()?;
+    let gpu = Gpu {
+        device: ctx.device.clone(),
+        queue: ctx.queue.clone(),
+        label: ctx.describe(),
+    };
+    let options = eframe::NativeOptions {
+        viewport: egui::ViewportBuilder::default()
+            .with_title("Defect Inspector")
+            .with_inner_size([1360.0, 860.0])
+            .with_min_inner_size([900.0, 600.0]),
+        renderer: eframe::Renderer::Wgpu,
+        wgpu_options: eframe::egui_wgpu::WgpuConfiguration {
+            wgpu_setup: eframe::egui_wgpu::WgpuSetup::Existing(
+                eframe::egui_wgpu::WgpuSetupExisting {
+                    instance: ctx.instance.clone(),
+                    adapter: ctx.adapter.clone(),
+                    device: ctx.device.clone(),
+                    queue: ctx.queue.clone(),
+                },
+            ),
+            ..Default::default()
+        },
+        persist_window: true,
+        ..Default::default()
+    };
+    eframe::run_native(
+        "defect-inspector",
+        options,
+        Box::new(move |cc| {
+            let mut settings: Settings = if args.reset_settings {
+                Settings::default()
+            } else {
+                cc.storage
+                    .and_then(|s| eframe::get_value(s, STORAGE_KEY))
+                    .unwrap_or_default()
+            };
+            if let Some(s) = &args.source {
+                settings.source = Some(SourceSpec::parse(s).map_err(anyhow::Error::msg)?);
+            }
+            if let Some(m) = &args.model {
+                settings.model_path = Some(m.clone());
+            }
+            if let Some(db) = &args.db {
+                settings.db_path = Some(db.clone());
+            }
+            let mut app = InspectorApp::new(cc.egui_ctx.clone(), gpu, settings);
+            app.quit_after = args.quit_after.map(Duration::from_secs_f64);
+            Ok(Box::new(app))
+        }),
+    )
+    .map_err(|e| anyhow::anyhow!("the window could not be opened: {e}"))
+}
+
+/// Tabs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tab {
+    /// Live inspection.
+    Inspect,
+    /// Rejection history.
+    History,
+    /// Settings.
+    Settings,
+}
+
+/// How serious a notice is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    /// Information.
+    Info,
+    /// Something is wrong but work goes on.
+    Warning,
+    /// Something failed.
+    Error,
+}
+
+/// A message for the operator.
+#[derive(Clone, Debug)]
+pub struct Notice {
+    /// Level.
+    pub level: Level,
+    /// Text.
+    pub text: String,
+    /// When.
+    pub at: chrono::DateTime<chrono::Local>,
+}
+
+/// A raised alarm, shown until acknowledged.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Alarm {
+    /// What happened.
+    pub text: String,
+    /// When.
+    pub at: chrono::DateTime<chrono::Local>,
+}
+
+struct Started {
+    pipeline: Result<Pipeline, String>,
+    recorder: Option<Result<Recorder, String>>,
+    fallback: Option<String>,
+}
+
+/// The app's state.
+pub struct InspectorApp {
+    /// Saved settings.
+    pub settings: Settings,
+    /// The open tab.
+    pub tab: Tab,
+    ctx: egui::Context,
+    gpu: Gpu,
+    pipeline: Option<Pipeline>,
+    starting: Option<Receiver<Started>>,
+    recorder: Option<Recorder>,
+    run_id: String,
+    pending_ops: VecDeque<Op>,
+    /// The newest verdict.
+    pub last: Option<Arc<Verdict>>,
+    /// Counters as of this frame.
+    pub counters: Counters,
+    frame_tex: Option<egui::TextureHandle>,
+    heat_tex: Option<egui::TextureHandle>,
+    thumbs: HashMap<u64, egui::TextureHandle>,
+    /// Source state.
+    pub source_status: Option<SourceStatus>,
+    /// The model in use.
+    pub model: Option<ModelInfo>,
+    /// Messages, newest last.
+    pub notices: VecDeque<Notice>,
+    /// Unacknowledged alarm.
+    pub alarm: Option<Alarm>,
+    consecutive_latched: bool,
+    drift_latched: bool,
+    /// Frames overridden in this run, with the new verdict.
+    pub overridden: HashMap<u64, String>,
+    override_reason: String,
+    override_open: bool,
+    roi_edit: bool,
+    roi_drag: Option<egui::Pos2>,
+    model_path_input: String,
+    model_choices: Option<Vec<PathBuf>>,
+    source_draft: settings_tab::SourceDraft,
+    cameras: Option<Receiver<Result<Vec<crate::source::CameraDesc>, String>>>,
+    camera_list: Option<Result<Vec<crate::source::CameraDesc>, String>>,
+    ui_times: VecDeque<f64>,
+    last_log: Instant,
+    started_at: Instant,
+    quit_after: Option<Duration>,
+    /// The History tab's state.
+    pub history: history_tab::HistoryView,
+    seen_unreadable: HashSet<String>,
+}
+
+impl InspectorApp {
+    /// The app on `gpu` with `settings`; starts the pipeline and the history writer in the
+    /// background.
+    pub fn new(ctx: egui::Context, gpu: Gpu, settings: Settings) -> Self {
+        ctx.set_theme(if settings.dark {
+            egui::Theme::Dark
+        } else {
+            egui::Theme::Light
+        });
+        let model_path_input = settings
+            .model_path
+            .clone()
+            .unwrap_or_else(|| bundled(DEFAULT_MODEL))
+            .display()
+            .to_string();
+        let source_draft = settings_tab::SourceDraft::from_settings(&settings);
+        let mut app = Self {
+            settings,
+            tab: Tab::Inspect,
+            ctx,
+            gpu,
+            pipeline: None,
+            starting: None,
+            recorder: None,
+            run_id: history::new_run_id(),
+            pending_ops: VecDeque::new(),
+            last: None,
+            counters: Counters::default(),
+            frame_tex: None,
+            heat_tex: None,
+            thumbs: HashMap::new(),
+            source_status: None,
+            model: None,
+            notices: VecDeque::new(),
+            alarm: None,
+            consecutive_latched: false,
+            drift_latched: false,
+            overridden: HashMap::new(),
+            override_reason: String::new(),
+            override_open: false,
+            roi_edit: false,
+            roi_drag: None,
+            model_path_input,
+            model_choices: None,
+            source_draft,
+            cameras: None,
+            camera_list: None,
+            ui_times: VecDeque::new(),
+            last_log: Instant::now(),
+            started_at: Instant::now(),
+            quit_after: None,
+            history: history_tab::HistoryView::default(),
+            seen_unreadable: HashSet::new(),
+        };
+        app.start();
+        app
+    }
+
+    /// The source in effect: the saved one, or the demo images.
+    pub fn source(&self) -> SourceSpec {
+        self.settings.source.clone().unwrap_or_else(demo_source)
+    }
+
+    /// Whether the app is replaying the bundled demo images.
+    pub fn is_demo(&self) -> bool {
+        self.settings.source.is_none()
+    }
+
+    /// The history database in use.
+    pub fn db_path(&self) -> PathBuf {
+        self.settings
+            .db_path
+            .clone()
+            .unwrap_or_else(history::default_db_path)
+    }
+
+    /// The text in the Settings tab's model field.
+    pub fn model_path_input(&self) -> &str {
+        &self.model_path_input
+    }
+
+    /// Whether the pipeline is running (not starting).
+    pub fn is_running(&self) -> bool {
+        self.pipeline.is_some()
+    }
+
+    /// Whether capture is paused.
+    pub fn is_paused(&self) -> bool {
+        self.pipeline.as_ref().is_some_and(|p| p.is_paused())
+    }
+
+    fn start(&mut self) {
+        let (tx, rx) = bounded(1);
+        let gpu = self.gpu.clone();
+        let model_path = self
+            .settings
+            .model_path
+            .clone()
+            .unwrap_or_else(|| bundled(DEFAULT_MODEL));
+        let source = self.source();
+        let options = PipelineOptions {
+            fps: self.settings.replay_fps,
+            limit: None,
+            lossless_events: false,
+            roi: self.settings.roi(),
+            threshold: self.settings.threshold,
+            display: true,
+        };
+        let db = self.db_path();
+        let want_recorder = self.recorder.is_none();
+        let budget = self.settings.archive_budget_mib << 20;
+        let station = self.settings.station.clone();
+        let pass_sample = self.settings.pass_sample;
+        let run_id = self.run_id.clone();
+        let existing = self.recorder.clone();
+        let ctx = self.ctx.clone();
+        let spawned = std::thread::Builder::new()
+            .name("pipeline-start".into())
+            .spawn(move || {
+                let recorder = want_recorder.then(|| {
+                    Recorder::start(
+                        &db,
+                        RecorderOptions {
+                            archive_budget_bytes: budget,
+                            ..RecorderOptions::default()
+                        },
+                    )
+                    .map_err(|e| e.to_string())
+                });
+                let rec = existing.or_else(|| recorder.clone().and_then(|r| r.ok()));
+                let mut fallback = None;
+                let model = pipeline::load_model(&model_path).or_else(|e| {
+                    let default = bundled(DEFAULT_MODEL);
+                    if model_path == default {
+                        return Err(e);
+                    }
+                    fallback = Some(format!("{e}; using the bundled model instead"));
+                    pipeline::load_model(&default)
+                });
+                let sink = rec.map(|r| {
+                    let mut s = RecorderSink::new(r, &station, pass_sample);
+                    s.run_id = run_id;
+                    Box::new(s) as Box<dyn pipeline::VerdictSink>
+                });
+                let wake_ctx = ctx.clone();
+                let pipeline = model.and_then(|m| {
+                    Pipeline::start(
+                        gpu.device,
+                        gpu.queue,
+                        gpu.label,
+                        m,
+                        source,
+                        options,
+                        sink,
+                        Arc::new(move || wake_ctx.request_repaint()),
+                    )
+                });
+                let _ = tx.send(Started {
+                    pipeline,
+                    recorder,
+                    fallback,
+                });
+                ctx.request_repaint();
+            });
+        match spawned {
+            Ok(_) => self.starting = Some(rx),
+            Err(e) => self.notify(Level::Error, format!("cannot start inspection: {e}")),
+        }
+    }
+
+    /// Adds a message for the operator (also logged).
+    pub fn notify(&mut self, level: Level, text: impl Into<String>) {
+        let text = text.into();
+        match level {
+            Level::Info => tracing::info!("{text}"),
+            Level::Warning => tracing::warn!("{text}"),
+            Level::Error => tracing::error!("{text}"),
+        }
+        self.notices.push_back(Notice {
+            level,
+            text,
+            at: chrono::Local::now(),
+        });
+        while self.notices.len() > 50 {
+            self.notices.pop_front();
+        }
+    }
+
+    /// Records an event in the history (queued when the writer is busy; never blocks).
+    pub fn record_event(&mut self, kind: &str, detail: impl Into<String>) {
+        let mut e = EventRow::now(&self.settings.station, kind, detail);
+        e.run_id = Some(self.run_id.clone());
+        self.pending_ops.push_back(Op::Event(e));
+    }
+
+    fn flush_ops(&mut self) {
+        let Some(rec) = &self.recorder else { return };
+        while let Some(op) = self.pending_ops.pop_front() {
+            if let Err(op) = rec.try_submit(op) {
+                self.pending_ops.push_front(op);
+                break;
+            }
+        }
+    }
+
+    /// Pauses or resumes inspection.
+    pub fn set_paused(&mut self, paused: bool) {
+        if let Some(p) = &self.pipeline {
+            p.set_paused(paused);
+            self.record_event(
+                if paused { "paused" } else { "resumed" },
+                format!("by {}", self.operator()),
+            );
+        }
+    }
+
+    fn operator(&self) -> String {
+        if self.settings.operator.trim().is_empty() {
+            "unnamed operator".into()
+        } else {
+            self.settings.operator.clone()
+        }
+    }
+
+    /// Overrides the last verdict with `reason`; recorded in the history.
+    pub fn override_last(&mut self, reason: &str) -> Result<(), String> {
+        let reason = reason.trim();
+        if reason.is_empty() {
+            return Err("give a reason for the override".into());
+        }
+        let Some(v) = self.last.clone() else {
+            return Err("there is no verdict to override yet".into());
+        };
+        let from = self
+            .overridden
+            .get(&v.seq)
+            .cloned()
+            .unwrap_or_else(|| v.word().to_string());
+        let to = if from == "fail" { "pass" } else { "fail" }.to_string();
+        self.pending_ops.push_back(Op::Override(history::Override {
+            run_id: self.run_id.clone(),
+            seq: v.seq,
+            from: from.clone(),
+            verdict: to.clone(),
+            by: self.operator(),
+            at: history::rfc3339(chrono::Utc::now()),
+            reason: reason.into(),
+            station: self.settings.station.clone(),
+        }));
+        let what = if to == "pass" {
+            "false reject"
+        } else {
+            "missed defect"
+        };
+        self.notify(
+            Level::Info,
+            format!(
+                "{} overridden as {what} ({from} to {to}): {reason}",
+                v.origin
+            ),
+        );
+        self.overridden.insert(v.seq, to);
+        Ok(())
+    }
+
+    /// Loads another model in the worker (hot swap; a bad file keeps the current model).
+    pub fn load_model(&mut self, path: PathBuf) {
+        if let Some(p) = &self.pipeline {
+            p.load_model(path);
+        } else {
+            self.notify(
+                Level::Warning,
+                "inspection has not started yet; try again in a moment",
+            );
+        }
+    }
+
+    /// Sets (or clears) the threshold override; logged as an event.
+    pub fn set_threshold(&mut self, t: Option<f32>) {
+        let before = self
+            .settings
+            .threshold
+            .or(self.model.as_ref().map(|m| m.threshold));
+        self.settings.threshold = t;
+        if let Some(p) = &self.pipeline {
+            p.set_threshold(t);
+        }
+        let after = t.or(self.model.as_ref().map(|m| m.threshold));
+        self.record_event(
+            "threshold_changed",
+            format!(
+                "{} to {}{} by {}",
+                before.map(|b| format!("{b:.3}")).unwrap_or_default(),
+                after.map(|b| format!("{b:.3}")).unwrap_or_default(),
+                if t.is_none() { " (model's own)" } else { "" },
+                self.operator()
+            ),
+        );
+    }
+
+    /// Switches the frame source (None = the demo images).
+    pub fn set_source(&mut self, source: Option<SourceSpec>) {
+        self.settings.source = source;
+        let s = self.source();
+        if let Some(p) = &mut self.pipeline {
+            p.set_fps(self.settings.replay_fps);
+            p.set_source(s.clone());
+        }
+        self.source_status = None;
+        self.record_event("source_changed", s.uri());
+    }
+
+    /// Sets the region of interest (frame pixels).
+    pub fn set_roi(&mut self, roi: Option<[u32; 4]>) {
+        self.settings.roi = roi;
+        if let Some(p) = &self.pipeline {
+            p.set_roi(self.settings.roi());
+        }
+        self.record_event(
+            "roi_changed",
+            roi.map(|r| format!("{},{},{},{}", r[0], r[1], r[2], r[3]))
+                .unwrap_or_else(|| "whole frame".into()),
+        );
+    }
+
+    /// Starts counting again (a new shift).
+    pub fn new_shift(&mut self) {
+        if let Some(p) = &self.pipeline {
+            p.reset_counters();
+        }
+        self.record_event("shift_started", format!("by {}", self.operator()));
+    }
+
+    /// Acknowledges the alarm.
+    pub fn acknowledge_alarm(&mut self) {
+        if let Some(a) = self.alarm.take() {
+            self.record_event(
+                "alarm_acknowledged",
+                format!("{} — by {}", a.text, self.operator()),
+            );
+        }
+    }
+
+    fn poll(&mut self) {
+        if let Some(rx) = &self.starting
+            && let Ok(started) = rx.try_recv()
+        {
+            self.starting = None;
+            if let Some(r) = started.recorder {
+                match r {
+                    Ok(r) => self.recorder = Some(r),
+                    Err(e) => self.notify(
+                        Level::Error,
+                        format!("{e}. Verdicts are not being recorded; choose another database in Settings"),
+                    ),
+                }
+            }
+            if let Some(f) = started.fallback {
+                self.notify(Level::Warning, f);
+            }
+            match started.pipeline {
+                Ok(p) => {
+                    if self.is_demo() {
+                        self.notify(
+                            Level::Info,
+                            "No camera selected: replaying the bundled demo images through the \
+                             default model. Choose a camera in Settings > Source.",
+                        );
+                    }
+                    self.pipeline = Some(p);
+                }
+                Err(e) => self.notify(Level::Error, e),
+            }
+        }
+        let events: Vec<Event> = match &self.pipeline {
+            Some(p) => p.try_events().collect(),
+            None => Vec::new(),
+        };
+        let mut newest = None;
+        for ev in events {
+            match ev {
+                Event::Verdict(v) => newest = Some(v),
+                Event::Unreadable { origin, error } => {
+                    if self.seen_unreadable.insert(origin.clone()) {
+                        self.notify(Level::Warning, format!("cannot inspect {origin}: {error}"));
+                    }
+                }
+                Event::Source(s) => {
+                    match &s {
+                        SourceStatus::Failed(e) => {
+                            self.notify(Level::Error, e.clone());
+                        }
+                        SourceStatus::Lost(e) => {
+                            if !matches!(self.source_status, Some(SourceStatus::Lost(_))) {
+                                self.notify(Level::Error, e.clone());
+                                self.record_event("camera_lost", e.clone());
+                            }
+                        }
+                        SourceStatus::Running(d) => {
+                            if matches!(self.source_status, Some(SourceStatus::Lost(_))) {
+                                self.notify(Level::Info, format!("{d} is back"));
+                                self.record_event("camera_found", d.clone());
+                            }
+                        }
+                        SourceStatus::Ended(d) => {
+                            self.notify(Level::Info, format!("{d}: replay finished"))
+                        }
+                    }
+                    self.source_status = Some(s);
+                }
+                Event::ModelLoaded(info) => {
+                    let first = self.model.is_none();
+                    self.model_path_input = info.path.display().to_string();
+                    if !first {
+                        self.settings.model_path = Some(info.path.clone());
+                        self.settings.threshold = None;
+                        self.notify(Level::Info, format!("model {} now in use", info.id));
+                    }
+                    self.record_event(
+                        "model_activated",
+                        format!("{} from {}", info.id, info.path.display()),
+                    );
+                    self.model = Some(info);
+                }
+                Event::ModelRejected(e) => self.notify(
+                    Level::Error,
+                    format!("{e}. The current model stays in use."),
+                ),
+                Event::SinkError(e) => self.notify(Level::Error, e),
+                Event::Warning(w) => self.notify(Level::Warning, w),
+            }
+        }
+        if let Some(v) = newest {
+            let v: Arc<Verdict> = Arc::from(v);
+            if let Some(d) = &v.display {
+                let opts = egui::TextureOptions::LINEAR;
+                match &mut self.frame_tex {
+                    Some(t) => t.set(d.frame.clone(), opts),
+                    None => {
+                        self.frame_tex = Some(self.ctx.load_texture("frame", d.frame.clone(), opts))
+                    }
+                }
+                match &mut self.heat_tex {
+                    Some(t) => t.set(d.heat.clone(), opts),
+                    None => {
+                        self.heat_tex = Some(self.ctx.load_texture("heat", d.heat.clone(), opts))
+                    }
+                }
+            }
+            self.last = Some(v);
+        }
+        if let Some(p) = &self.pipeline {
+            self.counters = p.counters();
+        }
+        // Thumbnails of the last rejects.
+        let keep: HashSet<u64> = self.counters.last_rejects.iter().map(|v| v.seq).collect();
+        self.thumbs.retain(|k, _| keep.contains(k));
+        for v in &self.counters.last_rejects {
+            if !self.thumbs.contains_key(&v.seq)
+                && let Some(t) = v.display.as_ref().and_then(|d| d.thumb.clone())
+            {
+                let tex = self.ctx.load_texture(
+                    format!("reject-{}", v.seq),
+                    t,
+                    egui::TextureOptions::LINEAR,
+                );
+                self.thumbs.insert(v.seq, tex);
+            }
+        }
+        self.check_alarms();
+        if let Some(rx) = &self.cameras
+            && let Ok(list) = rx.try_recv()
+        {
+            self.camera_list = Some(list);
+            self.cameras = None;
+        }
+        self.flush_ops();
+    }
+
+    fn check_alarms(&mut self) {
+        let c = &self.counters;
+        let n = self.settings.alarm_consecutive_fails as u64;
+        let mut raised = None;
+        if n > 0 && c.consecutive_fails >= n {
+            if !self.consecutive_latched {
+                self.consecutive_latched = true;
+                raised = Some(format!("{} FAILs in a row", c.consecutive_fails));
+            }
+        } else {
+            self.consecutive_latched = false;
+        }
+        let w = self.settings.alarm_window.max(10) as usize;
+        if c.recent.len() >= 2 * w {
+            let split = c.recent.len() - w;
+            let base = c.recent.iter().take(split).filter(|f| **f).count() as f64 / split as f64;
+            let now = c.recent.iter().skip(split).filter(|f| **f).count() as f64 / w as f64;
+            let (_, ucl) = history::p_chart_limits(base, w as u64);
+            if now > ucl {
+                if !self.drift_latched {
+                    self.drift_latched = true;
+                    raised.get_or_insert(format!(
+                        "reject rate {:.1}% over the last {w} parts is above the control limit \
+                         {:.1}% (baseline {:.1}%)",
+                        100.0 * now,
+                        100.0 * ucl,
+                        100.0 * base
+                    ));
+                }
+            } else {
+                self.drift_latched = false;
+            }
+        }
+        if let Some(text) = raised {
+            self.record_event("alarm", text.clone());
+            self.notify(Level::Warning, format!("ALARM: {text}"));
+            self.alarm = Some(Alarm {
+                text,
+                at: chrono::Local::now(),
+            });
+        }
+    }
+
+    /// Requests the camera list in the background.
+    pub fn refresh_cameras(&mut self) {
+        let (tx, rx) = bounded(1);
+        let ctx = self.ctx.clone();
+        let _ = std::thread::Builder::new()
+            .name("camera-list".into())
+            .spawn(move || {
+                let _ = tx.send(crate::source::list_cameras());
+                ctx.request_repaint();
+            });
+        self.cameras = Some(rx);
+    }
+
+    /// Draws the whole app into `ui` (eframe and the UI tests call this).
+    pub fn show(&mut self, ui: &mut egui::Ui) {
+        let t0 = Instant::now();
+        self.poll();
+        egui::Panel::top("tabs").show(ui, |ui| {
+            ui.horizontal(|ui| {
+                ui.heading("Defect Inspector");
+                ui.separator();
+                for (tab, name) in [
+                    (Tab::Inspect, "Inspect"),
+                    (Tab::History, "History"),
+                    (Tab::Settings, "Settings"),
+                ] {
+                    ui.selectable_value(&mut self.tab, tab, egui::RichText::new(name).size(18.0));
+                }
+                ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+                    ui.label(&self.gpu.label);
+                    if let Some(m) = &self.model {
+                        ui.label(format!("model {}", m.id));
+                    }
+                });
+            });
+        });
+        egui::Panel::bottom("status").show(ui, |ui| self.status_bar(ui));
+        egui::CentralPanel::default().show(ui, |ui| match self.tab {
+            Tab::Inspect => inspect::show(self, ui),
+            Tab::History => history_tab::show(self, ui),
+            Tab::Settings => settings_tab::show(self, ui),
+        });
+        // Keep the live view moving even when no event wakes us (camera lost, paused).
+        ui.ctx().request_repaint_after(Duration::from_millis(250));
+        self.ui_times.push_back(t0.elapsed().as_secs_f64() * 1e3);
+        if self.ui_times.len() > 600 {
+            self.ui_times.pop_front();
+        }
+        if self.last_log.elapsed() > Duration::from_secs(10) {
+            self.last_log = Instant::now();
+            let v: Vec<f64> = self.ui_times.iter().copied().collect();
+            tracing::info!(
+                "ui frame time p50 {:.2} ms p95 {:.2} ms over {} frames; {:.1} verdicts/s; capture-to-verdict p50 {:.1} ms; inspected {}",
+                pipeline::percentile(v.clone(), 0.5).unwrap_or(0.0),
+                pipeline::percentile(v, 0.95).unwrap_or(0.0),
+                self.ui_times.len(),
+                self.counters.fps(),
+                self.counters.latency_p50().unwrap_or(f64::NAN),
+                self.counters.inspected
+            );
+        }
+        if let Some(q) = self.quit_after
+            && self.started_at.elapsed() > q
+        {
+            ui.ctx().send_viewport_cmd(egui::ViewportCommand::Close);
+        }
+    }
+
+    fn status_bar(&mut self, ui: &mut egui::Ui) {
+        ui.horizontal(|ui| {
+            if self.starting.is_some() {
+                ui.spinner();
+                ui.label("starting inspection…");
+            }
+            match &self.source_status {
+                Some(SourceStatus::Running(s)) => {
+                    ui.label(format!("source: {s}"));
+                }
+                Some(SourceStatus::Lost(e)) => {
+                    ui.colored_label(ui.visuals().error_fg_color, format!("camera lost — {e}"));
+                }
+                Some(SourceStatus::Failed(e)) => {
+                    ui.colored_label(ui.visuals().error_fg_color, e);
+                }
+                Some(SourceStatus::Ended(s)) => {
+                    ui.label(format!("{s}: finished"));
+                }
+                None => {}
+            }
+            ui.separator();
+            match &self.recorder {
+                Some(r) => {
+                    let st = r.status();
+                    if let Some(e) = st.db_error.or(st.archive_error) {
+                        ui.colored_label(ui.visuals().error_fg_color, e);
+                    } else {
+                        ui.label(format!(
+                            "recording to {} ({} written)",
+                            r.db_path().display(),
+                            st.committed
+                        ));
+                    }
+                }
+                None => {
+                    ui.label("not recording");
+                }
+            }
+            ui.separator();
+            let v: Vec<f64> = self.ui_times.iter().copied().collect();
+            if let Some(p) = pipeline::percentile(v, 0.5) {
+                ui.label(format!("UI {p:.1} ms/frame"));
+            }
+            if let Some(n) = self.notices.back() {
+                ui.separator();
+                let color = match n.level {
+                    Level::Info => ui.visuals().text_color(),
+                    Level::Warning => ui.visuals().warn_fg_color,
+                    Level::Error => ui.visuals().error_fg_color,
+                };
+                ui.colored_label(color, format!("{} {}", n.at.format("%H:%M:%S"), n.text));
+            }
+        });
+    }
+}
+
+impl eframe::App for InspectorApp {
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        self.show(ui);
+    }
+
+    fn save(&mut self, storage: &mut dyn eframe::Storage) {
+        eframe::set_value(storage, STORAGE_KEY, &self.settings);
+    }
+
+    fn on_exit(&mut self) {
+        self.flush_ops();
+        self.pipeline.take();
+        if let Some(r) = self.recorder.take() {
+            r.finish();
+        }
+    }
+}
+
+/// The bundled demo images, looping.
+pub fn demo_source() -> SourceSpec {
+    SourceSpec::Folder {
+        dir: bundled(DEMO_DATASET),
+        looping: true,
+    }
+}

@@ -1,0 +1,369 @@
+//! The Settings tab: source (demo, folder, camera, synthetic), model (hot swap), threshold,
+//! region of interest, operator and station, theme, history and alarm options.
+
+use std::path::PathBuf;
+
+use egui::RichText;
+
+use super::{InspectorApp, Level};
+use crate::settings::Settings;
+use crate::source::SourceSpec;
+
+/// The source being edited, applied with a button.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SourceDraft {
+    kind: usize,
+    folder: String,
+    looping: bool,
+    camera: u32,
+    resolution: usize,
+    camera_fps: u32,
+    synthetic_size: u32,
+}
+
+const KINDS: [&str; 4] = ["Demo images", "Image folder", "Camera", "Synthetic"];
+const RESOLUTIONS: [(&str, Option<(u32, u32)>); 5] = [
+    ("camera's fastest mode", None),
+    ("640 × 480", Some((640, 480))),
+    ("1280 × 720", Some((1280, 720))),
+    ("1920 × 1080", Some((1920, 1080))),
+    ("2592 × 1944", Some((2592, 1944))),
+];
+
+impl SourceDraft {
+    pub(super) fn from_settings(s: &Settings) -> Self {
+        let mut d = Self {
+            kind: 0,
+            folder: String::new(),
+            looping: true,
+            camera: 0,
+            resolution: 0,
+            camera_fps: 30,
+            synthetic_size: 256,
+        };
+        match &s.source {
+            None => {}
+            Some(SourceSpec::Folder { dir, looping }) => {
+                d.kind = 1;
+                d.folder = dir.display().to_string();
+                d.looping = *looping;
+            }
+            Some(SourceSpec::Camera {
+                index,
+                resolution,
+                fps,
+            }) => {
+                d.kind = 2;
+                d.camera = *index;
+                d.resolution = RESOLUTIONS
+                    .iter()
+                    .position(|r| r.1 == *resolution)
+                    .unwrap_or(0);
+                d.camera_fps = *fps;
+            }
+            Some(SourceSpec::Synthetic { size, .. }) => {
+                d.kind = 3;
+                d.synthetic_size = size.0;
+            }
+        }
+        d
+    }
+
+    fn spec(&self) -> Result<Option<SourceSpec>, String> {
+        Ok(match self.kind {
+            0 => None,
+            1 => {
+                if self.folder.trim().is_empty() {
+                    return Err("type the folder of images to replay".into());
+                }
+                Some(SourceSpec::Folder {
+                    dir: PathBuf::from(self.folder.trim()),
+                    looping: self.looping,
+                })
+            }
+            2 => Some(SourceSpec::Camera {
+                index: self.camera,
+                resolution: RESOLUTIONS[self.resolution].1,
+                fps: self.camera_fps,
+            }),
+            _ => Some(SourceSpec::Synthetic {
+                size: (self.synthetic_size, self.synthetic_size),
+                seed: 1,
+            }),
+        })
+    }
+}
+
+pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
+    egui::ScrollArea::vertical().show(ui, |ui| {
+        ui.heading("Source");
+        source(app, ui);
+        ui.separator();
+        ui.heading("Model");
+        model(app, ui);
+        ui.separator();
+        ui.heading("Threshold");
+        threshold(app, ui);
+        ui.separator();
+        ui.heading("Region of interest");
+        ui.horizontal(|ui| {
+            match app.settings.roi {
+                Some([x, y, w, h]) => ui.label(format!("x {x}, y {y}, {w} × {h} pixels")),
+                None => ui.label("whole frame"),
+            };
+            if ui.button("Draw on the live view").clicked() {
+                app.roi_edit = true;
+                app.tab = super::Tab::Inspect;
+            }
+            if app.settings.roi.is_some() && ui.button("Clear").clicked() {
+                app.set_roi(None);
+            }
+        });
+        ui.separator();
+        ui.heading("Station");
+        egui::Grid::new("station").num_columns(2).show(ui, |ui| {
+            ui.label("Operator");
+            ui.add(egui::TextEdit::singleline(&mut app.settings.operator).id_salt("operator"));
+            ui.end_row();
+            ui.label("Station name");
+            ui.add(egui::TextEdit::singleline(&mut app.settings.station).id_salt("station"));
+            ui.end_row();
+            ui.label("Theme");
+            ui.horizontal(|ui| {
+                let before = app.settings.dark;
+                ui.radio_value(&mut app.settings.dark, true, "Dark");
+                ui.radio_value(&mut app.settings.dark, false, "Light");
+                if before != app.settings.dark {
+                    ui.ctx().set_theme(if app.settings.dark {
+                        egui::Theme::Dark
+                    } else {
+                        egui::Theme::Light
+                    });
+                }
+            });
+            ui.end_row();
+        });
+        ui.separator();
+        ui.heading("History and alarms");
+        egui::Grid::new("history-settings")
+            .num_columns(2)
+            .show(ui, |ui| {
+                ui.label("Database");
+                ui.label(app.db_path().display().to_string());
+                ui.end_row();
+                ui.label("Archived PASS sample");
+                let mut pct = app.settings.pass_sample * 100.0;
+                if ui
+                    .add(egui::Slider::new(&mut pct, 0.0..=100.0).suffix(" %"))
+                    .changed()
+                {
+                    app.settings.pass_sample = pct / 100.0;
+                }
+                ui.end_row();
+                ui.label("Archive disk budget");
+                ui.add(
+                    egui::DragValue::new(&mut app.settings.archive_budget_mib)
+                        .range(16..=1_000_000)
+                        .suffix(" MiB"),
+                );
+                ui.end_row();
+                ui.label("Alarm after consecutive FAILs");
+                ui.add(
+                    egui::DragValue::new(&mut app.settings.alarm_consecutive_fails).range(0..=1000),
+                );
+                ui.end_row();
+                ui.label("Reject-rate alarm window");
+                ui.add(
+                    egui::DragValue::new(&mut app.settings.alarm_window)
+                        .range(10..=500)
+                        .suffix(" parts"),
+                );
+                ui.end_row();
+            });
+        ui.label("Database, sample and budget changes apply at the next start.");
+    });
+}
+
+fn source(app: &mut InspectorApp, ui: &mut egui::Ui) {
+    let d = &mut app.source_draft;
+    ui.horizontal(|ui| {
+        for (i, k) in KINDS.iter().enumerate() {
+            ui.radio_value(&mut d.kind, i, *k);
+        }
+    });
+    let mut refresh = false;
+    match d.kind {
+        0 => {
+            ui.label("The bundled magnetic-tile demo images, looping.");
+        }
+        1 => {
+            ui.horizontal(|ui| {
+                ui.label("Folder");
+                ui.add(
+                    egui::TextEdit::singleline(&mut d.folder)
+                        .desired_width(420.0)
+                        .hint_text("/path/to/images")
+                        .id_salt("folder"),
+                );
+                ui.checkbox(&mut d.looping, "loop");
+            });
+        }
+        2 => {
+            ui.horizontal(|ui| {
+                ui.label("Camera");
+                match &app.camera_list {
+                    Some(Ok(list)) if !list.is_empty() => {
+                        egui::ComboBox::from_id_salt("camera")
+                            .selected_text(format!("camera {}", d.camera))
+                            .show_ui(ui, |ui| {
+                                for (i, c) in list.iter().enumerate() {
+                                    let idx = c.index.parse().unwrap_or(i as u32);
+                                    ui.selectable_value(
+                                        &mut d.camera,
+                                        idx,
+                                        format!("{}: {}", c.index, c.name),
+                                    );
+                                }
+                            });
+                    }
+                    Some(Ok(_)) => {
+                        ui.label("no cameras found — plug one in and press Refresh");
+                    }
+                    Some(Err(e)) => {
+                        ui.colored_label(ui.visuals().error_fg_color, e);
+                    }
+                    None => {
+                        ui.label("press Refresh to list cameras");
+                    }
+                }
+                refresh = ui.button("Refresh").clicked();
+            });
+            ui.horizontal(|ui| {
+                ui.label("Resolution");
+                egui::ComboBox::from_id_salt("resolution")
+                    .selected_text(RESOLUTIONS[d.resolution].0)
+                    .show_ui(ui, |ui| {
+                        for (i, r) in RESOLUTIONS.iter().enumerate() {
+                            ui.selectable_value(&mut d.resolution, i, r.0);
+                        }
+                    });
+                ui.label("Frame rate");
+                ui.add(egui::DragValue::new(&mut d.camera_fps).range(1..=240));
+            });
+        }
+        _ => {
+            ui.horizontal(|ui| {
+                ui.label("Frame size");
+                ui.add(egui::DragValue::new(&mut d.synthetic_size).range(32..=4096));
+            });
+        }
+    }
+    ui.horizontal(|ui| {
+        ui.label("Replay rate (folder, demo, synthetic)");
+        ui.add(
+            egui::Slider::new(&mut app.settings.replay_fps, 0.2..=60.0)
+                .logarithmic(true)
+                .suffix(" fps"),
+        );
+    });
+    if refresh {
+        app.refresh_cameras();
+    }
+    if ui.button(RichText::new("Apply source").strong()).clicked() {
+        match app.source_draft.spec() {
+            Ok(s) => {
+                app.set_source(s);
+                app.tab = super::Tab::Inspect;
+            }
+            Err(e) => app.notify(Level::Warning, e),
+        }
+    }
+}
+
+fn model(app: &mut InspectorApp, ui: &mut egui::Ui) {
+    if let Some(m) = &app.model {
+        ui.label(format!(
+            "In use: {} — {} — input {} — classes {} (PASS: {}) — threshold {:.3}",
+            m.id,
+            m.path.display(),
+            m.input,
+            m.classes.join(", "),
+            m.pass_classes.join(", "),
+            m.threshold
+        ));
+    }
+    ui.horizontal(|ui| {
+        let label = ui.label("Model file");
+        ui.add(
+            egui::TextEdit::singleline(&mut app.model_path_input)
+                .desired_width(480.0)
+                .id_salt("model-path"),
+        )
+        .labelled_by(label.id);
+        if ui.button("Browse").clicked() {
+            app.model_choices = Some(list_models(&app.model_path_input));
+        }
+        if ui.button(RichText::new("Load model").strong()).clicked() {
+            let p = PathBuf::from(app.model_path_input.trim());
+            app.load_model(p);
+        }
+    });
+    if let Some(choices) = app.model_choices.clone() {
+        ui.group(|ui| {
+            if choices.is_empty() {
+                ui.label("no .safetensors files in that folder or in assets/models");
+            }
+            for c in choices {
+                if ui.link(c.display().to_string()).clicked() {
+                    app.model_path_input = c.display().to_string();
+                    app.model_choices = None;
+                }
+            }
+        });
+    }
+}
+
+/// `.safetensors` files in the folder of `current` and in the bundled models folder.
+fn list_models(current: &str) -> Vec<PathBuf> {
+    let mut dirs = vec![crate::headless::bundled("assets/models")];
+    let p = PathBuf::from(current.trim());
+    if p.is_dir() {
+        dirs.push(p);
+    } else if let Some(parent) = p.parent() {
+        dirs.push(parent.to_path_buf());
+    }
+    let mut out: Vec<PathBuf> = dirs
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flat_map(|rd| rd.flatten().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn threshold(app: &mut InspectorApp, ui: &mut egui::Ui) {
+    let model_t = app.model.as_ref().map(|m| m.threshold).unwrap_or(0.5);
+    let mut own = app.settings.threshold.is_none();
+    let mut t = app.settings.threshold.unwrap_or(model_t);
+    ui.horizontal(|ui| {
+        let before = own;
+        ui.checkbox(
+            &mut own,
+            format!("use the model's threshold ({model_t:.3})"),
+        );
+        if own != before {
+            app.set_threshold(if own { None } else { Some(t) });
+        }
+    });
+    if !own {
+        let r = ui.add(egui::Slider::new(&mut t, 0.0..=1.0).text("FAIL when score >="));
+        // Log the change once, when the operator lets go of the slider.
+        if r.drag_stopped() || (r.changed() && !r.dragged()) {
+            app.set_threshold(Some(t));
+        } else if r.changed() {
+            app.settings.threshold = Some(t);
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! The `inspector` binary end to end: headless inspection with its JSON contract, recording into
+//! the history database, `inspector history`, `inspector cameras`, refusals, and a SIGKILL crash
+//! test. These run the real engine on the real GPU path (lavapipe in CI).
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use inspector::history::{Filter, Store};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_inspector"));
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn default_model() -> PathBuf {
+    root().join("assets/models/default.safetensors")
+}
+
+/// Three readable images of different sizes and formats, a truncated PNG, an empty file and a
+/// text file with an image extension.
+fn image_folder(dir: &Path) -> usize {
+    let gray =
+        image::GrayImage::from_fn(150, 97, |x, y| image::Luma([((x * 3 + y * 5) % 256) as u8]));
+    gray.save(dir.join("a.png")).unwrap();
+    let rgb = image::RgbImage::from_fn(64, 200, |x, y| image::Rgb([x as u8, y as u8, 90]));
+    rgb.save(dir.join("b.jpg")).unwrap();
+    let small = image::GrayImage::from_fn(9, 7, |x, _| image::Luma([x as u8 * 20]));
+    small.save(dir.join("c.bmp")).unwrap();
+    let png = std::fs::read(dir.join("a.png")).unwrap();
+    std::fs::write(dir.join("d-truncated.png"), &png[..png.len() / 2]).unwrap();
+    std::fs::write(dir.join("e-empty.png"), b"").unwrap();
+    std::fs::write(dir.join("f-not-an-image.jpg"), b"hello").unwrap();
+    3
+}
+
+fn json_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+#[test]
+fn inspect_folder_json_records_every_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    let readable = image_folder(&images);
+    let db = dir.path().join("h.sqlite");
+    let out = bin()
+        .args(["inspect", "--json", "--model"])
+        .arg(default_model())
+        .arg("--source")
+        .arg(format!("folder:{}", images.display()))
+        .arg("--db")
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = json_lines(&out.stdout);
+    let verdicts: Vec<_> = lines.iter().filter(|l| l["verdict"].is_string()).collect();
+    let errors: Vec<_> = lines.iter().filter(|l| l["error"].is_string()).collect();
+    assert_eq!(verdicts.len(), readable, "{lines:#?}");
+    assert_eq!(errors.len(), 3, "{lines:#?}");
+    for v in &verdicts {
+        for key in [
+            "ts",
+            "source",
+            "frame",
+            "verdict",
+            "class",
+            "confidence",
+            "score",
+            "latency_ms",
+        ] {
+            assert!(!v[key].is_null(), "missing {key} in {v}");
+        }
+        assert!(matches!(v["verdict"].as_str(), Some("pass" | "fail")));
+        assert_eq!(v["recorded"], true);
+        let s = v["score"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&s));
+    }
+    let frames: Vec<_> = verdicts
+        .iter()
+        .map(|v| v["frame"].as_str().unwrap())
+        .collect();
+    assert_eq!(frames, ["a.png", "b.jpg", "c.bmp"]);
+    let summary = lines.last().unwrap();
+    assert_eq!(summary["summary"]["frames"], readable as u64);
+    assert_eq!(summary["summary"]["unreadable"], 3);
+
+    // Every verdict is in the database, with its images archived for the rejects.
+    let store = Store::open(&db).unwrap();
+    assert_eq!(store.count(&Filter::default()).unwrap(), readable as u64);
+    for r in store.query(&Filter::default(), 100, 0).unwrap() {
+        if r.verdict == "fail" {
+            let img = store
+                .archive_dir()
+                .join(r.image_path.as_ref().expect("rejects are archived"));
+            assert!(img.is_file());
+        }
+    }
+    let fails = verdicts.iter().filter(|v| v["verdict"] == "fail").count();
+
+    // `inspector history` prints them.
+    let out = bin()
+        .args(["history", "--format", "json", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(json_lines(&out.stdout).len(), readable);
+    let out = bin()
+        .args(["history", "--verdict", "fail", "--since", "1h", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let csv = String::from_utf8(out.stdout).unwrap();
+    assert!(csv.starts_with("id,time,station"));
+    assert_eq!(csv.lines().count(), 1 + fails);
+}
+
+#[test]
+fn bad_model_or_source_exits_nonzero_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("broken.safetensors");
+    let mut bytes = std::fs::read(default_model()).unwrap();
+    bytes.truncate(bytes.len() / 3);
+    std::fs::write(&bad, bytes).unwrap();
+    let out = bin()
+        .args([
+            "inspect",
+            "--source",
+            "synthetic",
+            "--limit",
+            "1",
+            "--model",
+        ])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("broken.safetensors"), "{err}");
+
+    let out = bin()
+        .args(["inspect", "--source", "folder:/no/such/folder", "--model"])
+        .arg(default_model())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/folder"));
+
+    let out = bin()
+        .args(["inspect", "--source", "webcam"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn synthetic_limit_and_cameras() {
+    let out = bin()
+        .args(["inspect", "--source", "synthetic", "--limit", "5", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = json_lines(&out.stdout);
+    assert_eq!(lines.len(), 6);
+    assert_eq!(lines[5]["summary"]["frames"], 5);
+    let out = bin().arg("cameras").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("camera:") || text.contains("no cameras found"),
+        "{text}"
+    );
+}
+
+/// A child inspects and records; it is killed with SIGKILL mid-run. The database must pass
+/// `PRAGMA integrity_check` and hold every verdict the child reported as recorded.
+#[test]
+fn sigkill_mid_run_loses_no_reported_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("crash.sqlite");
+    let mut child = bin()
+        .args([
+            "inspect",
+            "--source",
+            "synthetic",
+            "--json",
+            "--pass-sample",
+            "0.2",
+            "--db",
+        ])
+        .arg(&db)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut reader = BufReader::new(stdout);
+    let mut reported = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut line = String::new();
+    while reported.len() < 40 && Instant::now() < deadline {
+        line.clear();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if v["recorded"] == true {
+            reported.push(v["seq"].as_u64().unwrap());
+        }
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        reported.len() >= 40,
+        "child reported only {} verdicts",
+        reported.len()
+    );
+    let store = Store::open(&db).unwrap();
+    assert!(store.integrity_ok().unwrap());
+    let rows = store.query(&Filter::default(), 1_000_000, 0).unwrap();
+    let stored: std::collections::HashSet<u64> = rows.iter().map(|r| r.seq).collect();
+    for s in &reported {
+        assert!(
+            stored.contains(s),
+            "verdict {s} was reported as recorded but is missing"
+        );
+    }
+}

@@ -1,0 +1,166 @@
+//! The capture → inference pipeline on the real engine: a folder replays to its end with one
+//! verdict per readable image; a damaged model is refused mid-stream without stopping it; a
+//! region of interest outside the frame is reported and the frame is still inspected.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use inspector::pipeline::{self, Event, Pipeline, PipelineOptions, SourceStatus};
+use inspector::source::SourceSpec;
+
+fn default_model() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/models/default.safetensors")
+}
+
+fn run_to_end(p: &Pipeline) -> Vec<Event> {
+    let mut events = Vec::new();
+    while let Some(e) = p.next_event(Duration::from_secs(120)) {
+        let end = matches!(
+            e,
+            Event::Source(SourceStatus::Ended(_) | SourceStatus::Failed(_))
+        );
+        events.push(e);
+        if end {
+            break;
+        }
+    }
+    events
+}
+
+#[test]
+fn folder_replay_gives_one_verdict_per_readable_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut readable = Vec::new();
+    for (i, (w, h)) in [(40u32, 30u32), (333, 201), (128, 128), (17, 260), (64, 64)]
+        .iter()
+        .enumerate()
+    {
+        let name = format!("img{i}.png");
+        image::GrayImage::from_fn(*w, *h, |x, y| image::Luma([((x ^ y) & 0xff) as u8]))
+            .save(dir.path().join(&name))
+            .unwrap();
+        readable.push(name);
+    }
+    std::fs::write(
+        dir.path().join("zz-corrupt.png"),
+        b"\x89PNG\r\n\x1a\nbroken",
+    )
+    .unwrap();
+    let gpu = kernels::GpuContext::headless().unwrap();
+    let model = pipeline::load_model(&default_model()).unwrap();
+    let label = gpu.describe();
+    let p = Pipeline::start(
+        gpu.device,
+        gpu.queue,
+        label,
+        model,
+        SourceSpec::Folder {
+            dir: dir.path().to_path_buf(),
+            looping: false,
+        },
+        PipelineOptions {
+            roi: Some(kernels::Roi {
+                x: 10,
+                y: 5,
+                width: 50,
+                height: 50,
+            }),
+            ..PipelineOptions::default()
+        },
+        None,
+        Arc::new(|| {}),
+    )
+    .unwrap();
+    let events = run_to_end(&p);
+    let verdicts: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Verdict(v) => Some(v),
+            _ => None,
+        })
+        .collect();
+    let origins: Vec<_> = verdicts.iter().map(|v| v.origin.clone()).collect();
+    assert_eq!(origins, readable);
+    for v in &verdicts {
+        let sum: f32 = v.probabilities.iter().sum();
+        assert!((sum - 1.0).abs() < 1e-4);
+        assert_eq!(v.fail, v.score >= v.threshold);
+        assert!(v.latency_ms >= v.engine_ms);
+        assert!(v.roi.x + v.roi.width <= v.image.width && v.roi.y + v.roi.height <= v.image.height);
+    }
+    // The 17×260 frame cannot hold an ROI starting at x = 10 with width 50: clipped to 7 wide.
+    assert_eq!(verdicts[3].roi.width, 7);
+    let unreadable: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Unreadable { origin, .. } => Some(origin.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(unreadable, ["zz-corrupt.png"]);
+    let c = p.counters();
+    assert_eq!((c.inspected, c.unreadable), (5, 1));
+    assert_eq!(c.pass + c.fail, 5);
+}
+
+#[test]
+fn damaged_model_is_refused_mid_stream_and_inspection_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.safetensors");
+    std::fs::write(&bad, b"not a model").unwrap();
+    let gpu = kernels::GpuContext::headless().unwrap();
+    let model = pipeline::load_model(&default_model()).unwrap();
+    let id = model.1.id.clone();
+    let label = gpu.describe();
+    let p = Pipeline::start(
+        gpu.device,
+        gpu.queue,
+        label,
+        model,
+        SourceSpec::Synthetic {
+            size: (96, 80),
+            seed: 3,
+        },
+        PipelineOptions {
+            limit: Some(12),
+            roi: Some(kernels::Roi {
+                x: 500,
+                y: 500,
+                width: 10,
+                height: 10,
+            }),
+            ..PipelineOptions::default()
+        },
+        None,
+        Arc::new(|| {}),
+    )
+    .unwrap();
+    p.load_model(bad.clone());
+    let events = run_to_end(&p);
+    let rejected = events
+        .iter()
+        .any(|e| matches!(e, Event::ModelRejected(m) if m.contains("bad.safetensors")));
+    assert!(rejected, "{events:?}");
+    let warned = events
+        .iter()
+        .any(|e| matches!(e, Event::Warning(w) if w.contains("region of interest")));
+    assert!(warned);
+    let verdicts: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Verdict(v) => Some(v),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(verdicts.len(), 12);
+    assert!(verdicts.iter().all(|v| v.model_id == id));
+    // The out-of-frame ROI fell back to the whole frame.
+    assert!(
+        verdicts
+            .iter()
+            .all(|v| v.roi.width == 96 && v.roi.height == 80)
+    );
+}

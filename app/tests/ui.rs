@@ -1,0 +1,262 @@
+//! egui_kittest drives the real app (real pipeline, real engine on lavapipe, real database) on
+//! the bundled demo images: verdicts appear and change, pause stops them, a damaged model file
+//! is refused with a message while the current model stays, and the History tab filters and
+//! exports what was recorded.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable as _;
+use inspector::settings::Settings;
+use inspector::ui::{Gpu, InspectorApp, Tab};
+
+fn app(db: &Path) -> InspectorApp {
+    let ctx = kernels::GpuContext::headless().expect("a GPU adapter (lavapipe in CI)");
+    let gpu = Gpu {
+        device: ctx.device.clone(),
+        queue: ctx.queue.clone(),
+        label: ctx.describe(),
+    };
+    let settings = Settings {
+        replay_fps: 20.0,
+        db_path: Some(db.to_path_buf()),
+        operator: "tester".into(),
+        alarm_consecutive_fails: 3,
+        ..Settings::default()
+    };
+    InspectorApp::new(egui::Context::default(), gpu, settings)
+}
+
+fn harness(app: InspectorApp) -> Harness<'static, InspectorApp> {
+    Harness::builder()
+        .with_size(egui::vec2(1360.0, 860.0))
+        .build_ui_state(|ui, app: &mut InspectorApp| app.show(ui), app)
+}
+
+/// Steps the UI until `done` or the timeout.
+fn step_until(
+    h: &mut Harness<'static, InspectorApp>,
+    timeout: Duration,
+    done: impl Fn(&InspectorApp) -> bool,
+) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        h.step();
+        if done(h.state()) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+fn banner_word(h: &Harness<'static, InspectorApp>) -> Option<&'static str> {
+    if h.query_by_label("FAIL").is_some() {
+        Some("FAIL")
+    } else if h.query_by_label("PASS").is_some() {
+        Some("PASS")
+    } else {
+        None
+    }
+}
+
+#[test]
+fn inspect_tab_shows_changing_verdicts_pause_stops_them_and_bad_models_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(app(&dir.path().join("h.sqlite")));
+    assert!(h.query_by_label("WAITING").is_some() || h.state().last.is_some());
+    assert!(
+        step_until(&mut h, Duration::from_secs(120), |a| a.counters.inspected
+            >= 6
+            && a.last.is_some()),
+        "no verdicts within two minutes"
+    );
+    h.step();
+    assert!(banner_word(&h).is_some(), "the banner shows PASS or FAIL");
+    assert!(h.query_by_label_contains("Demo mode").is_some());
+    // Verdicts change: the frame shown advances.
+    let first = h.state().last.as_ref().unwrap().seq;
+    assert!(step_until(&mut h, Duration::from_secs(60), |a| a
+        .last
+        .as_ref()
+        .unwrap()
+        .seq
+        > first + 2));
+    let origin = h.state().last.as_ref().unwrap().origin.clone();
+    assert!(
+        h.query_by_label_contains(&origin).is_some() || {
+            h.step();
+            h.query_by_label_contains(&h.state().last.as_ref().unwrap().origin.clone())
+                .is_some()
+        }
+    );
+
+    // Pause stops inspection.
+    h.get_by_label("Pause").click();
+    h.step();
+    assert!(h.state().is_paused());
+    assert!(
+        h.query_by_label("Resume").is_some() || {
+            h.step();
+            h.query_by_label("Resume").is_some()
+        }
+    );
+    std::thread::sleep(Duration::from_millis(500)); // a frame in flight may still land
+    h.step();
+    let paused_at = h.state().counters.inspected;
+    std::thread::sleep(Duration::from_millis(1500));
+    h.step();
+    assert_eq!(
+        h.state().counters.inspected,
+        paused_at,
+        "inspection went on while paused"
+    );
+    h.get_by_label("Resume").click();
+    assert!(step_until(&mut h, Duration::from_secs(60), |a| a
+        .counters
+        .inspected
+        > paused_at + 1));
+
+    // Override the last verdict with a reason.
+    h.get_by_label("Override…").click();
+    h.step();
+    h.get_by_label("Save override").click();
+    h.step();
+    assert!(
+        h.state().overridden.is_empty(),
+        "an override without a reason is refused"
+    );
+    h.state_mut().notices.clear();
+    h.get_by_role_and_label(egui::accesskit::Role::TextInput, "Reason")
+        .focus();
+    h.step();
+    h.get_by_role_and_label(egui::accesskit::Role::TextInput, "Reason")
+        .type_text("dust on the lens");
+    h.step();
+    h.get_by_label("Save override").click();
+    h.step();
+    assert_eq!(h.state().overridden.len(), 1);
+
+    // A damaged model file is refused and the current model stays.
+    let model_before = h.state().model.as_ref().unwrap().id.clone();
+    let bad = dir.path().join("damaged.safetensors");
+    std::fs::write(&bad, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all").unwrap();
+    h.state_mut().tab = Tab::Settings;
+    h.step();
+    h.state_mut().notices.clear();
+    set_model_path(&mut h, &bad);
+    h.get_by_label("Load model").click();
+    assert!(
+        step_until(&mut h, Duration::from_secs(30), |a| a
+            .notices
+            .iter()
+            .any(|n| n.text.contains("damaged.safetensors"))),
+        "no message about the damaged model"
+    );
+    h.step();
+    assert!(
+        h.query_by_label_contains("damaged.safetensors").is_some(),
+        "the message is on screen"
+    );
+    let msg = h
+        .state()
+        .notices
+        .iter()
+        .find(|n| n.text.contains("damaged"))
+        .unwrap()
+        .text
+        .clone();
+    assert!(
+        msg.contains("refused") && msg.contains("current model stays"),
+        "{msg}"
+    );
+    assert_eq!(h.state().model.as_ref().unwrap().id, model_before);
+    // Inspection goes on with the old model.
+    h.state_mut().tab = Tab::Inspect;
+    let n = h.state().counters.inspected;
+    assert!(step_until(&mut h, Duration::from_secs(60), |a| a
+        .counters
+        .inspected
+        > n + 1));
+}
+
+fn set_model_path(h: &mut Harness<'static, InspectorApp>, p: &Path) {
+    // Type the path into the model field like a user: select what is there, then type over it.
+    let field = h.get_by_role_and_label(egui::accesskit::Role::TextInput, "Model file");
+    field.focus();
+    h.step();
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::A);
+    h.step();
+    h.get_by_role_and_label(egui::accesskit::Role::TextInput, "Model file")
+        .type_text(&p.display().to_string());
+    h.step();
+    let shown = h.state().model_path_input().to_string();
+    assert_eq!(shown, p.display().to_string());
+}
+
+#[test]
+fn history_tab_filters_and_exports() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("h.sqlite");
+    let mut h = harness(app(&db));
+    assert!(step_until(&mut h, Duration::from_secs(120), |a| a
+        .counters
+        .inspected
+        >= 8));
+    h.get_by_label("Pause").click();
+    h.step();
+    std::thread::sleep(Duration::from_millis(800));
+    h.step();
+    let c = h.state().counters.clone();
+    // Open History: all rows of the last 24 h.
+    h.get_by_label("History").click();
+    assert!(
+        step_until(&mut h, Duration::from_secs(30), |a| a
+            .history
+            .result
+            .as_ref()
+            .is_some_and(|r| r.total == c.inspected)),
+        "history shows {:?} rows, expected {}",
+        h.state().history.result.as_ref().map(|r| r.total),
+        c.inspected
+    );
+    h.step();
+    assert!(
+        h.query_by_label_contains(&format!("{} matching rows", c.inspected))
+            .is_some()
+    );
+    // Filter on FAIL.
+    h.get_by_role_and_label(egui::accesskit::Role::ComboBox, "verdict")
+        .click();
+    h.run_steps(3);
+    h.get_by_label("fail").click();
+    h.step();
+    assert_eq!(h.state().history.verdict, "fail");
+    assert!(step_until(&mut h, Duration::from_secs(30), |a| a
+        .history
+        .result
+        .as_ref()
+        .is_some_and(|r| r.filter.verdict.as_deref() == Some("fail"))));
+    let fails = h.state().history.result.as_ref().unwrap().total;
+    assert_eq!(fails, c.fail);
+    // Export the filtered rows.
+    let csv = dir.path().join("fails.csv");
+    h.state_mut().history.export_path = csv.display().to_string();
+    h.step();
+    h.get_by_label("Export CSV").click();
+    assert!(step_until(&mut h, Duration::from_secs(30), |a| a
+        .history
+        .exported
+        .is_some()));
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(text.lines().count() as u64, 1 + fails);
+    assert!(text.lines().skip(1).all(|l| l.contains(",fail,")));
+    h.step();
+    assert!(
+        h.query_by_label_contains(&format!("exported {fails} rows"))
+            .is_some()
+    );
+}
