@@ -29,6 +29,8 @@ pub enum Command {
     Cameras(crate::headless::CamerasArgs),
     /// Print recorded verdicts from the history database as CSV or JSON lines.
     History(crate::headless::HistoryArgs),
+    /// Time the history database: writer throughput and the History tab's queries on N rows.
+    BenchHistory(crate::headless::BenchHistoryArgs),
     /// Open the inspection window (the same as running with no arguments).
     App(crate::ui::AppArgs),
 }
@@ -142,6 +144,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Cameras(args)) => crate::headless::cameras(args),
         Some(Command::History(args)) => crate::headless::history(args),
         Some(Command::App(args)) => crate::ui::run(args),
+        Some(Command::BenchHistory(args)) => crate::headless::bench_history(args),
         None => crate::ui::run(crate::ui::AppArgs::default()),
     }
 }

@@ -356,3 +356,143 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Options of `inspector bench-history`.
+#[derive(Debug, clap::Args)]
+pub struct BenchHistoryArgs {
+    /// Rows to generate (spread over 30 days, 5 % rejects).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub rows: u64,
+    /// Database to fill (default: a temporary file, deleted afterwards).
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+    /// Repetitions per query (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub iters: usize,
+}
+
+/// Runs `inspector bench-history`: writer throughput, then the History tab's queries (a
+/// filtered page, the count, the hourly p-chart data and the Pareto) on a large database.
+pub fn bench_history(args: BenchHistoryArgs) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let db = args
+        .db
+        .clone()
+        .unwrap_or_else(|| tmp.path().join("bench.sqlite"));
+    let now = chrono::Utc::now().timestamp_millis();
+    let span = 30 * 86_400_000i64;
+    let classes = ["Blowhole", "Break", "Crack", "Fray", "Uneven"];
+    let row = |i: u64| {
+        let mut rng = kernels::rng::SplitMix64::new(i);
+        let fail = rng.next_u64() % 100 < 5;
+        let ts_ms = now - span + (i as i64 * span / args.rows.max(1) as i64);
+        let t = chrono::DateTime::from_timestamp_millis(ts_ms).unwrap_or_default();
+        history::InspectionRow {
+            id: 0,
+            run_id: "bench".into(),
+            seq: i,
+            ts: history::rfc3339(t),
+            ts_ms,
+            station: "station-1".into(),
+            source: "synthetic".into(),
+            origin: format!("frame {i}"),
+            model_id: "ref-cnn@bench".into(),
+            model_hash: "0".into(),
+            verdict: if fail { "fail" } else { "pass" }.into(),
+            class: if fail {
+                classes[(rng.next_u64() % 5) as usize].into()
+            } else {
+                "Free".into()
+            },
+            confidence: 0.9,
+            score: if fail { 0.8 } else { 0.1 },
+            threshold: 0.5,
+            latency_ms: 12.0,
+            image_path: None,
+            heatmap_path: None,
+            override_verdict: None,
+            override_by: None,
+            override_at: None,
+            override_reason: None,
+        }
+    };
+    // Writer throughput through the real writer thread (batched transactions).
+    let recorder = Recorder::start(&db, RecorderOptions::default())?;
+    let t = Instant::now();
+    let mut last = 0;
+    for i in 1..=args.rows {
+        last = recorder
+            .submit(history::Op::Inspection(Box::new(row(i)), None))
+            .map_err(anyhow::Error::msg)?;
+    }
+    recorder.wait_committed(last, Duration::from_secs(3600));
+    let write_s = t.elapsed().as_secs_f64();
+    recorder.finish();
+    println!(
+        "writer: {} rows in {write_s:.1} s = {:.0} rows/s (one thread, batched transactions, WAL)",
+        args.rows,
+        args.rows as f64 / write_s
+    );
+    let store = Store::open(&db)?;
+    let day = 86_400_000;
+    let filters = [
+        (
+            "24 h, all verdicts",
+            Filter {
+                since_ms: Some(now - day),
+                ..Filter::default()
+            },
+        ),
+        (
+            "7 days, fail",
+            Filter {
+                since_ms: Some(now - 7 * day),
+                verdict: Some("fail".into()),
+                ..Filter::default()
+            },
+        ),
+        (
+            "7 days, class Crack",
+            Filter {
+                since_ms: Some(now - 7 * day),
+                class: Some("Crack".into()),
+                ..Filter::default()
+            },
+        ),
+        ("all 30 days", Filter::default()),
+    ];
+    println!(
+        "{:<22} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "filter", "page ms", "count ms", "hourly ms", "pareto ms", "total ms"
+    );
+    for (name, f) in filters {
+        let mut times = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+        for _ in 0..args.iters.max(1) {
+            let t = Instant::now();
+            store.query(&f, 50, 0)?;
+            times[0].push(t.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
+            store.count(&f)?;
+            times[1].push(t.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
+            store.hourly(&f)?;
+            times[2].push(t.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
+            store.pareto(&f)?;
+            times[3].push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        let med: Vec<f64> = times
+            .into_iter()
+            .map(|v| pipeline::percentile(v, 0.5).unwrap_or(f64::NAN))
+            .collect();
+        println!(
+            "{name:<22} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+            med[0],
+            med[1],
+            med[2],
+            med[3],
+            med.iter().sum::<f64>()
+        );
+    }
+    Ok(())
+}

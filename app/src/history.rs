@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension as _, params};
 use serde::Serialize;
 
 use crate::dataset::DecodedImage;
@@ -95,6 +95,20 @@ const MIGRATIONS: &[&str] = &[
         seq INTEGER
     );
     CREATE INDEX events_ts ON events (ts_ms);",
+    // 2: per-hour, per-model, per-class totals kept by the writer in the same transactions, so
+    // the History tab's charts stay fast on millions of rows.
+    "CREATE TABLE hourly (
+        hour_ms INTEGER NOT NULL,
+        model_id TEXT NOT NULL,
+        class TEXT NOT NULL,
+        total INTEGER NOT NULL,
+        fails INTEGER NOT NULL,
+        PRIMARY KEY (hour_ms, model_id, class)
+    ) WITHOUT ROWID;
+    INSERT INTO hourly (hour_ms, model_id, class, total, fails)
+        SELECT (ts_ms / 3600000) * 3600000, model_id, class, COUNT(*),
+               SUM(COALESCE(override_verdict, verdict) = 'fail')
+        FROM inspections GROUP BY 1, 2, 3;",
 ];
 
 /// The default database: `<platform data dir>/history.sqlite`.
@@ -387,29 +401,53 @@ impl Store {
                      override_reason = ?6 WHERE run_id = ?1 AND seq = ?2",
                 )
                 .map_err(sql)?;
+            let mut old = tx
+                .prepare_cached(
+                    "SELECT (ts_ms / 3600000) * 3600000, model_id, class,
+                     COALESCE(override_verdict, verdict) FROM inspections WHERE run_id = ?1 AND seq = ?2",
+                )
+                .map_err(sql)?;
+            let mut hour = tx
+                .prepare_cached(
+                    "INSERT INTO hourly (hour_ms, model_id, class, total, fails) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (hour_ms, model_id, class)
+                     DO UPDATE SET total = total + excluded.total, fails = fails + excluded.fails",
+                )
+                .map_err(sql)?;
             for op in ops {
                 match op {
                     Op::Inspection(r, _) => {
-                        ins.execute(params![
-                            r.run_id,
-                            r.seq as i64,
-                            r.ts,
-                            r.ts_ms,
-                            r.station,
-                            r.source,
-                            r.origin,
-                            r.model_id,
-                            r.model_hash,
-                            r.verdict,
-                            r.class,
-                            r.confidence,
-                            r.score,
-                            r.threshold,
-                            r.latency_ms,
-                            r.image_path,
-                            r.heatmap_path
-                        ])
-                        .map_err(sql)?;
+                        let inserted = ins
+                            .execute(params![
+                                r.run_id,
+                                r.seq as i64,
+                                r.ts,
+                                r.ts_ms,
+                                r.station,
+                                r.source,
+                                r.origin,
+                                r.model_id,
+                                r.model_hash,
+                                r.verdict,
+                                r.class,
+                                r.confidence,
+                                r.score,
+                                r.threshold,
+                                r.latency_ms,
+                                r.image_path,
+                                r.heatmap_path
+                            ])
+                            .map_err(sql)?;
+                        if inserted > 0 {
+                            hour.execute(params![
+                                (r.ts_ms / 3_600_000) * 3_600_000,
+                                r.model_id,
+                                r.class,
+                                1,
+                                (r.verdict == "fail") as i64
+                            ])
+                            .map_err(sql)?;
+                        }
                     }
                     Op::Event(e) => {
                         ev.execute(params![
@@ -424,6 +462,19 @@ impl Store {
                         .map_err(sql)?;
                     }
                     Op::Override(o) => {
+                        let before: Option<(i64, String, String, String)> = old
+                            .query_row(params![o.run_id, o.seq as i64], |r| {
+                                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                            })
+                            .optional()
+                            .map_err(sql)?;
+                        if let Some((h, model, class, was)) = &before {
+                            let delta = (o.verdict == "fail") as i64 - (was == "fail") as i64;
+                            if delta != 0 {
+                                hour.execute(params![h, model, class, 0, delta])
+                                    .map_err(sql)?;
+                            }
+                        }
                         ovr.execute(params![
                             o.run_id,
                             o.seq as i64,
@@ -525,8 +576,61 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
-    /// Inspected and failed per hour (final verdicts), oldest first.
+    /// Whether the per-hour summary answers `f` (time and model filters only).
+    fn summary_answers(f: &Filter) -> bool {
+        f.class.is_none() && f.overridden.is_none() && f.text.as_deref().is_none_or(str::is_empty)
+    }
+
+    /// The summary table's WHERE clause for `f` (hours overlapping the range).
+    fn summary_sql(f: &Filter) -> (String, Vec<rusqlite::types::Value>) {
+        use rusqlite::types::Value;
+        let mut clauses = Vec::new();
+        let mut args = Vec::new();
+        if let Some(s) = f.since_ms {
+            clauses.push("hour_ms >= ?");
+            args.push(Value::Integer((s / 3_600_000) * 3_600_000));
+        }
+        if let Some(u) = f.until_ms {
+            clauses.push("hour_ms < ?");
+            args.push(Value::Integer(u));
+        }
+        if let Some(m) = &f.model {
+            clauses.push("model_id = ?");
+            args.push(Value::Text(m.clone()));
+        }
+        let w = if clauses.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", clauses.join(" AND "))
+        };
+        (w, args)
+    }
+
+    /// Inspected and failed per hour (final verdicts), oldest first. Time and model filters
+    /// are answered from the per-hour summary (whole hours); other filters scan the rows.
     pub fn hourly(&self, f: &Filter) -> Result<Vec<HourBucket>, HistoryError> {
+        if Self::summary_answers(f) {
+            let (w, args) = Self::summary_sql(f);
+            let (total, fails) = match f.verdict.as_deref() {
+                Some("fail") => ("SUM(fails)", "SUM(fails)"),
+                Some(_) => ("SUM(total - fails)", "0"),
+                None => ("SUM(total)", "SUM(fails)"),
+            };
+            let q = format!(
+                "SELECT hour_ms, {total}, {fails} FROM hourly{w} GROUP BY hour_ms HAVING {total} > 0 ORDER BY hour_ms"
+            );
+            let mut st = self.conn.prepare_cached(&q).map_err(|e| self.err(e))?;
+            let rows = st
+                .query_map(rusqlite::params_from_iter(args), |r| {
+                    Ok(HourBucket {
+                        hour_ms: r.get(0)?,
+                        total: r.get::<_, i64>(1)? as u64,
+                        fails: r.get::<_, i64>(2)? as u64,
+                    })
+                })
+                .map_err(|e| self.err(e))?;
+            return rows.collect::<Result<_, _>>().map_err(|e| self.err(e));
+        }
         let (w, args) = f.sql();
         let q = format!(
             "SELECT (ts_ms / 3600000) * 3600000 AS h, COUNT(*),
@@ -548,6 +652,23 @@ impl Store {
 
     /// Failed frames per class (final verdict fail), most first: the defect Pareto.
     pub fn pareto(&self, f: &Filter) -> Result<Vec<(String, u64)>, HistoryError> {
+        if f.verdict.as_deref() == Some("pass") {
+            return Ok(Vec::new());
+        }
+        if Self::summary_answers(f) {
+            let (w, args) = Self::summary_sql(f);
+            let q = format!(
+                "SELECT class, SUM(fails) AS n FROM hourly{w} GROUP BY class HAVING n > 0
+                 ORDER BY n DESC, class"
+            );
+            let mut st = self.conn.prepare_cached(&q).map_err(|e| self.err(e))?;
+            let rows = st
+                .query_map(rusqlite::params_from_iter(args), |r| {
+                    Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))
+                })
+                .map_err(|e| self.err(e))?;
+            return rows.collect::<Result<_, _>>().map_err(|e| self.err(e));
+        }
         let mut f = f.clone();
         f.verdict = Some("fail".into());
         let (w, args) = f.sql();
@@ -825,7 +946,10 @@ fn writer_loop(
                     Err(e) => {
                         row.image_path = None;
                         row.heatmap_path = None;
-                        archive_error = Some(e);
+                        archive_error = Some(format!(
+                            "{e} — verdicts are still recorded; free disk space or lower the \
+                             archive budget in Settings"
+                        ));
                     }
                 }
             }
@@ -910,15 +1034,8 @@ impl Archiver {
             ),
         ] {
             let path = self.dir.join(rel);
-            image::save_buffer_with_format(&path, data, w, h, c, image::ImageFormat::Png).map_err(
-                |e| {
-                    format!(
-                        "cannot archive {} ({e}); verdicts are still recorded. Free disk space or \
-                         lower the archive budget",
-                        path.display()
-                    )
-                },
-            )?;
+            image::save_buffer_with_format(&path, data, w, h, c, image::ImageFormat::Png)
+                .map_err(|e| format!("cannot archive {}: {e}", path.display()))?;
             let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
             self.files.push_back((path, size));
             self.total += size;
@@ -1201,6 +1318,31 @@ mod tests {
         })])
         .unwrap();
         assert_eq!(s.count(&fails).unwrap(), 2);
+        // The per-hour summary follows the override, and agrees with a scan of the rows.
+        let summary = s.hourly(&Filter::default()).unwrap();
+        assert_eq!(
+            summary[0],
+            HourBucket {
+                hour_ms: 10 * hour,
+                total: 2,
+                fails: 0
+            }
+        );
+        let scanned = s
+            .hourly(&Filter {
+                text: Some("frame".into()),
+                ..Filter::default()
+            })
+            .unwrap();
+        assert_eq!(summary, scanned);
+        assert_eq!(
+            s.pareto(&Filter::default()).unwrap(),
+            s.pareto(&Filter {
+                text: Some("frame".into()),
+                ..Filter::default()
+            })
+            .unwrap()
+        );
         let o = Filter {
             overridden: Some(true),
             ..Filter::default()
@@ -1303,5 +1445,90 @@ mod tests {
         let oldest = rows.last().unwrap();
         let p = s.archive_dir().join(oldest.image_path.as_ref().unwrap());
         assert!(!p.exists(), "oldest archived image pruned");
+    }
+
+    #[test]
+    fn queries_run_while_the_writer_inserts() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("h.sqlite");
+        let rec = Recorder::start(&db, RecorderOptions::default()).unwrap();
+        let writer = {
+            let rec = rec.clone();
+            std::thread::spawn(move || {
+                let mut last = 0;
+                for seq in 1..=20_000u64 {
+                    let v = if seq % 7 == 0 { "fail" } else { "pass" };
+                    last = rec
+                        .submit(Op::Inspection(
+                            Box::new(row(seq, v, "Crack", seq as i64 * 1000)),
+                            None,
+                        ))
+                        .unwrap();
+                }
+                last
+            })
+        };
+        // A second connection, as the History tab has, reads throughout.
+        std::thread::sleep(Duration::from_millis(50));
+        let reader = Store::open(&db).unwrap();
+        let mut seen = 0;
+        let mut queries = 0;
+        while !writer.is_finished() || queries < 3 {
+            let n = reader.count(&Filter::default()).unwrap();
+            assert!(n >= seen, "count went backwards");
+            seen = n;
+            let page = reader.query(&Filter::default(), 50, 0).unwrap();
+            assert!(page.len() as u64 == n.min(50));
+            reader.hourly(&Filter::default()).unwrap();
+            reader.pareto(&Filter::default()).unwrap();
+            queries += 1;
+        }
+        let last = writer.join().unwrap();
+        assert!(rec.wait_committed(last, Duration::from_secs(60)));
+        assert_eq!(reader.count(&Filter::default()).unwrap(), 20_000);
+        let h = reader.hourly(&Filter::default()).unwrap();
+        assert_eq!(h.iter().map(|b| b.total).sum::<u64>(), 20_000);
+        assert_eq!(h.iter().map(|b| b.fails).sum::<u64>(), 20_000 / 7);
+        rec.finish();
+    }
+
+    #[test]
+    fn archive_failure_is_reported_and_rows_are_still_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("h.sqlite");
+        // A file where the archive folder should be: every archive write fails, as on a full
+        // or read-only disk.
+        std::fs::write(archive_dir_for(&db), b"in the way").unwrap();
+        let rec = Recorder::start(&db, RecorderOptions::default()).unwrap();
+        let img = Arc::new(DecodedImage {
+            data: vec![7; 16],
+            width: 4,
+            height: 4,
+            format: kernels::PixelFormat::Gray8,
+        });
+        let mut last = 0;
+        for seq in 1..=3 {
+            let a = Archive {
+                image: img.clone(),
+                heatmap_rgba: (1, 1, vec![255; 4]),
+            };
+            last = rec
+                .submit(Op::Inspection(
+                    Box::new(row(seq, "fail", "Crack", seq as i64)),
+                    Some(a),
+                ))
+                .unwrap();
+        }
+        assert!(rec.wait_committed(last, Duration::from_secs(20)));
+        let err = rec
+            .status()
+            .archive_error
+            .expect("the archive failure is reported");
+        assert!(err.contains("verdicts are still recorded"), "{err}");
+        rec.finish();
+        let s = Store::open(&db).unwrap();
+        let rows = s.query(&Filter::default(), 10, 0).unwrap();
+        assert_eq!(rows.len(), 3);
+        assert!(rows.iter().all(|r| r.image_path.is_none()));
     }
 }

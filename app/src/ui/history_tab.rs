@@ -614,7 +614,7 @@ fn local_time(ts: &str) -> String {
 }
 
 fn charts(ui: &mut egui::Ui, res: &PageResult) {
-    use egui_plot::{Bar, BarChart, Line, Plot, PlotPoints};
+    use egui_plot::{Bar, BarChart, Line, Plot, PlotPoints, Points};
     ui.label(RichText::new("Reject rate per hour (p-chart, 3-sigma limits)").strong());
     let total: u64 = res.hourly.iter().map(|b| b.total).sum();
     let fails: u64 = res.hourly.iter().map(|b| b.fails).sum();
@@ -667,10 +667,13 @@ fn charts(ui: &mut egui::Ui, res: &PageResult) {
         .allow_scroll(false)
         .legend(egui_plot::Legend::default())
         .show(ui, |p| {
-            p.line(
-                Line::new("reject %", PlotPoints::from(rate))
-                    .color(Color32::from_rgb(0xe5, 0x39, 0x35)),
+            let red = Color32::from_rgb(0xe5, 0x39, 0x35);
+            p.points(
+                Points::new("reject %", PlotPoints::from(rate.clone()))
+                    .radius(3.0)
+                    .color(red),
             );
+            p.line(Line::new("reject %", PlotPoints::from(rate)).color(red));
             p.line(Line::new("UCL", PlotPoints::from(ucl)).color(Color32::GRAY));
             p.line(Line::new("LCL", PlotPoints::from(lcl)).color(Color32::DARK_GRAY));
         });

@@ -33,6 +33,12 @@ pub struct AppArgs {
     /// Start with this model instead of the saved one.
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// Replay rate of folder and synthetic sources, frames per second.
+    #[arg(long)]
+    pub fps: Option<f64>,
+    /// Open on this tab: inspect, history or settings.
+    #[arg(long)]
+    pub tab: Option<String>,
     /// Ignore saved settings (a fresh start).
     #[arg(long)]
     pub reset_settings: bool,
@@ -101,8 +107,19 @@ pub fn run(args: AppArgs) -> anyhow::Result<()> {
             if let Some(db) = &args.db {
                 settings.db_path = Some(db.clone());
             }
+            if let Some(fps) = args.fps {
+                settings.replay_fps = fps;
+            }
             let mut app = InspectorApp::new(cc.egui_ctx.clone(), gpu, settings);
             app.quit_after = args.quit_after.map(Duration::from_secs_f64);
+            match args.tab.as_deref().map(str::to_ascii_lowercase).as_deref() {
+                None | Some("inspect") => {}
+                Some("history") => app.tab = Tab::History,
+                Some("settings") => app.tab = Tab::Settings,
+                Some(other) => {
+                    return Err(format!("--tab {other}: use inspect, history or settings").into());
+                }
+            }
             Ok(Box::new(app))
         }),
     )
