@@ -86,6 +86,8 @@ pub struct Dataset {
     pub samples: Vec<Sample>,
     /// Rows whose image file is missing (relative paths).
     pub missing: Vec<String>,
+    /// Rows without a label yet (relative paths): listed, left to the Label tab, not trained on.
+    pub unlabelled: Vec<String>,
     /// Which layout was found.
     pub layout: Layout,
 }
@@ -167,6 +169,7 @@ impl Dataset {
         let (split_col, mask_col, group_col) = (col("split"), col("mask"), col("group"));
         let mut samples = Vec::new();
         let mut missing = Vec::new();
+        let mut unlabelled = Vec::new();
         for (i, record) in reader.records().enumerate() {
             let line = i + 2;
             let record = record.map_err(|e| err(line, e.to_string()))?;
@@ -180,12 +183,8 @@ impl Dataset {
                 return Err(err(line, "empty path".into()));
             };
             let Some(label) = cell(Some(label_col)) else {
-                return Err(err(
-                    line,
-                    format!(
-                        "{rel}: empty label (unlabelled rows belong in the Label tab, not in training)"
-                    ),
-                ));
+                unlabelled.push(rel);
+                continue;
             };
             let path = safe_join(root, &rel).map_err(|m| err(line, m))?;
             let mask = match cell(mask_col) {
@@ -209,6 +208,7 @@ impl Dataset {
             root: root.to_owned(),
             samples,
             missing,
+            unlabelled,
             layout: Layout::Manifest,
         })
     }
@@ -284,6 +284,7 @@ impl Dataset {
             root: root.to_owned(),
             samples,
             missing: Vec::new(),
+            unlabelled: Vec::new(),
             layout: Layout::ClassFolders,
         })
     }

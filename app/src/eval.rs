@@ -39,6 +39,30 @@ pub struct EvalReport {
     pub latency_ms_p50: f64,
 }
 
+/// One evaluated image.
+#[derive(Clone, Debug, Serialize)]
+pub struct ImageResult {
+    /// Path relative to the dataset.
+    pub rel_path: String,
+    /// Absolute path.
+    pub path: std::path::PathBuf,
+    /// True class index.
+    pub label: usize,
+    /// Predicted (most probable) class index.
+    pub predicted: usize,
+    /// FAIL score.
+    pub score: f32,
+}
+
+/// A report with the per-image results behind it (the Train tab's gallery and histograms).
+#[derive(Clone, Debug)]
+pub struct Detailed {
+    /// The report.
+    pub report: EvalReport,
+    /// Per image, in row order.
+    pub images: Vec<ImageResult>,
+}
+
 /// Evaluates `model_path` on `split` of the dataset at `data` (all rows when the dataset has no
 /// splits). Labels unknown to the model are skipped with a warning.
 pub fn evaluate(model_path: &Path, data: &Path, split: &str) -> anyhow::Result<EvalReport> {
@@ -56,11 +80,23 @@ pub fn evaluate(model_path: &Path, data: &Path, split: &str) -> anyhow::Result<E
         data.display()
     );
     let gpu = GpuContext::headless()?;
-    let mut engine = Engine::new(&gpu.device, &gpu.queue, &model, 1, gpu.describe())?;
+    Ok(evaluate_samples(&model, &rows, &gpu.device, &gpu.queue, &gpu.describe())?.report)
+}
+
+/// Runs `rows` through the engine on `device` and measures them.
+pub fn evaluate_samples(
+    model: &Model,
+    rows: &[dataset::Sample],
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    adapter: &str,
+) -> anyhow::Result<Detailed> {
+    let mut engine = Engine::new(device, queue, model, 1, adapter)?;
     let spec = &model.spec;
     let mut skipped = 0;
     let (mut probs, mut labels, mut latencies) = (Vec::new(), Vec::new(), Vec::new());
-    for s in &rows {
+    let mut kept = Vec::new();
+    for s in rows {
         let Some(label) = spec.classes.iter().position(|c| *c == s.label) else {
             tracing::warn!(
                 "{}: label {:?} is not a class of the model; skipped",
@@ -90,10 +126,11 @@ pub fn evaluate(model_path: &Path, data: &Path, split: &str) -> anyhow::Result<E
                 .probabilities,
         );
         labels.push(label);
+        kept.push(s);
     }
     anyhow::ensure!(
         !probs.is_empty(),
-        "no readable images with known labels in split {split:?}"
+        "no readable images with labels the model knows"
     );
     let vm = crate::train::val_metrics(spec, &probs, &labels);
     let rates = metrics::rates_at(&vm.scores, &vm.defective, spec.threshold);
@@ -104,18 +141,39 @@ pub fn evaluate(model_path: &Path, data: &Path, split: &str) -> anyhow::Result<E
         .cloned()
         .zip(vm.confusion.per_class())
         .collect();
-    Ok(EvalReport {
-        images: probs.len(),
-        skipped,
-        accuracy: vm.confusion.accuracy(),
-        macro_f1: vm.confusion.macro_f1(),
-        auroc: vm.auroc,
-        threshold: spec.threshold,
-        miss_rate: rates.miss_rate,
-        false_reject_rate: rates.false_reject_rate,
-        per_class,
-        confusion: vm.confusion,
-        latency_ms_p50: latencies[latencies.len() / 2],
+    let images = kept
+        .iter()
+        .zip(&probs)
+        .zip(&labels)
+        .zip(&vm.scores)
+        .map(|(((s, p), &label), &score)| ImageResult {
+            rel_path: s.rel_path.clone(),
+            path: s.path.clone(),
+            label,
+            predicted: p
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(i, _)| i)
+                .unwrap_or(0),
+            score,
+        })
+        .collect();
+    Ok(Detailed {
+        report: EvalReport {
+            images: probs.len(),
+            skipped,
+            accuracy: vm.confusion.accuracy(),
+            macro_f1: vm.confusion.macro_f1(),
+            auroc: vm.auroc,
+            threshold: spec.threshold,
+            miss_rate: rates.miss_rate,
+            false_reject_rate: rates.false_reject_rate,
+            per_class,
+            confusion: vm.confusion,
+            latency_ms_p50: latencies[latencies.len() / 2],
+        },
+        images,
     })
 }
 

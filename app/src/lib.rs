@@ -1,6 +1,7 @@
 //! Defect Inspector: the library behind the `inspector` binary (the window and the CLI).
 //!
-//! - [`ui`]: the eframe app (Inspect, History, Settings tabs).
+//! - [`ui`]: the eframe app (Inspect, Label, Train, History, Settings tabs).
+//! - [`labeling`], [`versions`]: editable datasets and masks; saved model versions.
 //! - [`source`] → [`pipeline`]: frame sources, capture and inference workers.
 //! - [`history`]: the SQLite verdict store and its writer thread; [`display`]: pixels for people.
 //! - [`headless`]: `inspector inspect`, `cameras`, `history`.
@@ -17,6 +18,7 @@ pub mod display;
 pub mod eval;
 pub mod headless;
 pub mod history;
+pub mod labeling;
 pub mod metrics;
 pub mod nn;
 pub mod pipeline;
@@ -24,3 +26,4 @@ pub mod settings;
 pub mod source;
 pub mod train;
 pub mod ui;
+pub mod versions;

@@ -237,7 +237,23 @@ impl BurnModel {
 /// One wgpu device for burn and the `kernels` engine: burn acquires it (with the features its
 /// compilers need, e.g. 64-bit integers) and hands the same handles out as a `GpuContext`.
 /// `WGPU_BACKEND` (vulkan, metal, dx12, gl) pins the graphics API, as it does for the engine.
+///
+/// burn registers its runtime once per process, so the first device is kept and handed out
+/// again to later callers (the app, then each training run).
 pub fn shared_gpu() -> anyhow::Result<(Device, GpuContext)> {
+    static SHARED: std::sync::Mutex<Option<(Device, GpuContext)>> = std::sync::Mutex::new(None);
+    let mut shared = SHARED
+        .lock()
+        .map_err(|_| anyhow::anyhow!("the shared GPU device lock is poisoned"))?;
+    if let Some(s) = shared.as_ref() {
+        return Ok(s.clone());
+    }
+    let made = init_shared_gpu()?;
+    *shared = Some(made.clone());
+    Ok(made)
+}
+
+fn init_shared_gpu() -> anyhow::Result<(Device, GpuContext)> {
     use burn::tensor::wgpu::WgpuBackend;
     let mut options = Device::wgpu_options();
     let api = match std::env::var("WGPU_BACKEND")

@@ -179,7 +179,7 @@ impl FolderSource {
             ds.samples.iter().map(|s| s.path.clone()).collect()
         } else {
             let mut files = Vec::new();
-            walk_images(dir, &mut files, 0);
+            list_images(dir, &mut files);
             files.sort();
             files
         };
@@ -207,6 +207,11 @@ impl FolderSource {
     pub fn is_empty(&self) -> bool {
         self.files.is_empty()
     }
+}
+
+/// Every image file below `dir` (8 levels deep at most), unsorted.
+pub fn list_images(dir: &Path, out: &mut Vec<PathBuf>) {
+    walk_images(dir, out, 0)
 }
 
 fn walk_images(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) {

@@ -168,13 +168,11 @@ fn bad_data_gets_defined_answers() {
         Dataset::open(root),
         Err(DatasetError::Manifest { .. })
     ));
+    // An empty label is an unlabelled row: listed for the Label tab, never trained on.
     write(root, "manifest.csv", b"path,label\ngood/a.png,\n");
-    assert!(
-        Dataset::open(root)
-            .expect_err("empty label")
-            .to_string()
-            .contains("line 2")
-    );
+    let ds = Dataset::open(root).expect("unlabelled rows are allowed");
+    assert_eq!(ds.unlabelled, ["good/a.png"]);
+    assert!(ds.samples.is_empty());
 
     // Class rules, checked before any training.
     write_synthetic(&root.join("bad/b.png"), "spot", 20, 20, 2);

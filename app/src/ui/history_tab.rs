@@ -487,6 +487,8 @@ pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
     });
     let mut open = None;
     let mut override_req = None;
+    let mut send = false;
+    let can_send = app.label.set.is_some();
     egui::Panel::right("history-charts")
         .default_size(420.0)
         .show(ui, |ui| {
@@ -497,6 +499,18 @@ pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
                     if let Some(sel) = &h.selected {
                         ui.separator();
                         override_req = details(ui, sel, h.detail.as_ref(), &mut h.reason);
+                    if ui
+                        .add_enabled(
+                            can_send && sel.image_path.is_some(),
+                            egui::Button::new("Send to the Label tab's dataset"),
+                        )
+                        .on_disabled_hover_text(
+                            "open a dataset in the Label tab first; only archived frames can be sent",
+                        )
+                        .clicked()
+                    {
+                        send = true;
+                    }
                     }
                 });
         });
@@ -551,6 +565,42 @@ pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
                 });
         });
     });
+    if send
+        && let (Some(sel), Some(set)) = (h.selected.clone(), app.label.set.as_mut())
+        && let Some(img) = &sel.image_path
+    {
+        let src = history::archive_dir_for(&db).join(img);
+        let name = format!("{}-{:08}.png", sel.run_id, sel.seq)
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || ".-_".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect::<String>();
+        let rel = format!("inbox/{name}");
+        if !set.rows.iter().any(|r| r.path == rel) {
+            set.rows.push(crate::labeling::LabelRow {
+                path: rel.clone(),
+                label: None,
+                split: None,
+                mask: None,
+                group: None,
+            });
+        }
+        let (root, rows) = (set.root.clone(), set.rows.clone());
+        app.label
+            .save(super::label_tab::Save::Import(src, root.join(&rel)));
+        app.label.save(super::label_tab::Save::Manifest(root, rows));
+        app.notify(
+            Level::Info,
+            format!("{} sent to the Label tab as {rel} (unlabelled)", sel.origin),
+        );
+        return;
+    }
+    let h = &mut app.history;
     if let Some(r) = open {
         h.detail = None;
         h.send(Request::Detail(r.clone()));

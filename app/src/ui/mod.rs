@@ -4,7 +4,9 @@
 
 pub mod history_tab;
 mod inspect;
+pub mod label_tab;
 mod settings_tab;
+pub mod train_tab;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
@@ -36,7 +38,7 @@ pub struct AppArgs {
     /// Replay rate of folder and synthetic sources, frames per second.
     #[arg(long)]
     pub fps: Option<f64>,
-    /// Open on this tab: inspect, history or settings.
+    /// Open on this tab: inspect, label, train, history or settings.
     #[arg(long)]
     pub tab: Option<String>,
     /// Ignore saved settings (a fresh start).
@@ -115,9 +117,14 @@ pub fn run(args: AppArgs) -> anyhow::Result<()> {
             match args.tab.as_deref().map(str::to_ascii_lowercase).as_deref() {
                 None | Some("inspect") => {}
                 Some("history") => app.tab = Tab::History,
+                Some("label") => app.tab = Tab::Label,
+                Some("train") => app.tab = Tab::Train,
                 Some("settings") => app.tab = Tab::Settings,
                 Some(other) => {
-                    return Err(format!("--tab {other}: use inspect, history or settings").into());
+                    return Err(format!(
+                        "--tab {other}: use inspect, label, train, history or settings"
+                    )
+                    .into());
                 }
             }
             Ok(Box::new(app))
@@ -131,6 +138,10 @@ pub fn run(args: AppArgs) -> anyhow::Result<()> {
 pub enum Tab {
     /// Live inspection.
     Inspect,
+    /// Labelling.
+    Label,
+    /// Training and model versions.
+    Train,
     /// Rejection history.
     History,
     /// Settings.
@@ -221,6 +232,10 @@ pub struct InspectorApp {
     quit_after: Option<Duration>,
     /// The History tab's state.
     pub history: history_tab::HistoryView,
+    /// The Label tab's state.
+    pub label: label_tab::LabelView,
+    /// The Train tab's state.
+    pub train: train_tab::TrainView,
     seen_unreadable: HashSet<String>,
 }
 
@@ -276,6 +291,8 @@ impl InspectorApp {
             started_at: Instant::now(),
             quit_after: None,
             history: history_tab::HistoryView::default(),
+            label: label_tab::LabelView::default(),
+            train: train_tab::TrainView::default(),
             seen_unreadable: HashSet::new(),
         };
         app.start();
@@ -769,6 +786,8 @@ impl InspectorApp {
                 ui.separator();
                 for (tab, name) in [
                     (Tab::Inspect, "Inspect"),
+                    (Tab::Label, "Label"),
+                    (Tab::Train, "Train"),
                     (Tab::History, "History"),
                     (Tab::Settings, "Settings"),
                 ] {
@@ -785,6 +804,8 @@ impl InspectorApp {
         egui::Panel::bottom("status").show(ui, |ui| self.status_bar(ui));
         egui::CentralPanel::default().show(ui, |ui| match self.tab {
             Tab::Inspect => inspect::show(self, ui),
+            Tab::Label => label_tab::show(self, ui),
+            Tab::Train => train_tab::show(self, ui),
             Tab::History => history_tab::show(self, ui),
             Tab::Settings => settings_tab::show(self, ui),
         });

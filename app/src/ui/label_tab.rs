@@ -1,0 +1,792 @@
+//! The Label tab: open or create a dataset, filter a thumbnail grid (unlabelled, class, split,
+//! mispredicted by the active model), label with number keys or clicks, paint defect masks with
+//! brush and eraser, undo. Decoding runs in a loader thread; every change is saved at once by a
+//! saver thread, atomically.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+use egui::{Color32, RichText, Sense, vec2};
+
+use super::InspectorApp;
+use crate::labeling::{self, LabelRow, LabelSet};
+
+const THUMB: u32 = 96;
+const GRID_PAGE: usize = 60;
+
+enum Load {
+    Thumb(String, PathBuf),
+    Full {
+        row: usize,
+        image: PathBuf,
+        mask: Option<PathBuf>,
+    },
+    Predict {
+        model: PathBuf,
+        rows: Vec<(String, PathBuf)>,
+    },
+}
+
+enum Loaded {
+    Thumb(String, Option<egui::ColorImage>),
+    Full {
+        row: usize,
+        image: Result<(egui::ColorImage, u32, u32), String>,
+        mask: Option<Vec<u8>>,
+    },
+    Predictions(Result<HashMap<String, String>, String>),
+}
+
+/// Disk writes, in order.
+pub(super) enum Save {
+    Manifest(PathBuf, Vec<LabelRow>),
+    Mask(PathBuf, u32, u32, Vec<u8>),
+    Import(PathBuf, PathBuf),
+}
+
+struct MaskEdit {
+    row: usize,
+    width: u32,
+    height: u32,
+    data: Vec<u8>,
+    tex: Option<egui::TextureHandle>,
+    changed: bool,
+}
+
+enum Undo {
+    Label(usize, Option<String>),
+    Mask(usize, Vec<u8>, Option<String>),
+}
+
+/// The tab's state.
+pub struct LabelView {
+    /// The folder field.
+    pub folder: String,
+    /// The open dataset.
+    pub set: Option<LabelSet>,
+    /// Selected row.
+    pub selected: usize,
+    filter: usize,
+    filter_class: String,
+    filter_split: String,
+    page: usize,
+    new_class: String,
+    thumbs: HashMap<String, egui::TextureHandle>,
+    pending: HashSet<String>,
+    loader: Option<(Sender<Load>, Receiver<Loaded>)>,
+    saver: Option<(Sender<Save>, Receiver<String>)>,
+    big: Option<(usize, egui::TextureHandle, u32, u32)>,
+    full_requested: Option<usize>,
+    mask: Option<MaskEdit>,
+    /// Brush radius in image pixels.
+    pub brush: f32,
+    /// Paint (true) or erase.
+    pub paint: bool,
+    undo: Vec<Undo>,
+    predictions: Option<HashMap<String, String>>,
+    /// The last message.
+    pub status: String,
+    /// Where the large image was drawn last frame (screen points).
+    pub canvas: Option<egui::Rect>,
+}
+
+impl Default for LabelView {
+    fn default() -> Self {
+        Self {
+            folder: String::new(),
+            set: None,
+            selected: 0,
+            filter: 0,
+            filter_class: String::new(),
+            filter_split: String::new(),
+            page: 0,
+            new_class: String::new(),
+            thumbs: HashMap::new(),
+            pending: HashSet::new(),
+            loader: None,
+            saver: None,
+            big: None,
+            full_requested: None,
+            mask: None,
+            brush: 6.0,
+            paint: true,
+            undo: Vec::new(),
+            predictions: None,
+            status: String::new(),
+            canvas: None,
+        }
+    }
+}
+
+const FILTERS: [&str; 5] = ["all", "unlabelled", "class", "split", "mispredicted"];
+
+impl LabelView {
+    fn start_threads(&mut self, ctx: &egui::Context, gpu: &super::Gpu) {
+        if self.loader.is_none() {
+            let (tx, rx) = bounded::<Load>(256);
+            let (otx, orx) = bounded::<Loaded>(256);
+            let ctx = ctx.clone();
+            let gpu = gpu.clone();
+            let _ = std::thread::Builder::new()
+                .name("label-loader".into())
+                .spawn(move || {
+                    while let Ok(job) = rx.recv() {
+                        let out = match job {
+                            Load::Thumb(key, p) => Loaded::Thumb(
+                                key,
+                                crate::dataset::decode_image(&p)
+                                    .ok()
+                                    .map(|i| crate::display::frame_image(&i, THUMB)),
+                            ),
+                            Load::Full { row, image, mask } => {
+                                let img = crate::dataset::decode_image(&image);
+                                let mask = match (&img, mask) {
+                                    (Ok(i), Some(m)) => labeling::read_mask(&m, i.width, i.height),
+                                    _ => None,
+                                };
+                                Loaded::Full {
+                                    row,
+                                    image: img.map(|i| {
+                                        (crate::display::frame_image(&i, 1024), i.width, i.height)
+                                    }),
+                                    mask,
+                                }
+                            }
+                            Load::Predict { model, rows } => {
+                                Loaded::Predictions(predict(&gpu, &model, &rows))
+                            }
+                        };
+                        if otx.send(out).is_err() {
+                            return;
+                        }
+                        ctx.request_repaint();
+                    }
+                });
+            self.loader = Some((tx, orx));
+        }
+        if self.saver.is_none() {
+            let (tx, rx) = bounded::<Save>(64);
+            let (etx, erx) = bounded::<String>(64);
+            let ctx = ctx.clone();
+            let _ = std::thread::Builder::new()
+                .name("label-saver".into())
+                .spawn(move || {
+                    while let Ok(job) = rx.recv() {
+                        let r = match job {
+                            Save::Manifest(root, rows) => labeling::write_manifest(&root, &rows)
+                                .map(|()| format!("saved {}", root.join("manifest.csv").display())),
+                            Save::Mask(p, w, h, data) => labeling::write_mask(&p, w, h, &data)
+                                .map(|()| format!("saved mask {}", p.display())),
+                            Save::Import(src, dest) => dest
+                                .parent()
+                                .map(std::fs::create_dir_all)
+                                .transpose()
+                                .and_then(|_| std::fs::copy(&src, &dest))
+                                .map(|_| format!("imported {}", dest.display()))
+                                .map_err(|e| format!("cannot copy {}: {e}", src.display())),
+                        };
+                        let _ = etx.send(r.unwrap_or_else(|e| format!("ERROR: {e}")));
+                        ctx.request_repaint();
+                    }
+                });
+            self.saver = Some((tx, erx));
+        }
+    }
+
+    /// Queues a disk write (never blocks the UI: a full queue is reported).
+    pub(super) fn save(&mut self, job: Save) {
+        if let Some((tx, _)) = &self.saver
+            && tx.try_send(job).is_err()
+        {
+            self.status = "ERROR: the saver is behind; the change is not saved yet".into();
+        }
+    }
+
+    fn save_manifest(&mut self) {
+        if let Some(set) = &self.set {
+            let job = Save::Manifest(set.root.clone(), set.rows.clone());
+            self.save(job);
+        }
+    }
+
+    /// Opens (or, when `create`, creates) the dataset in the folder field.
+    pub fn open(&mut self, create: bool) {
+        let root = PathBuf::from(self.folder.trim());
+        let r = if create {
+            LabelSet::create(&root)
+        } else {
+            LabelSet::open(&root)
+        };
+        match r {
+            Ok(set) => {
+                self.status = format!(
+                    "{}: {} images, {} unlabelled, classes {}",
+                    root.display(),
+                    set.rows.len(),
+                    set.rows.iter().filter(|r| r.label.is_none()).count(),
+                    set.classes.join(", ")
+                );
+                self.set = Some(set);
+                self.selected = 0;
+                self.page = 0;
+                self.thumbs.clear();
+                self.pending.clear();
+                self.big = None;
+                self.full_requested = None;
+                self.mask = None;
+                self.undo.clear();
+                self.predictions = None;
+            }
+            Err(e) => self.status = format!("ERROR: {e}"),
+        }
+    }
+
+    /// Painted pixels of the mask being edited (None when no image is open).
+    pub fn painted(&self) -> Option<usize> {
+        self.mask
+            .as_ref()
+            .map(|m| m.data.iter().filter(|&&p| p > 0).count())
+    }
+
+    /// Rows passing the filter.
+    pub fn visible(&self) -> Vec<usize> {
+        let Some(set) = &self.set else {
+            return Vec::new();
+        };
+        (0..set.rows.len())
+            .filter(|&i| {
+                let r = &set.rows[i];
+                match self.filter {
+                    1 => r.label.is_none(),
+                    2 => r.label.as_deref() == Some(self.filter_class.as_str()),
+                    3 => r.split.as_deref().unwrap_or("") == self.filter_split,
+                    4 => match (&self.predictions, &r.label) {
+                        (Some(p), Some(l)) => p.get(&r.path).is_some_and(|pred| pred != l),
+                        _ => false,
+                    },
+                    _ => true,
+                }
+            })
+            .collect()
+    }
+
+    /// Labels the selected row with class `k` and moves to the next visible row.
+    pub fn assign(&mut self, k: usize) {
+        let Some(set) = &mut self.set else { return };
+        let Some(class) = set.classes.get(k).cloned() else {
+            self.status = format!("no class {} yet: add one first", k + 1);
+            return;
+        };
+        if self.selected >= set.rows.len() {
+            return;
+        }
+        let old = set.rows[self.selected].label.replace(class);
+        self.undo.push(Undo::Label(self.selected, old));
+        self.save_manifest();
+        self.step(1);
+    }
+
+    /// Moves the selection within the visible rows.
+    pub fn step(&mut self, delta: isize) {
+        self.flush_mask();
+        let vis = self.visible();
+        if vis.is_empty() {
+            return;
+        }
+        let pos = vis.iter().position(|&i| i == self.selected);
+        let next = match pos {
+            Some(p) => (p as isize + delta).clamp(0, vis.len() as isize - 1) as usize,
+            None => 0,
+        };
+        self.selected = vis[next];
+        self.page = next / GRID_PAGE;
+    }
+
+    fn flush_mask(&mut self) {
+        let Some(m) = &mut self.mask else { return };
+        if !m.changed {
+            return;
+        }
+        m.changed = false;
+        let (row, w, h, data) = (m.row, m.width, m.height, m.data.clone());
+        let Some(set) = &mut self.set else { return };
+        let (rel, path) = set.mask_path(row);
+        set.rows[row].mask = Some(rel);
+        self.save(Save::Mask(path, w, h, data));
+        self.save_manifest();
+    }
+
+    fn undo(&mut self) {
+        let Some(u) = self.undo.pop() else {
+            self.status = "nothing to undo".into();
+            return;
+        };
+        match u {
+            Undo::Label(row, old) => {
+                if let Some(set) = &mut self.set {
+                    set.rows[row].label = old;
+                    self.selected = row;
+                }
+                self.save_manifest();
+            }
+            Undo::Mask(row, old, col) => {
+                if let Some(m) = &mut self.mask
+                    && m.row == row
+                {
+                    m.data = old;
+                    m.tex = None;
+                    m.changed = true;
+                }
+                if let Some(set) = &mut self.set {
+                    set.rows[row].mask = col;
+                }
+                self.flush_mask();
+            }
+        }
+        self.status = "undone".into();
+    }
+}
+
+fn predict(
+    gpu: &super::Gpu,
+    model: &std::path::Path,
+    rows: &[(String, PathBuf)],
+) -> Result<HashMap<String, String>, String> {
+    let (m, _) = crate::pipeline::load_model(model)?;
+    let mut engine = kernels::Engine::new(&gpu.device, &gpu.queue, &m, 1, gpu.label.clone())
+        .map_err(|e| e.to_string())?;
+    let mut out = HashMap::new();
+    for (key, p) in rows {
+        let Ok(img) = crate::dataset::decode_image(p) else {
+            continue;
+        };
+        let Ok(r) = engine.infer(&[img.frame()]) else {
+            continue;
+        };
+        if let Some(best) = r.first().and_then(|r| {
+            r.probabilities
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(i, _)| i)
+        }) {
+            out.insert(key.clone(), m.spec.classes[best].clone());
+        }
+    }
+    Ok(out)
+}
+
+pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
+    let ctx = ui.ctx().clone();
+    let model_path = app.model.as_ref().map(|m| m.path.clone());
+    let v = &mut app.label;
+    v.start_threads(&ctx, &app.gpu);
+    // Results from the workers.
+    if let Some((_, rx)) = &v.loader {
+        let got: Vec<Loaded> = rx.try_iter().collect();
+        for l in got {
+            match l {
+                Loaded::Thumb(key, img) => {
+                    v.pending.remove(&key);
+                    if let Some(img) = img {
+                        let t = ctx.load_texture(
+                            format!("label-{key}"),
+                            img,
+                            egui::TextureOptions::LINEAR,
+                        );
+                        v.thumbs.insert(key, t);
+                    }
+                }
+                Loaded::Full { row, image, mask } => match image {
+                    Ok((img, w, h)) => {
+                        let t = ctx.load_texture("label-big", img, egui::TextureOptions::LINEAR);
+                        v.big = Some((row, t, w, h));
+                        v.mask = Some(MaskEdit {
+                            row,
+                            width: w,
+                            height: h,
+                            data: mask.unwrap_or_else(|| vec![0; (w * h) as usize]),
+                            tex: None,
+                            changed: false,
+                        });
+                    }
+                    Err(e) => v.status = format!("ERROR: cannot show this image: {e}"),
+                },
+                Loaded::Predictions(p) => match p {
+                    Ok(p) => {
+                        v.status = format!("predicted {} images with the active model", p.len());
+                        v.predictions = Some(p);
+                    }
+                    Err(e) => v.status = format!("ERROR: {e}"),
+                },
+            }
+        }
+    }
+    if let Some((_, rx)) = &v.saver {
+        if let Some(last) = rx.try_iter().last() {
+            v.status = last;
+        }
+    }
+    // Dataset chooser.
+    ui.horizontal(|ui| {
+        let l = ui.label("Dataset folder");
+        ui.add(
+            egui::TextEdit::singleline(&mut v.folder)
+                .desired_width(420.0)
+                .id_salt("label-folder"),
+        )
+        .labelled_by(l.id);
+        if ui.button("Open").clicked() {
+            v.open(false);
+        }
+        if ui.button("Create").clicked() {
+            v.open(true);
+        }
+        if let Some(m) = &model_path
+            && v.set.is_some()
+            && ui.button("Predict with active model").clicked()
+            && let (Some(set), Some((tx, _))) = (&v.set, &v.loader)
+        {
+            let rows = set
+                .rows
+                .iter()
+                .map(|r| (r.path.clone(), set.root.join(&r.path)))
+                .collect();
+            let _ = tx.try_send(Load::Predict {
+                model: m.clone(),
+                rows,
+            });
+            v.status = "predicting…".into();
+        }
+    });
+    if !v.status.is_empty() {
+        let c = if v.status.starts_with("ERROR") {
+            ui.visuals().error_fg_color
+        } else {
+            ui.visuals().text_color()
+        };
+        ui.colored_label(c, &v.status);
+    }
+    if v.set.is_none() {
+        ui.label("Open a folder: a dataset with manifest.csv, one folder per class, or just images to label. \
+                  Create makes a new, empty dataset.");
+        return;
+    }
+    // Keyboard: 1–9 label, arrows move, Ctrl+Z undo (not while typing in a field).
+    if !ctx.egui_wants_keyboard_input() {
+        let keys = [
+            egui::Key::Num1,
+            egui::Key::Num2,
+            egui::Key::Num3,
+            egui::Key::Num4,
+            egui::Key::Num5,
+            egui::Key::Num6,
+            egui::Key::Num7,
+            egui::Key::Num8,
+            egui::Key::Num9,
+        ];
+        let (pressed, next, prev, undo) = ctx.input(|i| {
+            (
+                keys.iter().position(|k| i.key_pressed(*k)),
+                i.key_pressed(egui::Key::ArrowRight) || i.key_pressed(egui::Key::ArrowDown),
+                i.key_pressed(egui::Key::ArrowLeft) || i.key_pressed(egui::Key::ArrowUp),
+                i.modifiers.command && i.key_pressed(egui::Key::Z),
+            )
+        });
+        if let Some(k) = pressed {
+            v.assign(k);
+        }
+        if next {
+            v.step(1);
+        }
+        if prev {
+            v.step(-1);
+        }
+        if undo {
+            v.undo();
+        }
+    }
+    // Classes and filters.
+    ui.horizontal_wrapped(|ui| {
+        ui.label("Classes (keys):");
+        let classes = v
+            .set
+            .as_ref()
+            .map(|s| s.classes.clone())
+            .unwrap_or_default();
+        let mut clicked = None;
+        for (i, c) in classes.iter().enumerate() {
+            let label = if i < 9 {
+                format!("{} {c}", i + 1)
+            } else {
+                c.clone()
+            };
+            if ui.button(label).clicked() {
+                clicked = Some(i);
+            }
+        }
+        if let Some(i) = clicked {
+            v.assign(i);
+        }
+        let l = ui.label("New class");
+        ui.add(
+            egui::TextEdit::singleline(&mut v.new_class)
+                .desired_width(120.0)
+                .id_salt("new-class"),
+        )
+        .labelled_by(l.id);
+        if ui.button("Add class").clicked()
+            && let Some(set) = &mut v.set
+        {
+            match set.add_class(&v.new_class) {
+                Ok(_) => v.new_class.clear(),
+                Err(e) => v.status = format!("ERROR: {e}"),
+            }
+        }
+    });
+    ui.horizontal(|ui| {
+        egui::ComboBox::from_label("show")
+            .selected_text(FILTERS[v.filter])
+            .show_ui(ui, |ui| {
+                for (i, f) in FILTERS.iter().enumerate() {
+                    ui.selectable_value(&mut v.filter, i, *f);
+                }
+            });
+        if v.filter == 2 {
+            let classes = v
+                .set
+                .as_ref()
+                .map(|s| s.classes.clone())
+                .unwrap_or_default();
+            egui::ComboBox::from_id_salt("filter-class")
+                .selected_text(v.filter_class.clone())
+                .show_ui(ui, |ui| {
+                    for c in classes {
+                        ui.selectable_value(&mut v.filter_class, c.clone(), c);
+                    }
+                });
+        }
+        if v.filter == 3 {
+            ui.add(
+                egui::TextEdit::singleline(&mut v.filter_split)
+                    .desired_width(80.0)
+                    .id_salt("filter-split"),
+            );
+        }
+        if v.filter == 4 && v.predictions.is_none() {
+            ui.label("press \"Predict with active model\" first");
+        }
+    });
+    let visible = v.visible();
+    egui::Panel::left("label-grid")
+        .default_size(430.0)
+        .show(ui, |ui| grid(v, ui, &visible));
+    egui::CentralPanel::default().show(ui, |ui| big_view(v, ui));
+}
+
+fn grid(v: &mut LabelView, ui: &mut egui::Ui, visible: &[usize]) {
+    let pages = visible.len().div_ceil(GRID_PAGE).max(1);
+    v.page = v.page.min(pages - 1);
+    ui.horizontal(|ui| {
+        ui.label(format!(
+            "{} images · page {} of {pages}",
+            visible.len(),
+            v.page + 1
+        ));
+        if ui
+            .add_enabled(v.page > 0, egui::Button::new("Previous page"))
+            .clicked()
+        {
+            v.page -= 1;
+        }
+        if ui
+            .add_enabled(v.page + 1 < pages, egui::Button::new("Next page"))
+            .clicked()
+        {
+            v.page += 1;
+        }
+    });
+    let Some(set) = &v.set else { return };
+    let mut clicked = None;
+    let mut wanted = Vec::new();
+    egui::ScrollArea::vertical()
+        .id_salt("label-grid-scroll")
+        .show(ui, |ui| {
+            ui.horizontal_wrapped(|ui| {
+                for &i in visible.iter().skip(v.page * GRID_PAGE).take(GRID_PAGE) {
+                    let r = &set.rows[i];
+                    let selected = i == v.selected;
+                    let frame = egui::Frame::new()
+                        .stroke(if selected {
+                            egui::Stroke::new(3.0, Color32::from_rgb(0, 160, 255))
+                        } else {
+                            egui::Stroke::new(1.0, Color32::GRAY)
+                        })
+                        .inner_margin(2.0);
+                    let resp = frame
+                        .show(ui, |ui| {
+                            ui.vertical(|ui| {
+                                ui.set_width(THUMB as f32);
+                                match v.thumbs.get(&r.path) {
+                                    Some(t) => {
+                                        ui.add(
+                                            egui::Image::new(t)
+                                                .max_size(vec2(THUMB as f32, THUMB as f32)),
+                                        );
+                                    }
+                                    None => {
+                                        ui.allocate_space(vec2(THUMB as f32, THUMB as f32));
+                                        if !v.pending.contains(&r.path) {
+                                            wanted.push((r.path.clone(), set.root.join(&r.path)));
+                                        }
+                                    }
+                                }
+                                let text = r.label.clone().unwrap_or_else(|| "unlabelled".into());
+                                ui.label(RichText::new(text).size(11.0));
+                            })
+                        })
+                        .response
+                        .interact(Sense::click());
+                    if resp.clicked() {
+                        clicked = Some(i);
+                    }
+                }
+            });
+        });
+    if let Some((tx, _)) = &v.loader {
+        for (key, p) in wanted {
+            if tx.try_send(Load::Thumb(key.clone(), p)).is_ok() {
+                v.pending.insert(key);
+            }
+        }
+    }
+    if let Some(i) = clicked {
+        v.flush_mask();
+        v.selected = i;
+    }
+}
+
+fn big_view(v: &mut LabelView, ui: &mut egui::Ui) {
+    let Some(set) = &v.set else { return };
+    if set.rows.is_empty() {
+        ui.label("This dataset has no images yet: copy images into its folder and open it again, or send rejects from the History tab.");
+        return;
+    }
+    let row = v.selected.min(set.rows.len() - 1);
+    let r = set.rows[row].clone();
+    ui.label(
+        RichText::new(format!(
+            "{} — {}{}",
+            r.path,
+            r.label.clone().unwrap_or_else(|| "unlabelled".into()),
+            r.split
+                .as_ref()
+                .map(|s| format!(" ({s})"))
+                .unwrap_or_default()
+        ))
+        .strong(),
+    );
+    if let Some(p) = v.predictions.as_ref().and_then(|p| p.get(&r.path)) {
+        ui.label(format!("active model says: {p}"));
+    }
+    // Ask for the full image when the selection changed.
+    if v.full_requested != Some(row)
+        && let Some((tx, _)) = &v.loader
+    {
+        let mask = r.mask.as_ref().map(|m| set.root.join(m));
+        let image = set.root.join(&r.path);
+        if tx.try_send(Load::Full { row, image, mask }).is_ok() {
+            v.full_requested = Some(row);
+        }
+    }
+    ui.horizontal(|ui| {
+        ui.selectable_value(&mut v.paint, true, "Brush");
+        ui.selectable_value(&mut v.paint, false, "Eraser");
+        ui.add(egui::Slider::new(&mut v.brush, 1.0..=60.0).text("size (px)"));
+        if ui.button("Undo").clicked() {
+            v.undo();
+        }
+        if ui.button("Clear mask").clicked()
+            && let Some(m) = &mut v.mask
+        {
+            v.undo
+                .push(Undo::Mask(m.row, m.data.clone(), r.mask.clone()));
+            m.data.iter_mut().for_each(|p| *p = 0);
+            m.tex = None;
+            m.changed = true;
+            v.flush_mask();
+        }
+    });
+    let Some((brow, tex, w, h)) = v.big.as_ref().map(|b| (b.0, b.1.clone(), b.2, b.3)) else {
+        ui.spinner();
+        return;
+    };
+    if brow != row || v.mask.as_ref().is_none_or(|m| m.row != row) {
+        ui.spinner();
+        return;
+    }
+    let avail = ui.available_size();
+    let scale = (avail.x / w as f32).min(avail.y / h as f32).max(0.01);
+    let (rect, resp) = ui.allocate_exact_size(
+        vec2(w as f32 * scale, h as f32 * scale),
+        Sense::click_and_drag(),
+    );
+    let uv = egui::Rect::from_min_max(egui::pos2(0.0, 0.0), egui::pos2(1.0, 1.0));
+    ui.painter().image(tex.id(), rect, uv, Color32::WHITE);
+    v.canvas = Some(rect);
+    let Some(m) = &mut v.mask else { return };
+    if resp.drag_started() || (resp.clicked() && !resp.dragged()) {
+        v.undo
+            .push(Undo::Mask(m.row, m.data.clone(), r.mask.clone()));
+    }
+    if (resp.dragged() || resp.clicked())
+        && let Some(p) = resp.interact_pointer_pos()
+    {
+        let (cx, cy) = ((p.x - rect.min.x) / scale, (p.y - rect.min.y) / scale);
+        let rad = v.brush;
+        let value = if v.paint { 255 } else { 0 };
+        let (x0, x1) = (
+            (cx - rad).floor().max(0.0) as u32,
+            ((cx + rad).ceil() as u32).min(w),
+        );
+        let (y0, y1) = (
+            (cy - rad).floor().max(0.0) as u32,
+            ((cy + rad).ceil() as u32).min(h),
+        );
+        for y in y0..y1 {
+            for x in x0..x1 {
+                let (dx, dy) = (x as f32 + 0.5 - cx, y as f32 + 0.5 - cy);
+                if dx * dx + dy * dy <= rad * rad {
+                    m.data[(y * w + x) as usize] = value;
+                }
+            }
+        }
+        m.tex = None;
+        m.changed = true;
+    }
+    if m.tex.is_none() {
+        let px: Vec<Color32> = m
+            .data
+            .iter()
+            .map(|&p| {
+                if p > 0 {
+                    Color32::from_rgba_unmultiplied(255, 40, 40, 110)
+                } else {
+                    Color32::TRANSPARENT
+                }
+            })
+            .collect();
+        let img = egui::ColorImage::new([w as usize, h as usize], px);
+        m.tex = Some(
+            ui.ctx()
+                .load_texture("label-mask", img, egui::TextureOptions::NEAREST),
+        );
+    }
+    if let Some(t) = &m.tex {
+        ui.painter().image(t.id(), rect, uv, Color32::WHITE);
+    }
+    if resp.drag_stopped() || (resp.clicked() && !resp.dragged()) {
+        v.flush_mask();
+    }
+}

@@ -1,0 +1,244 @@
+//! egui_kittest drives the Label and Train tabs: label three images with the keyboard and find
+//! the manifest updated; paint a mask and find the PNG; train on a tiny dataset, see progress
+//! and a finished model, save it as a version; cancel a run.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use egui::accesskit::Role;
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable as _;
+use inspector::settings::Settings;
+use inspector::ui::{Gpu, InspectorApp, Tab};
+
+fn harness(dir: &Path) -> Harness<'static, InspectorApp> {
+    let ctx = kernels::GpuContext::headless().expect("a GPU adapter (lavapipe in CI)");
+    let gpu = Gpu {
+        device: ctx.device.clone(),
+        queue: ctx.queue.clone(),
+        label: ctx.describe(),
+    };
+    let settings = Settings {
+        db_path: Some(dir.join("h.sqlite")),
+        ..Settings::default()
+    };
+    let mut app = InspectorApp::new(egui::Context::default(), gpu, settings);
+    app.train.versions_dir = dir.join("versions");
+    Harness::builder()
+        .with_size(egui::vec2(1360.0, 900.0))
+        .build_ui_state(|ui, app: &mut InspectorApp| app.show(ui), app)
+}
+
+fn step_until(
+    h: &mut Harness<'static, InspectorApp>,
+    timeout: Duration,
+    done: impl Fn(&InspectorApp) -> bool,
+) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        h.step();
+        if done(h.state()) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+fn type_into(h: &mut Harness<'static, InspectorApp>, label: &str, text: &str) {
+    h.get_by_role_and_label(Role::TextInput, label).focus();
+    h.step();
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::A);
+    h.step();
+    h.get_by_role_and_label(Role::TextInput, label)
+        .type_text(text);
+    h.step();
+    // Leave the field so number keys label images again.
+    h.key_press(egui::Key::Escape);
+    h.step();
+}
+
+/// Two classes of 64×64 gray parts: plain ("good") and with a dark blob ("bad").
+fn tiny_dataset(root: &Path, per_class: usize) {
+    let mut manifest = String::from("path,label,split\n");
+    for i in 0..per_class {
+        for (label, spot) in [("good", false), ("bad", true)] {
+            let img = image::GrayImage::from_fn(64, 64, |x, y| {
+                let base = 150 + ((x * 7 + y * 3 + i as u32 * 11) % 30) as u8;
+                let (cx, cy) = (16 + (i as u32 * 13) % 32, 20 + (i as u32 * 7) % 24);
+                let d = (x as i32 - cx as i32).pow(2) + (y as i32 - cy as i32).pow(2);
+                image::Luma([if spot && d < 64 { 30 } else { base }])
+            });
+            let rel = format!("{label}/{i}.png");
+            std::fs::create_dir_all(root.join(label)).unwrap();
+            img.save(root.join(&rel)).unwrap();
+            let split = if i % 4 == 3 { "val" } else { "train" };
+            manifest.push_str(&format!("{rel},{label},{split}\n"));
+        }
+    }
+    std::fs::write(root.join("manifest.csv"), manifest).unwrap();
+}
+
+#[test]
+fn label_three_images_with_the_keyboard_and_paint_a_mask() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("unlabelled");
+    std::fs::create_dir(&data).unwrap();
+    for i in 0..4 {
+        image::GrayImage::from_fn(80, 60, |x, y| image::Luma([((x + y + i * 9) % 256) as u8]))
+            .save(data.join(format!("img{i}.png")))
+            .unwrap();
+    }
+    let mut h = harness(dir.path());
+    h.state_mut().tab = Tab::Label;
+    h.step();
+    type_into(&mut h, "Dataset folder", &data.display().to_string());
+    h.get_by_label("Open").click();
+    assert!(step_until(&mut h, Duration::from_secs(10), |a| a
+        .label
+        .set
+        .is_some()));
+    assert_eq!(h.state().label.set.as_ref().unwrap().rows.len(), 4);
+    for class in ["good", "crack"] {
+        type_into(&mut h, "New class", class);
+        h.get_by_label("Add class").click();
+        h.step();
+    }
+    assert_eq!(
+        h.state().label.set.as_ref().unwrap().classes,
+        ["good", "crack"]
+    );
+    // Keys 1, 2, 1 label three images, each moving on to the next.
+    for key in [egui::Key::Num1, egui::Key::Num2, egui::Key::Num1] {
+        h.key_press(key);
+        h.step();
+    }
+    let manifest = data.join("manifest.csv");
+    let want = "img0.png,good,,,\nimg1.png,crack,,,\nimg2.png,good,,,\nimg3.png,,,,\n";
+    assert!(
+        step_until(&mut h, Duration::from_secs(10), |_| {
+            std::fs::read_to_string(&manifest).is_ok_and(|m| m.ends_with(want))
+        }),
+        "manifest: {:?}",
+        std::fs::read_to_string(&manifest)
+    );
+    // Back to the first image and paint on it.
+    for _ in 0..3 {
+        h.key_press(egui::Key::ArrowLeft);
+        h.step();
+    }
+    assert_eq!(h.state().label.selected, 0);
+    assert!(step_until(&mut h, Duration::from_secs(10), |a| a
+        .label
+        .canvas
+        .is_some()));
+    h.run_steps(2);
+    let canvas = h.state().label.canvas.unwrap();
+    let start = canvas.center();
+    h.hover_at(start);
+    h.step();
+    h.drag_at(start);
+    h.step();
+    for k in 1..=5 {
+        h.hover_at(start + egui::vec2(6.0 * k as f32, 0.0));
+        h.step();
+    }
+    assert!(
+        h.state().label.painted().unwrap() > 20,
+        "the brush paints while dragging"
+    );
+    h.drop_at(start + egui::vec2(30.0, 0.0));
+    h.run_steps(2);
+    let mask = data.join("masks/img0.png.png");
+    assert!(
+        step_until(&mut h, Duration::from_secs(10), |_| mask.is_file()),
+        "no mask written; status {:?}",
+        h.state().label.status
+    );
+    let m = image::open(&mask).unwrap().to_luma8();
+    assert_eq!(m.dimensions(), (80, 60), "the mask has the image's size");
+    let painted = m.pixels().filter(|p| p.0[0] == 255).count();
+    assert!(painted > 20, "only {painted} pixels painted");
+    assert!(
+        step_until(&mut h, Duration::from_secs(10), |_| {
+            std::fs::read_to_string(&manifest)
+                .is_ok_and(|m| m.contains("img0.png,good,,masks/img0.png.png,"))
+        }),
+        "mask column not in manifest: {:?}",
+        std::fs::read_to_string(&manifest)
+    );
+    // Undo removes the stroke.
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Z);
+    h.step();
+    assert!(step_until(&mut h, Duration::from_secs(10), |_| {
+        image::open(&mask).is_ok_and(|m| m.to_luma8().pixels().all(|p| p.0[0] == 0))
+    }));
+}
+
+#[test]
+fn train_tab_trains_saves_a_version_and_cancels() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("tiny");
+    tiny_dataset(&data, 12);
+    let mut h = harness(dir.path());
+    h.state_mut().tab = Tab::Train;
+    h.step();
+    type_into(&mut h, "Dataset folder", &data.display().to_string());
+    {
+        let t = &mut h.state_mut().train;
+        t.preset = "tiny".into();
+        t.epochs = 4;
+        t.lr = 0.05;
+    }
+    h.get_by_label("Start training").click();
+    h.step();
+    assert!(h.state().train.running());
+    assert!(
+        step_until(&mut h, Duration::from_secs(600), |a| !a.train.running()),
+        "training did not finish"
+    );
+    let t = &h.state().train;
+    assert!(t.status.starts_with("finished"), "{}", t.status);
+    assert!(!t.history.is_empty(), "no epoch progress was shown");
+    let res = t.result.as_ref().unwrap();
+    assert!(res.summary.model.is_file());
+    assert_eq!(res.detailed.report.images, 6);
+    h.step();
+    assert!(h.query_by_label_contains("Confusion").is_some());
+    // Save it as a version and find it listed.
+    type_into(&mut h, "Version name", "tiny-v1");
+    h.get_by_label("Save version").click();
+    assert!(
+        step_until(&mut h, Duration::from_secs(30), |a| a
+            .train
+            .status
+            .contains("saved version tiny-v1")),
+        "{}",
+        h.state().train.status
+    );
+    assert!(dir.path().join("versions/tiny-v1.safetensors").is_file());
+    assert!(step_until(&mut h, Duration::from_secs(10), |_| true));
+    h.step();
+    // Cancel a long run: it stops within a second of the request.
+    h.state_mut().train.epochs = 500;
+    h.get_by_label("Start training").click();
+    h.step();
+    let ok = step_until(&mut h, Duration::from_secs(120), |a| {
+        a.train.status.starts_with("epoch")
+    });
+    assert!(ok, "status: {}", h.state().train.status);
+    h.get_by_label("Cancel training").click();
+    let asked = Instant::now();
+    assert!(step_until(&mut h, Duration::from_secs(30), |a| !a
+        .train
+        .running()));
+    let took = asked.elapsed();
+    assert!(
+        h.state().train.status.starts_with("cancelled"),
+        "{}",
+        h.state().train.status
+    );
+    assert!(took < Duration::from_secs(5), "cancel took {took:?}");
+}
