@@ -668,6 +668,7 @@ fn grid(v: &mut LabelView, ui: &mut egui::Ui, visible: &[usize]) {
 }
 
 fn big_view(v: &mut LabelView, ui: &mut egui::Ui) {
+    v.canvas = None;
     let Some(set) = &v.set else { return };
     if set.rows.is_empty() {
         ui.label("This dataset has no images yet: copy images into its folder and open it again, or send rejects from the History tab.");
