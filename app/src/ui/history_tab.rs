@@ -490,7 +490,8 @@ pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
     let mut send = false;
     let can_send = app.label.set.is_some();
     egui::Panel::right("history-charts")
-        .default_size(420.0)
+        .resizable(false)
+        .exact_size(420.0)
         .show(ui, |ui| {
             egui::ScrollArea::vertical()
                 .id_salt("charts")

@@ -302,7 +302,11 @@ fn live_view(app: &mut InspectorApp, ui: &mut egui::Ui) {
     let scale = (avail.x / iw).min(avail.y / ih);
     let size = vec2(iw * scale, ih * scale);
     let (rect, _) = ui.allocate_exact_size(size, Sense::hover());
-    let resp = ui.interact(rect, ui.id().with("live-view"), Sense::click_and_drag());
+    let resp = ui.interact(
+        rect,
+        ui.scope_id().with("live-view"),
+        Sense::click_and_drag(),
+    );
     let painter = ui.painter_at(rect);
     let uv = egui::Rect::from_min_max(pos2(0.0, 0.0), pos2(1.0, 1.0));
     painter.image(tex.id(), rect, uv, Color32::WHITE);

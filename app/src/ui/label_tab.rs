@@ -580,7 +580,8 @@ pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
     });
     let visible = v.visible();
     egui::Panel::left("label-grid")
-        .default_size(430.0)
+        .resizable(false)
+        .exact_size(440.0)
         .show(ui, |ui| grid(v, ui, &visible));
     egui::CentralPanel::default().show(ui, |ui| big_view(v, ui));
 }
@@ -610,49 +611,62 @@ fn grid(v: &mut LabelView, ui: &mut egui::Ui, visible: &[usize]) {
     let Some(set) = &v.set else { return };
     let mut clicked = None;
     let mut wanted = Vec::new();
+    let cols = ((ui.available_width() / (THUMB as f32 + 14.0)) as usize).max(1);
     egui::ScrollArea::vertical()
         .id_salt("label-grid-scroll")
         .show(ui, |ui| {
-            ui.horizontal_wrapped(|ui| {
-                for &i in visible.iter().skip(v.page * GRID_PAGE).take(GRID_PAGE) {
-                    let r = &set.rows[i];
-                    let selected = i == v.selected;
-                    let frame = egui::Frame::new()
-                        .stroke(if selected {
-                            egui::Stroke::new(3.0, Color32::from_rgb(0, 160, 255))
-                        } else {
-                            egui::Stroke::new(1.0, Color32::GRAY)
-                        })
-                        .inner_margin(2.0);
-                    let resp = frame
-                        .show(ui, |ui| {
-                            ui.vertical(|ui| {
-                                ui.set_width(THUMB as f32);
-                                match v.thumbs.get(&r.path) {
-                                    Some(t) => {
-                                        ui.add(
-                                            egui::Image::new(t)
-                                                .max_size(vec2(THUMB as f32, THUMB as f32)),
-                                        );
-                                    }
-                                    None => {
-                                        ui.allocate_space(vec2(THUMB as f32, THUMB as f32));
-                                        if !v.pending.contains(&r.path) {
-                                            wanted.push((r.path.clone(), set.root.join(&r.path)));
+            egui::Grid::new("label-thumbs")
+                .spacing(vec2(4.0, 4.0))
+                .show(ui, |ui| {
+                    for (k, &i) in visible
+                        .iter()
+                        .skip(v.page * GRID_PAGE)
+                        .take(GRID_PAGE)
+                        .enumerate()
+                    {
+                        let r = &set.rows[i];
+                        let selected = i == v.selected;
+                        let frame = egui::Frame::new()
+                            .stroke(if selected {
+                                egui::Stroke::new(3.0, Color32::from_rgb(0, 160, 255))
+                            } else {
+                                egui::Stroke::new(1.0, Color32::GRAY)
+                            })
+                            .inner_margin(2.0);
+                        let resp = frame
+                            .show(ui, |ui| {
+                                ui.vertical(|ui| {
+                                    ui.set_width(THUMB as f32);
+                                    match v.thumbs.get(&r.path) {
+                                        Some(t) => {
+                                            ui.add(
+                                                egui::Image::new(t)
+                                                    .max_size(vec2(THUMB as f32, THUMB as f32)),
+                                            );
+                                        }
+                                        None => {
+                                            ui.allocate_space(vec2(THUMB as f32, THUMB as f32));
+                                            if !v.pending.contains(&r.path) {
+                                                wanted
+                                                    .push((r.path.clone(), set.root.join(&r.path)));
+                                            }
                                         }
                                     }
-                                }
-                                let text = r.label.clone().unwrap_or_else(|| "unlabelled".into());
-                                ui.label(RichText::new(text).size(11.0));
+                                    let text =
+                                        r.label.clone().unwrap_or_else(|| "unlabelled".into());
+                                    ui.label(RichText::new(text).size(11.0));
+                                })
                             })
-                        })
-                        .response
-                        .interact(Sense::click());
-                    if resp.clicked() {
-                        clicked = Some(i);
+                            .response
+                            .interact(Sense::click());
+                        if resp.clicked() {
+                            clicked = Some(i);
+                        }
+                        if (k + 1) % cols == 0 {
+                            ui.end_row();
+                        }
                     }
-                }
-            });
+                });
         });
     if let Some((tx, _)) = &v.loader {
         for (key, p) in wanted {

@@ -38,6 +38,9 @@ pub struct AppArgs {
     /// Replay rate of folder and synthetic sources, frames per second.
     #[arg(long)]
     pub fps: Option<f64>,
+    /// Open this dataset in the Label tab and choose it in the Train tab.
+    #[arg(long)]
+    pub dataset: Option<PathBuf>,
     /// Open on this tab: inspect, label, train, history or settings.
     #[arg(long)]
     pub tab: Option<String>,
@@ -114,6 +117,11 @@ pub fn run(args: AppArgs) -> anyhow::Result<()> {
             }
             let mut app = InspectorApp::new(cc.egui_ctx.clone(), gpu, settings);
             app.quit_after = args.quit_after.map(Duration::from_secs_f64);
+            if let Some(d) = &args.dataset {
+                app.label.folder = d.display().to_string();
+                app.label.open(false);
+                app.train.data = d.display().to_string();
+            }
             match args.tab.as_deref().map(str::to_ascii_lowercase).as_deref() {
                 None | Some("inspect") => {}
                 Some("history") => app.tab = Tab::History,

@@ -332,7 +332,8 @@ pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
         }
     }
     egui::Panel::left("train-settings")
-        .default_size(330.0)
+        .resizable(false)
+        .exact_size(340.0)
         .show(ui, |ui| settings(app, ui, &ctx));
     egui::CentralPanel::default().show(ui, |ui| {
         egui::ScrollArea::vertical()
