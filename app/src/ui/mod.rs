@@ -66,6 +66,14 @@ pub struct Gpu {
 /// Opens the window. Burn creates the device (it needs device features the others don't ask
 /// for); the inspection engine and egui's renderer share it.
 pub fn run(args: AppArgs) -> anyhow::Result<()> {
+    #[cfg(all(unix, not(target_os = "macos")))]
+    if std::env::var_os("DISPLAY").is_none() && std::env::var_os("WAYLAND_DISPLAY").is_none() {
+        anyhow::bail!(
+            "no display to open the window on (neither DISPLAY nor WAYLAND_DISPLAY is set). Run it \
+             in a desktop session, or under `xvfb-run`; without a window, `inspector inspect \
+             --source folder:datasets/magnetic-tile-demo` inspects from the command line"
+        );
+    }
     let (_burn_device, ctx) = crate::nn::shared_gpu()?;
     let gpu = Gpu {
         device: ctx.device.clone(),
