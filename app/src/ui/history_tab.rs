@@ -18,7 +18,7 @@ const RANGES: [&str; 5] = ["This shift", "24 h", "7 days", "All", "Custom"];
 
 enum Request {
     Page { filter: Filter, page: u64 },
-    Detail(InspectionRow),
+    Detail(Box<InspectionRow>),
     Export { filter: Filter, path: PathBuf },
 }
 
@@ -604,7 +604,7 @@ pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
     let h = &mut app.history;
     if let Some(r) = open {
         h.detail = None;
-        h.send(Request::Detail(r.clone()));
+        h.send(Request::Detail(Box::new(r.clone())));
         h.selected = Some(r);
     }
     if let Some((verdict, reason)) = override_req

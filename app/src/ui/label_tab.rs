@@ -423,10 +423,10 @@ pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
             }
         }
     }
-    if let Some((_, rx)) = &v.saver {
-        if let Some(last) = rx.try_iter().last() {
-            v.status = last;
-        }
+    if let Some((_, rx)) = &v.saver
+        && let Some(last) = rx.try_iter().last()
+    {
+        v.status = last;
     }
     // Dataset chooser.
     ui.horizontal(|ui| {

@@ -580,10 +580,10 @@ fn results(app: &mut InspectorApp, ui: &mut egui::Ui, ctx: &egui::Context) {
                     .color(Color32::WHITE)
                     .width(2.0),
             );
-            if p.response().dragged() || p.response().clicked() {
-                if let Some(c) = p.pointer_coordinate() {
-                    threshold = (c.x as f32).clamp(0.0, 1.0);
-                }
+            if (p.response().dragged() || p.response().clicked())
+                && let Some(c) = p.pointer_coordinate()
+            {
+                threshold = (c.x as f32).clamp(0.0, 1.0);
             }
         });
     let _ = resp;
