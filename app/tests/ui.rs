@@ -140,6 +140,43 @@ fn inspect_tab_shows_changing_verdicts_pause_stops_them_and_bad_models_are_refus
     h.step();
     assert_eq!(h.state().overridden.len(), 1);
 
+    // Draw a region of interest on the paused live view: later verdicts use it.
+    h.get_by_label("Pause").click();
+    h.run_steps(3);
+    std::thread::sleep(Duration::from_millis(300));
+    h.run_steps(3);
+    h.get_by_label("Draw ROI").click();
+    h.step();
+    let r = h.state().live_rect.unwrap();
+    let (a, b) = (
+        r.lerp_inside(egui::vec2(0.25, 0.25)),
+        r.lerp_inside(egui::vec2(0.75, 0.75)),
+    );
+    h.hover_at(a);
+    h.step();
+    h.drag_at(a);
+    h.step();
+    for k in 1..=4 {
+        h.hover_at(a + (b - a) * (k as f32 / 4.0));
+        h.step();
+    }
+    h.drop_at(b);
+    h.step();
+    let roi = h
+        .state()
+        .settings
+        .roi
+        .expect("the dragged rectangle became the ROI");
+    assert!(roi[2] > 8 && roi[3] > 8);
+    assert!(step_until(&mut h, Duration::from_secs(60), |a| a
+        .last
+        .as_ref()
+        .is_some_and(|v| v.roi.x == roi[0] && v.roi.y == roi[1])));
+
+    h.get_by_label("Clear ROI").click();
+    h.step();
+    assert!(h.state().settings.roi.is_none());
+
     // A damaged model file is refused and the current model stays.
     let model_before = h.state().model.as_ref().unwrap().id.clone();
     let bad = dir.path().join("damaged.safetensors");
@@ -158,7 +195,9 @@ fn inspect_tab_shows_changing_verdicts_pause_stops_them_and_bad_models_are_refus
     );
     h.step();
     assert!(
-        h.query_by_label_contains("damaged.safetensors").is_some(),
+        h.query_all_by_label_contains("damaged.safetensors")
+            .next()
+            .is_some(),
         "the message is on screen"
     );
     let msg = h

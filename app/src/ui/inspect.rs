@@ -307,6 +307,7 @@ fn live_view(app: &mut InspectorApp, ui: &mut egui::Ui) {
         ui.scope_id().with("live-view"),
         Sense::click_and_drag(),
     );
+    app.live_rect = Some(rect);
     let painter = ui.painter_at(rect);
     let uv = egui::Rect::from_min_max(pos2(0.0, 0.0), pos2(1.0, 1.0));
     painter.image(tex.id(), rect, uv, Color32::WHITE);
@@ -338,27 +339,36 @@ fn live_view(app: &mut InspectorApp, ui: &mut egui::Ui) {
             )
         };
         if resp.drag_started() {
-            app.roi_drag = resp.interact_pointer_pos();
+            app.roi_drag = ui
+                .input(|i| i.pointer.press_origin())
+                .or(resp.interact_pointer_pos());
         }
-        if let (Some(a), Some(b)) = (app.roi_drag, resp.interact_pointer_pos()) {
+        if resp.dragged()
+            && let Some(p) = resp.interact_pointer_pos()
+        {
+            app.roi_drag_end = Some(p);
+        }
+        if let (Some(a), Some(b)) = (app.roi_drag, app.roi_drag_end) {
             painter.rect_stroke(
                 egui::Rect::from_two_pos(a, b),
                 0.0,
                 Stroke::new(2.0, Color32::YELLOW),
                 StrokeKind::Outside,
             );
-            if resp.drag_stopped() {
-                let (x0, y0) = to_frame(a);
-                let (x1, y1) = to_frame(b);
-                let (x, y) = (x0.min(x1) as u32, y0.min(y1) as u32);
-                let (w, h) = ((x0 - x1).abs() as u32, (y0 - y1).abs() as u32);
-                app.roi_drag = None;
-                if w >= 8 && h >= 8 {
-                    app.set_roi(Some([x, y, w, h]));
-                    app.roi_edit = false;
-                } else {
-                    app.notify(Level::Warning, "ROI too small: drag a larger rectangle");
-                }
+        }
+        // The release frame may have no pointer position: use the last one seen while dragging.
+        if resp.drag_stopped()
+            && let (Some(a), Some(b)) = (app.roi_drag.take(), app.roi_drag_end.take())
+        {
+            let (x0, y0) = to_frame(a);
+            let (x1, y1) = to_frame(b);
+            let (x, y) = (x0.min(x1) as u32, y0.min(y1) as u32);
+            let (w, h) = ((x0 - x1).abs() as u32, (y0 - y1).abs() as u32);
+            if w >= 8 && h >= 8 {
+                app.set_roi(Some([x, y, w, h]));
+                app.roi_edit = false;
+            } else {
+                app.notify(Level::Warning, "ROI too small: drag a larger rectangle");
             }
         }
     }

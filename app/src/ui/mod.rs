@@ -229,6 +229,8 @@ pub struct InspectorApp {
     pub notices: VecDeque<Notice>,
     /// Unacknowledged alarm.
     pub alarm: Option<Alarm>,
+    /// Why the last model file was refused (shown in Settings until a model loads).
+    pub model_error: Option<String>,
     consecutive_latched: bool,
     drift_latched: bool,
     /// Frames overridden in this run, with the new verdict.
@@ -237,6 +239,9 @@ pub struct InspectorApp {
     override_open: bool,
     roi_edit: bool,
     roi_drag: Option<egui::Pos2>,
+    roi_drag_end: Option<egui::Pos2>,
+    /// Where the live frame was drawn last frame (screen points).
+    pub live_rect: Option<egui::Rect>,
     model_path_input: String,
     model_choices: Option<Vec<PathBuf>>,
     source_draft: settings_tab::SourceDraft,
@@ -290,6 +295,7 @@ impl InspectorApp {
             model: None,
             notices: VecDeque::new(),
             alarm: None,
+            model_error: None,
             consecutive_latched: false,
             drift_latched: false,
             overridden: HashMap::new(),
@@ -297,6 +303,8 @@ impl InspectorApp {
             override_open: false,
             roi_edit: false,
             roi_drag: None,
+            roi_drag_end: None,
+            live_rect: None,
             model_path_input,
             model_choices: None,
             source_draft,
@@ -668,6 +676,7 @@ impl InspectorApp {
                     self.source_status = Some(s);
                 }
                 Event::ModelLoaded(info) => {
+                    self.model_error = None;
                     let first = self.model.is_none();
                     self.model_path_input = info.path.display().to_string();
                     if !first {
@@ -681,10 +690,11 @@ impl InspectorApp {
                     );
                     self.model = Some(info);
                 }
-                Event::ModelRejected(e) => self.notify(
-                    Level::Error,
-                    format!("{e}. The current model stays in use."),
-                ),
+                Event::ModelRejected(e) => {
+                    let msg = format!("{e}. The current model stays in use.");
+                    self.model_error = Some(msg.clone());
+                    self.notify(Level::Error, msg);
+                }
                 Event::SinkError(e) => self.notify(Level::Error, e),
                 Event::Warning(w) => self.notify(Level::Warning, w),
             }

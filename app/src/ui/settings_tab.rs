@@ -308,6 +308,9 @@ fn model(app: &mut InspectorApp, ui: &mut egui::Ui) {
             app.load_model(p);
         }
     });
+    if let Some(e) = &app.model_error {
+        ui.colored_label(ui.visuals().error_fg_color, e);
+    }
     if let Some(choices) = app.model_choices.clone() {
         ui.group(|ui| {
             if choices.is_empty() {
