@@ -419,7 +419,9 @@ impl InspectorApp {
                         source,
                         options,
                         sink,
-                        Arc::new(move || wake_ctx.request_repaint()),
+                        // Coalesce: at most ~20 repaints a second however fast verdicts come (rendering on a
+                        // CPU rasteriser competes with inference for the same cores).
+                        Arc::new(move || wake_ctx.request_repaint_after(Duration::from_millis(50))),
                     )
                 });
                 let _ = tx.send(Started {
