@@ -16,7 +16,7 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, SgdConfig, decay::WeightDecayConfig};
 use burn::tensor::{Device, Int, Tensor, TensorData, activation};
-use kernels::{InputSpec, Layer, LayerWeights, Model, ModelSpec};
+use kernels::{InputSpec, Layer, LayerWeights, Model, ModelSpec, Roi};
 use serde::{Deserialize, Serialize};
 
 use crate::augment::{self, AugmentConfig};
@@ -400,6 +400,33 @@ struct Split {
     images: Vec<DecodedImage>,
     labels: Vec<usize>,
     paths: Vec<String>,
+    /// Bounding box of each image's defect mask, if it has a readable, non-empty one.
+    defect_boxes: Vec<Option<Roi>>,
+}
+
+/// Bounding box of the non-zero pixels of the mask at `path`, when it matches the image size.
+fn mask_box(path: &Path, width: u32, height: u32) -> Option<Roi> {
+    let m = dataset::decode_image(path).ok()?;
+    if m.width != width || m.height != height {
+        return None;
+    }
+    let bpp = m.format.bytes_per_pixel() as usize;
+    let (mut x0, mut y0, mut x1, mut y1) = (u32::MAX, u32::MAX, 0, 0);
+    for (i, px) in m.data.chunks_exact(bpp).enumerate() {
+        if px[0] > 127 {
+            let (x, y) = (i as u32 % width, i as u32 / width);
+            x0 = x0.min(x);
+            y0 = y0.min(y);
+            x1 = x1.max(x);
+            y1 = y1.max(y);
+        }
+    }
+    (x0 <= x1).then(|| Roi {
+        x: x0,
+        y: y0,
+        width: x1 - x0 + 1,
+        height: y1 - y0 + 1,
+    })
 }
 
 fn load_split(
@@ -411,10 +438,16 @@ fn load_split(
         images: Vec::new(),
         labels: Vec::new(),
         paths: Vec::new(),
+        defect_boxes: Vec::new(),
     };
     for (s, img) in samples.iter().zip(decode_all(samples)) {
         match img {
             Ok(img) => {
+                out.defect_boxes.push(
+                    s.mask
+                        .as_deref()
+                        .and_then(|m| mask_box(m, img.width, img.height)),
+                );
                 out.images.push(img);
                 out.labels
                     .push(classes.iter().position(|c| *c == s.label).unwrap_or(0));
@@ -937,11 +970,12 @@ pub fn train(
             for &i in idx {
                 let mut r = augment::sample_rng(cfg.seed, epoch, i);
                 xs.extend(
-                    augment::augmented(
+                    augment::augmented_keeping(
                         &spec.input,
                         &train_set.images[i].frame(),
                         &cfg.augment,
                         &mut r,
+                        train_set.defect_boxes[i],
                     )
                     .map_err(anyhow::Error::msg)?,
                 );
