@@ -126,8 +126,10 @@ pub struct Preset {
     pub about: &'static str,
     /// Input side in pixels (square).
     pub side: u32,
-    /// Feature layers: (out channels, kernel, stride, max-pool after).
-    pub convs: &'static [(u32, u32, u32, bool)],
+    /// Feature layers: (out channels, kernel, stride, max-pool window after: 0 = none, `k` = a
+    /// `k`×`k` window with stride `k`). A last window as large as the final feature map makes
+    /// the global average pool a global max pool, which keeps small defects visible.
+    pub convs: &'static [(u32, u32, u32, u32)],
 }
 
 /// The presets. `ref-cnn` is the kernels benchmark model.
@@ -136,29 +138,24 @@ pub const PRESETS: &[Preset] = &[
         name: "tiny",
         about: "for tests and smoke runs: 32×32, 2 convs (8-16)",
         side: 32,
-        convs: &[(8, 3, 1, true), (16, 3, 1, false)],
+        convs: &[(8, 3, 1, 2), (16, 3, 1, 0)],
     },
     Preset {
         name: "ref-cnn",
         about: "the kernels benchmark CNN: 128×128, 4 convs (16-32-64-64), ~99 MFLOP",
         side: 128,
-        convs: &[
-            (16, 3, 1, true),
-            (32, 3, 1, true),
-            (64, 3, 1, true),
-            (64, 3, 1, false),
-        ],
+        convs: &[(16, 3, 1, 2), (32, 3, 1, 2), (64, 3, 1, 2), (64, 3, 1, 0)],
     },
     Preset {
         name: "tile-s",
         about: "small and fast: 96×96, 5 convs (16-32-48-64-96), ~44 MFLOP",
         side: 96,
         convs: &[
-            (16, 3, 1, true),
-            (32, 3, 1, true),
-            (48, 3, 1, true),
-            (64, 3, 1, true),
-            (96, 3, 1, false),
+            (16, 3, 1, 2),
+            (32, 3, 1, 2),
+            (48, 3, 1, 2),
+            (64, 3, 1, 2),
+            (96, 3, 1, 0),
         ],
     },
     Preset {
@@ -166,11 +163,42 @@ pub const PRESETS: &[Preset] = &[
         about: "default: 160×160, strided stem + 5 convs (24-32-64-96-128), ~150 MFLOP",
         side: 160,
         convs: &[
-            (24, 5, 2, false),
-            (32, 3, 1, true),
-            (64, 3, 1, true),
-            (96, 3, 1, true),
-            (128, 3, 1, false),
+            (24, 5, 2, 0),
+            (32, 3, 1, 2),
+            (64, 3, 1, 2),
+            (96, 3, 1, 2),
+            (128, 3, 1, 0),
+        ],
+    },
+    Preset {
+        name: "ref-gmp",
+        about: "experimental: ref-cnn with an 8×8 max-pool before the global pool, ~99 MFLOP",
+        side: 128,
+        convs: &[(16, 3, 1, 2), (32, 3, 1, 2), (64, 3, 1, 2), (64, 3, 1, 8)],
+    },
+    Preset {
+        name: "tile-g160",
+        about: "experimental: 160×160, 5 convs (16-32-64-96-128), global max pool, ~192 MFLOP",
+        side: 160,
+        convs: &[
+            (16, 3, 1, 2),
+            (32, 3, 1, 2),
+            (64, 3, 1, 2),
+            (96, 3, 1, 2),
+            (128, 3, 1, 10),
+        ],
+    },
+    Preset {
+        name: "tile-g256",
+        about: "experimental: 256×256, 6 convs (8-16-32-64-96-128), global max pool, ~166 MFLOP",
+        side: 256,
+        convs: &[
+            (8, 3, 1, 2),
+            (16, 3, 1, 2),
+            (32, 3, 1, 2),
+            (64, 3, 1, 2),
+            (96, 3, 1, 2),
+            (128, 3, 1, 8),
         ],
     },
 ];
@@ -207,10 +235,10 @@ pub fn preset_spec(
             padding: k / 2,
         });
         layers.push(Layer::Relu);
-        if pool {
+        if pool > 0 {
             layers.push(Layer::MaxPool2d {
-                kernel: 2,
-                stride: 2,
+                kernel: pool,
+                stride: pool,
             });
         }
         c = o;
