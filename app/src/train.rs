@@ -1050,8 +1050,9 @@ pub fn train(
         let vm = val_metrics(&spec, &probs, &val_set.labels);
         let acc = vm.confusion.accuracy();
         let mf1 = vm.confusion.macro_f1();
-        // Selection score: accuracy, ties broken by AUROC.
-        let score = acc + 0.01 * vm.auroc.unwrap_or(0.0);
+        // Selection score: accuracy plus PASS/FAIL AUROC, the two quality targets. Accuracy
+        // alone picks the early epochs that call everything PASS (the majority class).
+        let score = acc + vm.auroc.unwrap_or(0.0);
         let done = epoch + 1 - first_epoch;
         let per_epoch = loop_start.elapsed().as_secs_f64() / done as f64;
         let record = EpochRecord {
