@@ -1138,3 +1138,190 @@ pub fn train(
     exported.save(&cfg.out)?;
     Ok(summary)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One optimisation step must move every trainable tensor (conv weights and biases,
+    /// batch-norm scale and shift, classifier), or part of the network never learns.
+    #[test]
+    fn one_step_moves_every_parameter() {
+        let input = InputSpec {
+            channels: 1,
+            height: 16,
+            width: 16,
+            mean: vec![0.5],
+            std: vec![0.25],
+        };
+        let spec = preset_spec(
+            "tiny",
+            input,
+            vec!["bad".into(), "good".into()],
+            vec!["good".into()],
+        )
+        .expect("spec");
+        let spec = ModelSpec {
+            input: InputSpec {
+                height: 16,
+                width: 16,
+                ..spec.input.clone()
+            },
+            ..spec
+        };
+        let device = Device::flex().autodiff();
+        let model = BurnModel::init_seeded(&spec, true, &device, 7).expect("init");
+        let before = model_tensors(&model.valid()).expect("before");
+        let xs: Vec<f32> = (0..4 * 16 * 16)
+            .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+            .collect();
+        let x = Tensor::<4>::from_data(TensorData::new(xs, [4, 1, 16, 16]), &device);
+        let y = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 1, 0, 1], [4]), &device);
+        let loss = CrossEntropyLossConfig::new()
+            .init(&device)
+            .forward(model.forward(x), y);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let mut optim = SgdConfig::new().init();
+        let model = optim.step(0.1, model, grads);
+        let after = model_tensors(&model.valid()).expect("after");
+        for ((name, _, a), (_, _, b)) in before.iter().zip(&after) {
+            // Running statistics are not trained; a conv bias before batch-norm has no gradient.
+            if name.ends_with(".bn.mean")
+                || name.ends_with(".bn.var")
+                || name.ends_with(".conv.bias")
+            {
+                continue;
+            }
+            let moved = a.iter().zip(b).any(|(p, q)| (p - q).abs() > 1e-9);
+            assert!(moved, "{name} did not change in a training step");
+        }
+    }
+
+    /// Backpropagated gradients of the conv weights match finite differences of the loss.
+    #[test]
+    fn conv_gradients_match_finite_differences() {
+        let spec = preset_spec(
+            "tiny",
+            InputSpec {
+                channels: 1,
+                height: 1,
+                width: 1,
+                mean: vec![0.5],
+                std: vec![0.25],
+            },
+            vec!["bad".into(), "good".into(), "other".into()],
+            vec!["good".into()],
+        )
+        .expect("spec");
+        let device = Device::flex().autodiff();
+        let xs: Vec<f32> = (0..4 * 32 * 32)
+            .map(|i| (((i * 37 + i / 7 * 11) % 101) as f32 / 50.0) - 1.0)
+            .collect();
+        for bn in [false, true] {
+            let model = BurnModel::init_seeded(&spec, bn, &device, 3).expect("init");
+            let loss_of = |m: &BurnModel| {
+                let x =
+                    Tensor::<4>::from_data(TensorData::new(xs.clone(), [4, 1, 32, 32]), &device);
+                let y =
+                    Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 1, 2, 1], [4]), &device);
+                CrossEntropyLossConfig::new()
+                    .init(&device)
+                    .forward(m.forward(x), y)
+            };
+            let loss = loss_of(&model);
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let dir = tempfile::tempdir().expect("tmp");
+            let file = dir.path().join("t.safetensors");
+            for (bi, block) in model.blocks.iter().enumerate() {
+                let Block::Conv(cb) = block else { continue };
+                let g = tensor_vec(grads.get::<4>(cb.conv.weight.id).expect("grad")).expect("g");
+                let base = model_tensors(&model).expect("tensors");
+                let name = format!("{bi}.conv.weight");
+                let k = base.iter().position(|t| t.0 == name).expect("named");
+                // The elements with the largest gradients.
+                let mut order: Vec<usize> = (0..g.len()).collect();
+                order.sort_by(|a, b| g[*b].abs().total_cmp(&g[*a].abs()));
+                for &e in order.iter().take(3) {
+                    let eps = 1e-2f32;
+                    let mut f = [0f64; 2];
+                    for (side, sign) in [(0, 1.0f32), (1, -1.0f32)] {
+                        let mut t = base.clone();
+                        t[k].2[e] += sign * eps;
+                        save_tensors(&file, &t).expect("save");
+                        let m = load_tensors(
+                            BurnModel::init(&spec, bn, &device).expect("m"),
+                            &file,
+                            &device,
+                        )
+                        .expect("load");
+                        f[side] = tensor_vec(loss_of(&m)).expect("l")[0] as f64;
+                    }
+                    let numeric = (f[0] - f[1]) / (2.0 * eps as f64);
+                    let analytic = g[e] as f64;
+                    eprintln!("bn {bn} {name}[{e}]: analytic {analytic:.5} numeric {numeric:.5}");
+                    assert!(
+                        (numeric - analytic).abs() <= 0.05 * analytic.abs() + 5e-4,
+                        "bn {bn} {name}[{e}]: analytic {analytic} vs numeric {numeric}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// After many training steps on one batch, the inference copy (running statistics) gives the
+    /// same outputs as training mode (batch statistics) on that batch.
+    #[test]
+    fn running_statistics_match_batch_statistics() {
+        let spec = preset_spec(
+            "tiny",
+            InputSpec {
+                channels: 1,
+                height: 1,
+                width: 1,
+                mean: vec![0.5],
+                std: vec![0.25],
+            },
+            vec!["bad".into(), "good".into()],
+            vec!["good".into()],
+        )
+        .expect("spec");
+        let device = Device::flex().autodiff();
+        let xs: Vec<f32> = (0..8 * 32 * 32)
+            .map(|i| (((i * 37 + i / 7 * 11) % 101) as f32 / 25.0) + 1.0)
+            .collect();
+        let mut model = BurnModel::init_seeded(&spec, true, &device, 3).expect("init");
+        let mut optim = SgdConfig::new().init();
+        let x = || Tensor::<4>::from_data(TensorData::new(xs.clone(), [8, 1, 32, 32]), &device);
+        let y = || {
+            Tensor::<1, Int>::from_data(
+                TensorData::new(vec![0i64, 1, 0, 1, 0, 1, 0, 1], [8]),
+                &device,
+            )
+        };
+        for _ in 0..100 {
+            let loss = CrossEntropyLossConfig::new()
+                .init(&device)
+                .forward(model.forward(x()), y());
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(1e-6, model, grads);
+        }
+        let train_out = tensor_vec(model.forward(x())).expect("train");
+        let plain = Device::flex();
+        let valid = model.valid();
+        let xv = Tensor::<4>::from_data(TensorData::new(xs.clone(), [8, 1, 32, 32]), &plain);
+        let valid_out = tensor_vec(valid.forward(xv)).expect("valid");
+        let tensors = model_tensors(&valid).expect("t");
+        for t in &tensors {
+            if t.0.contains(".bn.") {
+                eprintln!("{} {:?}", t.0, &t.2[..4.min(t.2.len())]);
+            }
+        }
+        eprintln!("train {:?}\nvalid {:?}", &train_out[..4], &valid_out[..4]);
+        for (a, b) in train_out.iter().zip(&valid_out) {
+            assert!(
+                (a - b).abs() < 1e-2 * (1.0 + a.abs()),
+                "train {a} vs inference {b}"
+            );
+        }
+    }
+}
