@@ -62,14 +62,46 @@ pub fn augmented(
     cfg: &AugmentConfig,
     rng: &mut SplitMix64,
 ) -> Result<Vec<f32>, String> {
+    augmented_keeping(input, frame, cfg, rng, None)
+}
+
+/// The start and length of a random crop of `len` pixels whose length is at least `min_frac` of
+/// it and which contains `[keep_start, keep_start + keep_len)` when given.
+fn crop_range(
+    len: u32,
+    min_frac: f32,
+    keep: Option<(u32, u32)>,
+    rng: &mut SplitMix64,
+) -> (u32, u32) {
+    let f = rng.uniform(min_frac, 1.0);
+    let mut size = ((len as f32 * f).round() as u32).clamp(1, len);
+    let (lo, hi) = match keep {
+        Some((ks, kl)) => {
+            let kl = kl.clamp(1, len);
+            let ks = ks.min(len - kl);
+            size = size.max(kl);
+            // Starts that keep the whole region inside the crop.
+            ((ks + kl).saturating_sub(size), ks.min(len - size))
+        }
+        None => (0, len - size),
+    };
+    (lo + rng.below((hi - lo + 1) as u64) as u32, size)
+}
+
+/// [`augmented`], with random crops that never cut into `keep` (e.g. the bounding box of the
+/// defect mask), so a defect at the border of an image is not cropped away while its label
+/// still says defective.
+pub fn augmented_keeping(
+    input: &InputSpec,
+    frame: &Frame<'_>,
+    cfg: &AugmentConfig,
+    rng: &mut SplitMix64,
+    keep: Option<Roi>,
+) -> Result<Vec<f32>, String> {
     let crop = cfg.min_crop.clamp(0.1, 1.0);
     let roi = if crop < 1.0 {
-        let fw = rng.uniform(crop, 1.0);
-        let fh = rng.uniform(crop, 1.0);
-        let w = ((frame.width as f32 * fw).round() as u32).clamp(1, frame.width);
-        let h = ((frame.height as f32 * fh).round() as u32).clamp(1, frame.height);
-        let x = rng.below((frame.width - w + 1) as u64) as u32;
-        let y = rng.below((frame.height - h + 1) as u64) as u32;
+        let (x, w) = crop_range(frame.width, crop, keep.map(|k| (k.x, k.width)), rng);
+        let (y, h) = crop_range(frame.height, crop, keep.map(|k| (k.y, k.height)), rng);
         Some(Roi {
             x,
             y,
@@ -192,5 +224,27 @@ mod tests {
             plain, reference,
             "with augmentation off, training sees exactly the inference preprocessing"
         );
+    }
+
+    /// Random crops never cut into the region to keep, even at the image border, and still vary.
+    #[test]
+    fn crops_keep_the_defect_box() {
+        let mut rng = sample_rng(5, 0, 0);
+        let mut starts = std::collections::BTreeSet::new();
+        for keep in [(0u32, 10u32), (90, 10), (40, 5), (0, 100)] {
+            for _ in 0..200 {
+                let (start, len) = crop_range(100, 0.5, Some(keep), &mut rng);
+                assert!(
+                    start + len <= 100 && len >= 50,
+                    "crop {start}+{len} leaves the image"
+                );
+                assert!(
+                    start <= keep.0 && keep.0 + keep.1 <= start + len,
+                    "crop {start}+{len} cuts into {keep:?}"
+                );
+                starts.insert(start);
+            }
+        }
+        assert!(starts.len() > 10, "crops should still move around");
     }
 }
