@@ -410,6 +410,7 @@ pub fn bench_history(args: BenchHistoryArgs) -> anyhow::Result<()> {
             latency_ms: 12.0,
             image_path: None,
             heatmap_path: None,
+            roi: None,
             override_verdict: None,
             override_by: None,
             override_at: None,

@@ -109,6 +109,9 @@ const MIGRATIONS: &[&str] = &[
         SELECT (ts_ms / 3600000) * 3600000, model_id, class, COUNT(*),
                SUM(COALESCE(override_verdict, verdict) = 'fail')
         FROM inspections GROUP BY 1, 2, 3;",
+    // 3: the region of interest the model saw ("x,y,w,h" in frame pixels), so the archived
+    // heatmap can be drawn over the right part of the archived frame.
+    "ALTER TABLE inspections ADD COLUMN roi TEXT;",
 ];
 
 /// The default database: `<platform data dir>/history.sqlite`.
@@ -157,6 +160,8 @@ pub struct InspectionRow {
     pub image_path: Option<String>,
     /// Archived heatmap, relative to the archive folder.
     pub heatmap_path: Option<String>,
+    /// Region of interest the model saw: x, y, width, height in frame pixels.
+    pub roi: Option<[u32; 4]>,
     /// A person's corrected verdict.
     pub override_verdict: Option<String>,
     /// Who corrected it.
@@ -208,6 +213,14 @@ impl EventRow {
             seq: None,
         }
     }
+}
+
+fn parse_roi(s: &str) -> Option<[u32; 4]> {
+    let v: Vec<u32> = s
+        .split(',')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    <[u32; 4]>::try_from(v).ok()
 }
 
 /// RFC 3339 with milliseconds and `Z`.
@@ -385,8 +398,8 @@ impl Store {
                 .prepare_cached(
                     "INSERT OR IGNORE INTO inspections (run_id, seq, ts, ts_ms, station, source, origin,
                      model_id, model_hash, verdict, class, confidence, score, threshold, latency_ms,
-                     image_path, heatmap_path)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                     image_path, heatmap_path, roi)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
                 )
                 .map_err(sql)?;
             let mut ev = tx
@@ -435,7 +448,8 @@ impl Store {
                                 r.threshold,
                                 r.latency_ms,
                                 r.image_path,
-                                r.heatmap_path
+                                r.heatmap_path,
+                                r.roi.map(|[x, y, w, h]| format!("{x},{y},{w},{h}"))
                             ])
                             .map_err(sql)?;
                         if inserted > 0 {
@@ -531,7 +545,7 @@ impl Store {
         let q = format!(
             "SELECT id, run_id, seq, ts, ts_ms, station, source, origin, model_id, model_hash, verdict,
              class, confidence, score, threshold, latency_ms, image_path, heatmap_path,
-             override_verdict, override_by, override_at, override_reason
+             override_verdict, override_by, override_at, override_reason, roi
              FROM inspections{tail}"
         );
         let mut st = self.conn.prepare_cached(&q).map_err(|e| self.err(e))?;
@@ -560,6 +574,7 @@ impl Store {
                     override_by: r.get(19)?,
                     override_at: r.get(20)?,
                     override_reason: r.get(21)?,
+                    roi: r.get::<_, Option<String>>(22)?.and_then(|s| parse_roi(&s)),
                 })
             })
             .map_err(|e| self.err(e))?;
@@ -1151,6 +1166,7 @@ pub fn row_for(v: &Verdict, run_id: &str, station: &str) -> InspectionRow {
         latency_ms: v.latency_ms,
         image_path: None,
         heatmap_path: None,
+        roi: Some([v.roi.x, v.roi.y, v.roi.width, v.roi.height]),
         override_verdict: None,
         override_by: None,
         override_at: None,
@@ -1257,6 +1273,7 @@ mod tests {
             latency_ms: 3.0,
             image_path: None,
             heatmap_path: None,
+            roi: None,
             override_verdict: None,
             override_by: None,
             override_at: None,
@@ -1274,7 +1291,13 @@ mod tests {
             Op::Inspection(Box::new(row(1, "pass", "Free", 10 * hour)), None),
             Op::Inspection(Box::new(row(2, "fail", "Crack", 10 * hour + 5)), None),
             Op::Inspection(Box::new(row(3, "fail", "Crack", 11 * hour)), None),
-            Op::Inspection(Box::new(row(4, "fail", "Break", 11 * hour + 1)), None),
+            Op::Inspection(
+                Box::new(InspectionRow {
+                    roi: Some([5, 6, 70, 80]),
+                    ..row(4, "fail", "Break", 11 * hour + 1)
+                }),
+                None,
+            ),
             Op::Event(EventRow::now("s", "threshold_changed", "0.5 → 0.4")),
         ];
         s.write_batch(&ops).unwrap();
@@ -1360,6 +1383,9 @@ mod tests {
         // Newest first, paged.
         let page = s.query(&Filter::default(), 2, 1).unwrap();
         assert_eq!(page.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![3, 2]);
+        let newest = s.query(&Filter::default(), 1, 0).unwrap();
+        assert_eq!(newest[0].roi, Some([5, 6, 70, 80]));
+        assert_eq!(page[0].roi, None);
         assert!(s.integrity_ok().unwrap());
         let mut csv = Vec::new();
         write_csv(&mut csv, &rows).unwrap();

@@ -24,7 +24,11 @@ enum Request {
 
 enum Reply {
     Page(Box<PageResult>),
-    Detail(i64, Option<egui::ColorImage>, Option<egui::ColorImage>),
+    Detail(
+        i64,
+        Option<(egui::ColorImage, u32, u32)>,
+        Option<egui::ColorImage>,
+    ),
     Exported(Result<(PathBuf, usize), String>),
     Error(String),
 }
@@ -91,6 +95,7 @@ pub struct HistoryView {
     pub exported: Option<Result<(PathBuf, usize), String>>,
     error: Option<String>,
     reason: String,
+    detail_dims: (u32, u32),
 }
 
 impl Default for HistoryView {
@@ -117,6 +122,7 @@ impl Default for HistoryView {
             exported: None,
             error: None,
             reason: String::new(),
+            detail_dims: (0, 0),
         }
     }
 }
@@ -247,7 +253,11 @@ fn query_loop(db: &Path, rx: Receiver<Request>, tx: Sender<Reply>, ctx: egui::Co
                 let load = |rel: &Option<String>| {
                     let p = archive.join(rel.as_ref()?);
                     let img = crate::dataset::decode_image(&p).ok()?;
-                    Some(crate::display::frame_image(&img, 1024))
+                    Some((
+                        crate::display::frame_image(&img, 1024),
+                        img.width,
+                        img.height,
+                    ))
                 };
                 let heat = row.heatmap_path.as_ref().and_then(|rel| {
                     let img = image::open(archive.join(rel)).ok()?.to_rgba8();
@@ -313,9 +323,10 @@ pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
             }
             Reply::Detail(id, img, heat) => {
                 let opts = egui::TextureOptions::LINEAR;
+                h.detail_dims = img.as_ref().map(|i| (i.1, i.2)).unwrap_or((0, 0));
                 h.detail = Some((
                     id,
-                    img.map(|i| ctx.load_texture("hist-detail", i, opts)),
+                    img.map(|i| ctx.load_texture("hist-detail", i.0, opts)),
                     heat.map(|i| ctx.load_texture("hist-detail-heat", i, opts)),
                 ));
             }
@@ -499,7 +510,8 @@ pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
                     charts(ui, res);
                     if let Some(sel) = &h.selected {
                         ui.separator();
-                        override_req = details(ui, sel, h.detail.as_ref(), &mut h.reason);
+                        override_req =
+                        details(ui, sel, h.detail.as_ref(), h.detail_dims, &mut h.reason);
                     if ui
                         .add_enabled(
                             can_send && sel.image_path.is_some(),
@@ -812,6 +824,7 @@ fn details(
         Option<egui::TextureHandle>,
         Option<egui::TextureHandle>,
     )>,
+    dims: (u32, u32),
     reason: &mut String,
 ) -> Option<(String, String)> {
     ui.label(RichText::new(format!("{} — {}", r.origin, local_time(&r.ts))).strong());
@@ -842,9 +855,23 @@ fn details(
             if let Some(t) = img {
                 let resp = ui.add(egui::Image::new(t).max_size(vec2(380.0, 300.0)));
                 if let Some(h) = heat {
+                    // The heatmap covers the region of interest the model saw.
+                    let rect = match r.roi {
+                        Some([x, y, w, hh]) if dims.0 > 0 && dims.1 > 0 => {
+                            let (sx, sy) = (
+                                resp.rect.width() / dims.0 as f32,
+                                resp.rect.height() / dims.1 as f32,
+                            );
+                            egui::Rect::from_min_size(
+                                resp.rect.min + egui::vec2(x as f32 * sx, y as f32 * sy),
+                                egui::vec2(w as f32 * sx, hh as f32 * sy),
+                            )
+                        }
+                        _ => resp.rect,
+                    };
                     ui.painter().image(
                         h.id(),
-                        resp.rect,
+                        rect,
                         egui::Rect::from_min_max(egui::pos2(0.0, 0.0), egui::pos2(1.0, 1.0)),
                         Color32::from_white_alpha(120),
                     );
