@@ -737,16 +737,6 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
-    /// One row by run and frame.
-    pub fn find(&self, run_id: &str, seq: u64) -> Result<Option<InspectionRow>, HistoryError> {
-        use rusqlite::types::Value;
-        let rows = self.select(
-            " WHERE run_id = ? AND seq = ?",
-            vec![Value::Text(run_id.into()), Value::Integer(seq as i64)],
-        )?;
-        Ok(rows.into_iter().next())
-    }
-
     /// `PRAGMA integrity_check` says "ok".
     pub fn integrity_ok(&self) -> Result<bool, HistoryError> {
         let s: String = self

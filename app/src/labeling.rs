@@ -117,11 +117,6 @@ impl LabelSet {
         Ok(set)
     }
 
-    /// The absolute path of row `i`'s image.
-    pub fn image_path(&self, i: usize) -> PathBuf {
-        self.root.join(&self.rows[i].path)
-    }
-
     /// Where row `i`'s mask is (or will be) stored.
     pub fn mask_path(&self, i: usize) -> (String, PathBuf) {
         let r = self.rows[i]
@@ -143,44 +138,6 @@ impl LabelSet {
         }
         self.classes.push(name.to_string());
         Ok(self.classes.len() - 1)
-    }
-
-    /// Copies an image into `<root>/inbox/` and adds it as a row (e.g. a reject from the
-    /// history, sent for labelling). Returns the new row's index.
-    pub fn import(
-        &mut self,
-        src: &Path,
-        name: &str,
-        label: Option<String>,
-    ) -> Result<usize, String> {
-        let inbox = self.root.join("inbox");
-        std::fs::create_dir_all(&inbox)
-            .map_err(|e| format!("cannot create {}: {e}", inbox.display()))?;
-        let safe: String = name
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || ".-_".contains(c) {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        let dest = inbox.join(&safe);
-        std::fs::copy(src, &dest)
-            .map_err(|e| format!("cannot copy {} into the dataset: {e}", src.display()))?;
-        let path = format!("inbox/{safe}");
-        if let Some(i) = self.rows.iter().position(|r| r.path == path) {
-            return Ok(i);
-        }
-        self.rows.push(LabelRow {
-            path,
-            label,
-            split: None,
-            mask: None,
-            group: None,
-        });
-        Ok(self.rows.len() - 1)
     }
 
     /// A fingerprint of the labels: FNV-1a of the manifest text this set would write.

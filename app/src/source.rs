@@ -197,16 +197,6 @@ impl FolderSource {
             looping,
         })
     }
-
-    /// How many images one pass replays.
-    pub fn len(&self) -> usize {
-        self.files.len()
-    }
-
-    /// Never true: an empty folder does not open.
-    pub fn is_empty(&self) -> bool {
-        self.files.is_empty()
-    }
 }
 
 /// Every image file below `dir` (8 levels deep at most), unsorted.

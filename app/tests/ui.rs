@@ -6,20 +6,17 @@
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable as _;
 use inspector::settings::Settings;
-use inspector::ui::{Gpu, InspectorApp, Tab};
+use inspector::ui::{InspectorApp, Tab};
 
-fn app(db: &Path) -> InspectorApp {
-    let ctx = kernels::GpuContext::headless().expect("a GPU adapter (lavapipe in CI)");
-    let gpu = Gpu {
-        device: ctx.device.clone(),
-        queue: ctx.queue.clone(),
-        label: ctx.describe(),
-    };
+mod common;
+use common::step_until;
+
+fn harness(db: &Path) -> Harness<'static, InspectorApp> {
     let settings = Settings {
         replay_fps: 20.0,
         db_path: Some(db.to_path_buf()),
@@ -27,30 +24,7 @@ fn app(db: &Path) -> InspectorApp {
         alarm_consecutive_fails: 3,
         ..Settings::default()
     };
-    InspectorApp::new(egui::Context::default(), gpu, settings)
-}
-
-fn harness(app: InspectorApp) -> Harness<'static, InspectorApp> {
-    Harness::builder()
-        .with_size(egui::vec2(1360.0, 860.0))
-        .build_ui_state(|ui, app: &mut InspectorApp| app.show(ui), app)
-}
-
-/// Steps the UI until `done` or the timeout.
-fn step_until(
-    h: &mut Harness<'static, InspectorApp>,
-    timeout: Duration,
-    done: impl Fn(&InspectorApp) -> bool,
-) -> bool {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        h.step();
-        if done(h.state()) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
+    common::harness(settings, |_| {})
 }
 
 fn banner_word(h: &Harness<'static, InspectorApp>) -> Option<&'static str> {
@@ -66,7 +40,7 @@ fn banner_word(h: &Harness<'static, InspectorApp>) -> Option<&'static str> {
 #[test]
 fn inspect_tab_shows_changing_verdicts_pause_stops_them_and_bad_models_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let mut h = harness(app(&dir.path().join("h.sqlite")));
+    let mut h = harness(&dir.path().join("h.sqlite"));
     assert!(h.query_by_label("WAITING").is_some() || h.state().last.is_some());
     assert!(
         step_until(&mut h, Duration::from_secs(120), |a| a.counters.inspected
@@ -240,7 +214,7 @@ fn set_model_path(h: &mut Harness<'static, InspectorApp>, p: &Path) {
 fn history_tab_filters_and_exports() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("h.sqlite");
-    let mut h = harness(app(&db));
+    let mut h = harness(&db);
     assert!(step_until(&mut h, Duration::from_secs(120), |a| a
         .counters
         .inspected

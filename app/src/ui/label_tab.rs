@@ -16,6 +16,7 @@ const THUMB: u32 = 96;
 const GRID_PAGE: usize = 60;
 
 enum Load {
+    Open(PathBuf, bool),
     Thumb(String, PathBuf),
     Full {
         row: usize,
@@ -29,6 +30,7 @@ enum Load {
 }
 
 enum Loaded {
+    Opened(PathBuf, Result<LabelSet, String>),
     Thumb(String, Option<egui::ColorImage>),
     Full {
         row: usize,
@@ -89,6 +91,7 @@ pub struct LabelView {
     pub status: String,
     /// Where the large image was drawn last frame (screen points).
     pub canvas: Option<egui::Rect>,
+    pending_open: Option<(PathBuf, bool)>,
 }
 
 impl Default for LabelView {
@@ -115,6 +118,7 @@ impl Default for LabelView {
             predictions: None,
             status: String::new(),
             canvas: None,
+            pending_open: None,
         }
     }
 }
@@ -133,6 +137,14 @@ impl LabelView {
                 .spawn(move || {
                     while let Ok(job) = rx.recv() {
                         let out = match job {
+                            Load::Open(root, create) => {
+                                let set = if create {
+                                    LabelSet::create(&root)
+                                } else {
+                                    LabelSet::open(&root)
+                                };
+                                Loaded::Opened(root, set)
+                            }
                             Load::Thumb(key, p) => Loaded::Thumb(
                                 key,
                                 crate::dataset::decode_image(&p)
@@ -210,15 +222,14 @@ impl LabelView {
         }
     }
 
-    /// Opens (or, when `create`, creates) the dataset in the folder field.
+    /// Opens (or, when `create`, creates) the dataset in the folder field, in the loader thread.
     pub fn open(&mut self, create: bool) {
-        let root = PathBuf::from(self.folder.trim());
-        let r = if create {
-            LabelSet::create(&root)
-        } else {
-            LabelSet::open(&root)
-        };
-        match r {
+        self.pending_open = Some((PathBuf::from(self.folder.trim()), create));
+        self.status = "opening…".into();
+    }
+
+    fn opened(&mut self, root: PathBuf, set: Result<LabelSet, String>) {
+        match set {
             Ok(set) => {
                 self.status = format!(
                     "{}: {} images, {} unlabelled, classes {}",
@@ -382,11 +393,20 @@ pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
     let model_path = app.model.as_ref().map(|m| m.path.clone());
     let v = &mut app.label;
     v.start_threads(&ctx, &app.gpu);
+    if let (Some(job), Some((tx, _))) = (v.pending_open.take(), &v.loader)
+        && let Err(e) = tx.try_send(Load::Open(job.0.clone(), job.1))
+    {
+        // The loader is busy with thumbnails: try again next frame.
+        if let crossbeam_channel::TrySendError::Full(Load::Open(root, create)) = e {
+            v.pending_open = Some((root, create));
+        }
+    }
     // Results from the workers.
     if let Some((_, rx)) = &v.loader {
         let got: Vec<Loaded> = rx.try_iter().collect();
         for l in got {
             match l {
+                Loaded::Opened(root, set) => v.opened(root, set),
                 Loaded::Thumb(key, img) => {
                     v.pending.remove(&key);
                     if let Some(img) = img {
