@@ -98,6 +98,20 @@ pub fn augmented_keeping(
     rng: &mut SplitMix64,
     keep: Option<Roi>,
 ) -> Result<Vec<f32>, String> {
+    augmented_with_mask(input, frame, None, cfg, rng, keep).map(|(v, _)| v)
+}
+
+/// [`augmented_keeping`] that also returns `mask` (a frame of the same size, defect where its
+/// first channel is bright) carried through the same crop, resize, flips and rotation, as an
+/// `[h, w]` plane in 0..1 at the network's input size. Photometric changes leave it alone.
+pub fn augmented_with_mask(
+    input: &InputSpec,
+    frame: &Frame<'_>,
+    mask: Option<&Frame<'_>>,
+    cfg: &AugmentConfig,
+    rng: &mut SplitMix64,
+    keep: Option<Roi>,
+) -> Result<(Vec<f32>, Option<Vec<f32>>), String> {
     let crop = cfg.min_crop.clamp(0.1, 1.0);
     let roi = if crop < 1.0 {
         let (x, w) = crop_range(frame.width, crop, keep.map(|k| (k.x, k.width)), rng);
@@ -118,6 +132,25 @@ pub fn augmented_keeping(
         input.width as usize,
     );
     let mut v: Vec<f32> = t.into_iter().map(|x| x as f32).collect();
+    let mut m: Option<Vec<f32>> = match mask {
+        Some(mf) => {
+            if (mf.width, mf.height) != (frame.width, frame.height) {
+                return Err(format!(
+                    "the mask is {}×{} but the image is {}×{}",
+                    mf.width, mf.height, frame.width, frame.height
+                ));
+            }
+            let plain = InputSpec {
+                channels: 1,
+                mean: vec![0.0],
+                std: vec![1.0],
+                ..input.clone()
+            };
+            let t = kernels::reference::preprocess_input(&plain, &Frame { roi, ..*mf })?;
+            Some(t.into_iter().map(|x| x as f32).collect())
+        }
+        None => None,
+    };
 
     // Photometric: p' = (p − 0.5)·contrast + 0.5 + brightness, in 0..1 pixel units.
     let contrast = 1.0
@@ -150,35 +183,77 @@ pub fn augmented_keeping(
         0.0
     };
     if flip_x || flip_y || angle != 0.0 {
-        let (sin, cos) = angle.sin_cos();
-        let (cx, cy) = ((w as f32 - 1.0) / 2.0, (h as f32 - 1.0) / 2.0);
-        let src = v.clone();
+        let warp = Warp {
+            w,
+            h,
+            flip_x,
+            flip_y,
+            angle,
+        };
         for ch in 0..c {
-            let plane = &src[ch * h * w..(ch + 1) * h * w];
-            for y in 0..h {
-                for x in 0..w {
-                    let (dx, dy) = (x as f32 - cx, y as f32 - cy);
-                    let mut sx = cos * dx + sin * dy + cx;
-                    let mut sy = -sin * dx + cos * dy + cy;
-                    if flip_x {
-                        sx = w as f32 - 1.0 - sx;
-                    }
-                    if flip_y {
-                        sy = h as f32 - 1.0 - sy;
-                    }
-                    let sx = sx.clamp(0.0, w as f32 - 1.0);
-                    let sy = sy.clamp(0.0, h as f32 - 1.0);
-                    let (x0, y0) = (sx.floor() as usize, sy.floor() as usize);
-                    let (x1, y1) = ((x0 + 1).min(w - 1), (y0 + 1).min(h - 1));
-                    let (fx, fy) = (sx - x0 as f32, sy - y0 as f32);
-                    let top = plane[y0 * w + x0] * (1.0 - fx) + plane[y0 * w + x1] * fx;
-                    let bottom = plane[y1 * w + x0] * (1.0 - fx) + plane[y1 * w + x1] * fx;
-                    v[ch * h * w + y * w + x] = top * (1.0 - fy) + bottom * fy;
+            warp.apply(&mut v[ch * h * w..(ch + 1) * h * w]);
+        }
+        if let Some(m) = &mut m {
+            warp.apply(m);
+        }
+    }
+    Ok((v, m))
+}
+
+/// Flips and a rotation about the centre of a `w × h` plane.
+struct Warp {
+    w: usize,
+    h: usize,
+    flip_x: bool,
+    flip_y: bool,
+    angle: f32,
+}
+
+impl Warp {
+    /// Resamples `plane` in place (bilinear, edges clamped).
+    fn apply(&self, plane: &mut [f32]) {
+        let (w, h) = (self.w, self.h);
+        let (sin, cos) = self.angle.sin_cos();
+        let (cx, cy) = ((w as f32 - 1.0) / 2.0, (h as f32 - 1.0) / 2.0);
+        let src = plane.to_vec();
+        for y in 0..h {
+            for x in 0..w {
+                let (dx, dy) = (x as f32 - cx, y as f32 - cy);
+                let mut sx = cos * dx + sin * dy + cx;
+                let mut sy = -sin * dx + cos * dy + cy;
+                if self.flip_x {
+                    sx = w as f32 - 1.0 - sx;
                 }
+                if self.flip_y {
+                    sy = h as f32 - 1.0 - sy;
+                }
+                let sx = sx.clamp(0.0, w as f32 - 1.0);
+                let sy = sy.clamp(0.0, h as f32 - 1.0);
+                let (x0, y0) = (sx.floor() as usize, sy.floor() as usize);
+                let (x1, y1) = ((x0 + 1).min(w - 1), (y0 + 1).min(h - 1));
+                let (fx, fy) = (sx - x0 as f32, sy - y0 as f32);
+                let top = src[y0 * w + x0] * (1.0 - fx) + src[y0 * w + x1] * fx;
+                let bottom = src[y1 * w + x0] * (1.0 - fx) + src[y1 * w + x1] * fx;
+                plane[y * w + x] = top * (1.0 - fy) + bottom * fy;
             }
         }
     }
-    Ok(v)
+}
+
+/// Downsamples an `[h, w]` mask plane to a `[mh, mw]` grid of cells: a cell is defect when any
+/// pixel of its block is at least half bright.
+pub fn mask_cells(mask: &[f32], h: usize, w: usize, mh: usize, mw: usize) -> Vec<bool> {
+    let mut out = vec![false; mh * mw];
+    for y in 0..h {
+        let cy = (y * mh / h.max(1)).min(mh.saturating_sub(1));
+        for x in 0..w {
+            if mask[y * w + x] >= 0.5 {
+                let cx = (x * mw / w.max(1)).min(mw.saturating_sub(1));
+                out[cy * mw + cx] = true;
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -223,6 +298,67 @@ mod tests {
         assert_eq!(
             plain, reference,
             "with augmentation off, training sees exactly the inference preprocessing"
+        );
+    }
+
+    /// The mask goes through exactly the geometry of the image: an image that is its own mask
+    /// (bright square on black) comes back equal to the augmented mask, whatever the draw.
+    #[test]
+    fn mask_follows_the_image_geometry() {
+        let input = InputSpec {
+            channels: 1,
+            height: 24,
+            width: 24,
+            mean: vec![0.0],
+            std: vec![1.0],
+        };
+        let (w, h) = (53u32, 41u32);
+        let data: Vec<u8> = (0..w * h)
+            .map(|i| {
+                let (x, y) = (i % w, i / w);
+                if (30..45).contains(&x) && (5..20).contains(&y) {
+                    255
+                } else {
+                    0
+                }
+            })
+            .collect();
+        let frame = Frame::new(&data, w, h, PixelFormat::Gray8);
+        let cfg = AugmentConfig {
+            brightness: 0.0,
+            contrast: 0.0,
+            ..AugmentConfig::default()
+        };
+        for i in 0..20 {
+            let (img, mask) = augmented_with_mask(
+                &input,
+                &frame,
+                Some(&frame),
+                &cfg,
+                &mut sample_rng(9, 0, i),
+                None,
+            )
+            .expect("augment");
+            let mask = mask.expect("mask");
+            assert_eq!(img.len(), mask.len());
+            for (a, b) in img.iter().zip(&mask) {
+                assert!((a * 255.0 - b * 255.0).abs() < 1e-3, "draw {i}: {a} vs {b}");
+            }
+        }
+        let cells = mask_cells(&[0.0, 0.9, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.6], 3, 3, 2, 2);
+        assert_eq!(cells, vec![true, false, false, true]);
+        let other = Frame::new(&data[..40 * 41], 40, 41, PixelFormat::Gray8);
+        assert!(
+            augmented_with_mask(
+                &input,
+                &frame,
+                Some(&other),
+                &cfg,
+                &mut sample_rng(9, 0, 0),
+                None
+            )
+            .is_err(),
+            "a mask of another size is refused"
         );
     }
 

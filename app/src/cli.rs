@@ -54,16 +54,16 @@ pub struct TrainArgs {
     #[arg(long, default_value = crate::train::DEFAULT_PRESET)]
     pub preset: String,
     /// Epochs.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = crate::train::DEFAULT_EPOCHS)]
     pub epochs: usize,
     /// Images per step.
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
     /// Optimizer.
-    #[arg(long, value_enum, default_value = "momentum")]
+    #[arg(long, value_enum, default_value_t = crate::train::DEFAULT_OPTIMIZER)]
     pub optimizer: crate::train::OptimizerKind,
     /// Peak learning rate.
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = crate::train::DEFAULT_LR)]
     pub lr: f64,
     /// Seed.
     #[arg(long, default_value_t = 42)]

@@ -37,6 +37,9 @@ pub struct EvalReport {
     pub confusion: Confusion,
     /// Median engine latency per image (batch 1, upload to results), ms.
     pub latency_ms_p50: f64,
+    /// Of the defective images with a non-empty mask, the share whose heatmap peak lies on the
+    /// defect (within one heatmap cell of a mask pixel); absent when no image has a mask.
+    pub heatmap_on_defect: Option<f64>,
 }
 
 /// One evaluated image.
@@ -95,6 +98,7 @@ pub fn evaluate_samples(
     let spec = &model.spec;
     let mut skipped = 0;
     let (mut probs, mut labels, mut latencies) = (Vec::new(), Vec::new(), Vec::new());
+    let mut hits: Vec<bool> = Vec::new();
     let mut kept = Vec::new();
     for s in rows {
         let Some(label) = spec.classes.iter().position(|c| *c == s.label) else {
@@ -119,12 +123,18 @@ pub fn evaluate_samples(
             .infer(&[img.frame()])
             .with_context(|| format!("inspecting {}", s.rel_path))?;
         latencies.push(t.elapsed().as_secs_f64() * 1e3);
-        probs.push(
-            out.into_iter()
-                .next()
-                .context("engine returned no result")?
-                .probabilities,
-        );
+        let out = out
+            .into_iter()
+            .next()
+            .context("engine returned no result")?;
+        if !spec.pass_classes.contains(&s.label)
+            && let Some(m) = s.mask.as_deref()
+            && let Ok(mask) = dataset::decode_image(m)
+            && let Some(hit) = heatmap_hits_mask(&out.heatmap, &mask)
+        {
+            hits.push(hit);
+        }
+        probs.push(out.probabilities);
         labels.push(label);
         kept.push(s);
     }
@@ -172,9 +182,34 @@ pub fn evaluate_samples(
             per_class,
             confusion: vm.confusion,
             latency_ms_p50: latencies[latencies.len() / 2],
+            heatmap_on_defect: (!hits.is_empty())
+                .then(|| hits.iter().filter(|&&h| h).count() as f64 / hits.len() as f64),
         },
         images,
     })
+}
+
+/// Whether the hottest cell of a whole-frame `heatmap` lies on the defect of `mask` (an image of
+/// the frame's size, defect where bright): within one cell of a mask pixel. `None` when the mask
+/// is empty or the heatmap has no cells.
+pub fn heatmap_hits_mask(heatmap: &kernels::Heatmap, mask: &dataset::DecodedImage) -> Option<bool> {
+    let hot = (0..heatmap.values.len())
+        .max_by(|&a, &b| heatmap.values[a].total_cmp(&heatmap.values[b]))?;
+    let (hw, hh) = (heatmap.width.max(1) as u64, heatmap.height.max(1) as u64);
+    let (cx, cy) = (hot as u64 % hw, hot as u64 / hw);
+    let bpp = mask.format.bytes_per_pixel() as usize;
+    let (w, h) = (mask.width.max(1) as u64, mask.height.max(1) as u64);
+    let mut any = false;
+    for (i, px) in mask.data.chunks_exact(bpp).enumerate() {
+        if px[0] > 127 {
+            any = true;
+            let (x, y) = (i as u64 % w, i as u64 / w);
+            if (x * hw / w).abs_diff(cx) <= 1 && (y * hh / h).abs_diff(cy) <= 1 {
+                return Some(true);
+            }
+        }
+    }
+    any.then_some(false)
 }
 
 /// Prints the report as a table.
@@ -209,5 +244,11 @@ pub fn print(report: &EvalReport) {
         "threshold {:.4}: miss rate {:.4}, false-reject rate {:.4}",
         report.threshold, report.miss_rate, report.false_reject_rate
     );
+    if let Some(h) = report.heatmap_on_defect {
+        println!(
+            "heatmap peak on the defect: {:.1} % of masked defective images",
+            h * 100.0
+        );
+    }
     println!("latency p50 {:.2} ms per image", report.latency_ms_p50);
 }

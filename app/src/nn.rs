@@ -27,6 +27,10 @@ pub struct ConvBlock {
 #[derive(Module, Debug, Default)]
 pub struct GlobalAvgPool;
 
+/// Global max pool: `[n, c, h, w]` → `[n, c, 1, 1]`.
+#[derive(Module, Debug, Default)]
+pub struct GlobalMaxPool;
+
 /// One layer of a [`BurnModel`], matching one `kernels::Layer`.
 #[derive(Module, Debug)]
 #[allow(clippy::large_enum_variant)]
@@ -39,6 +43,8 @@ pub enum Block {
     MaxPool(MaxPool2d),
     /// `Layer::GlobalAvgPool`.
     GlobalAvgPool(GlobalAvgPool),
+    /// `Layer::GlobalMaxPool`.
+    GlobalMaxPool(GlobalMaxPool),
     /// `Layer::Linear`.
     Linear(Linear),
 }
@@ -51,13 +57,15 @@ pub struct BurnModel {
 }
 
 impl BurnModel {
-    /// Freshly initialised layers for `spec`; `batch_norm` adds a batch-norm after every conv.
+    /// Freshly initialised layers for `spec`; `batch_norm` adds a batch-norm after every conv
+    /// that a relu follows (a conv without one scores positions and keeps its raw scale).
     pub fn init(spec: &ModelSpec, batch_norm: bool, device: &Device) -> anyhow::Result<Self> {
         spec.validate()?;
         let blocks = spec
             .layers
             .iter()
-            .map(|l| match *l {
+            .enumerate()
+            .map(|(i, l)| match *l {
                 Layer::Conv2d {
                     in_channels,
                     out_channels,
@@ -78,7 +86,7 @@ impl BurnModel {
                     ))
                     .with_bias(true)
                     .init(device),
-                    bn: batch_norm
+                    bn: (batch_norm && matches!(spec.layers.get(i + 1), Some(Layer::Relu)))
                         .then(|| BatchNormConfig::new(out_channels as usize).init(device)),
                 }),
                 Layer::Relu => Block::Relu(Relu::new()),
@@ -88,6 +96,7 @@ impl BurnModel {
                         .init(),
                 ),
                 Layer::GlobalAvgPool => Block::GlobalAvgPool(GlobalAvgPool),
+                Layer::GlobalMaxPool => Block::GlobalMaxPool(GlobalMaxPool),
                 Layer::Linear {
                     in_features,
                     out_features,
@@ -109,7 +118,7 @@ impl BurnModel {
         seed: u64,
     ) -> anyhow::Result<Self> {
         let mut m = Self::init(spec, batch_norm, device)?;
-        let mut rng = kernels::rng::SplitMix64::new(seed ^ 0x5EED_0F_1A7E);
+        let mut rng = kernels::rng::SplitMix64::new(seed ^ 0x005E_ED0F_1A7E);
         let mut uniform = |n: usize, bound: f32| -> Vec<f32> {
             (0..n).map(|_| rng.uniform(-bound, bound)).collect()
         };
@@ -204,8 +213,15 @@ impl BurnModel {
 
     /// Logits `[n, classes]` for input `[n, c, h, w]`.
     pub fn forward(&self, input: Tensor<4>) -> Tensor<2> {
+        self.forward_with_map(input).0
+    }
+
+    /// Logits `[n, classes]` and the feature map the global pool reads (`[n, c, h, w]`; the
+    /// map that mask supervision trains when the model ends in a scoring conv + max pool).
+    pub fn forward_with_map(&self, input: Tensor<4>) -> (Tensor<2>, Option<Tensor<4>>) {
         let mut x = input;
         let mut flat: Option<Tensor<2>> = None;
+        let mut map: Option<Tensor<4>> = None;
         for block in &self.blocks {
             match block {
                 Block::Conv(c) => {
@@ -219,6 +235,12 @@ impl BurnModel {
                 Block::GlobalAvgPool(_) => {
                     let [n, c, _, _] = x.dims();
                     flat = Some(x.clone().mean_dim(3).mean_dim(2).reshape([n, c]));
+                    map = Some(x.clone());
+                }
+                Block::GlobalMaxPool(_) => {
+                    let [n, c, h, w] = x.dims();
+                    flat = Some(x.clone().reshape([n, c, h * w]).max_dim(2).reshape([n, c]));
+                    map = Some(x.clone());
                 }
                 Block::Linear(l) => {
                     if let Some(f) = flat.take() {
@@ -227,10 +249,11 @@ impl BurnModel {
                 }
             }
         }
-        flat.unwrap_or_else(|| {
+        let logits = flat.unwrap_or_else(|| {
             let [n, c, h, w] = x.dims();
             x.reshape([n, c * h * w])
-        })
+        });
+        (logits, map)
     }
 }
 

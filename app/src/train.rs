@@ -100,10 +100,10 @@ impl TrainConfig {
             split_train: "train".into(),
             split_val: "val".into(),
             preset: DEFAULT_PRESET.into(),
-            epochs: 30,
+            epochs: DEFAULT_EPOCHS,
             batch_size: 16,
-            optimizer: OptimizerKind::Momentum,
-            lr: 0.05,
+            optimizer: DEFAULT_OPTIMIZER,
+            lr: DEFAULT_LR,
             weight_decay: 1e-4,
             seed: 42,
             pass: Vec::new(),
@@ -127,9 +127,27 @@ pub struct Preset {
     /// Input side in pixels (square).
     pub side: u32,
     /// Feature layers: (out channels, kernel, stride, max-pool window after: 0 = none, `k` = a
-    /// `k`×`k` window with stride `k`). A last window as large as the final feature map makes
-    /// the global average pool a global max pool, which keeps small defects visible.
+    /// `k`×`k` window with stride `k`).
     pub convs: &'static [(u32, u32, u32, u32)],
+    /// How the feature map becomes class scores.
+    pub head: Head,
+    /// Side of the square patches a [`Head::MaxScore`] model trains on (0: whole images). The
+    /// network is convolutional up to its max pool, so it trains on patches of the input-size
+    /// image and judges whole images; with masks, a patch is defective exactly when it holds
+    /// defect pixels. Patches spend the compute on the defects instead of on acres of clean
+    /// surface, which is what lets a CPU train at a resolution small defects survive.
+    pub patch: u32,
+}
+
+/// The classifier head of a preset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Head {
+    /// Global average pool of the features, then the linear classifier.
+    Avg,
+    /// A 1×1 convolution scoring every position for every class (no relu), the global max pool
+    /// (the image is judged by its most defect-like position), then a linear calibration. The
+    /// score map is trained from the defect masks where the dataset has them.
+    MaxScore,
 }
 
 /// The presets. `ref-cnn` is the kernels benchmark model.
@@ -139,12 +157,24 @@ pub const PRESETS: &[Preset] = &[
         about: "for tests and smoke runs: 32×32, 2 convs (8-16)",
         side: 32,
         convs: &[(8, 3, 1, 2), (16, 3, 1, 0)],
+        head: Head::Avg,
+        patch: 0,
+    },
+    Preset {
+        name: "tiny-seg",
+        about: "for tests and smoke runs: tiny with the mask-trained max-score head",
+        side: 32,
+        convs: &[(8, 3, 1, 2), (16, 3, 1, 0)],
+        head: Head::MaxScore,
+        patch: 24,
     },
     Preset {
         name: "ref-cnn",
         about: "the kernels benchmark CNN: 128×128, 4 convs (16-32-64-64), ~99 MFLOP",
         side: 128,
         convs: &[(16, 3, 1, 2), (32, 3, 1, 2), (64, 3, 1, 2), (64, 3, 1, 0)],
+        head: Head::Avg,
+        patch: 0,
     },
     Preset {
         name: "tile-s",
@@ -157,10 +187,12 @@ pub const PRESETS: &[Preset] = &[
             (64, 3, 1, 2),
             (96, 3, 1, 0),
         ],
+        head: Head::Avg,
+        patch: 0,
     },
     Preset {
         name: "tile-m",
-        about: "default: 160×160, strided stem + 5 convs (24-32-64-96-128), ~150 MFLOP",
+        about: "medium: 160×160, strided stem + 5 convs (24-32-64-96-128), ~150 MFLOP",
         side: 160,
         convs: &[
             (24, 5, 2, 0),
@@ -169,42 +201,35 @@ pub const PRESETS: &[Preset] = &[
             (96, 3, 1, 2),
             (128, 3, 1, 0),
         ],
+        head: Head::Avg,
+        patch: 0,
     },
     Preset {
-        name: "ref-gmp",
-        about: "experimental: ref-cnn with an 8×8 max-pool before the global pool, ~99 MFLOP",
-        side: 128,
-        convs: &[(16, 3, 1, 2), (32, 3, 1, 2), (64, 3, 1, 2), (64, 3, 1, 8)],
-    },
-    Preset {
-        name: "tile-g160",
-        about: "experimental: 160×160, 5 convs (16-32-64-96-128), global max pool, ~192 MFLOP",
-        side: 160,
-        convs: &[
-            (16, 3, 1, 2),
-            (32, 3, 1, 2),
-            (64, 3, 1, 2),
-            (96, 3, 1, 2),
-            (128, 3, 1, 10),
-        ],
-    },
-    Preset {
-        name: "tile-g256",
-        about: "experimental: 256×256, 6 convs (8-16-32-64-96-128), global max pool, ~166 MFLOP",
+        name: "tile-seg",
+        about: "default: 256×256, 6 convs (16-32-64-64-96-96), per-position class scores \
+                trained from defect masks on 112-px patches, global max pool, ~0.47 GFLOP",
         side: 256,
         convs: &[
-            (8, 3, 1, 2),
             (16, 3, 1, 2),
             (32, 3, 1, 2),
             (64, 3, 1, 2),
-            (96, 3, 1, 2),
-            (128, 3, 1, 8),
+            (64, 3, 1, 2),
+            (96, 3, 1, 0),
+            (96, 3, 1, 0),
         ],
+        head: Head::MaxScore,
+        patch: 112,
     },
 ];
 
 /// The preset used when none is named.
-pub const DEFAULT_PRESET: &str = "ref-cnn";
+pub const DEFAULT_PRESET: &str = "tile-seg";
+/// The optimizer used when none is named (the default model was trained with it).
+pub const DEFAULT_OPTIMIZER: OptimizerKind = OptimizerKind::Adam;
+/// The peak learning rate used when none is given.
+pub const DEFAULT_LR: f64 = 0.002;
+/// The epochs run when none are given.
+pub const DEFAULT_EPOCHS: usize = 16;
 
 /// Builds the spec of `preset` for a dataset's classes and input statistics.
 pub fn preset_spec(
@@ -243,7 +268,21 @@ pub fn preset_spec(
         }
         c = o;
     }
-    layers.push(Layer::GlobalAvgPool);
+    match p.head {
+        Head::Avg => layers.push(Layer::GlobalAvgPool),
+        Head::MaxScore => {
+            let k = classes.len() as u32;
+            layers.push(Layer::Conv2d {
+                in_channels: c,
+                out_channels: k,
+                kernel: 1,
+                stride: 1,
+                padding: 0,
+            });
+            layers.push(Layer::GlobalMaxPool);
+            c = k;
+        }
+    }
     layers.push(Layer::Linear {
         in_features: c,
         out_features: classes.len() as u32,
@@ -430,12 +469,21 @@ struct Split {
     paths: Vec<String>,
     /// Bounding box of each image's defect mask, if it has a readable, non-empty one.
     defect_boxes: Vec<Option<Roi>>,
+    /// The defect mask of each image, if it has a readable, non-empty one of the image's size.
+    masks: Vec<Option<DecodedImage>>,
 }
 
-/// Bounding box of the non-zero pixels of the mask at `path`, when it matches the image size.
-fn mask_box(path: &Path, width: u32, height: u32) -> Option<Roi> {
+/// The mask at `path` and the bounding box of its bright pixels, when it matches the image size
+/// and is not empty.
+fn load_mask(path: &Path, width: u32, height: u32) -> Option<(DecodedImage, Roi)> {
     let m = dataset::decode_image(path).ok()?;
     if m.width != width || m.height != height {
+        tracing::warn!(
+            "ignoring mask {}: it is {}×{}, the image {width}×{height}",
+            path.display(),
+            m.width,
+            m.height
+        );
         return None;
     }
     let bpp = m.format.bytes_per_pixel() as usize;
@@ -449,11 +497,16 @@ fn mask_box(path: &Path, width: u32, height: u32) -> Option<Roi> {
             y1 = y1.max(y);
         }
     }
-    (x0 <= x1).then(|| Roi {
-        x: x0,
-        y: y0,
-        width: x1 - x0 + 1,
-        height: y1 - y0 + 1,
+    (x0 <= x1).then(|| {
+        (
+            m,
+            Roi {
+                x: x0,
+                y: y0,
+                width: x1 - x0 + 1,
+                height: y1 - y0 + 1,
+            },
+        )
     })
 }
 
@@ -467,15 +520,17 @@ fn load_split(
         labels: Vec::new(),
         paths: Vec::new(),
         defect_boxes: Vec::new(),
+        masks: Vec::new(),
     };
     for (s, img) in samples.iter().zip(decode_all(samples)) {
         match img {
             Ok(img) => {
-                out.defect_boxes.push(
-                    s.mask
-                        .as_deref()
-                        .and_then(|m| mask_box(m, img.width, img.height)),
-                );
+                let mask = s
+                    .mask
+                    .as_deref()
+                    .and_then(|m| load_mask(m, img.width, img.height));
+                out.defect_boxes.push(mask.as_ref().map(|(_, b)| *b));
+                out.masks.push(mask.map(|(m, _)| m));
                 out.images.push(img);
                 out.labels
                     .push(classes.iter().position(|c| *c == s.label).unwrap_or(0));
@@ -559,6 +614,38 @@ pub fn predict(
             .try_to_vec::<f32>()
             .map_err(|e| anyhow::anyhow!("reading probabilities: {e:?}"))?;
         let k = v.len() / chunk.len();
+        out.extend(v.chunks(k).map(<[f32]>::to_vec));
+    }
+    Ok(out)
+}
+
+/// The global-pool outputs (for a max-score head: each class's highest position score) of
+/// whole `images`, preprocessed as inference does, through `model` in inference mode.
+fn pooled_scores<'a>(
+    model: &BurnModel,
+    device: &Device,
+    images: impl Iterator<Item = &'a DecodedImage>,
+    input: &InputSpec,
+) -> anyhow::Result<Vec<Vec<f32>>> {
+    let (c, h, w) = (
+        input.channels as usize,
+        input.height as usize,
+        input.width as usize,
+    );
+    let images: Vec<&DecodedImage> = images.collect();
+    let mut out = Vec::with_capacity(images.len());
+    for chunk in images.chunks(16) {
+        let mut flat = Vec::with_capacity(chunk.len() * c * h * w);
+        for img in chunk {
+            let t = kernels::reference::preprocess_input(input, &img.frame())
+                .map_err(anyhow::Error::msg)?;
+            flat.extend(t.into_iter().map(|x| x as f32));
+        }
+        let x = Tensor::<4>::from_data(TensorData::new(flat, [chunk.len(), c, h, w]), device);
+        let (_, map) = model.forward_with_map(x);
+        let map = map.context("the model has no global pool")?;
+        let [n, k, mh, mw] = map.dims();
+        let v = tensor_vec(map.reshape([n, k, mh * mw]).max_dim(2).reshape([n, k]))?;
         out.extend(v.chunks(k).map(<[f32]>::to_vec));
     }
     Ok(out)
@@ -666,7 +753,10 @@ pub fn export_weights(
 }
 
 /// All parameters and batch-norm statistics of `model` by stable name (for checkpoints).
-fn model_tensors(model: &BurnModel) -> anyhow::Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+/// Named tensors: (name, shape, values).
+type NamedTensors = Vec<(String, Vec<usize>, Vec<f32>)>;
+
+fn model_tensors(model: &BurnModel) -> anyhow::Result<NamedTensors> {
     let mut v = Vec::new();
     for (i, b) in model.blocks.iter().enumerate() {
         match b {
@@ -826,6 +916,270 @@ pub fn load_best(spec: &ModelSpec, out: &Path, device: &Device) -> anyhow::Resul
     Ok(model.valid())
 }
 
+/// A random `p`×`p` patch of a `[c, h, w]` tensor and its `[h, w]` mask. With a mask, 4 in 5
+/// patches are placed over a random defect pixel (anywhere within the patch), so defects are
+/// seen often; the rest, and every patch of a clean image, are placed at random.
+fn take_patch(
+    x: Vec<f32>,
+    mask: Option<Vec<f32>>,
+    c: usize,
+    h: usize,
+    w: usize,
+    p: usize,
+    rng: &mut kernels::rng::SplitMix64,
+) -> (Vec<f32>, Option<Vec<f32>>) {
+    let (ph, pw) = (p.min(h), p.min(w));
+    // Origins are drawn from a range reaching a quarter patch past each side and then clamped,
+    // so about one patch in four lies on each image border: borders (tile edges, the zero
+    // padding) must be learnt as clean surface too, or every image edge looks like a break.
+    let along = |rng: &mut kernels::rng::SplitMix64, len: usize, plen: usize| -> usize {
+        let slack = plen / 4;
+        let o = rng.below((len - plen + 2 * slack + 1) as u64) as usize;
+        o.saturating_sub(slack).min(len - plen)
+    };
+    let uniform = |rng: &mut kernels::rng::SplitMix64| (along(rng, w, pw), along(rng, h, ph));
+    let (ox, oy) = match &mask {
+        Some(m) if rng.next_f64() < 0.8 => {
+            let hits: Vec<usize> = (0..m.len()).filter(|&i| m[i] >= 0.5).collect();
+            if hits.is_empty() {
+                uniform(rng)
+            } else {
+                let k = hits[rng.below(hits.len() as u64) as usize];
+                let (px, py) = (k % w, k / w);
+                let ox = px.saturating_sub(rng.below(pw as u64) as usize);
+                let oy = py.saturating_sub(rng.below(ph as u64) as usize);
+                (ox.min(w - pw), oy.min(h - ph))
+            }
+        }
+        _ => uniform(rng),
+    };
+    let crop = |plane: &[f32]| -> Vec<f32> {
+        (0..ph)
+            .flat_map(|y| {
+                plane[(oy + y) * w + ox..(oy + y) * w + ox + pw]
+                    .iter()
+                    .copied()
+            })
+            .collect()
+    };
+    let xs = (0..c)
+        .flat_map(|ch| crop(&x[ch * h * w..(ch + 1) * h * w]))
+        .collect();
+    (xs, mask.map(|m| crop(&m)))
+}
+
+/// What a cell of the score map is trained towards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cell {
+    /// Defect-free surface.
+    Background,
+    /// A defect of this class (index into the classes).
+    Defect(usize),
+    /// Not known (a defect image without a usable mask): no pixel loss.
+    Unknown,
+}
+
+/// Mask supervision of a [`Head::MaxScore`] model: every position of the score map is a
+/// classification of its own — background where the mask is dark (and everywhere on a PASS
+/// image), the image's defect class where it is bright — so each defect image teaches the
+/// network where its defect is, not just that there is one.
+///
+/// At each position the PASS classes share one fixed logit 0 and each FAIL class `k` has the
+/// score `z_k`; the max pool then judges an image by `max z_k`, the evidence of its most
+/// defect-like position, and the linear layer after it starts as the identity on FAIL classes.
+struct MaskSupervision {
+    is_pass: Vec<bool>,
+    /// FAIL class indices, in order; position `r` of this list is channel `1 + r` of the
+    /// per-position log-probabilities.
+    fail: Vec<usize>,
+    /// Score map size.
+    map_h: usize,
+    map_w: usize,
+}
+
+impl MaskSupervision {
+    /// The supervision for `spec`, if its head is a scoring conv + global max pool, for training
+    /// inputs of `patch`×`patch` pixels (0: the spec's input size).
+    fn of(spec: &ModelSpec, patch: u32) -> anyhow::Result<Option<Self>> {
+        let mut spec = spec.clone();
+        if patch > 0 {
+            spec.input.width = patch;
+            spec.input.height = patch;
+        }
+        let plan = spec.validate()?;
+        let map = plan.shapes[plan.gap_layer];
+        if !matches!(spec.layers[plan.gap_layer], Layer::GlobalMaxPool)
+            || map.c as usize != spec.classes.len()
+        {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            fail: (0..spec.classes.len())
+                .filter(|&k| !plan.is_pass[k])
+                .collect(),
+            is_pass: plan.is_pass,
+            map_h: map.h as usize,
+            map_w: map.w as usize,
+        }))
+    }
+
+    /// The linear calibration starts as the identity on FAIL scores and 0 for PASS classes.
+    fn init_calibration(&self, mut model: BurnModel, device: &Device) -> BurnModel {
+        let k = self.is_pass.len();
+        if let Some(Block::Linear(l)) = model.blocks.last_mut() {
+            let mut w = vec![0f32; k * k]; // burn layout [in, out]
+            for &f in &self.fail {
+                w[f * k + f] = 1.0;
+            }
+            l.weight = Param::from_tensor(Tensor::from_data(TensorData::new(w, [k, k]), device));
+            l.bias = Some(Param::from_tensor(Tensor::zeros([k], device)));
+        }
+        model
+    }
+
+    /// Refits the last linear layer (the calibration from max-pooled class scores to class
+    /// logits) on `feats` by class-weighted cross-entropy, full batch, starting from its current
+    /// weights and held near them by a small L2 pull.
+    fn refit_calibration(
+        &self,
+        mut model: BurnModel,
+        feats: &[Vec<f32>],
+        labels: &[usize],
+        class_weights: &[f32],
+        device: &Device,
+    ) -> anyhow::Result<BurnModel> {
+        let k = self.is_pass.len();
+        let Some(Block::Linear(l)) = model.blocks.last_mut() else {
+            return Ok(model);
+        };
+        let wt = tensor_vec(l.weight.val())?; // [in, out]
+        let b0 = match &l.bias {
+            Some(b) => tensor_vec(b.val())?,
+            None => vec![0.0; k],
+        };
+        // Parameters as one vector: W[o][i] then b[o].
+        let mut theta: Vec<f64> = (0..k * k)
+            .map(|oi| wt[(oi % k) * k + oi / k] as f64)
+            .chain(b0.iter().map(|&b| b as f64))
+            .collect();
+        let theta0 = theta.clone();
+        let (mut m, mut v) = (vec![0f64; theta.len()], vec![0f64; theta.len()]);
+        let total_w: f64 = labels.iter().map(|&y| class_weights[y] as f64).sum();
+        let (lr, l2, b1, b2) = (0.01, 1e-3, 0.9, 0.999);
+        let mut z = vec![0f64; k];
+        for it in 1..=1500 {
+            let mut g = vec![0f64; theta.len()];
+            for (f, &y) in feats.iter().zip(labels) {
+                for o in 0..k {
+                    z[o] = theta[k * k + o]
+                        + (0..k).map(|i| theta[o * k + i] * f[i] as f64).sum::<f64>();
+                }
+                let mx = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let sum: f64 = z.iter().map(|v| (v - mx).exp()).sum();
+                let cw = class_weights[y] as f64 / total_w;
+                for o in 0..k {
+                    let d = cw * ((z[o] - mx).exp() / sum - (o == y) as u8 as f64);
+                    for i in 0..k {
+                        g[o * k + i] += d * f[i] as f64;
+                    }
+                    g[k * k + o] += d;
+                }
+            }
+            for j in 0..theta.len() {
+                let gj = g[j] + l2 * (theta[j] - theta0[j]);
+                m[j] = b1 * m[j] + (1.0 - b1) * gj;
+                v[j] = b2 * v[j] + (1.0 - b2) * gj * gj;
+                let (mh, vh) = (m[j] / (1.0 - b1.powi(it)), v[j] / (1.0 - b2.powi(it)));
+                theta[j] -= lr * mh / (vh.sqrt() + 1e-8);
+            }
+        }
+        let w: Vec<f32> = (0..k * k)
+            .map(|ji| theta[(ji % k) * k + ji / k] as f32) // back to [in, out]
+            .collect();
+        l.weight = Param::from_tensor(Tensor::from_data(TensorData::new(w, [k, k]), device));
+        let b: Vec<f32> = theta[k * k..].iter().map(|&x| x as f32).collect();
+        l.bias = Some(Param::from_tensor(Tensor::from_data(
+            TensorData::new(b, [k]),
+            device,
+        )));
+        Ok(model)
+    }
+
+    /// The cell targets of one image of class `label` from its augmented mask plane
+    /// (`[h, w]` at the input size), if it has one.
+    fn cell_labels(&self, label: usize, mask: Option<&[f32]>, h: usize, w: usize) -> Vec<Cell> {
+        let n = self.map_h * self.map_w;
+        if self.is_pass[label] {
+            return vec![Cell::Background; n];
+        }
+        match mask {
+            Some(m) => augment::mask_cells(m, h, w, self.map_h, self.map_w)
+                .into_iter()
+                .map(|d| {
+                    if d {
+                        Cell::Defect(label)
+                    } else {
+                        Cell::Background
+                    }
+                })
+                .collect(),
+            None => vec![Cell::Unknown; n],
+        }
+    }
+
+    /// Pixel loss of a batch: mean cross-entropy over background cells plus the class-weighted
+    /// mean over defect cells (defects cover a few percent of an image; both halves count alike).
+    fn loss(
+        &self,
+        map: Tensor<4>,
+        cells: &[Vec<Cell>],
+        class_weights: &[f32],
+        device: &Device,
+    ) -> Tensor<1> {
+        let [n, _, mh, mw] = map.dims();
+        let n_bg = cells
+            .iter()
+            .flatten()
+            .filter(|c| **c == Cell::Background)
+            .count();
+        let def_sum: f32 = cells
+            .iter()
+            .flatten()
+            .map(|c| match c {
+                Cell::Defect(k) => class_weights[*k],
+                _ => 0.0,
+            })
+            .sum();
+        let mut targets = Vec::with_capacity(n * mh * mw);
+        let mut weights = Vec::with_capacity(n * mh * mw);
+        for c in cells.iter().flatten() {
+            let (t, w) = match *c {
+                Cell::Background => (0i64, 1.0 / n_bg.max(1) as f32),
+                Cell::Defect(k) => {
+                    let r = self.fail.iter().position(|&f| f == k).unwrap_or(0);
+                    (1 + r as i64, class_weights[k] / def_sum.max(1e-6))
+                }
+                Cell::Unknown => (0, 0.0),
+            };
+            targets.push(t);
+            weights.push(w);
+        }
+        let fail: Vec<i64> = self.fail.iter().map(|&f| f as i64).collect();
+        let fail = Tensor::<1, Int>::from_data(TensorData::new(fail, [self.fail.len()]), device);
+        let scores = Tensor::cat(
+            vec![
+                Tensor::<4>::zeros([n, 1, mh, mw], device),
+                map.select(1, fail),
+            ],
+            1,
+        );
+        let log_p = activation::log_softmax(scores, 1);
+        let t = Tensor::<4, Int>::from_data(TensorData::new(targets, [n, 1, mh, mw]), device);
+        let w = Tensor::<4>::from_data(TensorData::new(weights, [n, 1, mh, mw]), device);
+        (log_p.gather(1, t) * w).sum().neg()
+    }
+}
+
 /// Runs training. `progress` sees every step and epoch; setting `cancel` stops within one step.
 pub fn train(
     cfg: &TrainConfig,
@@ -891,6 +1245,47 @@ pub fn train(
     base_device.seed(cfg.seed);
     let device = base_device.clone().autodiff();
     let mut model = BurnModel::init_seeded(&spec, true, &device, cfg.seed)?;
+    let preset_patch = PRESETS
+        .iter()
+        .find(|p| p.name == cfg.preset)
+        .map_or(0, |p| p.patch);
+    let (supervision, patch) = match MaskSupervision::of(&spec, preset_patch)? {
+        Some(ms) => {
+            let with_mask = (0..train_set.images.len())
+                .filter(|&i| !ms.is_pass[train_set.labels[i]])
+                .map(|i| train_set.masks[i].is_some() as usize);
+            let (n_masks, n_defective) = with_mask.fold((0, 0), |(m, n), x| (m + x, n + 1));
+            tracing::info!(
+                "mask supervision: {n_masks} of {n_defective} defective training images have a mask"
+            );
+            // Patches need to know where the defect is: defective images without a mask are
+            // left out of patch training when they are few (an empty or missing mask is usually
+            // a labelling slip); when many lack one, train on whole images instead.
+            let patch = if n_masks * 10 >= n_defective * 9 {
+                preset_patch
+            } else {
+                if preset_patch > 0 {
+                    tracing::warn!(
+                        "{} of {n_defective} defective training images have no mask: training on \
+                         whole images, not {preset_patch}-px patches",
+                        n_defective - n_masks
+                    );
+                }
+                0
+            };
+            let ms = MaskSupervision::of(&spec, patch)?;
+            (ms, patch as usize)
+        }
+        None => (None, 0),
+    };
+    if let Some(ms) = &supervision {
+        model = ms.init_calibration(model, &device);
+    }
+    // The pass class a clean patch of a defective image counts as: the commonest one.
+    let primary_pass = (0..classes.len())
+        .filter(|&k| pass.contains(&classes[k]))
+        .max_by_key(|&k| train_set.labels.iter().filter(|&&l| l == k).count())
+        .unwrap_or(0);
 
     // Resume.
     let ckpt = checkpoint_dir(&cfg.out);
@@ -933,7 +1328,7 @@ pub fn train(
     let norm = raw.iter().sum::<f64>() / raw.len() as f64;
     let weights: Vec<f32> = raw.iter().map(|w| (w / norm) as f32).collect();
     let loss_fn = CrossEntropyLossConfig::new()
-        .with_weights(Some(weights))
+        .with_weights(Some(weights.clone()))
         .init(&device);
 
     let wd = (cfg.weight_decay > 0.0).then(|| WeightDecayConfig::new(cfg.weight_decay as f32));
@@ -976,14 +1371,29 @@ pub fn train(
         spec.input.height as usize,
         spec.input.width as usize,
     );
-    let n = train_set.images.len();
+    // The training images used: in patch mode, defective ones without a mask sit out.
+    let used: Vec<usize> = (0..train_set.images.len())
+        .filter(|&i| match &supervision {
+            Some(ms) if patch > 0 => {
+                ms.is_pass[train_set.labels[i]] || train_set.masks[i].is_some()
+            }
+            _ => true,
+        })
+        .collect();
+    for i in (0..train_set.images.len()).filter(|i| !used.contains(i)) {
+        tracing::warn!(
+            "{} is defective but has no usable mask: left out of patch training",
+            train_set.paths[i]
+        );
+    }
+    let n = used.len();
     let bs = cfg.batch_size.clamp(1, n);
     let steps = n.div_ceil(bs);
     let mut early_stopped = false;
     let loop_start = Instant::now();
     for epoch in first_epoch..cfg.epochs {
         // Seeded shuffle.
-        let mut order: Vec<usize> = (0..n).collect();
+        let mut order: Vec<usize> = used.clone();
         let mut rng = augment::sample_rng(cfg.seed, epoch, usize::MAX);
         for i in (1..n).rev() {
             order.swap(i, rng.below(i as u64 + 1) as usize);
@@ -994,36 +1404,63 @@ pub fn train(
             if cancel.load(Ordering::Relaxed) {
                 return Err(Cancelled(ckpt).into());
             }
-            let mut xs = Vec::with_capacity(idx.len() * c * h * w);
+            let (th, tw) = if patch > 0 { (patch, patch) } else { (h, w) };
+            let mut xs = Vec::with_capacity(idx.len() * c * th * tw);
+            let mut cells = Vec::new();
+            let mut ys: Vec<i64> = Vec::with_capacity(idx.len());
             for &i in idx {
                 let mut r = augment::sample_rng(cfg.seed, epoch, i);
-                xs.extend(
-                    augment::augmented_keeping(
-                        &spec.input,
-                        &train_set.images[i].frame(),
-                        &cfg.augment,
-                        &mut r,
-                        train_set.defect_boxes[i],
-                    )
-                    .map_err(anyhow::Error::msg)?,
-                );
+                let mut label = train_set.labels[i];
+                let mask = match &supervision {
+                    Some(ms) if !ms.is_pass[label] => train_set.masks[i].as_ref(),
+                    _ => None,
+                };
+                let (x, m) = augment::augmented_with_mask(
+                    &spec.input,
+                    &train_set.images[i].frame(),
+                    mask.map(|m| m.frame()).as_ref(),
+                    &cfg.augment,
+                    &mut r,
+                    train_set.defect_boxes[i],
+                )
+                .map_err(anyhow::Error::msg)?;
+                let (x, m) = if patch > 0 {
+                    take_patch(x, m, c, h, w, patch, &mut r)
+                } else {
+                    (x, m)
+                };
+                xs.extend(x);
+                if let Some(ms) = &supervision {
+                    let cl = ms.cell_labels(label, m.as_deref(), th, tw);
+                    if patch > 0
+                        && !ms.is_pass[label]
+                        && !cl.iter().any(|c| matches!(c, Cell::Defect(_)))
+                    {
+                        // A patch of a defective image that misses the defect is clean surface.
+                        label = primary_pass;
+                    }
+                    cells.push(cl);
+                }
+                ys.push(label as i64);
             }
-            let ys: Vec<i64> = idx.iter().map(|&i| train_set.labels[i] as i64).collect();
-            let x = Tensor::<4>::from_data(TensorData::new(xs, [idx.len(), c, h, w]), &device);
-            let y = Tensor::<1, Int>::from_data(TensorData::new(ys, [idx.len()]), &device);
-            let logits = model.forward(x);
+            let x = Tensor::<4>::from_data(TensorData::new(xs, [idx.len(), c, th, tw]), &device);
+            let y = Tensor::<1, Int>::from_data(TensorData::new(ys.clone(), [idx.len()]), &device);
+            let (logits, map) = model.forward_with_map(x);
             let pred = tensor_vec(logits.clone().detach())?;
             let k = pred.len() / idx.len();
-            for (row, &i) in pred.chunks(k).zip(idx) {
+            for (row, &t) in pred.chunks(k).zip(&ys) {
                 let p = row
                     .iter()
                     .enumerate()
                     .max_by(|a, b| a.1.total_cmp(b.1))
                     .map(|(j, _)| j)
                     .unwrap_or(0);
-                correct += (p == train_set.labels[i]) as usize;
+                correct += (p as i64 == t) as usize;
             }
-            let loss = loss_fn.forward(logits, y);
+            let mut loss = loss_fn.forward(logits, y);
+            if let (Some(ms), Some(map)) = (&supervision, map) {
+                loss = loss + ms.loss(map, &cells, &weights, &device);
+            }
             let loss_value = tensor_vec(loss.clone())?
                 .first()
                 .copied()
@@ -1052,7 +1489,13 @@ pub fn train(
         let mf1 = vm.confusion.macro_f1();
         // Selection score: accuracy plus PASS/FAIL AUROC, the two quality targets. Accuracy
         // alone picks the early epochs that call everything PASS (the majority class).
-        let score = acc + vm.auroc.unwrap_or(0.0);
+        // In patch training the linear calibration has only seen patches; whole images have
+        // more positions (so higher maxima) until it is refitted at export: select on AUROC.
+        let score = if patch > 0 {
+            vm.auroc.unwrap_or(0.0) + 1e-3 * acc
+        } else {
+            acc + vm.auroc.unwrap_or(0.0)
+        };
         let done = epoch + 1 - first_epoch;
         let per_epoch = loop_start.elapsed().as_secs_f64() / done as f64;
         let record = EpochRecord {
@@ -1094,7 +1537,18 @@ pub fn train(
     }
 
     // Export the best epoch.
-    let best = load_best(&spec, &cfg.out, &base_device)?;
+    let mut best = load_best(&spec, &cfg.out, &base_device)?;
+    if patch > 0
+        && let Some(ms) = &supervision
+    {
+        // Refit the linear calibration on whole training images (no augmentation): it was
+        // trained on patches, and the image decision is made on whole images.
+        let inputs = used.iter().map(|&i| &train_set.images[i]);
+        let feats = pooled_scores(&best, &base_device, inputs, &spec.input)?;
+        let labels: Vec<usize> = used.iter().map(|&i| train_set.labels[i]).collect();
+        best = ms.refit_calibration(best, &feats, &labels, &weights, &base_device)?;
+        save_tensors(&ckpt.join("best.safetensors"), &model_tensors(&best)?)?;
+    }
     let probs = predict(&best, &base_device, &val_tensors, &spec.input, 32)?;
     let vm = val_metrics(&spec, &probs, &val_set.labels);
     let threshold = metrics::choose_threshold(&vm.scores, &vm.defective, cfg.max_miss_rate);

@@ -31,7 +31,8 @@ enum Params {
         p: ops::relu::Params,
         per_image: u32,
     },
-    GlobalAvgPool(ops::global_avg_pool::Params),
+    GlobalAvgPool(ops::global_pool::Params),
+    GlobalMaxPool(ops::global_pool::Params),
     Linear(ops::linear::Params),
     Softmax(ops::softmax::Params),
     Cam(ops::cam_heatmap::Params),
@@ -44,7 +45,7 @@ impl Params {
             Self::Conv(p) => p.batch = n,
             Self::MaxPool(p) => p.batch = n,
             Self::Relu { p, per_image } => p.len = n * *per_image,
-            Self::GlobalAvgPool(p) => p.batch = n,
+            Self::GlobalAvgPool(p) | Self::GlobalMaxPool(p) => p.batch = n,
             Self::Linear(p) => p.batch = n,
             Self::Softmax(p) => p.batch = n,
             Self::Cam(p) => {
@@ -60,7 +61,7 @@ impl Params {
             Self::Conv(p) => bytemuck::bytes_of(p),
             Self::MaxPool(p) => bytemuck::bytes_of(p),
             Self::Relu { p, .. } => bytemuck::bytes_of(p),
-            Self::GlobalAvgPool(p) => bytemuck::bytes_of(p),
+            Self::GlobalAvgPool(p) | Self::GlobalMaxPool(p) => bytemuck::bytes_of(p),
             Self::Linear(p) => bytemuck::bytes_of(p),
             Self::Softmax(p) => bytemuck::bytes_of(p),
             Self::Cam(p) => bytemuck::bytes_of(p),
@@ -73,7 +74,8 @@ impl Params {
             Self::Conv(p) => ops::conv2d::workgroups(p, tile),
             Self::MaxPool(p) => ops::max_pool::workgroups(p),
             Self::Relu { p, .. } => ops::relu::workgroups(p),
-            Self::GlobalAvgPool(p) => ops::global_avg_pool::workgroups(p),
+            Self::GlobalAvgPool(p) => ops::global_pool::workgroups(p),
+            Self::GlobalMaxPool(p) => ops::global_pool::workgroups(p),
             Self::Linear(p) => ops::linear::workgroups(p),
             Self::Softmax(p) => ops::softmax::workgroups(p),
             Self::Cam(p) => ops::cam_heatmap::workgroups(p),
@@ -87,6 +89,7 @@ impl Params {
             Self::MaxPool(_) => &k.max_pool,
             Self::Relu { .. } => &k.relu,
             Self::GlobalAvgPool(_) => &k.global_avg_pool,
+            Self::GlobalMaxPool(_) => &k.global_max_pool,
             Self::Linear(_) => &k.linear,
             Self::Softmax(_) => &k.softmax,
             Self::Cam(_) => &k.cam_heatmap,
@@ -424,7 +427,7 @@ impl Engine {
                     });
                     acts.push(out);
                 }
-                Layer::GlobalAvgPool => {
+                Layer::GlobalAvgPool | Layer::GlobalMaxPool => {
                     let a = &acts[cur];
                     features = Some(storage(
                         device,
@@ -433,15 +436,20 @@ impl Engine {
                         limit,
                     )?);
                     heat_features = Some(cur);
-                    let p = Params::GlobalAvgPool(ops::global_avg_pool::Params {
+                    let gp = ops::global_pool::Params {
                         batch: max_batch,
                         h: a.h,
                         w: a.w,
                         c4: a.c4,
-                    });
+                    };
+                    let (p, name) = if matches!(model.spec.layers[i], Layer::GlobalMaxPool) {
+                        (Params::GlobalMaxPool(gp), "global_max_pool")
+                    } else {
+                        (Params::GlobalAvgPool(gp), "global_avg_pool")
+                    };
                     steps.push(Step {
-                        label: "global_avg_pool".into(),
-                        uniform: uniform("kernels::global_avg_pool::params", &p),
+                        label: name.into(),
+                        uniform: uniform(&format!("kernels::{name}::params"), &p),
                         params: p,
                         bind_group: None,
                     });
@@ -489,7 +497,7 @@ impl Engine {
         let (Some(features), Some(logits), Some(linear_weights), Some(heat_idx)) =
             (features, logits, linear_weights, heat_features)
         else {
-            unreachable!("validated model ends with global_avg_pool + linear")
+            unreachable!("validated model ends with a global pool + linear")
         };
         let heat = &acts[heat_idx];
         let heat_len = heat.h * heat.w;
@@ -576,7 +584,7 @@ impl Engine {
                 Params::Relu { .. } => {
                     k.bind(device, &label, &[&step.uniform, &acts[act_i].buffer])
                 }
-                Params::GlobalAvgPool(_) => k.bind(
+                Params::GlobalAvgPool(_) | Params::GlobalMaxPool(_) => k.bind(
                     device,
                     &label,
                     &[&step.uniform, &acts[act_i].buffer, &features],

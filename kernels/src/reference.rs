@@ -147,6 +147,18 @@ pub fn forward_tensor(model: &Model, input: Vec<f64>) -> Inference {
                     .map(|c| act[c * hw..(c + 1) * hw].iter().sum::<f64>() / hw as f64)
                     .collect()
             }
+            Layer::GlobalMaxPool => {
+                heat_input = act.clone();
+                let hw = ih * iw;
+                (0..ic)
+                    .map(|c| {
+                        act[c * hw..(c + 1) * hw]
+                            .iter()
+                            .cloned()
+                            .fold(f64::NEG_INFINITY, f64::max)
+                    })
+                    .collect()
+            }
             Layer::Linear {
                 in_features,
                 out_features,

@@ -1,10 +1,11 @@
 //! `ModelSpec`: the one description of a defect classifier, shared by training and inference.
 //!
 //! A model is a plain feed-forward CNN: a *feature* part made of `conv2d`, `relu` and
-//! `max_pool2d` layers, then exactly one `global_avg_pool`, then exactly one `linear`
-//! classifier. This shape is what makes the class-activation heatmap (CAM) exact: the logit of
-//! class `k` is the spatial mean of `Σ_c W[k,c] · A[c,y,x]` over the last feature map `A`, so
-//! that per-pixel sum *is* the heatmap.
+//! `max_pool2d` layers, then exactly one global pool (`global_avg_pool` or `global_max_pool`),
+//! then exactly one `linear` classifier. This shape is what makes the class-activation heatmap
+//! (CAM) meaningful: with the average pool the logit of class `k` is the spatial mean of
+//! `Σ_c W[k,c] · A[c,y,x]` over the last feature map `A`, so that per-pixel sum *is* the heatmap;
+//! with the max pool the same sum shows where each feature's evidence comes from.
 //!
 //! Batch-norm is folded into the preceding convolution at export, so it never appears here.
 //! [`ModelSpec::validate`] checks every rule and returns the shapes of every activation, which
@@ -105,6 +106,10 @@ pub enum Layer {
     },
     /// Mean over all spatial positions: `[C, H, W]` → `[C]`.
     GlobalAvgPool,
+    /// Maximum over all spatial positions: `[C, H, W]` → `[C]`. With a last convolution that
+    /// scores every position for every class, the image is judged by its most defect-like
+    /// position, so a small defect is not averaged away; the heatmap is that score map.
+    GlobalMaxPool,
     /// Fully connected; weight `[out, in]`, bias `[out]`.
     Linear {
         /// Input features.
@@ -122,6 +127,7 @@ impl Layer {
             Self::Relu => "relu",
             Self::MaxPool2d { .. } => "max_pool2d",
             Self::GlobalAvgPool => "global_avg_pool",
+            Self::GlobalMaxPool => "global_max_pool",
             Self::Linear { .. } => "linear",
         }
     }
@@ -193,7 +199,7 @@ pub struct Plan {
     /// `shapes[0]` is the network input; `shapes[i + 1]` is the output of layer `i` (for the
     /// global pool and the linear layer, `h = w = 1`).
     pub shapes: Vec<Shape3>,
-    /// Index of the global average pool layer.
+    /// Index of the global pool layer (average or max).
     pub gap_layer: usize,
     /// Index of the linear classifier (the last layer).
     pub linear_layer: usize,
@@ -387,12 +393,12 @@ impl ModelSpec {
                 kind: layer.kind(),
                 msg,
             };
-            if let Some(g) = gap_layer {
-                if !matches!(layer, Layer::Linear { .. }) || linear_layer.is_some() {
-                    return Err(bad(format!(
-                        "only one linear classifier may follow the global_avg_pool (layer {g})"
-                    )));
-                }
+            if let Some(g) = gap_layer
+                && (!matches!(layer, Layer::Linear { .. }) || linear_layer.is_some())
+            {
+                return Err(bad(format!(
+                    "only one linear classifier may follow the global pool (layer {g})"
+                )));
             }
             let out = match *layer {
                 Layer::Conv2d {
@@ -461,7 +467,7 @@ impl ModelSpec {
                         w: (s.w - kernel) / stride + 1,
                     }
                 }
-                Layer::GlobalAvgPool => {
+                Layer::GlobalAvgPool | Layer::GlobalMaxPool => {
                     if !self.layers[..i]
                         .iter()
                         .any(|l| matches!(l, Layer::Conv2d { .. }))
@@ -476,7 +482,7 @@ impl ModelSpec {
                     out_features,
                 } => {
                     if gap_layer.is_none() {
-                        return Err(bad("a linear layer must follow the global_avg_pool".into()));
+                        return Err(bad("a linear layer must follow the global pool".into()));
                     }
                     if in_features != s.c {
                         return Err(bad(format!(
@@ -514,7 +520,7 @@ impl ModelSpec {
         }
         let (Some(gap_layer), Some(linear_layer)) = (gap_layer, linear_layer) else {
             return Err(SpecError::Layers(
-                "the network must end with global_avg_pool followed by one linear classifier"
+                "the network must end with a global pool (avg or max) followed by one linear classifier"
                     .into(),
             ));
         };

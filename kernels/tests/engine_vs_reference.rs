@@ -244,6 +244,41 @@ fn awkward_gray_model_many_classes_odd_sizes() {
     }
 }
 
+/// The global max pool head (a last convolution without relu scoring every position, then the
+/// maximum over positions), on odd sizes and a channel count that is not a multiple of 4.
+#[test]
+fn global_max_pool_model_matches_the_reference() {
+    let mut rng = SplitMix64::new(seed("global_max_pool"));
+    let layers = vec![
+        conv(1, 10, 3, 1, 1),
+        Layer::Relu,
+        Layer::MaxPool2d {
+            kernel: 2,
+            stride: 2,
+        },
+        conv(10, 14, 3, 1, 1),
+        Layer::Relu,
+        conv(14, 5, 1, 1, 0),
+    ];
+    let mut s = spec(1, 37, 23, layers, 5, 5);
+    let n = s.layers.len();
+    s.layers[n - 2] = Layer::GlobalMaxPool;
+    let model = Model::random(s, rng.next_u64()).expect("model");
+    let g = gpu();
+    let mut engine = Engine::new(&g.device, &g.queue, &model, 4, g.describe()).expect("engine");
+    for n in [4usize, 1] {
+        let cases: Vec<Case> = (0..n)
+            .map(|_| random_case(&mut rng, PixelFormat::Gray8, n == 1))
+            .collect();
+        check(
+            &model,
+            &mut engine,
+            &cases,
+            &format!("global max pool batch {n}"),
+        );
+    }
+}
+
 #[test]
 fn adapter_backend_is_the_expected_one() {
     // scripts/test sets EXPECT_WGPU_BACKEND=vulkan: on CI that is lavapipe, and wgpu must not

@@ -16,6 +16,7 @@ fn config(root: &std::path::Path, out: &std::path::Path, epochs: usize) -> Train
     cfg.epochs = epochs;
     cfg.batch_size = 8;
     cfg.lr = 0.05;
+    cfg.optimizer = train::OptimizerKind::Momentum;
     cfg.backend = BackendKind::Cpu;
     cfg.patience = 0;
     cfg
@@ -65,32 +66,7 @@ fn tiny_dataset_trains_well_above_chance_and_engine_agrees_with_burn() {
         model.spec.training["summary"]["best_epoch"],
         summary.best_epoch
     );
-    let device = burn::tensor::Device::flex();
-    let burn_model = train::load_best(&model.spec, &out, &device).expect("best checkpoint");
-    let gpu = GpuContext::headless().expect("gpu");
-    let mut engine =
-        Engine::new(&gpu.device, &gpu.queue, &model, 4, gpu.describe()).expect("engine");
-    let ds = inspector::dataset::Dataset::open(data.path()).expect("dataset");
-    let mut max_diff = 0f32;
-    for s in ds.split("val") {
-        let img = inspector::dataset::decode_image(&s.path).expect("decode");
-        let gpu_p = engine
-            .infer(&[img.frame()])
-            .expect("infer")
-            .remove(0)
-            .probabilities;
-        let x: Vec<f32> = kernels::reference::preprocess(&model, &img.frame())
-            .expect("pre")
-            .into_iter()
-            .map(|v| v as f32)
-            .collect();
-        let burn_p = train::predict(&burn_model, &device, &[x], &model.spec.input, 1)
-            .expect("burn")
-            .remove(0);
-        for (a, b) in gpu_p.iter().zip(&burn_p) {
-            max_diff = max_diff.max((a - b).abs());
-        }
-    }
+    let max_diff = engine_vs_burn(&model, &out, data.path(), |_, _| {});
     eprintln!("max |engine − burn| = {max_diff:e}");
     assert!(max_diff <= 1e-4, "engine and burn disagree by {max_diff}");
 
@@ -176,4 +152,90 @@ fn same_seed_same_model_and_resume_and_cancel() {
     let e = train::train(&cfg, &mut |_| {}, &AtomicBool::new(true)).expect_err("cancelled");
     assert!(e.downcast_ref::<train::Cancelled>().is_some(), "{e}");
     assert!(e.to_string().contains("--resume"));
+}
+
+/// The mask-trained max-score head (the default model's kind) on generated images with masks:
+/// it learns, the GPU engine (global max pool) agrees with burn, and the heatmap points at the
+/// defect: on most defective val images its hottest cell lies on or next to the mask.
+#[test]
+fn mask_supervised_head_learns_and_its_heatmap_finds_the_defect() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let data = tempfile::tempdir().expect("tmp");
+    integration_tests::synthetic_manifest_with_masks(data.path(), 16, 6, 23);
+    let out_dir = tempfile::tempdir().expect("tmp");
+    let out = out_dir.path().join("seg.safetensors");
+    let mut cfg = config(data.path(), &out, 8);
+    cfg.preset = "tiny-seg".into();
+    cfg.optimizer = train::OptimizerKind::Adam;
+    cfg.lr = 0.01;
+    let summary = train::train(&cfg, &mut |_| {}, &AtomicBool::new(false)).expect("train");
+    eprintln!("{summary:?}");
+    assert!(
+        summary.val_accuracy >= 0.8,
+        "val accuracy {} (chance is 0.33)",
+        summary.val_accuracy
+    );
+    assert!(summary.val_auroc.expect("both kinds") >= 0.9);
+
+    let model = Model::load(&out).expect("load exported model");
+    assert!(
+        model
+            .spec
+            .layers
+            .iter()
+            .any(|l| matches!(l, kernels::Layer::GlobalMaxPool)),
+        "tiny-seg ends in a global max pool"
+    );
+    let (mut on_defect, mut defective) = (0, 0);
+    let max_diff = engine_vs_burn(&model, &out, data.path(), |s, inf| {
+        if s.label == "good" {
+            return;
+        }
+        defective += 1;
+        let mask =
+            inspector::dataset::decode_image(s.mask.as_deref().expect("mask")).expect("mask");
+        let near = inspector::eval::heatmap_hits_mask(&inf.heatmap, &mask).expect("non-empty mask");
+        on_defect += near as usize;
+    });
+    eprintln!("max |engine − burn| = {max_diff:e}; heatmap on the defect {on_defect}/{defective}");
+    assert!(max_diff <= 1e-4, "engine and burn disagree by {max_diff}");
+    assert!(
+        on_defect * 10 >= defective * 8,
+        "the heatmap's hottest cell is on the defect for only {on_defect} of {defective} images"
+    );
+}
+
+/// Runs every val image of `data` through the GPU engine (the exported model, batch-norm folded)
+/// and the burn model of the best checkpoint (with its batch-norm), calls `each` with the
+/// engine's result, and returns the largest probability difference.
+fn engine_vs_burn(
+    model: &Model,
+    out: &std::path::Path,
+    data: &std::path::Path,
+    mut each: impl FnMut(&inspector::dataset::Sample, &kernels::Inference),
+) -> f32 {
+    let device = burn::tensor::Device::flex();
+    let burn_model = train::load_best(&model.spec, out, &device).expect("best checkpoint");
+    let gpu = GpuContext::headless().expect("gpu");
+    let mut engine =
+        Engine::new(&gpu.device, &gpu.queue, model, 4, gpu.describe()).expect("engine");
+    let ds = inspector::dataset::Dataset::open(data).expect("dataset");
+    let mut max_diff = 0f32;
+    for s in ds.split("val") {
+        let img = inspector::dataset::decode_image(&s.path).expect("decode");
+        let inf = engine.infer(&[img.frame()]).expect("infer").remove(0);
+        let x: Vec<f32> = kernels::reference::preprocess(model, &img.frame())
+            .expect("pre")
+            .into_iter()
+            .map(|v| v as f32)
+            .collect();
+        let burn_p = train::predict(&burn_model, &device, &[x], &model.spec.input, 1)
+            .expect("burn")
+            .remove(0);
+        for (a, b) in inf.probabilities.iter().zip(&burn_p) {
+            max_diff = max_diff.max((a - b).abs());
+        }
+        each(&s, &inf);
+    }
+    max_diff
 }

@@ -5,7 +5,7 @@
 
 pub mod cam_heatmap;
 pub mod conv2d;
-pub mod global_avg_pool;
+pub mod global_pool;
 pub mod linear;
 pub mod max_pool;
 pub mod preprocess;
@@ -18,7 +18,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("conv2d.wgsl", conv2d::SOURCE),
     ("max_pool.wgsl", max_pool::SOURCE),
     ("relu.wgsl", relu::SOURCE),
-    ("global_avg_pool.wgsl", global_avg_pool::SOURCE),
+    ("global_pool.wgsl", global_pool::SOURCE),
     ("linear.wgsl", linear::SOURCE),
     ("softmax.wgsl", softmax::SOURCE),
     ("cam_heatmap.wgsl", cam_heatmap::SOURCE),
@@ -51,11 +51,16 @@ pub struct Kernel {
 
 impl Kernel {
     fn new(device: &wgpu::Device, label: &str, source: &str) -> Self {
+        Self::with_entry(device, label, source, "main")
+    }
+
+    /// A kernel from the entry point `entry` of `source`.
+    fn with_entry(device: &wgpu::Device, label: &str, source: &str, entry: &str) -> Self {
         let desc = wgpu::ShaderModuleDescriptor {
             label: Some(label),
             source: wgpu::ShaderSource::Wgsl(source.into()),
         };
-        Self::from_module(device, label, device.create_shader_module(desc))
+        Self::from_module(device, label, device.create_shader_module(desc), entry)
     }
 
     /// A kernel compiled without wgpu's runtime bounds checks.
@@ -79,15 +84,20 @@ impl Kernel {
         let module = unsafe {
             device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
         };
-        Self::from_module(device, label, module)
+        Self::from_module(device, label, module, "main")
     }
 
-    fn from_module(device: &wgpu::Device, label: &str, module: wgpu::ShaderModule) -> Self {
+    fn from_module(
+        device: &wgpu::Device,
+        label: &str,
+        module: wgpu::ShaderModule,
+        entry: &str,
+    ) -> Self {
         let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(label),
             layout: None,
             module: &module,
-            entry_point: Some("main"),
+            entry_point: Some(entry),
             compilation_options: Default::default(),
             cache: None,
         });
@@ -129,8 +139,10 @@ pub struct Kernels {
     pub max_pool: Kernel,
     /// relu.wgsl
     pub relu: Kernel,
-    /// global_avg_pool.wgsl
+    /// global_pool.wgsl, `main`
     pub global_avg_pool: Kernel,
+    /// global_pool.wgsl, `max_pool`
+    pub global_max_pool: Kernel,
     /// linear.wgsl
     pub linear: Kernel,
     /// softmax.wgsl
@@ -150,10 +162,12 @@ impl Kernels {
             conv2d: Kernel::new_unchecked(device, "kernels::conv2d", &conv_tile.source()),
             max_pool: Kernel::new(device, "kernels::max_pool", max_pool::SOURCE),
             relu: Kernel::new(device, "kernels::relu", relu::SOURCE),
-            global_avg_pool: Kernel::new(
+            global_avg_pool: Kernel::new(device, "kernels::global_avg_pool", global_pool::SOURCE),
+            global_max_pool: Kernel::with_entry(
                 device,
-                "kernels::global_avg_pool",
-                global_avg_pool::SOURCE,
+                "kernels::global_max_pool",
+                global_pool::SOURCE,
+                "max_pool",
             ),
             linear: Kernel::new(device, "kernels::linear", linear::SOURCE),
             softmax: Kernel::new(device, "kernels::softmax", softmax::SOURCE),

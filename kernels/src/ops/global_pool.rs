@@ -1,13 +1,14 @@
-//! Wrapper of `shaders/global_avg_pool.wgsl`.
+//! Wrapper of `shaders/global_pool.wgsl`: global average pool (`main`) and global max pool
+//! (`max_pool`), one `Params`.
 
 use bytemuck::{Pod, Zeroable};
 
 use super::grid_1d;
 
 /// The shader source.
-pub const SOURCE: &str = include_str!("../../shaders/global_avg_pool.wgsl");
+pub const SOURCE: &str = include_str!("../../shaders/global_pool.wgsl");
 
-/// Mirrors `Params` in global_avg_pool.wgsl.
+/// Mirrors `Params` in global_pool.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
 pub struct Params {
