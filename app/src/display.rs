@@ -6,12 +6,27 @@ use kernels::{Heatmap, PixelFormat};
 use crate::dataset::DecodedImage;
 
 /// Heatmap values scaled to 0..=1 by the largest positive value (negative evidence is 0).
-pub fn normalized(h: &Heatmap) -> Vec<f32> {
-    let max = h.values.iter().copied().fold(0.0f32, f32::max);
-    if max <= 0.0 || !max.is_finite() {
+///
+/// A FAIL verdict can rest on evidence that is negative everywhere (a low threshold, or a
+/// max-score model whose positions all lean to PASS); with `fail`, such a map is shown relative
+/// to its own range instead, so a rejected part always shows where its evidence is strongest.
+/// A PASS verdict with no positive evidence shows nothing.
+pub fn normalized(h: &Heatmap, fail: bool) -> Vec<f32> {
+    let max = h.values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if !max.is_finite() {
         return vec![0.0; h.values.len()];
     }
-    h.values.iter().map(|v| (v / max).clamp(0.0, 1.0)).collect()
+    if max > 0.0 {
+        return h.values.iter().map(|v| (v / max).clamp(0.0, 1.0)).collect();
+    }
+    let min = h.values.iter().copied().fold(f32::INFINITY, f32::min);
+    if !fail || max - min <= f32::EPSILON * max.abs().max(1.0) {
+        return vec![0.0; h.values.len()];
+    }
+    h.values
+        .iter()
+        .map(|v| ((v - min) / (max - min)).clamp(0.0, 1.0))
+        .collect()
 }
 
 /// The colour of heat `t` in 0..=1: dark red → red → yellow, opaque in proportion to heat.
@@ -23,9 +38,13 @@ pub fn heat_color(t: f32) -> [u8; 4] {
     [r, g, 0, a]
 }
 
-/// The heatmap as RGBA at its own resolution: `(width, height, pixels)`.
-pub fn heatmap_rgba(h: &Heatmap) -> (u32, u32, Vec<u8>) {
-    let px = normalized(h).into_iter().flat_map(heat_color).collect();
+/// The heatmap as RGBA at its own resolution: `(width, height, pixels)`; `fail` as in
+/// [`normalized`].
+pub fn heatmap_rgba(h: &Heatmap, fail: bool) -> (u32, u32, Vec<u8>) {
+    let px = normalized(h, fail)
+        .into_iter()
+        .flat_map(heat_color)
+        .collect();
     (h.width, h.height, px)
 }
 
@@ -65,8 +84,8 @@ pub fn frame_image(img: &DecodedImage, max_side: u32) -> egui::ColorImage {
 }
 
 /// The heatmap as an egui image (linear filtering makes it smooth on screen).
-pub fn heatmap_image(h: &Heatmap) -> egui::ColorImage {
-    let (w, hh, px) = heatmap_rgba(h);
+pub fn heatmap_image(h: &Heatmap, fail: bool) -> egui::ColorImage {
+    let (w, hh, px) = heatmap_rgba(h, fail);
     egui::ColorImage::from_rgba_unmultiplied([w as usize, hh as usize], &px)
 }
 
@@ -97,10 +116,24 @@ mod tests {
             class_index: 0,
             values: vec![-3.0, 2.0],
         };
-        assert_eq!(normalized(&h), vec![0.0, 1.0]);
-        let (w, hh, px) = heatmap_rgba(&h);
+        assert_eq!(normalized(&h, false), vec![0.0, 1.0]);
+        assert_eq!(normalized(&h, true), vec![0.0, 1.0]);
+        let (w, hh, px) = heatmap_rgba(&h, true);
         assert_eq!((w, hh, px.len()), (2, 1, 8));
         assert_eq!(px[3], 0);
         assert_eq!(px[7], 255);
+        // No positive evidence: nothing on a PASS, the map's own range on a FAIL.
+        let neg = Heatmap {
+            values: vec![-4.0, -2.0, -3.0],
+            width: 3,
+            ..h
+        };
+        assert_eq!(normalized(&neg, false), vec![0.0, 0.0, 0.0]);
+        assert_eq!(normalized(&neg, true), vec![0.0, 1.0, 0.5]);
+        let flat = Heatmap {
+            values: vec![-1.0; 3],
+            ..neg
+        };
+        assert_eq!(normalized(&flat, true), vec![0.0, 0.0, 0.0]);
     }
 }

@@ -1168,7 +1168,7 @@ impl VerdictSink for RecorderSink {
     fn record(&mut self, v: &Verdict) -> Result<(), String> {
         let archive = (v.fail || sampled(v.seq, self.pass_sample)).then(|| Archive {
             image: v.image.clone(),
-            heatmap_rgba: crate::display::heatmap_rgba(&v.heatmap),
+            heatmap_rgba: crate::display::heatmap_rgba(&v.heatmap, v.fail),
         });
         let row = row_for(v, &self.run_id, &self.station);
         let t = self

@@ -808,7 +808,7 @@ impl Worker {
             });
             Arc::new(Prepared {
                 frame: crate::display::frame_image(&f.image, Prepared::MAX_SIDE),
-                heat: crate::display::heatmap_image(&out.heatmap),
+                heat: crate::display::heatmap_image(&out.heatmap, fail),
                 thumb,
             })
         });
