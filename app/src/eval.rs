@@ -160,12 +160,7 @@ pub fn evaluate_samples(
             rel_path: s.rel_path.clone(),
             path: s.path.clone(),
             label,
-            predicted: p
-                .iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .map(|(i, _)| i)
-                .unwrap_or(0),
+            predicted: metrics::argmax(p).unwrap_or(0),
             score,
         })
         .collect();

@@ -99,6 +99,16 @@ impl Confusion {
     }
 }
 
+/// Index of the largest value (the predicted class of a probability or logit row); ties go to
+/// the later index, `None` for an empty row. NaN sorts above every number (`total_cmp`).
+pub fn argmax(values: &[f32]) -> Option<usize> {
+    values
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(i, _)| i)
+}
+
 /// Area under the ROC curve of FAIL scores (`defective = true` is the positive class), with
 /// ties counted half (Mann–Whitney U). `None` when either class is absent.
 pub fn auroc(scores: &[f32], defective: &[bool]) -> Option<f64> {

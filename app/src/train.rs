@@ -665,15 +665,10 @@ pub struct ValMetrics {
 
 /// Metrics of probabilities against labels.
 pub fn val_metrics(spec: &ModelSpec, probs: &[Vec<f32>], labels: &[usize]) -> ValMetrics {
-    let pairs = probs.iter().zip(labels).map(|(p, &t)| {
-        let pred = p
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .map(|(i, _)| i)
-            .unwrap_or(0);
-        (t, pred)
-    });
+    let pairs = probs
+        .iter()
+        .zip(labels)
+        .map(|(p, &t)| (t, metrics::argmax(p).unwrap_or(0)));
     let confusion = Confusion::new(spec.classes.clone(), pairs);
     let scores: Vec<f32> = probs.iter().map(|p| spec.fail_score(p)).collect();
     let defective: Vec<bool> = labels
@@ -1449,12 +1444,7 @@ pub fn train(
             let pred = tensor_vec(logits.clone().detach())?;
             let k = pred.len() / idx.len();
             for (row, &t) in pred.chunks(k).zip(&ys) {
-                let p = row
-                    .iter()
-                    .enumerate()
-                    .max_by(|a, b| a.1.total_cmp(b.1))
-                    .map(|(j, _)| j)
-                    .unwrap_or(0);
+                let p = metrics::argmax(row).unwrap_or(0);
                 correct += (p as i64 == t) as usize;
             }
             let mut loss = loss_fn.forward(logits, y);

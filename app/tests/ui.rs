@@ -187,6 +187,32 @@ fn inspect_tab_shows_changing_verdicts_pause_stops_them_and_bad_models_are_refus
         "{msg}"
     );
     assert_eq!(h.state().model.as_ref().unwrap().id, model_before);
+    // Browse lists the model files next to the typed path and the bundled ones (read by a
+    // helper thread); picking one fills the field.
+    h.get_by_label("Browse").click();
+    let link = |p: std::path::PathBuf| p.display().to_string();
+    let bundled = link(inspector::headless::bundled("assets/models").join("default.safetensors"));
+    let mut listed = false;
+    for _ in 0..200 {
+        h.step();
+        if h.query_by_role_and_label(egui::accesskit::Role::Link, &bundled)
+            .is_some()
+        {
+            listed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(listed, "Browse did not list the bundled model {bundled}");
+    assert!(
+        h.query_by_role_and_label(egui::accesskit::Role::Link, &link(bad.clone()))
+            .is_some(),
+        "the file next to the typed path is listed too"
+    );
+    h.get_by_role_and_label(egui::accesskit::Role::Link, &bundled)
+        .click();
+    h.run_steps(2);
+    assert_eq!(h.state().model_path_input(), bundled);
     // Inspection goes on with the old model.
     h.state_mut().tab = Tab::Inspect;
     let n = h.state().counters.inspected;

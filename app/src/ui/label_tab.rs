@@ -375,13 +375,10 @@ fn predict(
         let Ok(r) = engine.infer(&[img.frame()]) else {
             continue;
         };
-        if let Some(best) = r.first().and_then(|r| {
-            r.probabilities
-                .iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .map(|(i, _)| i)
-        }) {
+        if let Some(best) = r
+            .first()
+            .and_then(|r| crate::metrics::argmax(&r.probabilities))
+        {
             out.insert(key.clone(), m.spec.classes[best].clone());
         }
     }

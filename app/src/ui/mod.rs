@@ -244,6 +244,8 @@ pub struct InspectorApp {
     pub live_rect: Option<egui::Rect>,
     model_path_input: String,
     model_choices: Option<Vec<PathBuf>>,
+    /// The Browse listing being read by a helper thread.
+    model_choices_rx: Option<Receiver<Vec<PathBuf>>>,
     source_draft: settings_tab::SourceDraft,
     cameras: Option<Receiver<Result<Vec<crate::source::CameraDesc>, String>>>,
     camera_list: Option<Result<Vec<crate::source::CameraDesc>, String>>,
@@ -307,6 +309,7 @@ impl InspectorApp {
             live_rect: None,
             model_path_input,
             model_choices: None,
+            model_choices_rx: None,
             source_draft,
             cameras: None,
             camera_list: None,

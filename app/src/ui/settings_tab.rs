@@ -301,7 +301,14 @@ fn model(app: &mut InspectorApp, ui: &mut egui::Ui) {
         )
         .labelled_by(label.id);
         if ui.button("Browse").clicked() {
-            app.model_choices = Some(list_models(&app.model_path_input));
+            // Folder listing is disk work (a network share can take seconds): a helper thread
+            // does it and the result shows up when it is ready.
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            let current = app.model_path_input.clone();
+            std::thread::spawn(move || {
+                let _ = tx.send(list_models(&current));
+            });
+            app.model_choices_rx = Some(rx);
         }
         if ui.button(RichText::new("Load model").strong()).clicked() {
             let p = PathBuf::from(app.model_path_input.trim());
@@ -310,6 +317,20 @@ fn model(app: &mut InspectorApp, ui: &mut egui::Ui) {
     });
     if let Some(e) = &app.model_error {
         ui.colored_label(ui.visuals().error_fg_color, e);
+    }
+    if let Some(rx) = &app.model_choices_rx {
+        match rx.try_recv() {
+            Ok(list) => {
+                app.model_choices = Some(list);
+                app.model_choices_rx = None;
+            }
+            Err(crossbeam_channel::TryRecvError::Empty) => {
+                ui.label("listing model files…");
+                ui.ctx()
+                    .request_repaint_after(std::time::Duration::from_millis(50));
+            }
+            Err(crossbeam_channel::TryRecvError::Disconnected) => app.model_choices_rx = None,
+        }
     }
     if let Some(choices) = app.model_choices.clone() {
         ui.group(|ui| {
