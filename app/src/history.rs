@@ -1243,6 +1243,30 @@ pub fn p_chart_limits(p: f64, n: u64) -> (f64, f64) {
 mod tests {
     use super::*;
 
+    /// Submits `n` FAIL rows (seq 1..=n), each with `img` and `heat` to archive; returns the
+    /// last ticket.
+    fn submit_archived_fails(
+        rec: &Recorder,
+        n: u64,
+        img: &Arc<DecodedImage>,
+        heat: (u32, u32, Vec<u8>),
+    ) -> u64 {
+        let mut last = 0;
+        for seq in 1..=n {
+            let a = Archive {
+                image: img.clone(),
+                heatmap_rgba: heat.clone(),
+            };
+            last = rec
+                .submit(Op::Inspection(
+                    Box::new(row(seq, "fail", "Crack", seq as i64)),
+                    Some(a),
+                ))
+                .unwrap();
+        }
+        last
+    }
+
     fn row(seq: u64, verdict: &str, class: &str, ts_ms: i64) -> InspectionRow {
         InspectionRow {
             id: 0,
@@ -1435,19 +1459,7 @@ mod tests {
             height: 64,
             format: kernels::PixelFormat::Gray8,
         });
-        let mut last = 0;
-        for seq in 1..=20 {
-            let a = Archive {
-                image: img.clone(),
-                heatmap_rgba: (2, 2, vec![255; 16]),
-            };
-            last = rec
-                .submit(Op::Inspection(
-                    Box::new(row(seq, "fail", "Crack", seq as i64)),
-                    Some(a),
-                ))
-                .unwrap();
-        }
+        let last = submit_archived_fails(&rec, 20, &img, (2, 2, vec![255; 16]));
         assert!(rec.wait_committed(last, Duration::from_secs(20)));
         let st = rec.status();
         assert!(st.archive_bytes <= 4000, "{st:?}");
@@ -1522,19 +1534,7 @@ mod tests {
             height: 4,
             format: kernels::PixelFormat::Gray8,
         });
-        let mut last = 0;
-        for seq in 1..=3 {
-            let a = Archive {
-                image: img.clone(),
-                heatmap_rgba: (1, 1, vec![255; 4]),
-            };
-            last = rec
-                .submit(Op::Inspection(
-                    Box::new(row(seq, "fail", "Crack", seq as i64)),
-                    Some(a),
-                ))
-                .unwrap();
-        }
+        let last = submit_archived_fails(&rec, 3, &img, (1, 1, vec![255; 4]));
         assert!(rec.wait_committed(last, Duration::from_secs(20)));
         let err = rec
             .status()

@@ -30,14 +30,8 @@ pub struct TrainResult {
 }
 
 enum Msg {
-    Started(String),
-    Step {
-        epoch: usize,
-        step: usize,
-        steps: usize,
-        loss: f64,
-    },
-    Epoch(EpochRecord),
+    /// What the training loop reports.
+    Progress(train::Progress),
     Done(Result<Box<TrainResult>, String>),
     Saved(Result<VersionInfo, String>),
     Versions(Vec<VersionInfo>),
@@ -154,20 +148,12 @@ impl TrainView {
                 let tx2 = tx.clone();
                 let ctx2 = ctx.clone();
                 let mut progress = move |p: train::Progress| {
-                    let m = match p {
-                        train::Progress::Started { train, val, backend, skipped, .. } => Msg::Started(format!(
-                            "training on {train} images, validating on {val} ({} unreadable skipped), backend {backend}",
-                            skipped.len()
-                        )),
-                        train::Progress::Step { epoch, step, steps, loss } => {
-                            // Steps are many: drop one rather than wait for the UI.
-                            let _ = tx2.try_send(Msg::Step { epoch, step, steps, loss });
-                            ctx2.request_repaint();
-                            return;
-                        }
-                        train::Progress::Epoch(e) => Msg::Epoch(e),
-                    };
-                    let _ = tx2.send(m);
+                    if matches!(p, train::Progress::Step { .. }) {
+                        // Steps are many: drop one rather than wait for the UI.
+                        let _ = tx2.try_send(Msg::Progress(p));
+                    } else {
+                        let _ = tx2.send(Msg::Progress(p));
+                    }
                     ctx2.request_repaint();
                 };
                 let result = train::train(&cfg, &mut progress, &flag)
@@ -247,13 +233,24 @@ pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
     for m in msgs {
         let t = &mut app.train;
         match m {
-            Msg::Started(s) => t.status = s,
-            Msg::Step {
+            Msg::Progress(train::Progress::Started {
+                train,
+                val,
+                backend,
+                skipped,
+                ..
+            }) => {
+                t.status = format!(
+                    "training on {train} images, validating on {val} ({} unreadable skipped), backend {backend}",
+                    skipped.len()
+                )
+            }
+            Msg::Progress(train::Progress::Step {
                 epoch,
                 step,
                 steps,
                 loss,
-            } => {
+            }) => {
                 t.steps
                     .push([(epoch - 1) as f64 + step as f64 / steps.max(1) as f64, loss]);
                 let eta = t
@@ -266,7 +263,7 @@ pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
                     t.epochs
                 );
             }
-            Msg::Epoch(e) => {
+            Msg::Progress(train::Progress::Epoch(e)) => {
                 t.status = format!(
                     "epoch {} done: val accuracy {:.3}, AUROC {}, ETA {:.0} s",
                     e.epoch,
