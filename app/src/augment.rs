@@ -269,6 +269,7 @@ mod tests {
             width: 20,
             mean: vec![0.5],
             std: vec![0.25],
+            resize: Default::default(),
         };
         let data: Vec<u8> = (0..37 * 29).map(|i| (i * 7 % 251) as u8).collect();
         let frame = Frame::new(&data, 37, 29, PixelFormat::Gray8);
@@ -311,6 +312,7 @@ mod tests {
             width: 24,
             mean: vec![0.0],
             std: vec![1.0],
+            resize: Default::default(),
         };
         let (w, h) = (53u32, 41u32);
         let data: Vec<u8> = (0..w * h)

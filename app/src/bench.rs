@@ -41,6 +41,111 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Skip the pretrained-backbone model.
+    #[arg(long)]
+    pub no_backbone: bool,
+}
+
+/// The default backbone model (EfficientNet-Lite0 stages 0-4 + the per-position head, random
+/// head weights): what the station runs.
+pub fn lite0_model() -> anyhow::Result<(Model, ModelSpec)> {
+    use kernels::Resize;
+    let (b, _) =
+        crate::train_head::feature_network(&crate::train_head::backbone_path(), 256, Resize::Fit)?;
+    let spec = crate::train_head::head_spec(
+        "lite0-256",
+        &b,
+        vec!["good".into(), "defect".into()],
+        vec!["good".into()],
+    )?;
+    let mut rng = SplitMix64::new(5);
+    let mut weights = b.weights.clone();
+    for l in &spec.layers[b.layers.len()..] {
+        weights.push(l.parameter_shapes().map(|(w, bias)| {
+            kernels::LayerWeights {
+                weight: (0..w.iter().product::<usize>())
+                    .map(|_| rng.uniform(-0.1, 0.1))
+                    .collect(),
+                bias: (0..bias).map(|_| rng.uniform(-0.1, 0.1)).collect(),
+            }
+        }));
+    }
+    let model = Model::new(spec.clone(), weights)?;
+    Ok((model, spec))
+}
+
+type Rows = Vec<(&'static str, u32, Timing)>;
+
+/// Times the engine, burn and the CPU reference on `model` at each batch size.
+fn measure(
+    model: &Model,
+    engine: &mut Engine,
+    burn_model: Option<&crate::nn::BurnModel>,
+    burn_device: Option<&burn::tensor::Device>,
+    args: &BenchArgs,
+    iters: usize,
+    batches: &[u32],
+) -> anyhow::Result<Rows> {
+    let flops = model.spec.flops_per_image();
+    let max_batch = batches.iter().copied().max().unwrap_or(1);
+    let mut rng = SplitMix64::new(7);
+    let (h, w) = (model.spec.input.height, model.spec.input.width);
+    let images: Vec<Vec<u8>> = (0..max_batch)
+        .map(|_| rng.bytes((h * w) as usize))
+        .collect();
+    let heavy = flops > 300_000_000;
+    let mut out = Vec::new();
+    for &batch in batches {
+        let frames: Vec<Frame<'_>> = images[..batch as usize]
+            .iter()
+            .map(|d| Frame::new(d, w, h, PixelFormat::Gray8))
+            .collect();
+        if !args.json {
+            eprintln!("{} batch {batch}: engine…", model.spec.name);
+        }
+        let eng = time(if heavy { 1 } else { 3 }, iters, || {
+            engine.infer(&frames).map(|_| ()).map_err(Into::into)
+        })?;
+        out.push(("engine", batch, summarize(eng, batch, flops)));
+        if let (Some(bm), Some(device)) = (burn_model, burn_device) {
+            if !args.json {
+                eprintln!("{} batch {batch}: burn…", model.spec.name);
+            }
+            let inputs: Vec<Vec<f32>> = frames
+                .iter()
+                .map(|f| {
+                    kernels::reference::preprocess(model, f)
+                        .map(|v| v.into_iter().map(|x| x as f32).collect())
+                })
+                .collect::<Result<_, _>>()
+                .map_err(anyhow::Error::msg)?;
+            // Upload of the normalised input, forward, softmax, read back.
+            let brn = time(if heavy { 1 } else { 3 }, iters, || {
+                crate::train::predict(bm, device, &inputs, &model.spec.input, batch as usize)
+                    .map(|_| ())
+            })?;
+            out.push(("burn", batch, summarize(brn, batch, flops)));
+        }
+        // The f64 reference of a heavy model: batch 1 only (it takes seconds per image).
+        if !args.no_cpu && !(heavy && batch > 1) {
+            if !args.json {
+                eprintln!("{} batch {batch}: cpu reference…", model.spec.name);
+            }
+            let cpu_iters = if batch > 1 || heavy {
+                (args.cpu_iters / 3).max(1)
+            } else {
+                args.cpu_iters
+            };
+            let cpu = time(0, cpu_iters, || {
+                for f in &frames {
+                    kernels::reference::infer(model, f).map_err(anyhow::Error::msg)?;
+                }
+                Ok(())
+            })?;
+            out.push(("cpu_reference", batch, summarize(cpu, batch, flops)));
+        }
+    }
+    Ok(out)
 }
 
 /// Timing summary of one (implementation, batch) pair.
@@ -112,69 +217,23 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         _ => None,
     };
 
-    let mut rng = SplitMix64::new(7);
-    let (h, w) = (model.spec.input.height, model.spec.input.width);
-    let images: Vec<Vec<u8>> = (0..max_batch)
-        .map(|_| rng.bytes((h * w) as usize))
-        .collect();
     let mut report = serde_json::Map::new();
     let mut table = Vec::new();
-    for &batch in &args.batches {
-        let frames: Vec<Frame<'_>> = images[..batch as usize]
-            .iter()
-            .map(|d| Frame::new(d, w, h, PixelFormat::Gray8))
-            .collect();
-        if !args.json {
-            eprintln!("batch {batch}: engine…");
-        }
-        let eng = time(3, args.iters, || {
-            engine.infer(&frames).map(|_| ()).map_err(Into::into)
-        })?;
-        let mut rows = vec![("engine", summarize(eng, batch, flops))];
-        if let Some(bm) = &burn_model {
-            if !args.json {
-                eprintln!("batch {batch}: burn…");
-            }
-            let inputs: Vec<Vec<f32>> = frames
-                .iter()
-                .map(|f| {
-                    kernels::reference::preprocess(&model, f)
-                        .map(|v| v.into_iter().map(|x| x as f32).collect())
-                })
-                .collect::<Result<_, _>>()
-                .map_err(anyhow::Error::msg)?;
-            let device = burn_device.as_ref().context("burn device")?;
-            // Upload of the normalised input, forward, softmax, read back.
-            let brn = time(3, args.iters, || {
-                crate::train::predict(bm, device, &inputs, &model.spec.input, batch as usize)
-                    .map(|_| ())
-            })?;
-            rows.push(("burn", summarize(brn, batch, flops)));
-        }
-        if !args.no_cpu {
-            if !args.json {
-                eprintln!("batch {batch}: cpu reference…");
-            }
-            let iters = if batch > 1 {
-                (args.cpu_iters / 3).max(1)
-            } else {
-                args.cpu_iters
-            };
-            let cpu = time(0, iters, || {
-                for f in &frames {
-                    kernels::reference::infer(&model, f).map_err(anyhow::Error::msg)?;
-                }
-                Ok(())
-            })?;
-            rows.push(("cpu_reference", summarize(cpu, batch, flops)));
-        }
-        for (name, t) in rows {
-            table.push((name, batch, t.clone()));
-            let entry = report.entry(name).or_insert_with(|| serde_json::json!({}));
-            entry[format!("batch_{batch}")] = serde_json::to_value(&t)?;
-        }
+    for (name, batch, t) in measure(
+        &model,
+        &mut engine,
+        burn_model.as_ref(),
+        burn_device.as_ref(),
+        args,
+        args.iters,
+        &args.batches,
+    )? {
+        table.push((name, batch, t.clone()));
+        let entry = report.entry(name).or_insert_with(|| serde_json::json!({}));
+        entry[format!("batch_{batch}")] = serde_json::to_value(&t)?;
     }
 
+    let ref_dispatches = engine.dispatch_stats().dispatches;
     let get = |name: &str, batch: u32| {
         table
             .iter()
@@ -209,15 +268,103 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     );
     report.insert("model".into(), "ref-cnn".into());
     report.insert("flops_per_image".into(), flops.into());
-    report.insert(
-        "dispatches_per_call".into(),
-        engine.dispatch_stats().dispatches.into(),
-    );
-    report.insert(
-        "submissions_per_call".into(),
-        engine.dispatch_stats().submissions.into(),
-    );
+    report.insert("dispatches_per_call".into(), ref_dispatches.into());
+    report.insert("submissions_per_call".into(), 1.into());
     report.insert("ratios".into(), ratios.clone().into());
+
+    // The pretrained backbone with the default per-position head.
+    let mut models = serde_json::Map::new();
+    if !args.no_backbone {
+        let (bm, spec) = lite0_model()?;
+        let lname = spec.name.clone();
+        let lflops = bm.spec.flops_per_image();
+        drop(engine);
+        let lmax = args.batches.iter().copied().max().unwrap_or(1);
+        let mut leng = Engine::new(&gpu.device, &gpu.queue, &bm, lmax, gpu.describe())?;
+        let lburn = match (&burn_device, args.no_burn) {
+            (Some(d), false) => Some(crate::nn::BurnModel::from_model(&bm, d)?),
+            _ => None,
+        };
+        let liters = (args.iters / 5).max(3);
+        let rows = measure(
+            &bm,
+            &mut leng,
+            lburn.as_ref(),
+            burn_device.as_ref(),
+            args,
+            liters,
+            &args.batches,
+        )?;
+        let mut entry = serde_json::json!({
+            "gflop_per_image": lflops as f64 / 1e9,
+            "input": format!("{}x{}", bm.spec.input.width, bm.spec.input.height),
+            "dispatches_per_call": leng.dispatch_stats().dispatches,
+        });
+        for (name, batch, t) in &rows {
+            if entry.get(*name).is_none() {
+                entry[*name] = serde_json::json!({});
+            }
+            entry[*name][format!("batch_{batch}")] = serde_json::to_value(t)?;
+        }
+        // Per-op time share: each dispatch timed on its own (one submission and wait each).
+        let mut rng = SplitMix64::new(11);
+        let side = bm.spec.input.width;
+        let pix: Vec<Vec<u8>> = (0..lmax)
+            .map(|_| rng.bytes((side * side) as usize))
+            .collect();
+        let frames: Vec<Frame<'_>> = pix
+            .iter()
+            .map(|d| Frame::new(d, side, side, PixelFormat::Gray8))
+            .collect();
+        let mut shares: Vec<(String, f64)> = Vec::new();
+        for _ in 0..2 {
+            shares = leng.profile(&frames)?;
+        }
+        let total: f64 = shares.iter().map(|(_, t)| t).sum();
+        let mut by_kind: Vec<(String, f64)> = Vec::new();
+        for (kind, t) in shares {
+            match by_kind.iter_mut().find(|(k, _)| *k == kind) {
+                Some(e) => e.1 += t,
+                None => by_kind.push((kind, t)),
+            }
+        }
+        by_kind.sort_by(|a, b| b.1.total_cmp(&a.1));
+        entry["op_share_batch_max"] = serde_json::Value::Object(
+            by_kind
+                .iter()
+                .map(|(k, t)| {
+                    (
+                        k.clone(),
+                        serde_json::json!({ "ms": t * 1e3, "share": t / total }),
+                    )
+                })
+                .collect(),
+        );
+        models.insert(lname.clone(), entry);
+        if !args.json {
+            println!();
+            println!(
+                "model {lname}: {:.3} GFLOP/image, {} dispatches + 1 submission per call",
+                lflops as f64 / 1e9,
+                leng.dispatch_stats().dispatches
+            );
+            println!(
+                "{:<14} {:>5} {:>10} {:>10} {:>12} {:>10}",
+                "impl", "batch", "p50 ms", "p90 ms", "images/s", "GFLOP/s"
+            );
+            for (name, batch, t) in &rows {
+                println!(
+                    "{name:<14} {batch:>5} {:>10.3} {:>10.3} {:>12.1} {:>10.2}",
+                    t.p50_ms, t.p90_ms, t.images_per_s, t.gflop_per_s
+                );
+            }
+            println!("engine time per op kind at batch {lmax} (dispatches timed one by one):");
+            for (k, t) in &by_kind {
+                println!("  {k:<16} {:>9.2} ms {:>6.1} %", t * 1e3, 100.0 * t / total);
+            }
+        }
+    }
+    report.insert("models".into(), models.into());
 
     if args.json {
         println!("{}", serde_json::Value::Object(report));
@@ -228,7 +375,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         info.name,
         info.backend,
         flops as f64 / 1e6,
-        engine.dispatch_stats().dispatches
+        ref_dispatches
     );
     println!(
         "{:<14} {:>5} {:>10} {:>10} {:>12} {:>10}",
@@ -242,6 +389,56 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     for (k, v) in &ratios {
         println!("{k}: {:.2}", v.as_f64().context("ratio")?);
+    }
+    Ok(())
+}
+
+/// Options of `inspector backbone-check`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct BackboneCheckArgs {
+    /// The full EfficientNet-Lite0 weights (with head and classifier), as safetensors with the
+    /// EfficientNet-PyTorch tensor names.
+    #[arg(long)]
+    pub weights: std::path::PathBuf,
+    /// Input side in pixels (images are resized to it, stretched).
+    #[arg(long, default_value_t = 224)]
+    pub size: u32,
+    /// Images to classify.
+    #[arg(required = true)]
+    pub images: Vec<std::path::PathBuf>,
+}
+
+/// Runs the ImageNet classifier through the engine and prints each image's top-5.
+pub fn backbone_check(args: &BackboneCheckArgs) -> anyhow::Result<()> {
+    let b = kernels::backbone::load(
+        &args.weights,
+        args.size,
+        args.size,
+        kernels::backbone::Extent::Classifier,
+    )?;
+    let classes: Vec<String> = (0..1000).map(|i| i.to_string()).collect();
+    let spec = ModelSpec::new(
+        "efficientnet-lite0-imagenet",
+        b.input.clone(),
+        b.layers.clone(),
+        classes,
+        vec!["0".into()],
+    );
+    let model = Model::new(spec, b.weights.clone())?;
+    let gpu = kernels::GpuContext::headless()?;
+    let mut engine = Engine::new(&gpu.device, &gpu.queue, &model, 1, gpu.describe())?;
+    println!("adapter: {}", gpu.describe());
+    for path in &args.images {
+        let img = crate::dataset::decode_image(path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let out = engine.infer(&[img.frame()])?.remove(0);
+        let mut order: Vec<usize> = (0..out.probabilities.len()).collect();
+        order.sort_by(|&a, &b| out.probabilities[b].total_cmp(&out.probabilities[a]));
+        let top: Vec<String> = order[..5]
+            .iter()
+            .map(|&i| format!("{i} ({:.4})", out.probabilities[i]))
+            .collect();
+        println!("{}: {}", path.display(), top.join(", "));
     }
     Ok(())
 }

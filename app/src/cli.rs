@@ -33,6 +33,9 @@ pub enum Command {
     BenchHistory(crate::headless::BenchHistoryArgs),
     /// Open the inspection window (the same as running with no arguments).
     App(crate::ui::AppArgs),
+    /// Check an EfficientNet-Lite0 weight file: run the whole ImageNet classifier through the
+    /// GPU engine on images and print the top-5 classes (see assets/backbones/README.md).
+    BackboneCheck(crate::bench::BackboneCheckArgs),
 }
 
 /// Options of `inspector train`.
@@ -130,6 +133,7 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Bench(args)) => crate::bench::run(&args),
+        Some(Command::BackboneCheck(args)) => crate::bench::backbone_check(&args),
         Some(Command::Train(args)) => train(args),
         Some(Command::Eval(args)) => {
             let report = crate::eval::evaluate(&args.model, &args.data, &args.split)?;

@@ -40,6 +40,67 @@ pub struct EvalReport {
     /// Of the defective images with a non-empty mask, the share whose heatmap peak lies on the
     /// defect (within one heatmap cell of a mask pixel); absent when no image has a mask.
     pub heatmap_on_defect: Option<f64>,
+    /// The same measures per physical part (rows sharing a `group`; a row without one is its
+    /// own part): a part FAILs when any of its images does, its score is its images' highest.
+    pub parts: PartReport,
+    /// The ten images the model disagrees with most (a PASS image's FAIL score, a defective
+    /// image's 1 − score), strongest first: label errors or the model's blind spots.
+    pub disagreements: Vec<Disagreement>,
+}
+
+/// Figures per physical part.
+#[derive(Clone, Debug, Serialize)]
+pub struct PartReport {
+    /// Parts.
+    pub parts: usize,
+    /// Defective parts.
+    pub defective: usize,
+    /// PASS/FAIL AUROC over parts.
+    pub auroc: Option<f64>,
+    /// Defective parts passed / defective parts, at the threshold.
+    pub miss_rate: f64,
+    /// Good parts failed / good parts, at the threshold.
+    pub false_reject_rate: f64,
+}
+
+/// An image whose label the model contradicts.
+#[derive(Clone, Debug, Serialize)]
+pub struct Disagreement {
+    /// Path relative to the dataset.
+    pub path: String,
+    /// Its label.
+    pub label: String,
+    /// The most probable class.
+    pub predicted: String,
+    /// FAIL score.
+    pub score: f32,
+    /// Its part (group), if the dataset names one.
+    pub group: Option<String>,
+}
+
+/// Part-level figures from per-image scores (see [`EvalReport::parts`]).
+pub fn part_report(
+    groups: &[Option<String>],
+    scores: &[f32],
+    defective: &[bool],
+    threshold: f32,
+) -> PartReport {
+    let mut parts: std::collections::BTreeMap<String, (f32, bool)> = Default::default();
+    for (i, ((g, &s), &d)) in groups.iter().zip(scores).zip(defective).enumerate() {
+        let key = g.clone().unwrap_or_else(|| format!("\u{0}row{i}"));
+        let e = parts.entry(key).or_insert((f32::NEG_INFINITY, false));
+        e.0 = e.0.max(s);
+        e.1 |= d;
+    }
+    let (ps, pd): (Vec<f32>, Vec<bool>) = parts.values().copied().unzip();
+    let rates = metrics::rates_at(&ps, &pd, threshold);
+    PartReport {
+        parts: ps.len(),
+        defective: pd.iter().filter(|&&d| d).count(),
+        auroc: metrics::auroc(&ps, &pd),
+        miss_rate: rates.miss_rate,
+        false_reject_rate: rates.false_reject_rate,
+    }
 }
 
 /// One evaluated image.
@@ -145,11 +206,44 @@ pub fn evaluate_samples(
     let vm = crate::train::val_metrics(spec, &probs, &labels);
     let rates = metrics::rates_at(&vm.scores, &vm.defective, spec.threshold);
     latencies.sort_by(f64::total_cmp);
+    let is_pass: Vec<bool> = spec
+        .classes
+        .iter()
+        .map(|c| spec.pass_classes.contains(c))
+        .collect();
+    let class_auroc = metrics::per_class_auroc(&vm.scores, &labels, &is_pass);
     let per_class = spec
         .classes
         .iter()
         .cloned()
         .zip(vm.confusion.per_class())
+        .zip(class_auroc)
+        .map(|((name, mut m), a)| {
+            m.auroc = a;
+            (name, m)
+        })
+        .collect();
+    let groups: Vec<Option<String>> = kept.iter().map(|s| s.group.clone()).collect();
+    let parts = part_report(&groups, &vm.scores, &vm.defective, spec.threshold);
+    let mut order: Vec<usize> = (0..probs.len()).collect();
+    let against = |i: usize| {
+        if vm.defective[i] {
+            1.0 - vm.scores[i]
+        } else {
+            vm.scores[i]
+        }
+    };
+    order.sort_by(|&a, &b| against(b).total_cmp(&against(a)));
+    let disagreements = order
+        .iter()
+        .take(10)
+        .map(|&i| Disagreement {
+            path: kept[i].rel_path.clone(),
+            label: kept[i].label.clone(),
+            predicted: spec.classes[metrics::argmax(&probs[i]).unwrap_or(0)].clone(),
+            score: vm.scores[i],
+            group: kept[i].group.clone(),
+        })
         .collect();
     let images = kept
         .iter()
@@ -179,6 +273,8 @@ pub fn evaluate_samples(
             latency_ms_p50: latencies[latencies.len() / 2],
             heatmap_on_defect: (!hits.is_empty())
                 .then(|| hits.iter().filter(|&&h| h).count() as f64 / hits.len() as f64),
+            parts,
+            disagreements,
         },
         images,
     })
@@ -215,13 +311,17 @@ pub fn print(report: &EvalReport) {
         report.accuracy, report.macro_f1
     );
     println!(
-        "{:<16} {:>9} {:>9} {:>9} {:>8}",
-        "class", "precision", "recall", "f1", "support"
+        "{:<16} {:>9} {:>9} {:>9} {:>8} {:>9}",
+        "class", "precision", "recall", "f1", "support", "AUROC"
     );
     for (name, m) in &report.per_class {
         println!(
-            "{name:<16} {:>9.4} {:>9.4} {:>9.4} {:>8}",
-            m.precision, m.recall, m.f1, m.support
+            "{name:<16} {:>9.4} {:>9.4} {:>9.4} {:>8} {:>9}",
+            m.precision,
+            m.recall,
+            m.f1,
+            m.support,
+            m.auroc.map_or("-".into(), |a| format!("{a:.4}"))
         );
     }
     println!(
@@ -243,6 +343,26 @@ pub fn print(report: &EvalReport) {
         println!(
             "heatmap peak on the defect: {:.1} % of masked defective images",
             h * 100.0
+        );
+    }
+    let p = &report.parts;
+    println!(
+        "per part ({} parts, {} defective): AUROC {}, miss rate {:.4}, false-reject rate {:.4}",
+        p.parts,
+        p.defective,
+        p.auroc.map_or("n/a".into(), |a| format!("{a:.4}")),
+        p.miss_rate,
+        p.false_reject_rate
+    );
+    println!("strongest disagreements with the labels:");
+    for d in &report.disagreements {
+        println!(
+            "  {:<48} label {:<12} predicted {:<12} score {:.4} part {}",
+            d.path,
+            d.label,
+            d.predicted,
+            d.score,
+            d.group.as_deref().unwrap_or("-")
         );
     }
     println!("latency p50 {:.2} ms per image", report.latency_ms_p50);

@@ -25,5 +25,6 @@ pub mod pipeline;
 pub mod settings;
 pub mod source;
 pub mod train;
+pub mod train_head;
 pub mod ui;
 pub mod versions;

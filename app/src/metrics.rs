@@ -18,6 +18,10 @@ pub struct ClassMetrics {
     pub f1: f64,
     /// Images of this class.
     pub support: usize,
+    /// For a FAIL class: AUROC of its images' FAIL scores against the PASS images' (absent for
+    /// PASS classes and where it cannot be measured).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auroc: Option<f64>,
 }
 
 /// A confusion matrix: `matrix[true][predicted]`.
@@ -79,6 +83,7 @@ impl Confusion {
                     recall,
                     f1,
                     support,
+                    auroc: None,
                 }
             })
             .collect()
@@ -253,4 +258,23 @@ mod tests {
             0.6 - THRESHOLD_MARGIN
         );
     }
+}
+
+/// Per FAIL class `c`: the AUROC of class `c`'s scores against the PASS images' scores.
+/// `labels[i]` is image `i`'s class index; `is_pass[k]` says which classes PASS.
+pub fn per_class_auroc(scores: &[f32], labels: &[usize], is_pass: &[bool]) -> Vec<Option<f64>> {
+    (0..is_pass.len())
+        .map(|c| {
+            if is_pass[c] {
+                return None;
+            }
+            let (s, d): (Vec<f32>, Vec<bool>) = scores
+                .iter()
+                .zip(labels)
+                .filter(|(_, l)| **l == c || is_pass[**l])
+                .map(|(s, l)| (*s, *l == c))
+                .unzip();
+            auroc(&s, &d)
+        })
+        .collect()
 }

@@ -9,7 +9,7 @@
 
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::nn::pool::{AvgPool2d, AvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d, Relu};
 use burn::tensor::{Device, Tensor, TensorData};
 use kernels::{GpuContext, Layer, ModelSpec};
@@ -31,6 +31,67 @@ pub struct GlobalAvgPool;
 #[derive(Module, Debug, Default)]
 pub struct GlobalMaxPool;
 
+/// `Layer::Relu6`.
+#[derive(Module, Debug, Default)]
+pub struct Relu6;
+
+/// `Layer::Add`: adds the output of an earlier layer.
+#[derive(Module, Debug)]
+pub struct Add {
+    /// The earlier layer's index.
+    #[module(skip)]
+    pub from: usize,
+}
+
+/// `Layer::LocalFeatures`: per source layer, a padded k×k average at its stride; concatenated.
+#[derive(Module, Debug)]
+pub struct LocalFeatures {
+    /// Source layer indices.
+    #[module(skip)]
+    pub from: Vec<usize>,
+    /// One average pool per source.
+    pub pools: Vec<AvgPool2d>,
+}
+
+/// `Layer::DefectMaxPool`: the class scores at the most defect-like position.
+#[derive(Module, Debug)]
+pub struct DefectMaxPool {
+    /// Which classes are PASS.
+    #[module(skip)]
+    pub is_pass: Vec<bool>,
+}
+
+impl DefectMaxPool {
+    /// Per-position margins `[n, h·w]` (largest FAIL score − largest PASS score) of a score map
+    /// `[n, classes, h, w]`.
+    pub fn margins(&self, x: Tensor<4>) -> Tensor<2> {
+        let [n, k, h, w] = x.dims();
+        let flat = x.reshape([n, k, h * w]);
+        let pick = |pass: bool| {
+            let idx: Vec<i64> = (0..k)
+                .filter(|&j| self.is_pass[j] == pass)
+                .map(|j| j as i64)
+                .collect();
+            let len = idx.len();
+            let idx = Tensor::<1, burn::tensor::Int>::from_data(
+                TensorData::new(idx, [len]),
+                &flat.device(),
+            );
+            flat.clone().select(1, idx).max_dim(1).reshape([n, h * w])
+        };
+        pick(false) - pick(true)
+    }
+
+    /// `[n, classes]`: the scores at each image's largest-margin position.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        let [n, k, h, w] = x.dims();
+        let best = self.margins(x.clone()).argmax(1); // [n, 1]
+        let flat = x.reshape([n, k, h * w]);
+        let idx = best.reshape([n, 1, 1]).expand([n, k, 1]);
+        flat.gather(2, idx).reshape([n, k])
+    }
+}
+
 /// One layer of a [`BurnModel`], matching one `kernels::Layer`.
 #[derive(Module, Debug)]
 #[allow(clippy::large_enum_variant)]
@@ -39,6 +100,14 @@ pub enum Block {
     Conv(ConvBlock),
     /// `Layer::Relu`.
     Relu(Relu),
+    /// `Layer::Relu6`.
+    Relu6(Relu6),
+    /// `Layer::Add`.
+    Add(Add),
+    /// `Layer::LocalFeatures`.
+    LocalFeatures(LocalFeatures),
+    /// `Layer::DefectMaxPool`.
+    DefectMaxPool(DefectMaxPool),
     /// `Layer::MaxPool2d`.
     MaxPool(MaxPool2d),
     /// `Layer::GlobalAvgPool`.
@@ -60,7 +129,7 @@ impl BurnModel {
     /// Freshly initialised layers for `spec`; `batch_norm` adds a batch-norm after every conv
     /// that a relu follows (a conv without one scores positions and keeps its raw scale).
     pub fn init(spec: &ModelSpec, batch_norm: bool, device: &Device) -> anyhow::Result<Self> {
-        spec.validate()?;
+        let plan = spec.validate()?;
         let blocks = spec
             .layers
             .iter()
@@ -71,25 +140,49 @@ impl BurnModel {
                     out_channels,
                     kernel,
                     stride,
-                    padding,
-                } => Block::Conv(ConvBlock {
-                    conv: Conv2dConfig::new(
-                        [in_channels as usize, out_channels as usize],
-                        [kernel as usize; 2],
-                    )
-                    .with_stride([stride as usize; 2])
-                    .with_padding(PaddingConfig2d::Explicit(
-                        padding as usize,
-                        padding as usize,
-                        padding as usize,
-                        padding as usize,
-                    ))
-                    .with_bias(true)
-                    .init(device),
-                    bn: (batch_norm && matches!(spec.layers.get(i + 1), Some(Layer::Relu)))
+                    groups,
+                    ..
+                } => {
+                    let [t, le, b, r] = l.conv_pads().map(|p| p as usize);
+                    Block::Conv(ConvBlock {
+                        conv: Conv2dConfig::new(
+                            [in_channels as usize, out_channels as usize],
+                            [kernel as usize; 2],
+                        )
+                        .with_stride([stride as usize; 2])
+                        .with_groups(groups as usize)
+                        .with_padding(PaddingConfig2d::Explicit(t, le, b, r))
+                        .with_bias(true)
+                        .init(device),
+                        bn: (batch_norm
+                            && matches!(spec.layers.get(i + 1), Some(Layer::Relu | Layer::Relu6)))
                         .then(|| BatchNormConfig::new(out_channels as usize).init(device)),
-                }),
+                    })
+                }
                 Layer::Relu => Block::Relu(Relu::new()),
+                Layer::Relu6 => Block::Relu6(Relu6),
+                Layer::Add { from } => Block::Add(Add { from }),
+                Layer::LocalFeatures { ref from, kernel } => {
+                    let target = plan.shapes[i + 1];
+                    let r = (kernel / 2) as usize;
+                    Block::LocalFeatures(LocalFeatures {
+                        from: from.clone(),
+                        pools: from
+                            .iter()
+                            .map(|&f| {
+                                let st = kernels::local_stride(plan.shapes[f + 1], target) as usize;
+                                AvgPool2dConfig::new([kernel as usize; 2])
+                                    .with_strides([st; 2])
+                                    .with_padding(PaddingConfig2d::Explicit(r, r, r, r))
+                                    .with_count_include_pad(true)
+                                    .init()
+                            })
+                            .collect(),
+                    })
+                }
+                Layer::DefectMaxPool => Block::DefectMaxPool(DefectMaxPool {
+                    is_pass: plan.is_pass.clone(),
+                }),
                 Layer::MaxPool2d { kernel, stride } => Block::MaxPool(
                     MaxPool2dConfig::new([kernel as usize; 2])
                         .with_strides([stride as usize; 2])
@@ -159,12 +252,13 @@ impl BurnModel {
                         in_channels,
                         out_channels,
                         kernel,
+                        groups,
                         ..
                     },
                 ) => {
                     let shape = [
                         *out_channels as usize,
-                        *in_channels as usize,
+                        (*in_channels / *groups) as usize,
                         *kernel as usize,
                         *kernel as usize,
                     ];
@@ -222,7 +316,17 @@ impl BurnModel {
         let mut x = input;
         let mut flat: Option<Tensor<2>> = None;
         let mut map: Option<Tensor<4>> = None;
+        // Outputs later layers refer to (Add, LocalFeatures), by layer index.
+        let mut kept: Vec<Option<Tensor<4>>> = vec![None; self.blocks.len()];
+        let mut wanted = vec![false; self.blocks.len()];
         for block in &self.blocks {
+            match block {
+                Block::Add(a) => wanted[a.from] = true,
+                Block::LocalFeatures(l) => l.from.iter().for_each(|&f| wanted[f] = true),
+                _ => {}
+            }
+        }
+        for (i, block) in self.blocks.iter().enumerate() {
             match block {
                 Block::Conv(c) => {
                     x = c.conv.forward(x);
@@ -231,6 +335,25 @@ impl BurnModel {
                     }
                 }
                 Block::Relu(r) => x = r.forward(x),
+                Block::Relu6(_) => x = burn::tensor::activation::relu6(x),
+                Block::Add(a) => {
+                    if let Some(y) = &kept[a.from] {
+                        x = x + y.clone();
+                    }
+                }
+                Block::LocalFeatures(l) => {
+                    let parts: Vec<Tensor<4>> = l
+                        .from
+                        .iter()
+                        .zip(&l.pools)
+                        .filter_map(|(&f, pool)| kept[f].clone().map(|t| pool.forward(t)))
+                        .collect();
+                    x = Tensor::cat(parts, 1);
+                }
+                Block::DefectMaxPool(d) => {
+                    flat = Some(d.forward(x.clone()));
+                    map = Some(x.clone());
+                }
                 Block::MaxPool(p) => x = p.forward(x),
                 Block::GlobalAvgPool(_) => {
                     let [n, c, _, _] = x.dims();
@@ -247,6 +370,9 @@ impl BurnModel {
                         flat = Some(l.forward(f));
                     }
                 }
+            }
+            if wanted[i] {
+                kept[i] = Some(x.clone());
             }
         }
         let logits = flat.unwrap_or_else(|| {

@@ -16,7 +16,7 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, SgdConfig, decay::WeightDecayConfig};
 use burn::tensor::{Device, Int, Tensor, TensorData, activation};
-use kernels::{InputSpec, Layer, LayerWeights, Model, ModelSpec, Roi};
+use kernels::{InputSpec, Layer, LayerWeights, Model, ModelSpec, Resize, Roi};
 use serde::{Deserialize, Serialize};
 
 use crate::augment::{self, AugmentConfig};
@@ -137,6 +137,9 @@ pub struct Preset {
     /// defect pixels. Patches spend the compute on the defects instead of on acres of clean
     /// surface, which is what lets a CPU train at a resolution small defects survive.
     pub patch: u32,
+    /// `Some(resize)`: the pretrained backbone with a per-position head (`train_head`), the
+    /// input `side`×`side` pixels, the region stretched or fitted keeping its shape.
+    pub backbone: Option<Resize>,
 }
 
 /// The classifier head of a preset.
@@ -159,6 +162,7 @@ pub const PRESETS: &[Preset] = &[
         convs: &[(8, 3, 1, 2), (16, 3, 1, 0)],
         head: Head::Avg,
         patch: 0,
+        backbone: None,
     },
     Preset {
         name: "tiny-seg",
@@ -167,6 +171,7 @@ pub const PRESETS: &[Preset] = &[
         convs: &[(8, 3, 1, 2), (16, 3, 1, 0)],
         head: Head::MaxScore,
         patch: 24,
+        backbone: None,
     },
     Preset {
         name: "ref-cnn",
@@ -175,6 +180,7 @@ pub const PRESETS: &[Preset] = &[
         convs: &[(16, 3, 1, 2), (32, 3, 1, 2), (64, 3, 1, 2), (64, 3, 1, 0)],
         head: Head::Avg,
         patch: 0,
+        backbone: None,
     },
     Preset {
         name: "tile-s",
@@ -189,6 +195,7 @@ pub const PRESETS: &[Preset] = &[
         ],
         head: Head::Avg,
         patch: 0,
+        backbone: None,
     },
     Preset {
         name: "tile-m",
@@ -203,6 +210,7 @@ pub const PRESETS: &[Preset] = &[
         ],
         head: Head::Avg,
         patch: 0,
+        backbone: None,
     },
     Preset {
         name: "tile-seg",
@@ -219,17 +227,47 @@ pub const PRESETS: &[Preset] = &[
         ],
         head: Head::MaxScore,
         patch: 112,
+        backbone: None,
+    },
+    Preset {
+        name: "lite0",
+        about: "default: pretrained EfficientNet-Lite0 (frozen, stages 0-4), 256 px keeping the \
+                part's shape, per-position head 232-128-classes trained from masks, judged by the \
+                most defect-like position; ~0.64 GFLOP",
+        side: 256,
+        convs: &[],
+        head: Head::MaxScore,
+        patch: 0,
+        backbone: Some(Resize::Fit),
+    },
+    Preset {
+        name: "lite0-384",
+        about: "lite0 at 384 px keeping the part's shape (small defects), ~1.4 GFLOP",
+        side: 384,
+        convs: &[],
+        head: Head::MaxScore,
+        patch: 0,
+        backbone: Some(Resize::Fit),
+    },
+    Preset {
+        name: "lite0-stretch",
+        about: "lite0 at 256 px, the region stretched to a square",
+        side: 256,
+        convs: &[],
+        head: Head::MaxScore,
+        patch: 0,
+        backbone: Some(Resize::Stretch),
     },
 ];
 
 /// The preset used when none is named.
-pub const DEFAULT_PRESET: &str = "tile-seg";
+pub const DEFAULT_PRESET: &str = "lite0";
 /// The optimizer used when none is named (the default model was trained with it).
 pub const DEFAULT_OPTIMIZER: OptimizerKind = OptimizerKind::Adam;
 /// The peak learning rate used when none is given.
-pub const DEFAULT_LR: f64 = 0.002;
+pub const DEFAULT_LR: f64 = 0.001;
 /// The epochs run when none are given.
-pub const DEFAULT_EPOCHS: usize = 16;
+pub const DEFAULT_EPOCHS: usize = 6;
 
 /// Builds the spec of `preset` for a dataset's classes and input statistics.
 pub fn preset_spec(
@@ -252,13 +290,7 @@ pub fn preset_spec(
     let mut layers = Vec::new();
     let mut c = input.channels;
     for &(o, k, s, pool) in p.convs {
-        layers.push(Layer::Conv2d {
-            in_channels: c,
-            out_channels: o,
-            kernel: k,
-            stride: s,
-            padding: k / 2,
-        });
+        layers.push(Layer::conv(c, o, k, s, k / 2));
         layers.push(Layer::Relu);
         if pool > 0 {
             layers.push(Layer::MaxPool2d {
@@ -272,13 +304,7 @@ pub fn preset_spec(
         Head::Avg => layers.push(Layer::GlobalAvgPool),
         Head::MaxScore => {
             let k = classes.len() as u32;
-            layers.push(Layer::Conv2d {
-                in_channels: c,
-                out_channels: k,
-                kernel: 1,
-                stride: 1,
-                padding: 0,
-            });
+            layers.push(Layer::conv(c, k, 1, 1, 0));
             layers.push(Layer::GlobalMaxPool);
             c = k;
         }
@@ -463,14 +489,14 @@ fn decode_all(samples: &[Sample]) -> Vec<Result<DecodedImage, String>> {
 }
 
 /// Loaded images of one split with label indices.
-struct Split {
-    images: Vec<DecodedImage>,
-    labels: Vec<usize>,
-    paths: Vec<String>,
+pub(crate) struct Split {
+    pub images: Vec<DecodedImage>,
+    pub labels: Vec<usize>,
+    pub paths: Vec<String>,
     /// Bounding box of each image's defect mask, if it has a readable, non-empty one.
-    defect_boxes: Vec<Option<Roi>>,
+    pub defect_boxes: Vec<Option<Roi>>,
     /// The defect mask of each image, if it has a readable, non-empty one of the image's size.
-    masks: Vec<Option<DecodedImage>>,
+    pub masks: Vec<Option<DecodedImage>>,
 }
 
 /// The mask at `path` and the bounding box of its bright pixels, when it matches the image size
@@ -510,7 +536,7 @@ fn load_mask(path: &Path, width: u32, height: u32) -> Option<(DecodedImage, Roi)
     })
 }
 
-fn load_split(
+pub(crate) fn load_split(
     samples: &[Sample],
     classes: &[String],
     skipped: &mut Vec<(String, String)>,
@@ -1176,12 +1202,17 @@ impl MaskSupervision {
 }
 
 /// Runs training. `progress` sees every step and epoch; setting `cancel` stops within one step.
-pub fn train(
-    cfg: &TrainConfig,
-    progress: &mut dyn FnMut(Progress),
-    cancel: &AtomicBool,
-) -> anyhow::Result<TrainSummary> {
-    let started = Instant::now();
+/// What every training run reads first: the classes and the two splits.
+pub(crate) struct Prepared {
+    pub classes: Vec<String>,
+    pub pass: Vec<String>,
+    pub train_rows: Vec<Sample>,
+    pub val_rows: Vec<Sample>,
+    pub missing: usize,
+}
+
+/// Opens the dataset, chooses PASS classes and the train / val rows.
+pub(crate) fn prepare(cfg: &TrainConfig) -> anyhow::Result<Prepared> {
     let ds = Dataset::open(&cfg.data)?;
     if !ds.missing.is_empty() {
         tracing::warn!(
@@ -1206,6 +1237,35 @@ pub fn train(
             cfg.pass
         );
     }
+    Ok(Prepared {
+        classes,
+        pass,
+        train_rows,
+        val_rows,
+        missing: ds.missing.len(),
+    })
+}
+
+/// Trains `cfg.preset` on `cfg.data` and writes the model; backbone presets go to
+/// [`crate::train_head::train`].
+pub fn train(
+    cfg: &TrainConfig,
+    progress: &mut dyn FnMut(Progress),
+    cancel: &AtomicBool,
+) -> anyhow::Result<TrainSummary> {
+    let started = Instant::now();
+    if let Some(p) = PRESETS.iter().find(|p| p.name == cfg.preset)
+        && let Some(resize) = p.backbone
+    {
+        return crate::train_head::train(cfg, p.side, resize, progress, cancel);
+    }
+    let Prepared {
+        classes,
+        pass,
+        train_rows,
+        val_rows,
+        missing,
+    } = prepare(cfg)?;
     let mut skipped = Vec::new();
     let train_set = load_split(&train_rows, &classes, &mut skipped);
     let val_set = load_split(&val_rows, &classes, &mut skipped);
@@ -1233,6 +1293,7 @@ pub fn train(
         width: 1,
         mean,
         std,
+        resize: Default::default(),
     };
     let mut spec = preset_spec(&cfg.preset, input, classes.clone(), pass.clone())?;
 
@@ -1552,7 +1613,7 @@ pub fn train(
         train_images: train_set.images.len(),
         val_images: val_set.images.len(),
         skipped: skipped.len(),
-        missing: ds.missing.len(),
+        missing,
         best_epoch,
         epochs_run: history.len(),
         val_accuracy: vm.confusion.accuracy(),
@@ -1597,6 +1658,7 @@ mod tests {
             width: 16,
             mean: vec![0.5],
             std: vec![0.25],
+            resize: Default::default(),
         };
         let spec = preset_spec(
             "tiny",
@@ -1652,6 +1714,7 @@ mod tests {
                 width: 1,
                 mean: vec![0.5],
                 std: vec![0.25],
+                resize: Default::default(),
             },
             vec!["bad".into(), "good".into(), "other".into()],
             vec!["good".into()],
@@ -1724,6 +1787,7 @@ mod tests {
                 width: 1,
                 mean: vec![0.5],
                 std: vec![0.25],
+                resize: Default::default(),
             },
             vec!["bad".into(), "good".into()],
             vec!["good".into()],

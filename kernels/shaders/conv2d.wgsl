@@ -1,7 +1,7 @@
 // Fused conv2d + bias (+ ReLU) on NHWC4 activations.
 //
 // Layouts (all `vec4<f32>` = 4 consecutive channels):
-//   src:     [n][in_h + 2*pad][in_w + 2*pad][in_c4]   (zero border of `pad` = conv padding)
+//   src:     [n][in_h + 2*b][in_w + 2*b][in_c4]   (zero border b = in_border >= the padding)
 //   weights: [oc4][ky][kx][ic4][4]  -- the 4 vec4s are the columns of a mat4x4 whose column j
 //            holds the weights of input channel 4*ic4+j for the 4 output channels of oc4
 //   bias:    [oc4]
@@ -11,7 +11,8 @@
 // so every weight load is reused PX times and every input load 4·OCB times: on CPU
 // rasterisers (lavapipe) every per-invocation load is a gather, so loads per FMA decide speed.
 // All invocations of a workgroup share their output channels (the dispatch's y). The zero
-// border removes every bounds check from the inner loop.
+// border removes every bounds check from the inner loop. Per-side padding: the window of
+// output (oy, ox) starts at bordered row oy*stride + off_y and column ox*stride + off_x.
 // Rust side: src/ops/conv2d.rs (mirrors `Params`).
 
 struct Params {
@@ -25,11 +26,11 @@ struct Params {
     out_border: u32,
     kernel: u32,
     stride: u32,
-    pad: u32,
-    relu: u32,
+    in_border: u32,     // the input's zero border (>= every side's padding)
+    act: u32,           // 0 none, 1 relu, 2 relu6
     x_groups: u32,      // ceil(out_w / PX)
-    _pad0: u32,
-    _pad1: u32,
+    off_y: u32,         // in_border - top padding
+    off_x: u32,         // in_border - left padding
     _pad2: u32,
 }
 
@@ -55,14 +56,14 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let oy = rest % p.out_h;
     let n = rest / p.out_h;
 
-    let in_pw = p.in_w + 2u * p.pad;
-    let in_ph = p.in_h + 2u * p.pad;
+    let in_pw = p.in_w + 2u * p.in_border;
+    let in_ph = p.in_h + 2u * p.in_border;
     let ox0 = xg * PX;
     // Pixels past the right edge recompute the last column (never stored), so loads stay in bounds.
     let last = p.out_w - 1u;
     var sx: array<u32, PX>;
     for (var i = 0u; i < PX; i++) {
-        sx[i] = min(ox0 + i, last) * p.stride * p.in_c4;
+        sx[i] = (min(ox0 + i, last) * p.stride + p.off_x) * p.in_c4;
     }
     var acc: array<vec4<f32>, PX * OCB>;
     for (var j = 0u; j < OCB; j++) {
@@ -71,11 +72,11 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
             acc[j * PX + i] = b;
         }
     }
-    let kk = p.kernel;
+    let kk = p.kernel;  // `1u` in the pointwise (1×1) pipeline: src/ops/conv2d.rs
     // Weights of block j start `wstride` vec4s after those of block j - 1.
     let wstride = kk * kk * p.in_c4 * 4u;
     for (var ky = 0u; ky < kk; ky++) {
-        let row = ((n * in_ph + oy * p.stride + ky) * in_pw) * p.in_c4;
+        let row = ((n * in_ph + oy * p.stride + ky + p.off_y) * in_pw) * p.in_c4;
         for (var kx = 0u; kx < kk; kx++) {
             var wi = (((ocg * OCB) * kk + ky) * kk + kx) * p.in_c4 * 4u;
             let base = row + kx * p.in_c4;
@@ -105,8 +106,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         for (var i = 0u; i < PX; i++) {
             if ox0 + i < p.out_w {
                 var v = acc[j * PX + i];
-                if p.relu != 0u {
+                if p.act == 1u {
                     v = max(v, vec4<f32>(0.0));
+                } else if p.act == 2u {
+                    v = clamp(v, vec4<f32>(0.0), vec4<f32>(6.0));
                 }
                 dst[(out_row + ox0 + i) * p.out_c4 + oc4] = v;
             }

@@ -8,7 +8,7 @@ struct Params {
     out_border: u32,
     channels: u32,      // model channels: 1 or 3
     batch: u32,
-    _pad0: u32,
+    fit: u32,           // 1: keep the aspect ratio (top-left, rest = normalised 0)
     _pad1: u32,
     _pad2: u32,
     mean: vec4<f32>,
@@ -31,6 +31,8 @@ struct FrameDesc {
 @group(0) @binding(1) var<storage, read> frames: array<FrameDesc>;
 @group(0) @binding(2) var<storage, read> pixels: array<u32>;
 @group(0) @binding(3) var<storage, read_write> dst: array<vec4<f32>>;
+// Per frame: the (width, height) of the input the region fills (`InputSpec::content_size`).
+@group(0) @binding(4) var<storage, read_write> content: array<u32>;
 
 fn byte_at(i: u32) -> f32 {
     return f32((pixels[i >> 2u] >> ((i & 3u) * 8u)) & 0xffu);
@@ -54,8 +56,28 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     let f = frames[n];
-    let sx = clamp((f32(x) + 0.5) * f32(f.roi_w) / f32(params.out_w) - 0.5, 0.0, f32(f.roi_w - 1u));
-    let sy = clamp((f32(y) + 0.5) * f32(f.roi_h) / f32(params.out_h) - 0.5, 0.0, f32(f.roi_h - 1u));
+    var cw = params.out_w;
+    var ch = params.out_h;
+    if params.fit != 0u {
+        if f.roi_w * params.out_h >= f.roi_h * params.out_w {
+            ch = clamp((f.roi_h * params.out_w + f.roi_w / 2u) / f.roi_w, 1u, params.out_h);
+        } else {
+            cw = clamp((f.roi_w * params.out_h + f.roi_h / 2u) / f.roi_h, 1u, params.out_w);
+        }
+    }
+    if x == 0u && y == 0u {
+        content[2u * n] = cw;
+        content[2u * n + 1u] = ch;
+    }
+    let pw = params.out_w + 2u * params.out_border;
+    let ph = params.out_h + 2u * params.out_border;
+    let at = (n * ph + y + params.out_border) * pw + x + params.out_border;
+    if x >= cw || y >= ch {
+        dst[at] = vec4<f32>(0.0);
+        return;
+    }
+    let sx = clamp((f32(x) + 0.5) * f32(f.roi_w) / f32(cw) - 0.5, 0.0, f32(f.roi_w - 1u));
+    let sy = clamp((f32(y) + 0.5) * f32(f.roi_h) / f32(ch) - 0.5, 0.0, f32(f.roi_h - 1u));
     let x0 = u32(floor(sx));
     let y0 = u32(floor(sy));
     let x1 = min(x0 + 1u, f.roi_w - 1u);
@@ -73,7 +95,5 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     // Unused channels stay exactly zero: mean and inv_std are zero there.
     v = (v - params.mean) * params.inv_std;
-    let pw = params.out_w + 2u * params.out_border;
-    let ph = params.out_h + 2u * params.out_border;
-    dst[(n * ph + y + params.out_border) * pw + x + params.out_border] = v;
+    dst[at] = v;
 }

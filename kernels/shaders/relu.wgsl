@@ -19,3 +19,12 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         data[i] = max(data[i], vec4<f32>(0.0));
     }
 }
+
+// Standalone ReLU6, in place (borders stay zero).
+@compute @workgroup_size(64, 1, 1)
+fn relu6(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * 64u;
+    if i < p.len {
+        data[i] = clamp(data[i], vec4<f32>(0.0), vec4<f32>(6.0));
+    }
+}

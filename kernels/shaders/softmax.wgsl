@@ -7,7 +7,7 @@
 struct Params {
     batch: u32,
     classes: u32,
-    _pad0: u32,
+    keep_class: u32,    // 1: heat_class was chosen by the defect max pool; leave it
     _pad1: u32,
 }
 
@@ -43,5 +43,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
             best_p = prob;
         }
     }
-    heat_class[n] = best;
+    if p.keep_class == 0u {
+        heat_class[n] = best;
+    }
 }

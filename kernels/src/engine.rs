@@ -16,7 +16,7 @@ use crate::error::EngineError;
 use crate::frame::Frame;
 use crate::model::Model;
 use crate::ops::{self, Kernels};
-use crate::spec::{Layer, ModelSpec, Plan};
+use crate::spec::{Layer, ModelSpec, Plan, Resize};
 use crate::{Heatmap, Inference};
 
 /// The f32 poison written over outputs by [`Engine::poison_outputs`].
@@ -26,11 +26,20 @@ const POISON: f32 = f32::NAN;
 enum Params {
     Preprocess(ops::preprocess::Params),
     Conv(ops::conv2d::Params),
+    Pointwise(ops::conv2d::Params),
+    Depthwise(ops::depthwise::Params),
     MaxPool(ops::max_pool::Params),
     Relu {
         p: ops::relu::Params,
         per_image: u32,
     },
+    Relu6 {
+        p: ops::relu::Params,
+        per_image: u32,
+    },
+    Add(ops::add::Params),
+    LocalFeatures(ops::local_features::Params),
+    DefectPool(ops::defect_pool::Params),
     GlobalAvgPool(ops::global_pool::Params),
     GlobalMaxPool(ops::global_pool::Params),
     Linear(ops::linear::Params),
@@ -42,9 +51,16 @@ impl Params {
     fn set_batch(&mut self, n: u32, classes: u32) {
         match self {
             Self::Preprocess(p) => p.batch = n,
-            Self::Conv(p) => p.batch = n,
+            Self::Conv(p) | Self::Pointwise(p) => p.batch = n,
+            Self::Depthwise(p) => p.batch = n,
             Self::MaxPool(p) => p.batch = n,
-            Self::Relu { p, per_image } => p.len = n * *per_image,
+            Self::Relu { p, per_image } | Self::Relu6 { p, per_image } => p.len = n * *per_image,
+            Self::Add(p) => p.batch = n,
+            Self::LocalFeatures(p) => p.batch = n,
+            Self::DefectPool(p) => {
+                p.batch = n;
+                p.heat_offset = n * classes;
+            }
             Self::GlobalAvgPool(p) | Self::GlobalMaxPool(p) => p.batch = n,
             Self::Linear(p) => p.batch = n,
             Self::Softmax(p) => p.batch = n,
@@ -58,9 +74,13 @@ impl Params {
     fn bytes(&self) -> &[u8] {
         match self {
             Self::Preprocess(p) => bytemuck::bytes_of(p),
-            Self::Conv(p) => bytemuck::bytes_of(p),
+            Self::Conv(p) | Self::Pointwise(p) => bytemuck::bytes_of(p),
+            Self::Depthwise(p) => bytemuck::bytes_of(p),
             Self::MaxPool(p) => bytemuck::bytes_of(p),
-            Self::Relu { p, .. } => bytemuck::bytes_of(p),
+            Self::Relu { p, .. } | Self::Relu6 { p, .. } => bytemuck::bytes_of(p),
+            Self::Add(p) => bytemuck::bytes_of(p),
+            Self::LocalFeatures(p) => bytemuck::bytes_of(p),
+            Self::DefectPool(p) => bytemuck::bytes_of(p),
             Self::GlobalAvgPool(p) | Self::GlobalMaxPool(p) => bytemuck::bytes_of(p),
             Self::Linear(p) => bytemuck::bytes_of(p),
             Self::Softmax(p) => bytemuck::bytes_of(p),
@@ -71,9 +91,13 @@ impl Params {
     fn workgroups(&self, tile: ops::conv2d::Tile) -> [u32; 3] {
         match self {
             Self::Preprocess(p) => ops::preprocess::workgroups(p),
-            Self::Conv(p) => ops::conv2d::workgroups(p, tile),
+            Self::Conv(p) | Self::Pointwise(p) => ops::conv2d::workgroups(p, tile),
+            Self::Depthwise(p) => ops::depthwise::workgroups(p),
             Self::MaxPool(p) => ops::max_pool::workgroups(p),
-            Self::Relu { p, .. } => ops::relu::workgroups(p),
+            Self::Relu { p, .. } | Self::Relu6 { p, .. } => ops::relu::workgroups(p),
+            Self::Add(p) => ops::add::workgroups(p),
+            Self::LocalFeatures(p) => ops::local_features::workgroups(p),
+            Self::DefectPool(p) => ops::defect_pool::workgroups(p),
             Self::GlobalAvgPool(p) | Self::GlobalMaxPool(p) => ops::global_pool::workgroups(p),
             Self::Linear(p) => ops::linear::workgroups(p),
             Self::Softmax(p) => ops::softmax::workgroups(p),
@@ -85,8 +109,14 @@ impl Params {
         match self {
             Self::Preprocess(_) => &k.preprocess,
             Self::Conv(_) => &k.conv2d,
+            Self::Pointwise(_) => &k.pointwise,
+            Self::Depthwise(_) => &k.depthwise,
             Self::MaxPool(_) => &k.max_pool,
             Self::Relu { .. } => &k.relu,
+            Self::Relu6 { .. } => &k.relu6,
+            Self::Add(_) => &k.add,
+            Self::LocalFeatures(_) => &k.local_features,
+            Self::DefectPool(_) => &k.defect_pool,
             Self::GlobalAvgPool(_) => &k.global_avg_pool,
             Self::GlobalMaxPool(_) => &k.global_max_pool,
             Self::Linear(_) => &k.linear,
@@ -96,13 +126,70 @@ impl Params {
     }
 }
 
-/// One dispatch: its parameters, their uniform buffer and its bind group.
+/// A buffer a step binds (after its uniform, at bindings 1, 2, …).
+#[derive(Clone, Copy, Debug)]
+enum Bind {
+    Act(usize),
+    Weights(usize),
+    Frames,
+    Pixels,
+    Content,
+    Features,
+    Logits,
+    IsPass,
+    Output,
+    HeatClass,
+}
+
+/// One dispatch: its parameters, their uniform buffer, what it binds and its bind group.
 #[derive(Debug)]
 struct Step {
     label: String,
     params: Params,
     uniform: wgpu::Buffer,
+    binds: Vec<Bind>,
     bind_group: Option<wgpu::BindGroup>,
+}
+
+/// Every buffer a [`Bind`] can name.
+struct Buffers<'a> {
+    acts: &'a [Act],
+    weights: &'a [wgpu::Buffer],
+    frames: &'a wgpu::Buffer,
+    pixels: &'a wgpu::Buffer,
+    content: &'a wgpu::Buffer,
+    features: &'a wgpu::Buffer,
+    logits: &'a wgpu::Buffer,
+    is_pass: &'a wgpu::Buffer,
+    output: &'a wgpu::Buffer,
+    heat_class: &'a wgpu::Buffer,
+}
+
+impl Buffers<'_> {
+    fn get(&self, b: Bind) -> &wgpu::Buffer {
+        match b {
+            Bind::Act(i) => &self.acts[i].buffer,
+            Bind::Weights(i) => &self.weights[i],
+            Bind::Frames => self.frames,
+            Bind::Pixels => self.pixels,
+            Bind::Content => self.content,
+            Bind::Features => self.features,
+            Bind::Logits => self.logits,
+            Bind::IsPass => self.is_pass,
+            Bind::Output => self.output,
+            Bind::HeatClass => self.heat_class,
+        }
+    }
+
+    fn bind(&self, device: &wgpu::Device, kernels: &Kernels, step: &Step) -> wgpu::BindGroup {
+        let mut list = vec![&step.uniform];
+        list.extend(step.binds.iter().map(|&b| self.get(b)));
+        step.params.kernel(kernels).bind(
+            device,
+            &format!("kernels::{}::bind_group", step.label),
+            &list,
+        )
+    }
 }
 
 /// An NHWC4 activation buffer with a zero border.
@@ -141,13 +228,39 @@ pub struct Engine {
     kernels: Kernels,
     steps: Vec<Step>,
     acts: Vec<Act>,
+    layer_act: Vec<usize>,
     frames: wgpu::Buffer,
     pixels: wgpu::Buffer,
+    content: wgpu::Buffer,
     output: wgpu::Buffer,
     heat_class: wgpu::Buffer,
     readback: wgpu::Buffer,
     current_batch: u32,
     adapter_label: String,
+}
+
+/// The cells of a heatmap that cover the region of interest: with `Resize::Fit` the region
+/// fills only the top-left of the input, and the heatmap is cut to the cells it touches, so it
+/// lies over the region as a whole-input heatmap lies over a stretched one.
+pub fn crop_heatmap(input: &crate::InputSpec, roi: (u32, u32), h: Heatmap) -> Heatmap {
+    let (cw, ch) = input.content_size(roi.0, roi.1);
+    let vw = crate::valid_cells(cw, h.width, input.width);
+    let vh = crate::valid_cells(ch, h.height, input.height);
+    if (vw, vh) == (h.width, h.height) || h.values.len() != (h.width * h.height) as usize {
+        return h;
+    }
+    let values = (0..vh)
+        .flat_map(|y| {
+            let row = (y * h.width) as usize;
+            h.values[row..row + vw as usize].iter().copied()
+        })
+        .collect();
+    Heatmap {
+        width: vw,
+        height: vh,
+        class_index: h.class_index,
+        values,
+    }
 }
 
 fn storage(
@@ -251,11 +364,11 @@ impl Engine {
                 usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             })
         };
-        // The border an activation needs: the padding of its consumer, if that is a conv
-        // (in-place ReLUs in between don't consume).
+        // The border an activation needs: the largest padding of its consumer, if that is a
+        // conv (in-place layers in between don't consume).
         let border_before = |from: usize| -> u32 {
-            match layers[from..].iter().find(|l| !matches!(l, Layer::Relu)) {
-                Some(Layer::Conv2d { padding, .. }) => *padding,
+            match layers[from..].iter().find(|l| !l.in_place()) {
+                Some(l @ Layer::Conv2d { .. }) => l.conv_pads().into_iter().max().unwrap_or(0),
                 _ => 0,
             }
         };
@@ -290,6 +403,7 @@ impl Engine {
             limit,
         )?;
         let pixels = storage(device, "kernels::pixels", 1 << 16, limit)?;
+        let content = storage(device, "kernels::content", max_batch as u64 * 8, limit)?;
         let mut mean = [0.0; 4];
         let mut inv_std = [0.0; 4];
         for c in 0..inp.channels as usize {
@@ -302,7 +416,8 @@ impl Engine {
             out_border: acts[0].border,
             channels: inp.channels,
             batch: max_batch,
-            _pad: [0; 3],
+            fit: (inp.resize == Resize::Fit) as u32,
+            _pad: [0; 2],
             mean,
             inv_std,
         });
@@ -310,93 +425,220 @@ impl Engine {
             label: "preprocess".into(),
             uniform: uniform("kernels::preprocess::params", &pre),
             params: pre,
+            binds: vec![Bind::Frames, Bind::Pixels, Bind::Act(0), Bind::Content],
             bind_group: None,
         });
 
         let classes = spec.classes.len() as u32;
-        let mut weight_buffers: Vec<(wgpu::Buffer, wgpu::Buffer)> = Vec::new();
+        let mut weight_buffers: Vec<wgpu::Buffer> = Vec::new();
+        let mut add_weights = |device: &wgpu::Device, label: String, data: &[f32]| {
+            weight_buffers.push(init_storage(device, &label, data));
+            weight_buffers.len() - 1
+        };
+        // layer_act[i]: the activation holding layer i's output (in-place layers share one).
+        let mut layer_act: Vec<usize> = Vec::with_capacity(layers.len());
         let mut features: Option<wgpu::Buffer> = None;
         let mut logits: Option<wgpu::Buffer> = None;
-        let mut linear_weights: Option<wgpu::Buffer> = None;
+        let mut linear_weights: Option<usize> = None;
         let mut heat_features: Option<usize> = None;
-        let mut i = 0;
-        while i < layers.len() {
-            let cur = acts.len() - 1;
+        let mut defect_pool = false;
+        for (i, layer) in layers.iter().enumerate() {
+            let cur = layer_act.last().copied().unwrap_or(0);
             let out_shape = plan.shapes[i + 1];
-            match layers[i] {
+            let label = format!("{}{i}", layer.kind());
+            match *layer {
                 Layer::Conv2d {
                     in_channels,
                     out_channels,
                     kernel,
                     stride,
-                    padding,
+                    groups,
+                    ..
                 } => {
-                    let fuse_relu = matches!(layers.get(i + 1), Some(Layer::Relu));
-                    let next = i + 1 + fuse_relu as usize;
+                    let act = match layers.get(i + 1) {
+                        Some(Layer::Relu) => 1,
+                        Some(Layer::Relu6) => 2,
+                        _ => 0,
+                    };
                     let out = new_act(
                         format!("kernels::act::{i}"),
                         out_channels,
                         out_shape.h,
                         out_shape.w,
-                        border_before(next),
+                        border_before(i + 1),
                     )?;
                     let Some(w) = &model.weights[i] else {
                         unreachable!("validated model")
                     };
-                    let padded = kernels.conv_tile.padded_out_channels(out_channels as usize);
-                    let packed = ops::conv2d::pack_weights(
-                        &w.weight,
-                        out_channels as usize,
-                        in_channels as usize,
-                        kernel as usize,
-                        padded,
-                    );
-                    let mut bias = w.bias.clone();
-                    bias.resize(padded, 0.0);
-                    let wb = init_storage(device, &format!("kernels::conv{i}::weights"), &packed);
-                    let bb = init_storage(device, &format!("kernels::conv{i}::bias"), &bias);
-                    let p = Params::Conv(ops::conv2d::Params {
-                        batch: max_batch,
-                        in_h: acts[cur].h,
-                        in_w: acts[cur].w,
-                        in_c4: acts[cur].c4,
-                        out_h: out.h,
-                        out_w: out.w,
-                        out_c4: out.c4,
-                        out_border: out.border,
-                        kernel,
-                        stride,
-                        pad: padding,
-                        relu: fuse_relu as u32,
-                        x_groups: out.w.div_ceil(kernels.conv_tile.px),
-                        _pad: [0; 3],
-                    });
-                    debug_assert_eq!(acts[cur].border, padding);
+                    let [pt, pl, _, _] = layer.conv_pads();
+                    let src = &acts[cur];
+                    let (off_y, off_x) = (src.border - pt, src.border - pl);
+                    let (params, wi, bi) = if groups > 1 {
+                        let packed = ops::depthwise::pack_weights(
+                            &w.weight,
+                            out_channels as usize,
+                            kernel as usize,
+                        );
+                        let mut bias = w.bias.clone();
+                        bias.resize(out.c4 as usize * 4, 0.0);
+                        let wi = add_weights(device, format!("kernels::{label}::weights"), &packed);
+                        let bi = add_weights(device, format!("kernels::{label}::bias"), &bias);
+                        let p = Params::Depthwise(ops::depthwise::Params {
+                            batch: max_batch,
+                            in_h: src.h,
+                            in_w: src.w,
+                            c4: src.c4,
+                            out_h: out.h,
+                            out_w: out.w,
+                            out_border: out.border,
+                            kernel,
+                            stride,
+                            in_border: src.border,
+                            off_y,
+                            off_x,
+                            act,
+                            x_groups: out.w.div_ceil(ops::depthwise::PX),
+                            _pad: [0; 2],
+                        });
+                        (p, wi, bi)
+                    } else {
+                        let padded = kernels.conv_tile.padded_out_channels(out_channels as usize);
+                        let packed = ops::conv2d::pack_weights(
+                            &w.weight,
+                            out_channels as usize,
+                            in_channels as usize,
+                            kernel as usize,
+                            padded,
+                        );
+                        let mut bias = w.bias.clone();
+                        bias.resize(padded, 0.0);
+                        let wi = add_weights(device, format!("kernels::{label}::weights"), &packed);
+                        let bi = add_weights(device, format!("kernels::{label}::bias"), &bias);
+                        let cp = ops::conv2d::Params {
+                            batch: max_batch,
+                            in_h: src.h,
+                            in_w: src.w,
+                            in_c4: src.c4,
+                            out_h: out.h,
+                            out_w: out.w,
+                            out_c4: out.c4,
+                            out_border: out.border,
+                            kernel,
+                            stride,
+                            in_border: src.border,
+                            act,
+                            x_groups: out.w.div_ceil(kernels.conv_tile.px),
+                            off_y,
+                            off_x,
+                            _pad: 0,
+                        };
+                        let p = if kernel == 1 {
+                            Params::Pointwise(cp)
+                        } else {
+                            Params::Conv(cp)
+                        };
+                        (p, wi, bi)
+                    };
+                    acts.push(out);
                     steps.push(Step {
-                        label: format!("conv{i}"),
-                        uniform: uniform(&format!("kernels::conv{i}::params"), &p),
-                        params: p,
+                        uniform: uniform(&format!("kernels::{label}::params"), &params),
+                        label,
+                        params,
+                        binds: vec![
+                            Bind::Act(cur),
+                            Bind::Weights(wi),
+                            Bind::Weights(bi),
+                            Bind::Act(acts.len() - 1),
+                        ],
                         bind_group: None,
                     });
-                    weight_buffers.push((wb, bb));
-                    acts.push(out);
-                    i = next;
-                    continue;
+                    layer_act.push(acts.len() - 1);
                 }
-                Layer::Relu => {
-                    let p = Params::Relu {
-                        p: ops::relu::Params {
+                Layer::Relu | Layer::Relu6 => {
+                    let fused = i > 0 && matches!(layers[i - 1], Layer::Conv2d { .. });
+                    if !fused {
+                        let rp = ops::relu::Params {
                             len: 0,
                             _pad: [0; 3],
-                        },
-                        per_image: acts[cur].vec4s_per_image() as u32,
-                    };
+                        };
+                        let per_image = acts[cur].vec4s_per_image() as u32;
+                        let params = if matches!(layer, Layer::Relu) {
+                            Params::Relu { p: rp, per_image }
+                        } else {
+                            Params::Relu6 { p: rp, per_image }
+                        };
+                        steps.push(Step {
+                            uniform: uniform(&format!("kernels::{label}::params"), &params),
+                            label,
+                            params,
+                            binds: vec![Bind::Act(cur)],
+                            bind_group: None,
+                        });
+                    }
+                    layer_act.push(cur);
+                }
+                Layer::Add { from } => {
+                    let src = layer_act[from];
+                    let (d, s) = (&acts[cur], &acts[src]);
+                    let params = Params::Add(ops::add::Params {
+                        batch: max_batch,
+                        h: d.h,
+                        w: d.w,
+                        c4: d.c4,
+                        dst_border: d.border,
+                        src_border: s.border,
+                        _pad: [0; 2],
+                    });
                     steps.push(Step {
-                        label: format!("relu{i}"),
-                        uniform: uniform(&format!("kernels::relu{i}::params"), &p),
-                        params: p,
+                        uniform: uniform(&format!("kernels::{label}::params"), &params),
+                        label,
+                        params,
+                        binds: vec![Bind::Act(src), Bind::Act(cur)],
                         bind_group: None,
                     });
+                    layer_act.push(cur);
+                }
+                Layer::LocalFeatures { ref from, kernel } => {
+                    let out = new_act(
+                        format!("kernels::act::{i}"),
+                        out_shape.c,
+                        out_shape.h,
+                        out_shape.w,
+                        border_before(i + 1),
+                    )?;
+                    let dst = acts.len();
+                    let mut c_offset = 0;
+                    for (j, &f) in from.iter().enumerate() {
+                        let sa = layer_act[f];
+                        let s = &acts[sa];
+                        let src_c = plan.shapes[f + 1].c;
+                        let params = Params::LocalFeatures(ops::local_features::Params {
+                            batch: max_batch,
+                            src_h: s.h,
+                            src_w: s.w,
+                            src_c4: s.c4,
+                            src_border: s.border,
+                            src_c,
+                            stride: crate::spec::local_stride(plan.shapes[f + 1], out_shape),
+                            kernel,
+                            dst_h: out.h,
+                            dst_w: out.w,
+                            dst_c4: out.c4,
+                            dst_border: out.border,
+                            c_offset,
+                            _pad: [0; 3],
+                        });
+                        c_offset += src_c;
+                        steps.push(Step {
+                            uniform: uniform(&format!("kernels::{label}.{j}::params"), &params),
+                            label: format!("{label}.{j}"),
+                            params,
+                            binds: vec![Bind::Act(sa), Bind::Act(dst)],
+                            bind_group: None,
+                        });
+                    }
+                    acts.push(out);
+                    layer_act.push(dst);
                 }
                 Layer::MaxPool2d { kernel, stride } => {
                     let out = new_act(
@@ -406,7 +648,7 @@ impl Engine {
                         out_shape.w,
                         border_before(i + 1),
                     )?;
-                    let p = Params::MaxPool(ops::max_pool::Params {
+                    let params = Params::MaxPool(ops::max_pool::Params {
                         batch: max_batch,
                         in_h: acts[cur].h,
                         in_w: acts[cur].w,
@@ -418,15 +660,17 @@ impl Engine {
                         stride,
                         _pad: [0; 3],
                     });
+                    acts.push(out);
                     steps.push(Step {
-                        label: format!("max_pool{i}"),
-                        uniform: uniform(&format!("kernels::max_pool{i}::params"), &p),
-                        params: p,
+                        uniform: uniform(&format!("kernels::{label}::params"), &params),
+                        label,
+                        params,
+                        binds: vec![Bind::Act(cur), Bind::Act(acts.len() - 1)],
                         bind_group: None,
                     });
-                    acts.push(out);
+                    layer_act.push(acts.len() - 1);
                 }
-                Layer::GlobalAvgPool | Layer::GlobalMaxPool => {
+                Layer::GlobalAvgPool | Layer::GlobalMaxPool | Layer::DefectMaxPool => {
                     let a = &acts[cur];
                     features = Some(storage(
                         device,
@@ -441,17 +685,47 @@ impl Engine {
                         w: a.w,
                         c4: a.c4,
                     };
-                    let (p, name) = if matches!(model.spec.layers[i], Layer::GlobalMaxPool) {
-                        (Params::GlobalMaxPool(gp), "global_max_pool")
-                    } else {
-                        (Params::GlobalAvgPool(gp), "global_avg_pool")
+                    let (params, binds) = match layer {
+                        Layer::GlobalMaxPool => (
+                            Params::GlobalMaxPool(gp),
+                            vec![Bind::Act(cur), Bind::Features],
+                        ),
+                        Layer::GlobalAvgPool => (
+                            Params::GlobalAvgPool(gp),
+                            vec![Bind::Act(cur), Bind::Features],
+                        ),
+                        _ => {
+                            defect_pool = true;
+                            (
+                                Params::DefectPool(ops::defect_pool::Params {
+                                    batch: max_batch,
+                                    h: a.h,
+                                    w: a.w,
+                                    c4: a.c4,
+                                    classes,
+                                    in_w: inp.width,
+                                    in_h: inp.height,
+                                    heat_offset: max_batch * classes,
+                                }),
+                                vec![
+                                    Bind::Act(cur),
+                                    Bind::IsPass,
+                                    Bind::Content,
+                                    Bind::Features,
+                                    Bind::Output,
+                                    Bind::HeatClass,
+                                ],
+                            )
+                        }
                     };
                     steps.push(Step {
-                        label: name.into(),
-                        uniform: uniform(&format!("kernels::{name}::params"), &p),
-                        params: p,
+                        uniform: uniform(&format!("kernels::{label}::params"), &params),
+                        label,
+                        params,
+                        binds,
                         bind_group: None,
                     });
+                    layer_act.push(cur);
                 }
                 Layer::Linear {
                     in_features,
@@ -465,33 +739,36 @@ impl Engine {
                         out_features as usize,
                         in_features as usize,
                     );
-                    linear_weights =
-                        Some(init_storage(device, "kernels::linear::weights", &packed));
-                    weight_buffers.push((
-                        init_storage(device, "kernels::linear::unused", &[0.0]),
-                        init_storage(device, "kernels::linear::bias", &w.bias),
-                    ));
+                    let wi = add_weights(device, "kernels::linear::weights".into(), &packed);
+                    let bi = add_weights(device, "kernels::linear::bias".into(), &w.bias);
+                    linear_weights = Some(wi);
                     logits = Some(storage(
                         device,
                         "kernels::logits",
                         max_batch as u64 * out_features as u64 * 4,
                         limit,
                     )?);
-                    let p = Params::Linear(ops::linear::Params {
+                    let params = Params::Linear(ops::linear::Params {
                         batch: max_batch,
                         in4: in_features.div_ceil(4),
                         out_features,
                         _pad: 0,
                     });
                     steps.push(Step {
-                        label: "linear".into(),
-                        uniform: uniform("kernels::linear::params", &p),
-                        params: p,
+                        uniform: uniform("kernels::linear::params", &params),
+                        label,
+                        params,
+                        binds: vec![
+                            Bind::Features,
+                            Bind::Weights(wi),
+                            Bind::Weights(bi),
+                            Bind::Logits,
+                        ],
                         bind_group: None,
                     });
+                    layer_act.push(cur);
                 }
             }
-            i += 1;
         }
         let (Some(features), Some(logits), Some(linear_weights), Some(heat_idx)) =
             (features, logits, linear_weights, heat_features)
@@ -521,99 +798,54 @@ impl Engine {
         let sm = Params::Softmax(ops::softmax::Params {
             batch: max_batch,
             classes,
-            _pad: [0; 2],
+            keep_class: defect_pool as u32,
+            _pad: 0,
         });
         steps.push(Step {
             label: "softmax".into(),
             uniform: uniform("kernels::softmax::params", &sm),
             params: sm,
+            binds: vec![Bind::Logits, Bind::IsPass, Bind::Output, Bind::HeatClass],
             bind_group: None,
         });
-        let cam = Params::Cam(ops::cam_heatmap::Params {
-            batch: max_batch,
-            h: heat.h,
-            w: heat.w,
-            c4: heat.c4,
-            out_offset: 0,
-            _pad: [0; 3],
-        });
-        steps.push(Step {
-            label: "cam_heatmap".into(),
-            uniform: uniform("kernels::cam_heatmap::params", &cam),
-            params: cam,
-            bind_group: None,
-        });
+        if !defect_pool {
+            let cam = Params::Cam(ops::cam_heatmap::Params {
+                batch: max_batch,
+                h: heat.h,
+                w: heat.w,
+                c4: heat.c4,
+                out_offset: 0,
+                _pad: [0; 3],
+            });
+            steps.push(Step {
+                label: "cam_heatmap".into(),
+                uniform: uniform("kernels::cam_heatmap::params", &cam),
+                params: cam,
+                binds: vec![
+                    Bind::Act(heat_idx),
+                    Bind::Weights(linear_weights),
+                    Bind::HeatClass,
+                    Bind::Output,
+                ],
+                bind_group: None,
+            });
+        }
 
         // Bind groups, now that every buffer exists.
-        let mut act_i = 0;
-        let mut weights_i = 0;
+        let buffers = Buffers {
+            acts: &acts,
+            weights: &weight_buffers,
+            frames: &frames,
+            pixels: &pixels,
+            content: &content,
+            features: &features,
+            logits: &logits,
+            is_pass: &is_pass_buf,
+            output: &output,
+            heat_class: &heat_class,
+        };
         for step in &mut steps {
-            let k = step.params.kernel(&kernels);
-            let label = format!("kernels::{}::bind_group", step.label);
-            let bg = match &step.params {
-                Params::Preprocess(_) => k.bind(
-                    device,
-                    &label,
-                    &[&step.uniform, &frames, &pixels, &acts[0].buffer],
-                ),
-                Params::Conv(_) => {
-                    let (w, b) = &weight_buffers[weights_i];
-                    weights_i += 1;
-                    act_i += 1;
-                    k.bind(
-                        device,
-                        &label,
-                        &[
-                            &step.uniform,
-                            &acts[act_i - 1].buffer,
-                            w,
-                            b,
-                            &acts[act_i].buffer,
-                        ],
-                    )
-                }
-                Params::MaxPool(_) => {
-                    act_i += 1;
-                    k.bind(
-                        device,
-                        &label,
-                        &[&step.uniform, &acts[act_i - 1].buffer, &acts[act_i].buffer],
-                    )
-                }
-                Params::Relu { .. } => {
-                    k.bind(device, &label, &[&step.uniform, &acts[act_i].buffer])
-                }
-                Params::GlobalAvgPool(_) | Params::GlobalMaxPool(_) => k.bind(
-                    device,
-                    &label,
-                    &[&step.uniform, &acts[act_i].buffer, &features],
-                ),
-                Params::Linear(_) => {
-                    let (_, b) = &weight_buffers[weights_i];
-                    k.bind(
-                        device,
-                        &label,
-                        &[&step.uniform, &features, &linear_weights, b, &logits],
-                    )
-                }
-                Params::Softmax(_) => k.bind(
-                    device,
-                    &label,
-                    &[&step.uniform, &logits, &is_pass_buf, &output, &heat_class],
-                ),
-                Params::Cam(_) => k.bind(
-                    device,
-                    &label,
-                    &[
-                        &step.uniform,
-                        &heat.buffer,
-                        &linear_weights,
-                        &heat_class,
-                        &output,
-                    ],
-                ),
-            };
-            step.bind_group = Some(bg);
+            step.bind_group = Some(buffers.bind(device, &kernels, step));
         }
         queue.submit([]);
         Ok(Self {
@@ -625,8 +857,10 @@ impl Engine {
             kernels,
             steps,
             acts,
+            layer_act,
             frames,
             pixels,
+            content,
             output,
             heat_class,
             readback,
@@ -658,10 +892,85 @@ impl Engine {
         }
     }
 
+    /// Runs `frames` once more with every dispatch in its own submission, waiting for each, and
+    /// returns (op kind, seconds) per dispatch: where the time goes, for `inspector bench`.
+    /// Much slower than [`Self::infer`] in total; compare shares, not sums.
+    pub fn profile(&mut self, frames: &[Frame<'_>]) -> Result<Vec<(String, f64)>, EngineError> {
+        self.infer(frames)?;
+        let mut out = Vec::with_capacity(self.steps.len());
+        for step in &self.steps {
+            let kind = match &step.params {
+                Params::Preprocess(_) => "preprocess",
+                Params::Conv(_) => "conv k×k",
+                Params::Pointwise(_) => "conv 1×1",
+                Params::Depthwise(_) => "depthwise",
+                Params::MaxPool(_) => "max_pool",
+                Params::Relu { .. } | Params::Relu6 { .. } => "relu",
+                Params::Add(_) => "residual add",
+                Params::LocalFeatures(_) => "local_features",
+                Params::GlobalAvgPool(_)
+                | Params::GlobalMaxPool(_)
+                | Params::DefectPool(_)
+                | Params::Linear(_)
+                | Params::Softmax(_)
+                | Params::Cam(_) => "pool + classifier",
+            };
+            let t = std::time::Instant::now();
+            let mut encoder = self
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("kernels::profile"),
+                });
+            {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("kernels::profile"),
+                    timestamp_writes: None,
+                });
+                let [x, y, z] = step.params.workgroups(self.kernels.conv_tile);
+                pass.set_pipeline(&step.params.kernel(&self.kernels).pipeline);
+                pass.set_bind_group(0, step.bind_group.as_ref(), &[]);
+                pass.dispatch_workgroups(x, y, z);
+            }
+            let index = self.queue.submit([encoder.finish()]);
+            self.device
+                .poll(wgpu::PollType::Wait {
+                    submission_index: Some(index),
+                    timeout: None,
+                })
+                .map_err(|e| EngineError::Gpu(e.to_string()))?;
+            out.push((kind.to_owned(), t.elapsed().as_secs_f64()));
+        }
+        Ok(out)
+    }
+
     /// Runs the model on up to [`Self::max_batch`] frames: one result per frame, in order.
     pub fn infer(&mut self, frames: &[Frame<'_>]) -> Result<Vec<Inference>, EngineError> {
+        Ok(self.infer_tapped(frames, None)?.0)
+    }
+
+    /// [`Self::infer`], also reading back the output of layer `layer` for every frame as a
+    /// `[c, h, w]` tensor (for training heads on a frozen backbone's features, and for tests).
+    pub fn infer_with_layer(
+        &mut self,
+        frames: &[Frame<'_>],
+        layer: usize,
+    ) -> Result<(Vec<Inference>, Vec<Vec<f32>>), EngineError> {
+        if layer >= self.layer_act.len() {
+            return Err(EngineError::BadFrame {
+                index: 0,
+                msg: format!("the model has no layer {layer}"),
+            });
+        }
+        self.infer_tapped(frames, Some(layer))
+    }
+
+    fn infer_tapped(
+        &mut self,
+        frames: &[Frame<'_>],
+        tap: Option<usize>,
+    ) -> Result<(Vec<Inference>, Vec<Vec<f32>>), EngineError> {
         if frames.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
         if frames.len() > self.max_batch as usize {
             return Err(EngineError::BatchTooLarge {
@@ -697,7 +1006,7 @@ impl Engine {
         }
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let result = self.run(frames, &descs, offset, n);
+        let result = self.run(frames, &descs, offset, n, tap);
         let oom_err = pollster::block_on(oom.pop());
         let val_err = pollster::block_on(scope.pop());
         if let Some(e) = oom_err.or(val_err) {
@@ -712,7 +1021,8 @@ impl Engine {
         descs: &[ops::preprocess::FrameDesc],
         pixel_bytes: u64,
         n: u32,
-    ) -> Result<Vec<Inference>, EngineError> {
+        tap: Option<usize>,
+    ) -> Result<(Vec<Inference>, Vec<Vec<f32>>), EngineError> {
         if pixel_bytes > self.pixels.size() {
             let limits = self.device.limits();
             let limit = limits
@@ -730,6 +1040,7 @@ impl Engine {
                     &self.frames,
                     &self.pixels,
                     &self.acts[0].buffer,
+                    &self.content,
                 ],
             ));
         }
@@ -786,7 +1097,28 @@ impl Engine {
             out_bytes,
             Some(n as u64 * 4),
         );
+        // The tapped layer's activation, whole (border included), into its own staging buffer.
+        let tap_buf = tap.map(|layer| {
+            let act = &self.acts[self.layer_act[layer]];
+            let bytes = act.vec4s_per_image() * 16 * n as u64;
+            let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("kernels::tap_readback"),
+                size: bytes.next_multiple_of(16),
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            encoder.copy_buffer_to_buffer(&act.buffer, 0, &buf, 0, Some(bytes));
+            (layer, buf, bytes)
+        });
         let index = self.queue.submit([encoder.finish()]);
+        let tap_rx = tap_buf.as_ref().map(|(_, buf, bytes)| {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            buf.slice(..*bytes)
+                .map_async(wgpu::MapMode::Read, move |r| {
+                    let _ = tx.send(r);
+                });
+            rx
+        });
 
         let read_len = out_bytes + n as u64 * 4;
         let slice = self.readback.slice(..read_len);
@@ -817,17 +1149,54 @@ impl Engine {
             (0..n as usize)
                 .map(|i| Inference {
                     probabilities: floats[i * k..(i + 1) * k].to_vec(),
-                    heatmap: Heatmap {
-                        width: heat.w,
-                        height: heat.h,
-                        class_index: classes_u[i] as usize,
-                        values: floats[heat_base + i * hl..heat_base + (i + 1) * hl].to_vec(),
-                    },
+                    heatmap: crop_heatmap(
+                        &self.spec.input,
+                        (descs[i].roi_w, descs[i].roi_h),
+                        Heatmap {
+                            width: heat.w,
+                            height: heat.h,
+                            class_index: classes_u[i] as usize,
+                            values: floats[heat_base + i * hl..heat_base + (i + 1) * hl].to_vec(),
+                        },
+                    ),
                 })
                 .collect()
         };
         self.readback.unmap();
-        Ok(results)
+        let mut tapped = Vec::new();
+        if let (Some((layer, buf, bytes)), Some(rx)) = (tap_buf, tap_rx) {
+            match rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(EngineError::Gpu(e.to_string())),
+                Err(_) => return Err(EngineError::Gpu("tap readback was never mapped".into())),
+            }
+            let shape = self.plan.shapes[layer + 1];
+            let act = &self.acts[self.layer_act[layer]];
+            {
+                let view = buf
+                    .slice(..bytes)
+                    .get_mapped_range()
+                    .map_err(|e| EngineError::Gpu(e.to_string()))?;
+                let v: &[f32] = bytemuck::cast_slice(&view);
+                let (b, c4) = (act.border as usize, act.c4 as usize);
+                let (h, w, c) = (act.h as usize, act.w as usize, shape.c as usize);
+                let (ph, pw) = (h + 2 * b, w + 2 * b);
+                for i in 0..n as usize {
+                    let mut t = vec![0f32; c * h * w];
+                    for y in 0..h {
+                        for x in 0..w {
+                            let base = ((i * ph + y + b) * pw + x + b) * c4 * 4;
+                            for ch in 0..c {
+                                t[(ch * h + y) * w + x] = v[base + ch];
+                            }
+                        }
+                    }
+                    tapped.push(t);
+                }
+            }
+            buf.unmap();
+        }
+        Ok((results, tapped))
     }
 
     /// Overwrites the output, heatmap-class and readback buffers with NaN / `u32::MAX`, so a

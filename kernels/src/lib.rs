@@ -8,6 +8,7 @@
 //!
 //! This crate knows nothing of egui, burn or the app.
 
+pub mod backbone;
 mod engine;
 mod error;
 mod frame;
@@ -18,12 +19,15 @@ pub mod reference;
 pub mod rng;
 mod spec;
 
-pub use engine::{DispatchStats, Engine};
+pub use engine::{DispatchStats, Engine, crop_heatmap};
 pub use error::{EngineError, ModelError, SpecError};
 pub use frame::{Frame, MAX_FRAME_SIDE, PixelFormat, Roi};
 pub use gpu::GpuContext;
 pub use model::{LayerWeights, MAX_FILE_BYTES, Model, SPEC_METADATA_KEY};
-pub use spec::{FORMAT_TAG, FORMAT_VERSION, InputSpec, Layer, ModelSpec, Plan, Shape3, limits};
+pub use spec::{
+    FORMAT_TAG, FORMAT_VERSION, InputSpec, Layer, ModelSpec, Plan, Resize, Shape3, limits,
+    local_stride, pooled_side, valid_cells,
+};
 
 /// What the model says about one frame.
 #[derive(Clone, Debug, PartialEq)]

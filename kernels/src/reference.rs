@@ -10,6 +10,9 @@
 //! 3. Channels: gray → RGB replicates; RGB(A) → gray is `0.299 R + 0.587 G + 0.114 B`;
 //!    alpha is ignored.
 //! 4. Scale to 0..1 (`/255`), then `(v − mean[c]) / std[c]`.
+//!
+//! With `Resize::Fit` step 2 resizes into the top-left `InputSpec::content_size` rectangle
+//! and the rest of the input is 0 (after normalisation).
 
 use crate::frame::{Frame, PixelFormat};
 use crate::model::Model;
@@ -48,10 +51,12 @@ pub fn preprocess_input(inp: &InputSpec, frame: &Frame<'_>) -> Result<Vec<f64>, 
         (i0, (i0 + 1).min(len as usize - 1), s - i0 as f64)
     };
     let mut out = vec![0.0; c * oh * ow];
-    for y in 0..oh {
-        let (y0, y1, fy) = sample(y, oh, roi.height);
-        for x in 0..ow {
-            let (x0, x1, fx) = sample(x, ow, roi.width);
+    let (cw, ch) = inp.content_size(roi.width, roi.height);
+    let (cw, ch) = (cw as usize, ch as usize);
+    for y in 0..ch {
+        let (y0, y1, fy) = sample(y, ch, roi.height);
+        for x in 0..cw {
+            let (x0, x1, fx) = sample(x, cw, roi.width);
             let (a, b, cc, d) = (px(x0, y0), px(x1, y0), px(x0, y1), px(x1, y1));
             let mut rgb = [0.0; 3];
             for k in 0..3 {
@@ -72,46 +77,137 @@ pub fn preprocess_input(inp: &InputSpec, frame: &Frame<'_>) -> Result<Vec<f64>, 
     Ok(out)
 }
 
-/// Runs the forward pass from an already preprocessed `[c, h, w]` input.
+/// Runs the forward pass from an already preprocessed `[c, h, w]` input that fills the whole
+/// model input.
 pub fn forward_tensor(model: &Model, input: Vec<f64>) -> Inference {
+    let inp = &model.spec.input;
+    forward_tensor_in(model, input, (inp.width, inp.height))
+}
+
+/// Every layer's output (`outputs[i]` = layer `i`'s, `[c, h, w]`), from a preprocessed input.
+pub fn layer_outputs(model: &Model, input: Vec<f64>) -> Vec<Vec<f64>> {
+    let inp = &model.spec.input;
+    run_layers(model, input, (inp.width, inp.height)).0
+}
+
+/// [`forward_tensor`] for an input whose image fills only the top-left `content`
+/// `(width, height)` (see `InputSpec::content_size`).
+pub fn forward_tensor_in(model: &Model, input: Vec<f64>, content: (u32, u32)) -> Inference {
+    let (outputs, heat_values, class_index) = run_layers(model, input, content);
     let plan = &model.plan;
-    let mut act = input;
-    let mut heat_input = Vec::new();
-    let mut logits = Vec::new();
-    for (i, layer) in model.spec.layers.iter().enumerate() {
+    let logits = outputs.last().cloned().unwrap_or_default();
+    let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let exps: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
+    let sum: f64 = exps.iter().sum();
+    let probabilities: Vec<f32> = exps.iter().map(|e| (e / sum) as f32).collect();
+    let hs = plan.heatmap_shape();
+    let (values, class_index) = match heat_values {
+        Some(v) => (v, class_index),
+        None => {
+            let class_index = most_likely_fail_class(&probabilities, &plan.is_pass);
+            let (c, h, w) = (hs.c as usize, hs.h as usize, hs.w as usize);
+            let Some(lw) = &model.weights[plan.linear_layer] else {
+                unreachable!("validated")
+            };
+            let heat_input = if plan.gap_layer == 0 {
+                &outputs[0]
+            } else {
+                &outputs[plan.gap_layer - 1]
+            };
+            let values = (0..h * w)
+                .map(|p| {
+                    (0..c)
+                        .map(|ch| {
+                            lw.weight[class_index * c + ch] as f64 * heat_input[ch * h * w + p]
+                        })
+                        .sum::<f64>() as f32
+                })
+                .collect();
+            (values, class_index)
+        }
+    };
+    let inp = &model.spec.input;
+    // The content's own size stands in for the region (content_size of it is itself).
+    let full = Heatmap {
+        width: hs.w,
+        height: hs.h,
+        class_index,
+        values,
+    };
+    let heatmap = if content == (inp.width, inp.height) {
+        full
+    } else {
+        let (vw, vh) = (
+            crate::valid_cells(content.0, hs.w, inp.width),
+            crate::valid_cells(content.1, hs.h, inp.height),
+        );
+        Heatmap {
+            width: vw,
+            height: vh,
+            class_index,
+            values: (0..vh as usize)
+                .flat_map(|y| {
+                    full.values[y * hs.w as usize..y * hs.w as usize + vw as usize].to_vec()
+                })
+                .collect(),
+        }
+    };
+    Inference {
+        probabilities,
+        heatmap,
+    }
+}
+
+/// The layers' outputs, and for a [`Layer::DefectMaxPool`] its margin map and winning class.
+fn run_layers(
+    model: &Model,
+    input: Vec<f64>,
+    content: (u32, u32),
+) -> (Vec<Vec<f64>>, Option<Vec<f32>>, usize) {
+    let plan = &model.plan;
+    let spec = &model.spec;
+    let mut outputs: Vec<Vec<f64>> = Vec::with_capacity(spec.layers.len());
+    let mut heat = None;
+    let mut heat_class = 0;
+    for (i, layer) in spec.layers.iter().enumerate() {
+        let act: &[f64] = if i == 0 { &input } else { &outputs[i - 1] };
         let s = plan.shapes[i];
         let o = plan.shapes[i + 1];
         let (ic, ih, iw) = (s.c as usize, s.h as usize, s.w as usize);
         let (oc, oh, ow) = (o.c as usize, o.h as usize, o.w as usize);
-        act = match *layer {
+        let out = match *layer {
             Layer::Conv2d {
                 kernel,
                 stride,
-                padding,
+                groups,
                 ..
             } => {
                 let Some(w) = &model.weights[i] else {
                     unreachable!("validated")
                 };
-                let (k, st, p) = (kernel as usize, stride as usize, padding as isize);
+                let [pt, pl, _, _] = layer.conv_pads();
+                let (k, st) = (kernel as usize, stride as usize);
+                let depthwise = groups > 1;
+                let per_group = if depthwise { 1 } else { ic };
                 let mut out = vec![0.0; oc * oh * ow];
                 for co in 0..oc {
+                    let inputs = if depthwise { co..co + 1 } else { 0..ic };
                     for y in 0..oh {
                         for x in 0..ow {
                             let mut acc = w.bias[co] as f64;
-                            for ci in 0..ic {
+                            for (j, ci) in inputs.clone().enumerate() {
                                 for ky in 0..k {
-                                    let sy = (y * st + ky) as isize - p;
+                                    let sy = (y * st + ky) as isize - pt as isize;
                                     if sy < 0 || sy >= ih as isize {
                                         continue;
                                     }
                                     for kx in 0..k {
-                                        let sx = (x * st + kx) as isize - p;
+                                        let sx = (x * st + kx) as isize - pl as isize;
                                         if sx < 0 || sx >= iw as isize {
                                             continue;
                                         }
-                                        let wv =
-                                            w.weight[((co * ic + ci) * k + ky) * k + kx] as f64;
+                                        let wv = w.weight[((co * per_group + j) * k + ky) * k + kx]
+                                            as f64;
                                         acc += wv * act[(ci * ih + sy as usize) * iw + sx as usize];
                                     }
                                 }
@@ -122,7 +218,42 @@ pub fn forward_tensor(model: &Model, input: Vec<f64>) -> Inference {
                 }
                 out
             }
-            Layer::Relu => act.into_iter().map(|v| v.max(0.0)).collect(),
+            Layer::Relu => act.iter().map(|v| v.max(0.0)).collect(),
+            Layer::Relu6 => act.iter().map(|v| v.clamp(0.0, 6.0)).collect(),
+            Layer::Add { from } => act.iter().zip(&outputs[from]).map(|(a, b)| a + b).collect(),
+            Layer::LocalFeatures { ref from, kernel } => {
+                let k = kernel as usize;
+                let r = (k / 2) as isize;
+                let mut out = Vec::with_capacity(oc * oh * ow);
+                for &f in from {
+                    let src = plan.shapes[f + 1];
+                    let st = crate::spec::local_stride(src, o) as usize;
+                    let (sc, sh, sw) = (src.c as usize, src.h as usize, src.w as usize);
+                    let data = &outputs[f];
+                    for c in 0..sc {
+                        for y in 0..oh {
+                            for x in 0..ow {
+                                let mut acc = 0.0;
+                                for dy in 0..k {
+                                    let sy = (y * st + dy) as isize - r;
+                                    if sy < 0 || sy >= sh as isize {
+                                        continue;
+                                    }
+                                    for dx in 0..k {
+                                        let sx = (x * st + dx) as isize - r;
+                                        if sx < 0 || sx >= sw as isize {
+                                            continue;
+                                        }
+                                        acc += data[(c * sh + sy as usize) * sw + sx as usize];
+                                    }
+                                }
+                                out.push(acc / (k * k) as f64);
+                            }
+                        }
+                    }
+                }
+                out
+            }
             Layer::MaxPool2d { kernel, stride } => {
                 let (k, st) = (kernel as usize, stride as usize);
                 let mut out = vec![f64::NEG_INFINITY; oc * oh * ow];
@@ -141,14 +272,12 @@ pub fn forward_tensor(model: &Model, input: Vec<f64>) -> Inference {
                 out
             }
             Layer::GlobalAvgPool => {
-                heat_input = act.clone();
                 let hw = ih * iw;
                 (0..ic)
                     .map(|c| act[c * hw..(c + 1) * hw].iter().sum::<f64>() / hw as f64)
                     .collect()
             }
             Layer::GlobalMaxPool => {
-                heat_input = act.clone();
                 let hw = ih * iw;
                 (0..ic)
                     .map(|c| {
@@ -159,6 +288,50 @@ pub fn forward_tensor(model: &Model, input: Vec<f64>) -> Inference {
                     })
                     .collect()
             }
+            Layer::DefectMaxPool => {
+                let inp = &spec.input;
+                let vw = crate::spec::valid_cells(content.0, s.w, inp.width) as usize;
+                let vh = crate::spec::valid_cells(content.1, s.h, inp.height) as usize;
+                let hw = ih * iw;
+                let mut margins = vec![0f32; hw];
+                let mut best = (f64::NEG_INFINITY, 0usize, 0usize);
+                for y in 0..ih {
+                    for x in 0..iw {
+                        let p = y * iw + x;
+                        let (mut fail, mut fail_k, mut pass) =
+                            (f64::NEG_INFINITY, 0, f64::NEG_INFINITY);
+                        for k in 0..ic {
+                            let v = act[k * hw + p];
+                            if plan.is_pass[k] {
+                                pass = pass.max(v);
+                            } else if v > fail {
+                                fail = v;
+                                fail_k = k;
+                            }
+                        }
+                        let m = fail - pass;
+                        if y < vh && x < vw {
+                            margins[p] = m as f32;
+                            if m > best.0 {
+                                best = (m, p, fail_k);
+                            }
+                        }
+                    }
+                }
+                // Padding cells show the weakest valid margin, so they never draw the eye.
+                let floor = (0..hw)
+                    .filter(|p| p / iw < vh && p % iw < vw)
+                    .map(|p| margins[p])
+                    .fold(f32::INFINITY, f32::min);
+                for p in 0..hw {
+                    if !(p / iw < vh && p % iw < vw) {
+                        margins[p] = floor;
+                    }
+                }
+                heat = Some(margins);
+                heat_class = best.2;
+                (0..ic).map(|k| act[k * hw + best.1]).collect()
+            }
             Layer::Linear {
                 in_features,
                 out_features,
@@ -167,50 +340,26 @@ pub fn forward_tensor(model: &Model, input: Vec<f64>) -> Inference {
                     unreachable!("validated")
                 };
                 let (fi, fo) = (in_features as usize, out_features as usize);
-                logits = (0..fo)
+                (0..fo)
                     .map(|o| {
                         w.bias[o] as f64
                             + (0..fi)
                                 .map(|j| w.weight[o * fi + j] as f64 * act[j])
                                 .sum::<f64>()
                     })
-                    .collect();
-                logits.clone()
+                    .collect()
             }
         };
+        outputs.push(out);
     }
-    let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    let exps: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
-    let sum: f64 = exps.iter().sum();
-    let probabilities: Vec<f32> = exps.iter().map(|e| (e / sum) as f32).collect();
-    let class_index = most_likely_fail_class(&probabilities, &plan.is_pass);
-
-    let hs = plan.heatmap_shape();
-    let (c, h, w) = (hs.c as usize, hs.h as usize, hs.w as usize);
-    let Some(lw) = &model.weights[plan.linear_layer] else {
-        unreachable!("validated")
-    };
-    let values = (0..h * w)
-        .map(|p| {
-            (0..c)
-                .map(|ch| lw.weight[class_index * c + ch] as f64 * heat_input[ch * h * w + p])
-                .sum::<f64>() as f32
-        })
-        .collect();
-    Inference {
-        probabilities,
-        heatmap: Heatmap {
-            width: hs.w,
-            height: hs.h,
-            class_index,
-            values,
-        },
-    }
+    (outputs, heat, heat_class)
 }
 
 /// Preprocesses and runs one frame.
 pub fn infer(model: &Model, frame: &Frame<'_>) -> Result<Inference, String> {
-    Ok(forward_tensor(model, preprocess(model, frame)?))
+    let roi = frame.effective_roi()?;
+    let content = model.spec.input.content_size(roi.width, roi.height);
+    Ok(forward_tensor_in(model, preprocess(model, frame)?, content))
 }
 
 /// Index of the most probable FAIL class (ties go to the lower index).

@@ -76,6 +76,52 @@ pub struct InputSpec {
     pub mean: Vec<f32>,
     /// Per-channel standard deviation, on pixel values scaled to 0..1.
     pub std: Vec<f32>,
+    /// How the region of interest becomes the input (stretched, or fitted keeping its shape).
+    #[serde(default, skip_serializing_if = "Resize::is_stretch")]
+    pub resize: Resize,
+}
+
+/// How a frame's region of interest becomes the model input.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resize {
+    /// Stretched to the input size: the aspect ratio is lost.
+    #[default]
+    Stretch,
+    /// Scaled to fit inside the input keeping its aspect ratio, placed at the top-left corner;
+    /// the rest of the input is padding of normalised value 0 (the mean), and positions of a
+    /// [`Layer::DefectMaxPool`] that lie wholly in the padding never win.
+    Fit,
+}
+
+impl Resize {
+    fn is_stretch(&self) -> bool {
+        *self == Self::Stretch
+    }
+}
+
+impl InputSpec {
+    /// The `(width, height)` of the input the region fills: the whole input when stretched;
+    /// when fitted, the longer side (relative to the input's shape) fills the input and the
+    /// other is rounded to the nearest pixel (at least 1). Integer arithmetic, so the GPU and
+    /// the reference agree exactly.
+    pub fn content_size(&self, roi_w: u32, roi_h: u32) -> (u32, u32) {
+        let (w, h) = (self.width as u64, self.height as u64);
+        let (rw, rh) = (roi_w.max(1) as u64, roi_h.max(1) as u64);
+        match self.resize {
+            Resize::Stretch => (self.width, self.height),
+            Resize::Fit if rw * h >= rh * w => {
+                (self.width, ((rh * w + rw / 2) / rw).clamp(1, h) as u32)
+            }
+            Resize::Fit => (((rw * h + rh / 2) / rh).clamp(1, w) as u32, self.height),
+        }
+    }
+}
+
+/// How many of `cells` positions (along one side of a feature map covering `side` input
+/// pixels) touch the first `content` input pixels: `ceil(content · cells / side)`.
+pub fn valid_cells(content: u32, cells: u32, side: u32) -> u32 {
+    ((content as u64 * cells as u64).div_ceil(side.max(1) as u64) as u32).clamp(1, cells.max(1))
 }
 
 /// One layer of the network.
@@ -92,11 +138,36 @@ pub enum Layer {
         kernel: u32,
         /// Stride (both directions).
         stride: u32,
-        /// Zero padding (all four sides).
+        /// Zero padding (all four sides), unless `pads` is given.
         padding: u32,
+        /// Groups: 1 (dense) or `in_channels` (depthwise: `in_channels == out_channels`, one
+        /// `k`×`k` filter per channel; weight `[out, 1, k, k]`).
+        #[serde(default = "one", skip_serializing_if = "is_one")]
+        groups: u32,
+        /// Per-side zero padding `[top, left, bottom, right]`, replacing `padding` (TensorFlow
+        /// "SAME" padding puts the odd pixel at the bottom and right).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pads: Option<[u32; 4]>,
     },
     /// `max(x, 0)`.
     Relu,
+    /// `min(max(x, 0), 6)`.
+    Relu6,
+    /// Adds the output of the earlier layer `from` (same shape): the inverted-residual skip.
+    Add {
+        /// Index of the layer whose output is added.
+        from: usize,
+    },
+    /// Local patch features at one resolution: each listed layer's output is averaged over a
+    /// `kernel`×`kernel` window (zero padding `kernel / 2`, always divided by `kernel²`) with
+    /// the stride that brings it to the size of the last listed layer's output, and the results
+    /// are concatenated over channels in list order.
+    LocalFeatures {
+        /// Indices of the layers whose outputs are pooled and concatenated.
+        from: Vec<usize>,
+        /// Window side (odd).
+        kernel: u32,
+    },
     /// Max pooling with a square window, no padding, floor mode.
     MaxPool2d {
         /// Window side.
@@ -110,6 +181,12 @@ pub enum Layer {
     /// scores every position for every class, the image is judged by its most defect-like
     /// position, so a small defect is not averaged away; the heatmap is that score map.
     GlobalMaxPool,
+    /// The most defect-like position: at each position, the margin = the largest FAIL-class
+    /// channel minus the largest PASS-class channel (the input holds one score per class); the
+    /// output is the input's class scores at the position with the largest margin, so the
+    /// image is judged by its worst position and named after the defect class that wins there.
+    /// Positions in the letterbox padding never win. The heatmap is the margin map.
+    DefectMaxPool,
     /// Fully connected; weight `[out, in]`, bias `[out]`.
     Linear {
         /// Input features.
@@ -119,12 +196,56 @@ pub enum Layer {
     },
 }
 
+fn one() -> u32 {
+    1
+}
+
+fn is_one(v: &u32) -> bool {
+    *v == 1
+}
+
 impl Layer {
+    /// A dense convolution with the same zero padding on every side.
+    pub fn conv(
+        in_channels: u32,
+        out_channels: u32,
+        kernel: u32,
+        stride: u32,
+        padding: u32,
+    ) -> Self {
+        Self::Conv2d {
+            in_channels,
+            out_channels,
+            kernel,
+            stride,
+            padding,
+            groups: 1,
+            pads: None,
+        }
+    }
+
+    /// `[top, left, bottom, right]` zero padding of a convolution (zeros for other layers).
+    pub fn conv_pads(&self) -> [u32; 4] {
+        match self {
+            Self::Conv2d { padding, pads, .. } => pads.unwrap_or([*padding; 4]),
+            _ => [0; 4],
+        }
+    }
+
+    /// Layers that change their input in place (the engine keeps one buffer across them).
+    pub fn in_place(&self) -> bool {
+        matches!(self, Self::Relu | Self::Relu6 | Self::Add { .. })
+    }
+
     /// The short kind name used in the JSON and in messages.
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Conv2d { .. } => "conv2d",
             Self::Relu => "relu",
+            Self::Relu6 => "relu6",
+            Self::Add { .. } => "add",
+            Self::LocalFeatures { .. } => "local_features",
+            Self::DefectMaxPool => "defect_max_pool",
             Self::MaxPool2d { .. } => "max_pool2d",
             Self::GlobalAvgPool => "global_avg_pool",
             Self::GlobalMaxPool => "global_max_pool",
@@ -139,11 +260,12 @@ impl Layer {
                 in_channels,
                 out_channels,
                 kernel,
+                groups,
                 ..
             } => Some((
                 [
                     out_channels as usize,
-                    in_channels as usize,
+                    (in_channels / groups.max(1)) as usize,
                     kernel as usize,
                     kernel as usize,
                 ],
@@ -241,13 +363,7 @@ impl ModelSpec {
     /// The "ref-cnn" benchmark architecture of the kernels issue: 1×128×128 input, four 3×3
     /// convolutions (16, 32, 64, 64 channels), three 2×2 max-pools, global pool, linear.
     pub fn ref_cnn(classes: Vec<String>, pass_classes: Vec<String>) -> Self {
-        let conv = |i, o| Layer::Conv2d {
-            in_channels: i,
-            out_channels: o,
-            kernel: 3,
-            stride: 1,
-            padding: 1,
-        };
+        let conv = |i, o| Layer::conv(i, o, 3, 1, 1);
         let pool = Layer::MaxPool2d {
             kernel: 2,
             stride: 2,
@@ -261,6 +377,7 @@ impl ModelSpec {
                 width: 128,
                 mean: vec![0.5],
                 std: vec![0.25],
+                resize: Default::default(),
             },
             vec![
                 conv(1, 16),
@@ -406,7 +523,8 @@ impl ModelSpec {
                     out_channels,
                     kernel,
                     stride,
-                    padding,
+                    groups,
+                    ..
                 } => {
                     if in_channels != s.c {
                         return Err(bad(format!(
@@ -419,28 +537,111 @@ impl ModelSpec {
                             "out_channels must be 1..={MAX_CHANNELS}, found {out_channels}"
                         )));
                     }
+                    if groups != 1 && !(groups == in_channels && out_channels == in_channels) {
+                        return Err(bad(format!(
+                            "groups must be 1 or, for a depthwise convolution, equal to in and out \
+                             channels; found groups {groups} for {in_channels} → {out_channels}"
+                        )));
+                    }
                     if kernel == 0 || kernel > MAX_KERNEL || stride == 0 || stride > MAX_KERNEL {
                         return Err(bad(format!(
                             "kernel and stride must be 1..={MAX_KERNEL}, found kernel {kernel}, stride {stride}"
                         )));
                     }
-                    if padding >= kernel {
+                    let [pt, pl, pb, pr] = layer.conv_pads();
+                    if [pt, pl, pb, pr].iter().any(|&p| p >= kernel) {
                         return Err(bad(format!(
-                            "padding {padding} must be smaller than kernel {kernel}"
+                            "padding {:?} must be smaller than kernel {kernel}",
+                            [pt, pl, pb, pr]
                         )));
                     }
-                    let (ph, pw) = (s.h + 2 * padding, s.w + 2 * padding);
+                    let (ph, pw) = (s.h + pt + pb, s.w + pl + pr);
                     if ph < kernel || pw < kernel {
                         return Err(bad(format!(
                             "a {kernel}×{kernel} kernel does not fit the padded {ph}×{pw} input"
                         )));
                     }
-                    parameters +=
-                        out_channels as u64 * (in_channels as u64 * (kernel as u64).pow(2) + 1);
+                    parameters += out_channels as u64
+                        * ((in_channels / groups) as u64 * (kernel as u64).pow(2) + 1);
                     Shape3 {
                         c: out_channels,
                         h: (ph - kernel) / stride + 1,
                         w: (pw - kernel) / stride + 1,
+                    }
+                }
+                Layer::Relu6 => {
+                    if i == 0 {
+                        return Err(bad("a network cannot start with relu6".into()));
+                    }
+                    s
+                }
+                Layer::Add { from } => {
+                    if from >= i {
+                        return Err(bad(format!("adds layer {from}, which is not before it")));
+                    }
+                    if from + 1 < i && self.layers[from + 1].in_place() {
+                        return Err(bad(format!(
+                            "adds layer {from}, whose output layer {} changes in place; name that one",
+                            from + 1
+                        )));
+                    }
+                    let f = shapes[from + 1];
+                    if f != s {
+                        return Err(bad(format!(
+                            "adds layer {from}'s {}×{}×{} output to a {}×{}×{} one",
+                            f.c, f.h, f.w, s.c, s.h, s.w
+                        )));
+                    }
+                    s
+                }
+                Layer::LocalFeatures { ref from, kernel } => {
+                    if from.is_empty() || from.len() > 16 {
+                        return Err(bad("needs 1..=16 source layers".into()));
+                    }
+                    if kernel == 0 || kernel % 2 == 0 || kernel > MAX_KERNEL {
+                        return Err(bad(format!(
+                            "kernel must be odd and 1..={MAX_KERNEL}, found {kernel}"
+                        )));
+                    }
+                    if let Some(&f) = from.iter().find(|&&f| f >= i) {
+                        return Err(bad(format!("reads layer {f}, which is not before it")));
+                    }
+                    if let Some(&f) = from
+                        .iter()
+                        .find(|&&f| f + 1 < i && self.layers[f + 1].in_place())
+                    {
+                        return Err(bad(format!(
+                            "reads layer {f}, whose output layer {} changes in place; name that one",
+                            f + 1
+                        )));
+                    }
+                    let Some(&last) = from.last() else {
+                        unreachable!("checked non-empty")
+                    };
+                    let target = shapes[last + 1];
+                    let mut c = 0;
+                    for &f in from {
+                        let src = shapes[f + 1];
+                        let stride = local_stride(src, target);
+                        let out = pooled_side(src.h, kernel, stride);
+                        if stride == 0
+                            || out != target.h
+                            || pooled_side(src.w, kernel, stride) != target.w
+                        {
+                            return Err(bad(format!(
+                                "layer {f}'s {}×{} output cannot be pooled to {}×{}",
+                                src.h, src.w, target.h, target.w
+                            )));
+                        }
+                        c += src.c;
+                    }
+                    if c > MAX_CHANNELS {
+                        return Err(bad(format!("{c} channels exceed {MAX_CHANNELS}")));
+                    }
+                    Shape3 {
+                        c,
+                        h: target.h,
+                        w: target.w,
                     }
                 }
                 Layer::Relu => {
@@ -466,6 +667,23 @@ impl ModelSpec {
                         h: (s.h - kernel) / stride + 1,
                         w: (s.w - kernel) / stride + 1,
                     }
+                }
+                Layer::DefectMaxPool => {
+                    if s.c as usize != self.classes.len() {
+                        return Err(bad(format!(
+                            "needs one score per class ({}) at each position, found {} channels",
+                            self.classes.len(),
+                            s.c
+                        )));
+                    }
+                    if !self.layers[..i]
+                        .iter()
+                        .any(|l| matches!(l, Layer::Conv2d { .. }))
+                    {
+                        return Err(bad("needs at least one conv2d before it".into()));
+                    }
+                    gap_layer = Some(i);
+                    Shape3 { c: s.c, h: 1, w: 1 }
                 }
                 Layer::GlobalAvgPool | Layer::GlobalMaxPool => {
                     if !self.layers[..i]
@@ -555,8 +773,13 @@ impl ModelSpec {
                 Layer::Conv2d {
                     in_channels,
                     kernel,
+                    groups,
                     ..
-                } => 2 * plan.shapes[i + 1].len() * in_channels as u64 * (kernel as u64).pow(2),
+                } => {
+                    2 * plan.shapes[i + 1].len()
+                        * (in_channels / groups) as u64
+                        * (kernel as u64).pow(2)
+                }
                 Layer::Linear {
                     in_features,
                     out_features,
@@ -565,4 +788,21 @@ impl ModelSpec {
             })
             .sum()
     }
+}
+
+/// The stride that brings a `src` activation to the size of `target` in a
+/// [`Layer::LocalFeatures`] (0 when none does).
+pub fn local_stride(src: Shape3, target: Shape3) -> u32 {
+    if target.h == 0 || src.h < target.h {
+        return 0;
+    }
+    (src.h + target.h / 2) / target.h
+}
+
+/// Output side of a `kernel`-window average with padding `kernel / 2` and `stride`.
+pub fn pooled_side(side: u32, kernel: u32, stride: u32) -> u32 {
+    if stride == 0 || side + 2 * (kernel / 2) < kernel {
+        return 0;
+    }
+    (side + 2 * (kernel / 2) - kernel) / stride + 1
 }

@@ -47,13 +47,7 @@ pub fn classes(n: usize) -> (Vec<String>, Vec<String>) {
 
 /// A conv layer.
 pub fn conv(i: u32, o: u32, kernel: u32, stride: u32, padding: u32) -> Layer {
-    Layer::Conv2d {
-        in_channels: i,
-        out_channels: o,
-        kernel,
-        stride,
-        padding,
-    }
+    Layer::conv(i, o, kernel, stride, padding)
 }
 
 /// A spec with the given input and feature layers, closed by global pool + linear.
@@ -81,6 +75,7 @@ pub fn spec(
             width: w,
             mean,
             std,
+            resize: Default::default(),
         },
         layers,
         classes,

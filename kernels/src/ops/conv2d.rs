@@ -50,6 +50,12 @@ impl Tile {
             )
     }
 
+    /// [`Self::source`] with the kernel side fixed to 1, for 1×1 convolutions: the compiler
+    /// drops the window loops.
+    pub fn pointwise_source(self) -> String {
+        self.source().replace("let kk = p.kernel;", "let kk = 1u;")
+    }
+
     /// Output channels rounded up to whole invocation tiles (weights and bias are padded to it).
     pub fn padded_out_channels(self, out_c: usize) -> usize {
         out_c.div_ceil(4 * self.ocb as usize) * 4 * self.ocb as usize
@@ -80,14 +86,18 @@ pub struct Params {
     pub kernel: u32,
     /// Stride.
     pub stride: u32,
-    /// Padding (= the input's border).
-    pub pad: u32,
-    /// 1 to apply ReLU.
-    pub relu: u32,
+    /// The input's zero border (at least every side's padding).
+    pub in_border: u32,
+    /// 0 none, 1 ReLU, 2 ReLU6.
+    pub act: u32,
     /// `ceil(out_w / PX)`.
     pub x_groups: u32,
+    /// `in_border` − top padding.
+    pub off_y: u32,
+    /// `in_border` − left padding.
+    pub off_x: u32,
     /// Padding.
-    pub _pad: [u32; 3],
+    pub _pad: u32,
 }
 
 /// Workgroups for `p`: x (and z on overflow) cover (n, oy, x-group); y the output-channel tile.

@@ -3,10 +3,14 @@
 //! Pipelines are created once per [`crate::Engine`] (see [`Kernels`]); a call only writes
 //! parameters that changed and records dispatches.
 
+pub mod add;
 pub mod cam_heatmap;
 pub mod conv2d;
+pub mod defect_pool;
+pub mod depthwise;
 pub mod global_pool;
 pub mod linear;
+pub mod local_features;
 pub mod max_pool;
 pub mod preprocess;
 pub mod relu;
@@ -22,6 +26,10 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("linear.wgsl", linear::SOURCE),
     ("softmax.wgsl", softmax::SOURCE),
     ("cam_heatmap.wgsl", cam_heatmap::SOURCE),
+    ("depthwise.wgsl", depthwise::SOURCE),
+    ("add.wgsl", add::SOURCE),
+    ("local_features.wgsl", local_features::SOURCE),
+    ("defect_pool.wgsl", defect_pool::SOURCE),
 ];
 
 /// Invocations per workgroup of the 1-D kernels (`@workgroup_size(64)` in the shaders).
@@ -69,6 +77,10 @@ impl Kernel {
     /// which keeps LLVM (lavapipe) from holding them in registers and nearly halves its speed
     /// (measured on ref-cnn, batch 32, 2 cores: 316 ms unchecked vs 540–600 ms checked).
     fn new_unchecked(device: &wgpu::Device, label: &str, source: &str) -> Self {
+        Self::unchecked_entry(device, label, source)
+    }
+
+    fn unchecked_entry(device: &wgpu::Device, label: &str, source: &str) -> Self {
         let desc = wgpu::ShaderModuleDescriptor {
             label: Some(label),
             source: wgpu::ShaderSource::Wgsl(source.into()),
@@ -76,8 +88,11 @@ impl Kernel {
         #[allow(unsafe_code)]
         // SAFETY: every index conv2d.wgsl computes is in bounds by construction: the register
         // arrays are indexed by loop counters below their constant sizes; `src` reads stay inside
-        // the padded input because out_h/out_w come from `ModelSpec::validate`'s
-        // `(in + 2·pad − k) / stride + 1` and columns past the edge are clamped to the last one;
+        // the bordered input because out_h/out_w come from `ModelSpec::validate`'s
+        // `(in + top + bottom − k) / stride + 1`, the input border is at least every side's
+        // padding and the window starts `border − top` (`border − left`) into it, so the last
+        // row read is below `in + border + bottom`; columns past the edge are clamped to the
+        // last one; the pointwise variant only fixes the kernel side to 1;
         // `weights`/`bias` are packed for the padded tile (`Tile::padded_out_channels`); `dst`
         // writes are guarded by `ox < out_w` and `oc4 < out_c4`. The engine-vs-reference tests
         // (poisoned outputs, awkward shapes, every tile) check this on every run.
@@ -135,6 +150,18 @@ pub struct Kernels {
     pub preprocess: Kernel,
     /// conv2d.wgsl
     pub conv2d: Kernel,
+    /// conv2d.wgsl with the kernel side fixed to 1 (1×1 convolutions).
+    pub pointwise: Kernel,
+    /// depthwise.wgsl
+    pub depthwise: Kernel,
+    /// relu.wgsl, `relu6`
+    pub relu6: Kernel,
+    /// add.wgsl
+    pub add: Kernel,
+    /// local_features.wgsl
+    pub local_features: Kernel,
+    /// defect_pool.wgsl
+    pub defect_pool: Kernel,
     /// max_pool.wgsl
     pub max_pool: Kernel,
     /// relu.wgsl
@@ -160,6 +187,16 @@ impl Kernels {
             conv_tile,
             preprocess: Kernel::new(device, "kernels::preprocess", preprocess::SOURCE),
             conv2d: Kernel::new_unchecked(device, "kernels::conv2d", &conv_tile.source()),
+            pointwise: Kernel::new_unchecked(
+                device,
+                "kernels::pointwise",
+                &conv_tile.pointwise_source(),
+            ),
+            depthwise: Kernel::new(device, "kernels::depthwise", depthwise::SOURCE),
+            relu6: Kernel::with_entry(device, "kernels::relu6", relu::SOURCE, "relu6"),
+            add: Kernel::new(device, "kernels::add", add::SOURCE),
+            local_features: Kernel::new(device, "kernels::local_features", local_features::SOURCE),
+            defect_pool: Kernel::new(device, "kernels::defect_pool", defect_pool::SOURCE),
             max_pool: Kernel::new(device, "kernels::max_pool", max_pool::SOURCE),
             relu: Kernel::new(device, "kernels::relu", relu::SOURCE),
             global_avg_pool: Kernel::new(device, "kernels::global_avg_pool", global_pool::SOURCE),

@@ -19,8 +19,10 @@ pub struct Params {
     pub channels: u32,
     /// Frames in this call.
     pub batch: u32,
+    /// 1: fit the region keeping its aspect ratio (`Resize::Fit`); 0: stretch.
+    pub fit: u32,
     /// Padding.
-    pub _pad: [u32; 3],
+    pub _pad: [u32; 2],
     /// Per-channel mean (0 past `channels`).
     pub mean: [f32; 4],
     /// Per-channel 1/std (0 past `channels`).

@@ -13,8 +13,10 @@ pub struct Params {
     pub batch: u32,
     /// Classes.
     pub classes: u32,
+    /// 1 when the defect max pool chose `heat_class` (softmax leaves it).
+    pub keep_class: u32,
     /// Padding.
-    pub _pad: [u32; 2],
+    pub _pad: u32,
 }
 
 /// Workgroups for `p` (one invocation per image).

@@ -1,0 +1,33 @@
+//! Wrapper of `shaders/defect_pool.wgsl`: `Layer::DefectMaxPool` and its margin heatmap.
+
+use bytemuck::{Pod, Zeroable};
+
+/// The shader source.
+pub const SOURCE: &str = include_str!("../../shaders/defect_pool.wgsl");
+
+/// Mirrors `Params` in defect_pool.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+pub struct Params {
+    /// Images in this call.
+    pub batch: u32,
+    /// Score map height.
+    pub h: u32,
+    /// Score map width.
+    pub w: u32,
+    /// Channels / 4, rounded up.
+    pub c4: u32,
+    /// Classes (channels).
+    pub classes: u32,
+    /// Model input width in pixels.
+    pub in_w: u32,
+    /// Model input height in pixels.
+    pub in_h: u32,
+    /// Offset of the heatmaps in the output buffer (batch × classes).
+    pub heat_offset: u32,
+}
+
+/// One invocation per image.
+pub fn workgroups(p: &Params) -> [u32; 3] {
+    [p.batch.div_ceil(super::WORKGROUP).max(1), 1, 1]
+}

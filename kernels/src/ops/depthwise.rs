@@ -1,0 +1,67 @@
+//! Wrapper of `shaders/depthwise.wgsl`: depthwise conv2d + bias (+ ReLU / ReLU6), NHWC4.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::grid_1d;
+
+/// The shader source.
+pub const SOURCE: &str = include_str!("../../shaders/depthwise.wgsl");
+/// Output pixels per invocation (`PX` in the shader).
+pub const PX: u32 = 4;
+
+/// Mirrors `Params` in depthwise.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+pub struct Params {
+    /// Images in this call.
+    pub batch: u32,
+    /// Input height (without border).
+    pub in_h: u32,
+    /// Input width (without border).
+    pub in_w: u32,
+    /// Channels / 4, rounded up.
+    pub c4: u32,
+    /// Output height.
+    pub out_h: u32,
+    /// Output width.
+    pub out_w: u32,
+    /// Zero border of the output.
+    pub out_border: u32,
+    /// Kernel side.
+    pub kernel: u32,
+    /// Stride.
+    pub stride: u32,
+    /// Zero border of the input.
+    pub in_border: u32,
+    /// `in_border` − top padding.
+    pub off_y: u32,
+    /// `in_border` − left padding.
+    pub off_x: u32,
+    /// 0 none, 1 ReLU, 2 ReLU6.
+    pub act: u32,
+    /// `ceil(out_w / PX)`.
+    pub x_groups: u32,
+    /// Padding.
+    pub _pad: [u32; 2],
+}
+
+/// Workgroups: x (and z on overflow) cover (n, oy, x-group); y the channel block.
+pub fn workgroups(p: &Params) -> [u32; 3] {
+    let (x, z) = grid_1d(p.batch * p.out_h * p.x_groups);
+    [x, p.c4, z]
+}
+
+/// Repacks a `[c, 1, k, k]` weight into the shader's `[c4][ky][kx][4]` layout.
+pub fn pack_weights(weight: &[f32], c: usize, k: usize) -> Vec<f32> {
+    let c4 = c.div_ceil(4);
+    let mut packed = vec![0.0; c4 * k * k * 4];
+    for ch in 0..c {
+        for ky in 0..k {
+            for kx in 0..k {
+                packed[(((ch / 4) * k + ky) * k + kx) * 4 + ch % 4] =
+                    weight[(ch * k + ky) * k + kx];
+            }
+        }
+    }
+    packed
+}
