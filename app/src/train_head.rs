@@ -689,8 +689,7 @@ pub fn train(
             w2[o * hd + j] = out_w[j * k + o];
         }
     }
-    let mut weights = b.weights.clone();
-    weights.push(None); // local features
+    let mut weights = b.weights.clone(); // ends with the local features (no weights)
     weights.push(Some(LayerWeights {
         weight: w1,
         bias: b1,

@@ -88,10 +88,11 @@ impl Params {
         }
     }
 
-    fn workgroups(&self, tile: ops::conv2d::Tile) -> [u32; 3] {
+    fn workgroups(&self, tile: ops::conv2d::Tile, pointwise: ops::conv2d::Tile) -> [u32; 3] {
         match self {
             Self::Preprocess(p) => ops::preprocess::workgroups(p),
-            Self::Conv(p) | Self::Pointwise(p) => ops::conv2d::workgroups(p, tile),
+            Self::Conv(p) => ops::conv2d::workgroups(p, tile),
+            Self::Pointwise(p) => ops::conv2d::workgroups(p, pointwise),
             Self::Depthwise(p) => ops::depthwise::workgroups(p),
             Self::MaxPool(p) => ops::max_pool::workgroups(p),
             Self::Relu { p, .. } | Self::Relu6 { p, .. } => ops::relu::workgroups(p),
@@ -225,6 +226,8 @@ pub struct Engine {
     spec: ModelSpec,
     plan: Plan,
     max_batch: u32,
+    /// The most frames one call takes; calls beyond `max_batch` run in sub-batches.
+    requested_batch: u32,
     kernels: Kernels,
     steps: Vec<Step>,
     acts: Vec<Act>,
@@ -328,15 +331,32 @@ impl Engine {
         adapter_label: impl Into<String>,
         tile: ops::conv2d::Tile,
     ) -> Result<Self, EngineError> {
-        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let built = Self::build(device, queue, model, max_batch, adapter_label.into(), tile);
-        let oom_err = pollster::block_on(oom.pop());
-        let val_err = pollster::block_on(scope.pop());
-        if let Some(e) = oom_err.or(val_err) {
-            return Err(EngineError::Gpu(e.to_string()));
+        let label = adapter_label.into();
+        let requested = max_batch.max(1);
+        let mut batch = requested;
+        loop {
+            let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+            let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+            let built = Self::build(device, queue, model, batch, label.clone(), tile);
+            let oom_err = pollster::block_on(oom.pop());
+            let val_err = pollster::block_on(scope.pop());
+            if let Some(e) = oom_err.or(val_err) {
+                return Err(EngineError::Gpu(e.to_string()));
+            }
+            match built {
+                // A batch whose activations exceed the device's buffer limit runs as
+                // sub-batches that fit: one submission and one readback each.
+                Err(EngineError::TooLargeForDevice { bytes, limit, .. }) if batch > 1 => {
+                    let fit = (batch as u64 * limit / bytes.max(1)) as u32;
+                    batch = fit.clamp(1, batch - 1);
+                }
+                Ok(mut engine) => {
+                    engine.requested_batch = requested;
+                    return Ok(engine);
+                }
+                Err(e) => return Err(e),
+            }
         }
-        built
     }
 
     fn build(
@@ -502,7 +522,12 @@ impl Engine {
                         });
                         (p, wi, bi)
                     } else {
-                        let padded = kernels.conv_tile.padded_out_channels(out_channels as usize);
+                        let tile = if kernel == 1 {
+                            kernels.pointwise_tile
+                        } else {
+                            kernels.conv_tile
+                        };
+                        let padded = tile.padded_out_channels(out_channels as usize);
                         let packed = ops::conv2d::pack_weights(
                             &w.weight,
                             out_channels as usize,
@@ -527,7 +552,7 @@ impl Engine {
                             stride,
                             in_border: src.border,
                             act,
-                            x_groups: out.w.div_ceil(kernels.conv_tile.px),
+                            x_groups: out.w.div_ceil(tile.px),
                             off_y,
                             off_x,
                             _pad: 0,
@@ -854,6 +879,7 @@ impl Engine {
             spec,
             plan,
             max_batch,
+            requested_batch: max_batch,
             kernels,
             steps,
             acts,
@@ -876,6 +902,12 @@ impl Engine {
 
     /// The most frames one call takes.
     pub fn max_batch(&self) -> u32 {
+        self.requested_batch
+    }
+
+    /// The most frames one submission holds (less than [`Self::max_batch`] when the
+    /// activations of a whole batch exceed the device's buffer size limit).
+    pub fn sub_batch(&self) -> u32 {
         self.max_batch
     }
 
@@ -888,7 +920,7 @@ impl Engine {
     pub fn dispatch_stats(&self) -> DispatchStats {
         DispatchStats {
             dispatches: self.steps.len(),
-            submissions: 1,
+            submissions: self.requested_batch.div_ceil(self.max_batch) as usize,
         }
     }
 
@@ -896,6 +928,7 @@ impl Engine {
     /// returns (op kind, seconds) per dispatch: where the time goes, for `inspector bench`.
     /// Much slower than [`Self::infer`] in total; compare shares, not sums.
     pub fn profile(&mut self, frames: &[Frame<'_>]) -> Result<Vec<(String, f64)>, EngineError> {
+        let frames = &frames[..frames.len().min(self.max_batch as usize)];
         self.infer(frames)?;
         let mut out = Vec::with_capacity(self.steps.len());
         for step in &self.steps {
@@ -926,7 +959,9 @@ impl Engine {
                     label: Some("kernels::profile"),
                     timestamp_writes: None,
                 });
-                let [x, y, z] = step.params.workgroups(self.kernels.conv_tile);
+                let [x, y, z] = step
+                    .params
+                    .workgroups(self.kernels.conv_tile, self.kernels.pointwise_tile);
                 pass.set_pipeline(&step.params.kernel(&self.kernels).pipeline);
                 pass.set_bind_group(0, step.bind_group.as_ref(), &[]);
                 pass.dispatch_workgroups(x, y, z);
@@ -972,12 +1007,29 @@ impl Engine {
         if frames.is_empty() {
             return Ok((Vec::new(), Vec::new()));
         }
-        if frames.len() > self.max_batch as usize {
+        if frames.len() > self.requested_batch as usize {
             return Err(EngineError::BatchTooLarge {
                 got: frames.len(),
-                max: self.max_batch,
+                max: self.requested_batch,
             });
         }
+        if frames.len() > self.max_batch as usize {
+            let (mut all, mut taps) = (Vec::new(), Vec::new());
+            for chunk in frames.chunks(self.max_batch as usize) {
+                let (r, t) = self.infer_sub_batch(chunk, tap)?;
+                all.extend(r);
+                taps.extend(t);
+            }
+            return Ok((all, taps));
+        }
+        self.infer_sub_batch(frames, tap)
+    }
+
+    fn infer_sub_batch(
+        &mut self,
+        frames: &[Frame<'_>],
+        tap: Option<usize>,
+    ) -> Result<(Vec<Inference>, Vec<Vec<f32>>), EngineError> {
         let n = frames.len() as u32;
         // Lay the frames out in the pixel buffer, each at a 4-byte aligned offset.
         let mut descs = Vec::with_capacity(frames.len());
@@ -1083,7 +1135,9 @@ impl Engine {
                 timestamp_writes: None,
             });
             for step in &self.steps {
-                let [x, y, z] = step.params.workgroups(self.kernels.conv_tile);
+                let [x, y, z] = step
+                    .params
+                    .workgroups(self.kernels.conv_tile, self.kernels.pointwise_tile);
                 pass.set_pipeline(&step.params.kernel(&self.kernels).pipeline);
                 pass.set_bind_group(0, step.bind_group.as_ref(), &[]);
                 pass.dispatch_workgroups(x, y, z);

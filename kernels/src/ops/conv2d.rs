@@ -20,11 +20,18 @@ impl Tile {
     /// 4×1 495, 2×2 545, 4×2 367, 8×1 388, 4×4 316, 8×2 350, 8×4 578, 4×8 605, 16×2 892.
     /// Larger tiles spill registers; smaller ones issue more (gathered) loads per FMA.
     pub const DEFAULT: Self = Self { px: 4, ocb: 4 };
+    /// The default tile of the pointwise (1×1) pipeline.
+    pub const POINTWISE: Self = Self { px: 4, ocb: 4 };
 
     /// The tile to compile: `KERNELS_CONV_TILE=PXxOCB` (e.g. `4x2`) overrides the default, for
     /// tuning on a new GPU.
     pub fn from_env() -> Self {
-        std::env::var("KERNELS_CONV_TILE")
+        Self::from_env_var("KERNELS_CONV_TILE", Self::DEFAULT)
+    }
+
+    /// The tile named by environment variable `var` (`PXxOCB`), or `default`.
+    pub fn from_env_var(var: &str, default: Self) -> Self {
+        std::env::var(var)
             .ok()
             .and_then(|v| {
                 let (a, b) = v.split_once('x')?;
@@ -34,7 +41,7 @@ impl Tile {
                 })
             })
             .filter(|t| (1..=16).contains(&t.px) && (1..=8).contains(&t.ocb))
-            .unwrap_or(Self::DEFAULT)
+            .unwrap_or(default)
     }
 
     /// The shader source specialised for this tile.

@@ -45,10 +45,11 @@ pub struct Params {
     pub _pad: [u32; 2],
 }
 
-/// Workgroups: x (and z on overflow) cover (n, oy, x-group); y the channel block.
+/// Workgroups: one invocation per (n, oy, x-group, channel block), channel blocks fastest;
+/// y takes the overflow past 65 535 workgroups.
 pub fn workgroups(p: &Params) -> [u32; 3] {
-    let (x, z) = grid_1d(p.batch * p.out_h * p.x_groups);
-    [x, p.c4, z]
+    let (x, y) = grid_1d(p.batch * p.out_h * p.x_groups * p.c4);
+    [x, y, 1]
 }
 
 /// Repacks a `[c, 1, k, k]` weight into the shader's `[c4][ky][kx][4]` layout.

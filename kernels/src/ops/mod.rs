@@ -92,7 +92,11 @@ impl Kernel {
         // `(in + top + bottom − k) / stride + 1`, the input border is at least every side's
         // padding and the window starts `border − top` (`border − left`) into it, so the last
         // row read is below `in + border + bottom`; columns past the edge are clamped to the
-        // last one; the pointwise variant only fixes the kernel side to 1;
+        // last one; the pointwise variant only fixes the kernel side to 1; depthwise.wgsl
+        // follows the same border argument, reads window columns clamped to
+        // `(out_w − 1)·stride + off_x + k − 1` (inside the bordered row), indexes its row
+        // array below `(PX − 1)·stride + k ≤ SPAN` because `ModelSpec::validate` allows depthwise
+        // kernels ≤ 7 and strides ≤ 2, and guards its stores like conv2d;
         // `weights`/`bias` are packed for the padded tile (`Tile::padded_out_channels`); `dst`
         // writes are guarded by `ox < out_w` and `oc4 < out_c4`. The engine-vs-reference tests
         // (poisoned outputs, awkward shapes, every tile) check this on every run.
@@ -178,21 +182,26 @@ pub struct Kernels {
     pub cam_heatmap: Kernel,
     /// The tile `conv2d` was compiled for.
     pub conv_tile: conv2d::Tile,
+    /// The tile the pointwise (1×1) pipeline was compiled for (`KERNELS_POINTWISE_TILE`).
+    pub pointwise_tile: conv2d::Tile,
 }
 
 impl Kernels {
     /// Compiles every kernel on `device`, `conv2d` for `conv_tile`.
     pub fn new(device: &wgpu::Device, conv_tile: conv2d::Tile) -> Self {
+        let pointwise_tile =
+            conv2d::Tile::from_env_var("KERNELS_POINTWISE_TILE", conv2d::Tile::POINTWISE);
         Self {
             conv_tile,
+            pointwise_tile,
             preprocess: Kernel::new(device, "kernels::preprocess", preprocess::SOURCE),
             conv2d: Kernel::new_unchecked(device, "kernels::conv2d", &conv_tile.source()),
             pointwise: Kernel::new_unchecked(
                 device,
                 "kernels::pointwise",
-                &conv_tile.pointwise_source(),
+                &pointwise_tile.pointwise_source(),
             ),
-            depthwise: Kernel::new(device, "kernels::depthwise", depthwise::SOURCE),
+            depthwise: Kernel::new_unchecked(device, "kernels::depthwise", depthwise::SOURCE),
             relu6: Kernel::with_entry(device, "kernels::relu6", relu::SOURCE, "relu6"),
             add: Kernel::new(device, "kernels::add", add::SOURCE),
             local_features: Kernel::new(device, "kernels::local_features", local_features::SOURCE),
