@@ -82,10 +82,15 @@ impl DefectMaxPool {
         pick(false) - pick(true)
     }
 
-    /// `[n, classes]`: the scores at each image's largest-margin position.
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+    /// `[n, classes]`: the scores at each image's largest-margin position; `penalty` (`[n, h·w]`,
+    /// 0 on valid positions, a large negative number on letterbox padding) keeps padding out.
+    pub fn forward(&self, x: Tensor<4>, penalty: Option<Tensor<2>>) -> Tensor<2> {
         let [n, k, h, w] = x.dims();
-        let best = self.margins(x.clone()).argmax(1); // [n, 1]
+        let mut margins = self.margins(x.clone());
+        if let Some(p) = penalty {
+            margins = margins + p;
+        }
+        let best = margins.argmax(1); // [n, 1]
         let flat = x.reshape([n, k, h * w]);
         let idx = best.reshape([n, 1, 1]).expand([n, k, 1]);
         flat.gather(2, idx).reshape([n, k])
@@ -313,6 +318,18 @@ impl BurnModel {
     /// Logits `[n, classes]` and the feature map the global pool reads (`[n, c, h, w]`; the
     /// map that mask supervision trains when the model ends in a scoring conv + max pool).
     pub fn forward_with_map(&self, input: Tensor<4>) -> (Tensor<2>, Option<Tensor<4>>) {
+        self.forward_in(input, None)
+    }
+
+    /// [`Self::forward_with_map`] for inputs whose images fill only the top-left `(width,
+    /// height)` of the input (`Resize::Fit`, see `InputSpec::content_size`): a defect max pool
+    /// then ignores the positions in the padding, as the engine does.
+    pub fn forward_in(
+        &self,
+        input: Tensor<4>,
+        content: Option<&[(u32, u32)]>,
+    ) -> (Tensor<2>, Option<Tensor<4>>) {
+        let [_, _, in_h, in_w] = input.dims();
         let mut x = input;
         let mut flat: Option<Tensor<2>> = None;
         let mut map: Option<Tensor<4>> = None;
@@ -351,7 +368,23 @@ impl BurnModel {
                     x = Tensor::cat(parts, 1);
                 }
                 Block::DefectMaxPool(d) => {
-                    flat = Some(d.forward(x.clone()));
+                    let [n, _, h, w] = x.dims();
+                    let penalty = content.map(|c| {
+                        let mut p = vec![0f32; n * h * w];
+                        for (i, &(cw, ch)) in c.iter().enumerate().take(n) {
+                            let vw = kernels::valid_cells(cw, w as u32, in_w as u32) as usize;
+                            let vh = kernels::valid_cells(ch, h as u32, in_h as u32) as usize;
+                            for y in 0..h {
+                                for xx in 0..w {
+                                    if y >= vh || xx >= vw {
+                                        p[(i * h + y) * w + xx] = -1e30;
+                                    }
+                                }
+                            }
+                        }
+                        Tensor::<2>::from_data(TensorData::new(p, [n, h * w]), &x.device())
+                    });
+                    flat = Some(d.forward(x.clone(), penalty));
                     map = Some(x.clone());
                 }
                 Block::MaxPool(p) => x = p.forward(x),

@@ -250,6 +250,15 @@ pub const PRESETS: &[Preset] = &[
         backbone: Some(Resize::Fit),
     },
     Preset {
+        name: "lite0-tiny",
+        about: "for tests and smoke runs: lite0 at 64 px keeping the part's shape",
+        side: 64,
+        convs: &[],
+        head: Head::MaxScore,
+        patch: 0,
+        backbone: Some(Resize::Fit),
+    },
+    Preset {
         name: "lite0-stretch",
         about: "lite0 at 256 px, the region stretched to a square",
         side: 256,
@@ -493,6 +502,10 @@ pub(crate) struct Split {
     pub images: Vec<DecodedImage>,
     pub labels: Vec<usize>,
     pub paths: Vec<String>,
+    /// Absolute file of each image.
+    pub files: Vec<PathBuf>,
+    /// Each image's part (`group`), if the dataset names one.
+    pub groups: Vec<Option<String>>,
     /// Bounding box of each image's defect mask, if it has a readable, non-empty one.
     pub defect_boxes: Vec<Option<Roi>>,
     /// The defect mask of each image, if it has a readable, non-empty one of the image's size.
@@ -545,6 +558,8 @@ pub(crate) fn load_split(
         images: Vec::new(),
         labels: Vec::new(),
         paths: Vec::new(),
+        files: Vec::new(),
+        groups: Vec::new(),
         defect_boxes: Vec::new(),
         masks: Vec::new(),
     };
@@ -561,6 +576,8 @@ pub(crate) fn load_split(
                 out.labels
                     .push(classes.iter().position(|c| *c == s.label).unwrap_or(0));
                 out.paths.push(s.rel_path.clone());
+                out.files.push(s.path.clone());
+                out.groups.push(s.group.clone());
             }
             Err(e) => {
                 tracing::warn!("skipping {}: {e}", s.rel_path);

@@ -48,6 +48,93 @@ const EXTRACT_BATCH: usize = 8;
 /// Position rows per optimisation step.
 const ROWS_PER_STEP: usize = 2048;
 
+/// Bumped whenever extraction changes in a way the cache key does not see.
+const CACHE_VERSION: u32 = 1;
+
+/// Where cached features live: `DEFECT_INSPECTOR_CACHE` if set, else the platform cache folder
+/// (`~/.cache/defect-inspector/features` on Linux). `None` when there is none.
+pub fn feature_cache_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("DEFECT_INSPECTOR_CACHE") {
+        return Some(PathBuf::from(d).join("features"));
+    }
+    directories::ProjectDirs::from("org", "DefectInspector", "defect-inspector")
+        .map(|p| p.cache_dir().join("features"))
+}
+
+/// Cached features, one file per (image file, backbone network): an image's features depend
+/// only on its bytes and the frozen network, so the key is the image's path, size and
+/// modification time plus a hash of the backbone weights and the input geometry. A changed
+/// image, preset or backbone gets a new key; stale files are simply never read again.
+struct FeatureCache {
+    dir: Option<PathBuf>,
+    network: u64,
+}
+
+fn hash_of(parts: &[&[u8]]) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::hash::DefaultHasher::new();
+    for p in parts {
+        p.hash(&mut h);
+    }
+    h.finish()
+}
+
+impl FeatureCache {
+    fn new(weights: &Path, spec: &ModelSpec, layer: usize) -> Self {
+        let dir = feature_cache_dir();
+        let wbytes = std::fs::read(weights).unwrap_or_default();
+        let geometry = serde_json::to_vec(&(&spec.input, &spec.layers[..=layer], CACHE_VERSION))
+            .unwrap_or_default();
+        Self {
+            dir,
+            network: hash_of(&[&wbytes, &geometry]),
+        }
+    }
+
+    fn file(&self, image: &Path) -> Option<PathBuf> {
+        let dir = self.dir.as_ref()?;
+        let meta = std::fs::metadata(image).ok()?;
+        let mtime = meta
+            .modified()
+            .ok()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_nanos();
+        let abs = std::fs::canonicalize(image).ok()?;
+        let key = hash_of(&[
+            abs.as_os_str().as_encoded_bytes(),
+            &meta.len().to_le_bytes(),
+            &mtime.to_le_bytes(),
+            &self.network.to_le_bytes(),
+        ]);
+        Some(dir.join(format!("{key:016x}.f32")))
+    }
+
+    fn read(&self, image: &Path, len: usize) -> Option<Vec<f32>> {
+        let bytes = std::fs::read(self.file(image)?).ok()?;
+        (bytes.len() == len * 4).then(|| {
+            bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect()
+        })
+    }
+
+    /// Best effort: a cache that cannot be written (read-only home, full disk) only costs time.
+    fn write(&self, image: &Path, values: &[f32]) {
+        let Some(file) = self.file(image) else { return };
+        let Some(dir) = file.parent() else { return };
+        if std::fs::create_dir_all(dir).is_err() {
+            return;
+        }
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let tmp = file.with_extension("tmp");
+        if std::fs::write(&tmp, bytes).is_ok() && std::fs::rename(&tmp, &file).is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+}
+
 /// The backbone weights file: `DEFECT_INSPECTOR_BACKBONE` if set, else the bundled asset.
 pub fn backbone_path() -> PathBuf {
     std::env::var_os("DEFECT_INSPECTOR_BACKBONE")
@@ -144,42 +231,59 @@ impl Features {
     }
 }
 
+/// Features of `images` (`files[i]` is image `i`'s file, for the cache), from the cache where
+/// it has them, else from the engine. Also returns how many were extracted.
+#[allow(clippy::too_many_arguments)]
 fn extract(
     engine: &mut kernels::Engine,
     layer: usize,
     spec: &ModelSpec,
     images: &[DecodedImage],
+    files: &[PathBuf],
+    cache: &FeatureCache,
     cancel: &AtomicBool,
     mut tick: impl FnMut(usize),
-) -> anyhow::Result<Features> {
+) -> anyhow::Result<(Features, usize)> {
     let plan = spec.validate()?;
     let s = plan.shapes[layer + 1];
     let (c, h, w) = (s.c as usize, s.h as usize, s.w as usize);
-    let mut maps = Vec::with_capacity(images.len());
-    let mut valid = Vec::with_capacity(images.len());
-    for chunk in images.chunks(EXTRACT_BATCH) {
+    let mut maps: Vec<Option<Vec<f32>>> = files.iter().map(|f| cache.read(f, c * h * w)).collect();
+    let todo: Vec<usize> = (0..images.len()).filter(|&i| maps[i].is_none()).collect();
+    let mut done = images.len() - todo.len();
+    tick(done);
+    for chunk in todo.chunks(EXTRACT_BATCH) {
         if cancel.load(Ordering::Relaxed) {
             bail!("training cancelled during feature extraction");
         }
-        let frames: Vec<_> = chunk.iter().map(|i| i.frame()).collect();
+        let frames: Vec<_> = chunk.iter().map(|&i| images[i].frame()).collect();
         let (_, feats) = engine.infer_with_layer(&frames, layer)?;
-        maps.extend(feats);
-        for img in chunk {
+        for (&i, f) in chunk.iter().zip(feats) {
+            cache.write(&files[i], &f);
+            maps[i] = Some(f);
+        }
+        done += chunk.len();
+        tick(done);
+    }
+    let valid = images
+        .iter()
+        .map(|img| {
             let (cw, ch) = spec.input.content_size(img.width, img.height);
-            valid.push((
+            (
                 kernels::valid_cells(cw, s.w, spec.input.width) as usize,
                 kernels::valid_cells(ch, s.h, spec.input.height) as usize,
-            ));
-        }
-        tick(maps.len());
-    }
-    Ok(Features {
-        maps,
-        valid,
-        c,
-        h,
-        w,
-    })
+            )
+        })
+        .collect();
+    Ok((
+        Features {
+            maps: maps.into_iter().map(Option::unwrap_or_default).collect(),
+            valid,
+            c,
+            h,
+            w,
+        },
+        todo.len(),
+    ))
 }
 
 /// Which valid cells of an image hold defect pixels of its mask (row-major over valid cells).
@@ -383,6 +487,172 @@ fn calibrated_probs(z: &[f32], w: &[f32], b: &[f32]) -> Vec<f32> {
     e.iter().map(|v| (v / s) as f32).collect()
 }
 
+/// What a head trains on: cached features, labels, masks.
+struct HeadData<'a> {
+    f: &'a Features,
+    labels: &'a [usize],
+    masks: &'a [Option<DecodedImage>],
+    input: &'a InputSpec,
+    is_pass: &'a [bool],
+    primary_pass: usize,
+    mean: &'a [f32],
+    inv: &'a [f32],
+}
+
+impl HeadData<'_> {
+    fn rows_hint(&self, images: &[usize]) -> usize {
+        images
+            .iter()
+            .map(|&i| self.f.valid[i].0 * self.f.valid[i].1)
+            .sum()
+    }
+}
+
+/// Splits images into two folds by part (`group`; an image without one is its own part).
+fn fold_of(paths: &[String], groups: &[Option<String>], seed: u64) -> Vec<usize> {
+    paths
+        .iter()
+        .zip(groups)
+        .map(|(p, g)| {
+            let key = g.as_deref().unwrap_or(p);
+            (hash_of(&[key.as_bytes(), &seed.to_le_bytes()]) % 2) as usize
+        })
+        .collect()
+}
+
+/// Trains a per-position head on the images `images` of `d` (see the module docs). `on_step`
+/// gets (epoch, step, loss); `on_epoch` gets (epoch, mean loss, row accuracy, the head).
+fn fit_head(
+    d: &HeadData<'_>,
+    images: &[usize],
+    cfg: &TrainConfig,
+    base: &Device,
+    cancel: &AtomicBool,
+    on_step: &mut dyn FnMut(usize, usize, f64),
+    on_epoch: &mut dyn FnMut(usize, f64, f64, &PositionHead) -> anyhow::Result<()>,
+) -> anyhow::Result<PositionHead> {
+    let f = d.f;
+    let c = f.c;
+    let k = d.is_pass.len();
+    let mut rows: Vec<f32> = Vec::new();
+    let mut row_labels: Vec<i64> = Vec::new();
+    let mut maskless: Vec<usize> = Vec::new();
+    for &i in images {
+        let label = d.labels[i];
+        let (r, cells) = f.rows(i);
+        if d.is_pass[label] {
+            rows.extend(r);
+            row_labels.extend(std::iter::repeat_n(label as i64, cells.len()));
+            continue;
+        }
+        match &d.masks[i] {
+            Some(mask) => {
+                let hits = defect_cells(d.input, mask, (f.w, f.h), f.valid[i]);
+                rows.extend(r);
+                row_labels.extend(hits.iter().map(|&h| {
+                    if h {
+                        label as i64
+                    } else {
+                        d.primary_pass as i64
+                    }
+                }));
+            }
+            None => maskless.push(i),
+        }
+    }
+    standardise(&mut rows, d.mean, d.inv);
+    // Class weights ∝ 1/√(position frequency), mean 1 over the positions.
+    let mut counts = vec![0f64; k];
+    for &l in &row_labels {
+        counts[l as usize] += 1.0;
+    }
+    for &i in &maskless {
+        counts[d.labels[i]] += 1.0;
+    }
+    let raw: Vec<f64> = counts.iter().map(|&n| 1.0 / n.max(1.0).sqrt()).collect();
+    let norm = counts.iter().zip(&raw).map(|(n, w)| n * w).sum::<f64>()
+        / counts.iter().sum::<f64>().max(1.0);
+    let class_weights: Vec<f32> = raw.iter().map(|w| (w / norm) as f32).collect();
+
+    let device = base.clone().autodiff();
+    let mut head = PositionHead {
+        hidden: LinearConfig::new(c, HIDDEN as usize).init(&device),
+        out: LinearConfig::new(HIDDEN as usize, k).init(&device),
+    };
+    let loss_fn = CrossEntropyLossConfig::new()
+        .with_weights(Some(class_weights))
+        .init(&device);
+    let mut optim = AdamConfig::new().init();
+    let n_rows = row_labels.len();
+    let mut rng = crate::augment::sample_rng(cfg.seed, 0, usize::MAX);
+    for epoch in 0..cfg.epochs {
+        // Defective images without a mask: their most defect-like cell, by the current head.
+        let valid_head = head.valid();
+        let mut mil_rows = Vec::new();
+        let mut mil_labels = Vec::new();
+        for &i in &maskless {
+            let (mut r, _) = f.rows(i);
+            standardise(&mut r, d.mean, d.inv);
+            let n = r.len() / c;
+            let x = Tensor::<2>::from_data(TensorData::new(r.clone(), [n, c]), base);
+            let s = to_vec(valid_head.forward(x))?;
+            let (cell, _) = defect_max(&s, k, d.is_pass);
+            mil_rows.extend_from_slice(&r[cell * c..(cell + 1) * c]);
+            mil_labels.push(d.labels[i] as i64);
+        }
+        let total = n_rows + mil_labels.len();
+        let mut order: Vec<usize> = (0..total).collect();
+        for j in (1..total).rev() {
+            order.swap(j, rng.below(j as u64 + 1) as usize);
+        }
+        let (mut loss_sum, mut correct, mut steps) = (0.0, 0usize, 0usize);
+        for (step, idx) in order.chunks(ROWS_PER_STEP).enumerate() {
+            if cancel.load(Ordering::Relaxed) {
+                bail!("training cancelled");
+            }
+            let mut xs = Vec::with_capacity(idx.len() * c);
+            let mut ys = Vec::with_capacity(idx.len());
+            for &j in idx {
+                if j < n_rows {
+                    xs.extend_from_slice(&rows[j * c..(j + 1) * c]);
+                    ys.push(row_labels[j]);
+                } else {
+                    let m = j - n_rows;
+                    xs.extend_from_slice(&mil_rows[m * c..(m + 1) * c]);
+                    ys.push(mil_labels[m]);
+                }
+            }
+            let x = Tensor::<2>::from_data(TensorData::new(xs, [idx.len(), c]), &device);
+            let y = Tensor::<1, Int>::from_data(TensorData::new(ys.clone(), [idx.len()]), &device);
+            let logits = head.forward(x);
+            let pred = to_vec(logits.clone().detach())?;
+            for (row, &t) in pred.chunks(k).zip(&ys) {
+                correct += (metrics::argmax(row).unwrap_or(0) as i64 == t) as usize;
+            }
+            let loss = loss_fn.forward(logits, y);
+            let lv = to_vec(loss.clone())?.first().copied().unwrap_or(f32::NAN) as f64;
+            if !lv.is_finite() {
+                bail!(
+                    "training diverged (loss {lv}) at epoch {}; lower --lr",
+                    epoch + 1
+                );
+            }
+            let grads = GradientsParams::from_grads(loss.backward(), &head);
+            head = optim.step(cfg.lr, head, grads);
+            loss_sum += lv;
+            steps += 1;
+            on_step(epoch + 1, step + 1, lv);
+        }
+        on_epoch(
+            epoch + 1,
+            loss_sum / steps.max(1) as f64,
+            correct as f64 / total.max(1) as f64,
+            &head.valid(),
+        )?;
+    }
+    Ok(head.valid())
+}
+
 /// Trains a backbone preset (see the module docs). `side` and `resize` come from the preset.
 pub fn train(
     cfg: &TrainConfig,
@@ -455,88 +725,56 @@ pub fn train(
             loss: f64::NAN,
         })
     };
-    let train_f = extract(
+    let cache = FeatureCache::new(&weights_path, &spec, lf);
+    let (train_f, new_train) = extract(
         &mut engine,
         lf,
         &spec,
         &train_set.images,
+        &train_set.files,
+        &cache,
         cancel,
         &mut report,
     )?;
     let n_train = train_set.images.len();
-    let val_f = extract(&mut engine, lf, &spec, &val_set.images, cancel, |d| {
-        report(n_train + d)
-    })?;
+    let (val_f, new_val) = extract(
+        &mut engine,
+        lf,
+        &spec,
+        &val_set.images,
+        &val_set.files,
+        &cache,
+        cancel,
+        |d| report(n_train + d),
+    )?;
     drop(engine);
     let extract_s = t_extract.elapsed().as_secs_f64();
-    tracing::info!("features of {total_images} images in {extract_s:.1} s");
+    let extracted = new_train + new_val;
+    tracing::info!(
+        "features of {total_images} images in {extract_s:.1} s ({extracted} extracted, {} from the cache)",
+        total_images - extracted
+    );
 
-    // Position labels.
     let primary_pass = (0..k)
         .filter(|&c| is_pass[c])
         .max_by_key(|&c| train_set.labels.iter().filter(|&&l| l == c).count())
         .unwrap_or(0);
     let (mean, inv) = standardisation(&train_f);
-    let mut rows: Vec<f32> = Vec::new();
-    let mut row_labels: Vec<i64> = Vec::new();
-    let mut maskless: Vec<usize> = Vec::new();
-    for i in 0..n_train {
-        let label = train_set.labels[i];
-        let (r, cells) = train_f.rows(i);
-        if is_pass[label] {
-            rows.extend(r);
-            row_labels.extend(std::iter::repeat_n(label as i64, cells.len()));
-            continue;
-        }
-        match &train_set.masks[i] {
-            Some(mask) => {
-                let hits =
-                    defect_cells(&spec.input, mask, (train_f.w, train_f.h), train_f.valid[i]);
-                rows.extend(r);
-                row_labels.extend(
-                    hits.iter()
-                        .map(|&h| if h { label as i64 } else { primary_pass as i64 }),
-                );
-            }
-            None => maskless.push(i),
-        }
-    }
-    standardise(&mut rows, &mean, &inv);
-    let c = train_f.c;
-    tracing::info!(
-        "{} labelled positions; {} defective images without a mask train through their max",
-        row_labels.len(),
-        maskless.len()
-    );
-    // Class weights ∝ 1/√(position frequency), mean 1 over the positions.
-    let mut counts = vec![0f64; k];
-    for &l in &row_labels {
-        counts[l as usize] += 1.0;
-    }
-    for &i in &maskless {
-        counts[train_set.labels[i]] += 1.0;
-    }
-    let raw: Vec<f64> = counts.iter().map(|&n| 1.0 / n.max(1.0).sqrt()).collect();
-    let norm = counts.iter().zip(&raw).map(|(n, w)| n * w).sum::<f64>()
-        / counts.iter().sum::<f64>().max(1.0);
-    let class_weights: Vec<f32> = raw.iter().map(|w| (w / norm) as f32).collect();
-
     let base = Device::flex();
     base.seed(cfg.seed);
-    let device = base.clone().autodiff();
-    let mut head = PositionHead {
-        hidden: LinearConfig::new(c, HIDDEN as usize).init(&device),
-        out: LinearConfig::new(HIDDEN as usize, k).init(&device),
+    let data = HeadData {
+        f: &train_f,
+        labels: &train_set.labels,
+        masks: &train_set.masks,
+        input: &spec.input,
+        is_pass: &is_pass,
+        primary_pass,
+        mean: &mean,
+        inv: &inv,
     };
-    let loss_fn = CrossEntropyLossConfig::new()
-        .with_weights(Some(class_weights.clone()))
-        .init(&device);
-    let mut optim = AdamConfig::new().init();
-    let n_rows = row_labels.len();
-    let steps = (n_rows + maskless.len()).div_ceil(ROWS_PER_STEP).max(1);
-    let mut history: Vec<EpochRecord> = Vec::new();
-    let t_head = Instant::now();
-    let mut rng = crate::augment::sample_rng(cfg.seed, 0, usize::MAX);
+    let all: Vec<usize> = (0..n_train).collect();
+    let identity: Vec<f32> = (0..k * k).map(|i| (i / k == i % k) as u8 as f32).collect();
+    let zeros = vec![0.0; k];
     let val_probs_of = |head: &PositionHead,
                         w: &[f32],
                         b: &[f32]|
@@ -549,112 +787,95 @@ pub fn train(
         let probs = pooled.iter().map(|z| calibrated_probs(z, w, b)).collect();
         Ok((pooled, probs))
     };
-    let identity: Vec<f32> = (0..k * k).map(|i| (i / k == i % k) as u8 as f32).collect();
-    for epoch in 0..cfg.epochs {
-        // Maskless defective images: their most defect-like cell, by the current head.
-        let valid_head = head.valid();
-        let mut mil_rows = Vec::new();
-        let mut mil_labels = Vec::new();
-        for &i in &maskless {
-            let (r, _) = train_f.rows(i);
-            let mut sr = r.clone();
-            standardise(&mut sr, &mean, &inv);
-            let n = sr.len() / c;
-            let x = Tensor::<2>::from_data(TensorData::new(sr.clone(), [n, c]), &base);
-            let s = to_vec(valid_head.forward(x))?;
-            let (cell, _) = defect_max(&s, k, &is_pass);
-            mil_rows.extend_from_slice(&sr[cell * c..(cell + 1) * c]);
-            mil_labels.push(train_set.labels[i] as i64);
-        }
-        let total = n_rows + mil_labels.len();
-        let mut order: Vec<usize> = (0..total).collect();
-        for j in (1..total).rev() {
-            order.swap(j, rng.below(j as u64 + 1) as usize);
-        }
-        let mut loss_sum = 0.0;
-        let mut correct = 0usize;
-        for (step, idx) in order.chunks(ROWS_PER_STEP).enumerate() {
-            if cancel.load(Ordering::Relaxed) {
-                bail!("training cancelled");
-            }
-            let mut xs = Vec::with_capacity(idx.len() * c);
-            let mut ys = Vec::with_capacity(idx.len());
-            for &j in idx {
-                if j < n_rows {
-                    xs.extend_from_slice(&rows[j * c..(j + 1) * c]);
-                    ys.push(row_labels[j]);
-                } else {
-                    let m = j - n_rows;
-                    xs.extend_from_slice(&mil_rows[m * c..(m + 1) * c]);
-                    ys.push(mil_labels[m]);
-                }
-            }
-            let x = Tensor::<2>::from_data(TensorData::new(xs, [idx.len(), c]), &device);
-            let y = Tensor::<1, Int>::from_data(TensorData::new(ys.clone(), [idx.len()]), &device);
-            let logits = head.forward(x);
-            let pred = to_vec(logits.clone().detach())?;
-            for (row, &t) in pred.chunks(k).zip(&ys) {
-                correct += (metrics::argmax(row).unwrap_or(0) as i64 == t) as usize;
-            }
-            let loss = loss_fn.forward(logits, y);
-            let lv = to_vec(loss.clone())?.first().copied().unwrap_or(f32::NAN) as f64;
-            if !lv.is_finite() {
-                bail!(
-                    "training diverged (loss {lv}) at epoch {}; lower --lr",
-                    epoch + 1
-                );
-            }
-            let grads = GradientsParams::from_grads(loss.backward(), &head);
-            head = optim.step(cfg.lr, head, grads);
-            loss_sum += lv;
-            progress(Progress::Step {
-                epoch: epoch + 1,
-                step: step + 1,
-                steps,
-                loss: lv,
-            });
-        }
-        let (_, probs) = val_probs_of(&head.valid(), &identity, &vec![0.0; k])?;
-        let vm = val_metrics(&spec, &probs, &val_set.labels);
-        let done = epoch + 1;
-        let per_epoch = t_head.elapsed().as_secs_f64() / done as f64;
-        let record = EpochRecord {
-            epoch: done,
-            train_loss: loss_sum / steps as f64,
-            train_accuracy: correct as f64 / total.max(1) as f64,
-            val_accuracy: vm.confusion.accuracy(),
-            val_macro_f1: vm.confusion.macro_f1(),
-            val_auroc: vm.auroc,
-            lr: cfg.lr,
-            elapsed_s: started.elapsed().as_secs_f64(),
-            eta_s: per_epoch * (cfg.epochs - done) as f64,
-        };
-        history.push(record.clone());
-        progress(Progress::Epoch(record));
-    }
-    let head = head.valid();
-    let head_s = t_head.elapsed().as_secs_f64();
+    let t_head = Instant::now();
+    let mut history: Vec<EpochRecord> = Vec::new();
+    let steps_hint = data.rows_hint(&all).div_ceil(ROWS_PER_STEP).max(1);
+    let prog = std::cell::RefCell::new(&mut *progress);
+    let head = fit_head(
+        &data,
+        &all,
+        cfg,
+        &base,
+        cancel,
+        &mut |epoch, step, loss| {
+            (prog.borrow_mut())(Progress::Step {
+                epoch,
+                step,
+                steps: steps_hint,
+                loss,
+            })
+        },
+        &mut |epoch, loss, acc, head| {
+            let (_, probs) = val_probs_of(head, &identity, &zeros)?;
+            let vm = val_metrics(&spec, &probs, &val_set.labels);
+            let per_epoch = t_head.elapsed().as_secs_f64() / epoch as f64;
+            let record = EpochRecord {
+                epoch,
+                train_loss: loss,
+                train_accuracy: acc,
+                val_accuracy: vm.confusion.accuracy(),
+                val_macro_f1: vm.confusion.macro_f1(),
+                val_auroc: vm.auroc,
+                lr: cfg.lr,
+                elapsed_s: started.elapsed().as_secs_f64(),
+                eta_s: per_epoch * (cfg.epochs - epoch) as f64,
+            };
+            history.push(record.clone());
+            (prog.borrow_mut())(Progress::Epoch(record));
+            Ok(())
+        },
+    )?;
+    drop(prog);
 
-    // Calibration refit on the training images' pooled scores (image labels, image weights).
-    let train_scores = cell_scores(&head, &train_f, &mean, &inv, &base)?;
-    let pooled: Vec<Vec<f32>> = train_scores
-        .iter()
-        .map(|s| defect_max(s, k, &is_pass).1)
+    // Calibration refit on out-of-fold pooled scores: the training images' own scores are
+    // inflated by the head having seen them, so two heads, each trained on half of the parts
+    // (groups kept together), score the other half.
+    let folds = fold_of(&train_set.paths, &train_set.groups, cfg.seed);
+    let mut pooled: Vec<Vec<f32>> = vec![Vec::new(); n_train];
+    for fold in 0..2 {
+        let fit_on: Vec<usize> = (0..n_train).filter(|&i| folds[i] != fold).collect();
+        let held: Vec<usize> = (0..n_train).filter(|&i| folds[i] == fold).collect();
+        if fit_on.is_empty() || held.is_empty() {
+            continue;
+        }
+        let h = fit_head(
+            &data,
+            &fit_on,
+            cfg,
+            &base,
+            cancel,
+            &mut |_, _, _| {},
+            &mut |_, _, _, _| Ok(()),
+        )?;
+        let scores = cell_scores(&h, &train_f, &mean, &inv, &base)?;
+        for &i in &held {
+            pooled[i] = defect_max(&scores[i], k, &is_pass).1;
+        }
+    }
+    let head_s = t_head.elapsed().as_secs_f64();
+    let (cal_idx, cal_z): (Vec<usize>, Vec<Vec<f32>>) = pooled
+        .into_iter()
+        .enumerate()
+        .filter(|(_, z)| !z.is_empty())
+        .unzip();
+    let cal_labels: Vec<usize> = cal_idx.iter().map(|&i| train_set.labels[i]).collect();
+    let img_weights: Vec<f32> = (0..k)
+        .map(|c| {
+            let n = cal_labels.iter().filter(|&&l| l == c).count() as f64;
+            (1.0 / n.max(1.0).sqrt()) as f32
+        })
         .collect();
-    let img_counts: Vec<f64> = (0..k)
-        .map(|c| train_set.labels.iter().filter(|&&l| l == c).count() as f64)
-        .collect();
-    let img_weights: Vec<f32> = img_counts
-        .iter()
-        .map(|&n| (1.0 / n.max(1.0).sqrt()) as f32)
-        .collect();
-    let (cal_w, cal_b) = fit_calibration(&pooled, &train_set.labels, &img_weights, k);
-    let (val_pooled, probs) = val_probs_of(&head, &cal_w, &cal_b)?;
-    let _ = val_pooled;
+    let (cal_w, cal_b) = if cal_z.is_empty() {
+        (identity.clone(), zeros.clone())
+    } else {
+        fit_calibration(&cal_z, &cal_labels, &img_weights, k)
+    };
+    let (_, probs) = val_probs_of(&head, &cal_w, &cal_b)?;
     let vm = val_metrics(&spec, &probs, &val_set.labels);
     let threshold = metrics::choose_threshold(&vm.scores, &vm.defective, cfg.max_miss_rate);
     let rates = metrics::rates_at(&vm.scores, &vm.defective, threshold);
     spec.threshold = threshold;
+    let c = train_f.c;
 
     // Export: fold the standardisation into the first head convolution.
     let hidden_w = to_vec(head.hidden.weight.val())?; // [c, hidden]
@@ -738,6 +959,8 @@ pub fn train(
             "features": "stages 2-4, 3x3 local average, stride 16",
         },
         "timing_s": { "features": extract_s, "head": head_s, "total": started.elapsed().as_secs_f64() },
+        "features_extracted": extracted,
+        "features_cached": total_images - extracted,
         "summary": &summary,
         "val_confusion": vm.confusion,
         "history": history,

@@ -239,3 +239,138 @@ fn engine_vs_burn(
     }
     max_diff
 }
+
+/// The default kind of model: the pretrained backbone (frozen) with a per-position head trained
+/// on features the engine extracted once. It learns the synthetic defects, its heatmap finds
+/// them, and the exported model gives the same probabilities in the engine and in burn.
+#[test]
+fn backbone_head_learns_from_masks_and_engine_agrees_with_burn() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let data = tempfile::tempdir().expect("tmp");
+    integration_tests::synthetic_manifest_with_masks(data.path(), 16, 6, 31);
+    let out_dir = tempfile::tempdir().expect("tmp");
+    let out = out_dir.path().join("lite0.safetensors");
+    let mut cfg = TrainConfig::new(data.path().to_owned(), out.clone());
+    cfg.preset = "lite0-tiny".into();
+    let t = std::time::Instant::now();
+    let mut epochs = 0;
+    let summary = train::train(
+        &cfg,
+        &mut |p| {
+            if let Progress::Epoch(r) = p {
+                epochs += 1;
+                eprintln!(
+                    "epoch {} val acc {:.3} auroc {:?}",
+                    r.epoch, r.val_accuracy, r.val_auroc
+                );
+            }
+        },
+        &AtomicBool::new(false),
+    )
+    .expect("train");
+    eprintln!("trained in {:?}: {summary:?}", t.elapsed());
+    assert_eq!(epochs, cfg.epochs);
+    assert!(summary.val_auroc.expect("both kinds") >= 0.9, "{summary:?}");
+    assert!(summary.val_accuracy >= 0.8, "{summary:?}");
+    let model = Model::load(&out).expect("load exported model");
+    assert!(
+        model
+            .spec
+            .layers
+            .iter()
+            .any(|l| matches!(l, kernels::Layer::DefectMaxPool)),
+        "a backbone model ends in the defect max pool"
+    );
+    assert_eq!(model.spec.input.resize, kernels::Resize::Fit);
+
+    // Engine vs burn (from the exported file) on every val image, letterbox padding included.
+    let device = burn::tensor::Device::flex();
+    let burn_model = inspector::nn::BurnModel::from_model(&model, &device).expect("burn model");
+    let gpu = GpuContext::headless().expect("gpu");
+    let mut engine =
+        Engine::new(&gpu.device, &gpu.queue, &model, 4, gpu.describe()).expect("engine");
+    let ds = inspector::dataset::Dataset::open(data.path()).expect("dataset");
+    let (mut max_diff, mut on_defect, mut defective) = (0f32, 0, 0);
+    let inp = &model.spec.input;
+    for s in ds.split("val") {
+        let img = inspector::dataset::decode_image(&s.path).expect("decode");
+        let inf = engine.infer(&[img.frame()]).expect("infer").remove(0);
+        let x: Vec<f32> = kernels::reference::preprocess(&model, &img.frame())
+            .expect("pre")
+            .into_iter()
+            .map(|v| v as f32)
+            .collect();
+        let xt = burn::tensor::Tensor::<4>::from_data(
+            burn::tensor::TensorData::new(x, [1, 3, inp.height as usize, inp.width as usize]),
+            &device,
+        );
+        let content = [inp.content_size(img.width, img.height)];
+        let logits = burn_model.forward_in(xt, Some(&content)).0;
+        let p: Vec<f32> = burn::tensor::activation::softmax(logits, 1)
+            .into_data()
+            .try_to_vec::<f32>()
+            .expect("probs");
+        for (a, b) in inf.probabilities.iter().zip(&p) {
+            max_diff = max_diff.max((a - b).abs());
+        }
+        if s.label != "good" {
+            defective += 1;
+            let mask =
+                inspector::dataset::decode_image(s.mask.as_deref().expect("mask")).expect("mask");
+            on_defect += inspector::eval::heatmap_hits_mask(&inf.heatmap, &mask)
+                .expect("non-empty mask") as usize;
+        }
+    }
+    eprintln!("max |engine − burn| = {max_diff:e}; heatmap on the defect {on_defect}/{defective}");
+    assert!(max_diff <= 1e-4, "engine and burn disagree by {max_diff}");
+    assert!(
+        on_defect * 10 >= defective * 8,
+        "the heatmap's hottest cell is on the defect for only {on_defect} of {defective} images"
+    );
+
+    // eval through the engine: per-class AUROC, per-part figures and the disagreements.
+    let report = inspector::eval::evaluate(&out, data.path(), "val").expect("eval");
+    let json = serde_json::to_value(&report).expect("json");
+    assert!(
+        json["per_class"]["scratch"]["auroc"].as_f64().is_some(),
+        "{json}"
+    );
+    assert!(json["per_class"]["good"].get("auroc").is_none(), "{json}");
+    assert_eq!(json["disagreements"].as_array().map(Vec::len), Some(10));
+    assert!(json["parts"]["auroc"].as_f64().is_some());
+    assert!((report.accuracy - summary.val_accuracy).abs() < 0.05);
+}
+
+/// Colour images, images smaller than the backbone's stride and a dataset without any mask
+/// all train (defective images then train through their most defect-like position).
+#[test]
+fn backbone_head_trains_on_colour_tiny_and_maskless_images() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let data = tempfile::tempdir().expect("tmp");
+    let rows = synthetic_manifest(data.path(), 12, 4, 47);
+    for (i, row) in rows.iter().skip(1).enumerate() {
+        let rel = row.split(',').next().expect("path");
+        let path = data.path().join(rel);
+        let img = image::open(&path).expect("open");
+        let img = if i % 3 == 0 {
+            // Smaller than one backbone cell (stride 16).
+            img.resize_exact(12, 10, image::imageops::FilterType::Triangle)
+        } else {
+            img
+        };
+        let rgb = image::DynamicImage::ImageRgb8(img.to_rgb8());
+        rgb.save(&path).expect("save rgb");
+    }
+    let out_dir = tempfile::tempdir().expect("tmp");
+    let out = out_dir.path().join("lite0.safetensors");
+    let mut cfg = TrainConfig::new(data.path().to_owned(), out.clone());
+    cfg.preset = "lite0-tiny".into();
+    let summary = train::train(&cfg, &mut |_| {}, &AtomicBool::new(false)).expect("train");
+    eprintln!("{summary:?}");
+    assert!(
+        summary.val_auroc.expect("both kinds") >= 0.75,
+        "{summary:?}"
+    );
+    let model = Model::load(&out).expect("model");
+    assert_eq!(model.spec.input.channels, 3);
+}

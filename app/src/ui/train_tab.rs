@@ -465,6 +465,9 @@ fn curves(t: &TrainView, ui: &mut egui::Ui) {
         });
 }
 
+/// The false-reject rate above which a model is not fit for a line at its miss target.
+pub const USEFUL_FALSE_REJECT: f64 = 0.40;
+
 fn results(app: &mut InspectorApp, ui: &mut egui::Ui, ctx: &egui::Context) {
     let t = &mut app.train;
     let Some(res) = &t.result else { return };
@@ -501,19 +504,50 @@ fn results(app: &mut InspectorApp, ui: &mut egui::Ui, ctx: &egui::Context) {
         ui.vertical(|ui| {
             ui.label(RichText::new("Per class").strong());
             egui::Grid::new("per-class").striped(true).show(ui, |ui| {
-                for h in ["class", "precision", "recall", "F1", "support"] {
+                for h in [
+                    "class",
+                    "precision",
+                    "recall",
+                    "F1",
+                    "support",
+                    "AUROC vs PASS",
+                ] {
                     ui.label(h);
                 }
                 ui.end_row();
+                // The weakest defect class is what an engineer fixes first: mark it.
+                let weakest = r
+                    .per_class
+                    .iter()
+                    .filter_map(|(n, m)| m.auroc.map(|a| (n, a)))
+                    .min_by(|a, b| a.1.total_cmp(&b.1))
+                    .map(|(n, _)| n.clone());
                 for (name, m) in &r.per_class {
                     ui.label(name);
                     ui.label(format!("{:.3}", m.precision));
                     ui.label(format!("{:.3}", m.recall));
                     ui.label(format!("{:.3}", m.f1));
                     ui.label(m.support.to_string());
+                    match m.auroc {
+                        Some(a) if weakest.as_ref() == Some(name) => {
+                            ui.label(RichText::new(format!("{a:.3} (weakest)")).strong())
+                        }
+                        Some(a) => ui.label(format!("{a:.3}")),
+                        None => ui.label("—"),
+                    };
                     ui.end_row();
                 }
             });
+            let p = &r.parts;
+            ui.label(format!(
+                "Per physical part ({} parts, {} defective): AUROC {} · miss {:.1} % · \
+                 false reject {:.1} %",
+                p.parts,
+                p.defective,
+                p.auroc.map_or("n/a".into(), |a| format!("{a:.3}")),
+                p.miss_rate * 100.0,
+                p.false_reject_rate * 100.0
+            ));
         });
     });
     ui.label(
@@ -602,6 +636,35 @@ fn results(app: &mut InspectorApp, ui: &mut egui::Ui, ctx: &egui::Context) {
         "chosen by training (miss <= 1 %): {:.3}",
         res.summary.threshold
     ));
+    if res.summary.val_false_reject_rate > USEFUL_FALSE_REJECT {
+        // Which defective images hold the threshold down: the lowest-scored ones.
+        let mut forcing: Vec<&crate::eval::ImageResult> = res
+            .detailed
+            .images
+            .iter()
+            .zip(&defective)
+            .filter(|(_, d)| **d)
+            .map(|(i, _)| i)
+            .collect();
+        forcing.sort_by(|a, b| a.score.total_cmp(&b.score));
+        let names: Vec<String> = forcing
+            .iter()
+            .take(3)
+            .map(|i| format!("{} ({:.3})", i.rel_path, i.score))
+            .collect();
+        ui.label(
+            RichText::new(format!(
+                "⚠ This model cannot reach a useful false-reject rate at the miss target: {:.0} % of \
+                 good val parts would be rejected (useful: ≤ {:.0} %). The threshold is held down \
+                 by the least defect-like defective images: {}. Check their labels and masks, add \
+                 similar examples, or accept more misses.",
+                100.0 * res.summary.val_false_reject_rate,
+                100.0 * USEFUL_FALSE_REJECT,
+                names.join(", ")
+            ))
+            .color(Color32::from_rgb(230, 160, 40)),
+        );
+    }
     // Save as a version.
     let (model, fp, report) = (
         res.summary.model.clone(),
