@@ -195,6 +195,13 @@ pub struct Alarm {
     pub at: chrono::DateTime<chrono::Local>,
 }
 
+/// The frame an override form acts on: captured when the person opened the form and shown
+/// (thumbnail and name) until the override is saved or cancelled, whatever the live view does.
+struct OverrideTarget {
+    verdict: Arc<Verdict>,
+    thumb: Option<egui::TextureHandle>,
+}
+
 struct Started {
     pipeline: Result<Pipeline, String>,
     recorder: Option<Result<Recorder, String>>,
@@ -236,7 +243,8 @@ pub struct InspectorApp {
     /// Frames overridden in this run, with the new verdict.
     pub overridden: HashMap<u64, String>,
     override_reason: String,
-    override_open: bool,
+    /// The frame the open override form acts on (None = the form is closed).
+    override_target: Option<OverrideTarget>,
     roi_edit: bool,
     roi_drag: Option<egui::Pos2>,
     roi_drag_end: Option<egui::Pos2>,
@@ -302,7 +310,7 @@ impl InspectorApp {
             drift_latched: false,
             overridden: HashMap::new(),
             override_reason: String::new(),
-            override_open: false,
+            override_target: None,
             roi_edit: false,
             roi_drag: None,
             roi_drag_end: None,
@@ -494,15 +502,56 @@ impl InspectorApp {
         }
     }
 
-    /// Overrides the last verdict with `reason`; recorded in the history.
-    pub fn override_last(&mut self, reason: &str) -> Result<(), String> {
+    /// Opens the override form on the newest verdict: that frame is the form's target until
+    /// the override is saved or cancelled, however many frames are inspected meanwhile.
+    pub fn open_override(&mut self) {
+        let Some(v) = self.last.clone() else {
+            self.notify(Level::Warning, "there is no verdict to override yet");
+            return;
+        };
+        let thumb = v.display.as_ref().map(|d| {
+            let img = d.thumb.clone().unwrap_or_else(|| d.frame.clone());
+            self.ctx.load_texture(
+                format!("override-{}", v.seq),
+                img,
+                egui::TextureOptions::LINEAR,
+            )
+        });
+        self.override_reason.clear();
+        self.override_target = Some(OverrideTarget { verdict: v, thumb });
+    }
+
+    /// Closes the override form without saving.
+    pub fn cancel_override(&mut self) {
+        self.override_target = None;
+    }
+
+    /// The frame the open override form acts on (sequence number and origin).
+    pub fn override_target(&self) -> Option<(u64, &str)> {
+        self.override_target
+            .as_ref()
+            .map(|t| (t.verdict.seq, t.verdict.origin.as_str()))
+    }
+
+    /// Saves the open form's override with `reason` on the frame the form was opened on;
+    /// recorded in the history.
+    pub fn save_override(&mut self, reason: &str) -> Result<(), String> {
+        let Some(v) = self.override_target.as_ref().map(|t| t.verdict.clone()) else {
+            return Err("open the override form on a frame first".into());
+        };
+        self.override_frame(&v, reason)?;
+        self.override_target = None;
+        self.override_reason.clear();
+        Ok(())
+    }
+
+    /// Overrides the verdict on frame `v` (named by its sequence number in this run) with
+    /// `reason`; recorded in the history.
+    fn override_frame(&mut self, v: &Verdict, reason: &str) -> Result<(), String> {
         let reason = reason.trim();
         if reason.is_empty() {
             return Err("give a reason for the override".into());
         }
-        let Some(v) = self.last.clone() else {
-            return Err("there is no verdict to override yet".into());
-        };
         let from = self
             .overridden
             .get(&v.seq)
@@ -527,8 +576,8 @@ impl InspectorApp {
         self.notify(
             Level::Info,
             format!(
-                "{} overridden as {what} ({from} to {to}): {reason}",
-                v.origin
+                "{} (frame {}) overridden as {what} ({from} to {to}): {reason}",
+                v.origin, v.seq
             ),
         );
         self.overridden.insert(v.seq, to);
