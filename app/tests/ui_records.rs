@@ -345,3 +345,193 @@ fn history_click_opens_the_row_pressed_while_new_rows_arrive() {
     // The details still show the row chosen.
     assert!(h.query_by_label_contains(&format!("{target} — ")).is_some());
 }
+
+fn set_model_path(h: &mut Harness<'static, InspectorApp>, p: &Path) {
+    type_into(h, "Model file", &p.display().to_string());
+    assert_eq!(h.state().model_path_input(), p.display().to_string());
+}
+
+fn events(db: &Path, kind: &str) -> Vec<String> {
+    Store::open(db)
+        .and_then(|s| s.events(10_000))
+        .map(|e| {
+            e.into_iter()
+                .filter(|e| e.kind == kind)
+                .map(|e| e.detail)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Activating a model shows its validation figures, warns when they are below the station's
+/// minimum, asks keep-current vs take-the-model's threshold and records the choice; the new
+/// model and threshold are in the settings file at once (a SIGTERM right after cannot lose
+/// them: the next start reads that file).
+#[test]
+fn model_activation_shows_figures_warns_asks_the_threshold_and_is_saved_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("h.sqlite");
+    let settings_file = dir.path().join("config/settings.json");
+    let candidate = dir.path().join("candidate.safetensors");
+    std::fs::copy(
+        inspector::headless::bundled(inspector::headless::DEFAULT_MODEL),
+        &candidate,
+    )
+    .unwrap();
+    let settings = Settings {
+        replay_fps: 10.0,
+        db_path: Some(db.clone()),
+        operator: "tester".into(),
+        threshold: Some(0.3),
+        ..Settings::default()
+    };
+    let sf = settings_file.clone();
+    let mut h = common::harness(settings, move |app| app.set_settings_file(sf));
+    assert!(step_until(&mut h, Duration::from_secs(120), |a| a
+        .model
+        .is_some()
+        && a.is_running()));
+    h.state_mut().tab = Tab::Settings;
+    h.step();
+    set_model_path(&mut h, &candidate);
+    h.get_by_label("Load model").click();
+    assert!(
+        step_until(&mut h, Duration::from_secs(30), |a| a.candidate.is_some()),
+        "no confirmation"
+    );
+    h.run_steps(2);
+    // The figures from the model's training record, and the warning: the bundled model's
+    // AUROC (0.696) and false-reject rate (100 %) are far from the station minimum.
+    assert!(
+        h.query_by_label_contains("AUROC 0.696 · miss rate 0.0 % · false-reject rate 100.0 %")
+            .is_some()
+    );
+    assert!(
+        h.query_by_label_contains("false-reject rate 100.0 % is above the station maximum 10.0 %")
+            .is_some()
+    );
+    assert!(
+        h.query_by_label_contains("WARNING: this model is below the station minimum")
+            .is_some()
+    );
+    assert!(
+        h.query_by_label_contains("AUROC 0.696 is below the station minimum 0.950")
+            .is_some()
+    );
+    // Nothing changes before the confirmation.
+    assert_ne!(h.state().model.as_ref().unwrap().path, candidate);
+    h.get_by_label("Keep the current threshold (0.300)").click();
+    h.step();
+    h.get_by_label("Activate this model").click();
+    assert!(
+        step_until(&mut h, Duration::from_secs(60), |a| a
+            .model
+            .as_ref()
+            .is_some_and(|m| m.path == candidate)),
+        "the model was not activated"
+    );
+    assert_eq!(h.state().settings.threshold, Some(0.3));
+    assert!(step_until(&mut h, Duration::from_secs(30), |a| a
+        .last
+        .as_ref()
+        .is_some_and(|v| (v.threshold - 0.3).abs() < 1e-6)));
+    // Saved at once (no eframe autosave in this test), for the next start.
+    assert!(
+        step_until(&mut h, Duration::from_secs(10), |_| {
+            inspector::settings::load_file(&settings_file).is_some_and(|s| {
+                s.model_path.as_deref() == Some(candidate.as_path()) && s.threshold == Some(0.3)
+            })
+        }),
+        "the settings file does not hold the new model: {:?}",
+        std::fs::read_to_string(&settings_file)
+    );
+    assert!(
+        step_until(&mut h, Duration::from_secs(30), |_| {
+            events(&db, "model_activation_confirmed").iter().any(|d| {
+                d.contains("kept the current 0.300") && d.contains("BELOW the station minimum")
+            })
+        }),
+        "the choice was not recorded: {:?}",
+        events(&db, "model_activation_confirmed")
+    );
+    // Again, taking the model's threshold this time.
+    set_model_path(&mut h, &candidate);
+    h.get_by_label("Load model").click();
+    assert!(step_until(&mut h, Duration::from_secs(30), |a| a
+        .candidate
+        .is_some()));
+    h.run_steps(2);
+    h.get_by_label_contains("Take the model's threshold")
+        .click();
+    h.step();
+    h.get_by_label("Activate this model").click();
+    assert!(
+        step_until(&mut h, Duration::from_secs(60), |a| a
+            .activation_pending()
+            .is_none()
+            && a.settings.threshold.is_none()),
+        "threshold {:?}",
+        h.state().settings.threshold
+    );
+    assert!(step_until(&mut h, Duration::from_secs(10), |_| {
+        inspector::settings::load_file(&settings_file).is_some_and(|s| s.threshold.is_none())
+    }));
+    assert!(step_until(&mut h, Duration::from_secs(30), |_| {
+        events(&db, "model_activation_confirmed")
+            .iter()
+            .any(|d| d.contains("took the model's"))
+    }));
+    // Cancelling keeps the model and says so in the history.
+    h.get_by_label("Load model").click();
+    assert!(step_until(&mut h, Duration::from_secs(30), |a| a
+        .candidate
+        .is_some()));
+    h.run_steps(2);
+    h.get_by_label("Keep the current model").click();
+    h.step();
+    assert!(h.state().candidate.is_none());
+    assert!(step_until(&mut h, Duration::from_secs(30), |_| !events(
+        &db,
+        "model_activation_cancelled"
+    )
+    .is_empty()));
+}
+
+/// An ROI outside the live frame is refused in the app: the previous one stays, and the
+/// operator is told.
+#[test]
+fn roi_outside_the_frame_is_refused_and_the_previous_one_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings {
+        replay_fps: 10.0,
+        db_path: Some(dir.path().join("h.sqlite")),
+        roi: Some([10, 10, 200, 200]),
+        ..Settings::default()
+    };
+    let mut h = common::harness(settings, |_| {});
+    assert!(step_until(&mut h, Duration::from_secs(120), |a| a
+        .last
+        .is_some()));
+    h.state_mut().set_roi(Some([5000, 5000, 100, 100]));
+    h.step();
+    assert_eq!(h.state().settings.roi, Some([10, 10, 200, 200]));
+    assert!(
+        h.state().notices.iter().any(|n| n.text.contains("outside")
+            && n.text.contains("keeping the previous one (10,10,200,200)")),
+        "{:?}",
+        h.state().notices
+    );
+    h.step();
+    assert!(
+        h.query_by_label_contains("keeping the previous one")
+            .is_some()
+    );
+    // Verdicts still use the previous ROI.
+    let n = h.state().counters.inspected;
+    assert!(step_until(&mut h, Duration::from_secs(60), |a| a
+        .counters
+        .inspected
+        > n + 1));
+    let v = h.state().last.clone().unwrap();
+    assert_eq!((v.roi.x, v.roi.y), (10, 10));
+}
