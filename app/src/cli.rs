@@ -7,11 +7,19 @@ use clap::{Parser, Subcommand};
 /// Defect Inspector: visual defect inspection for production lines. With no subcommand it
 /// opens the inspection window.
 #[derive(Debug, Parser)]
-#[command(name = "inspector", version, about)]
+#[command(
+    name = "inspector",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// The window's options without a subcommand (`inspector --db X` is `inspector app --db X`).
+    #[command(flatten)]
+    pub app: crate::ui::AppArgs,
 }
 
 /// Subcommands.
@@ -149,7 +157,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::History(args)) => crate::headless::history(args),
         Some(Command::App(args)) => crate::ui::run(args),
         Some(Command::BenchHistory(args)) => crate::headless::bench_history(args),
-        None => crate::ui::run(crate::ui::AppArgs::default()),
+        None => crate::ui::run(cli.app),
     }
 }
 
@@ -254,4 +262,34 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_readme_forms_of_the_window_parse() {
+        let cli = Cli::try_parse_from(["inspector", "--db", "x.sqlite", "--tab", "history"])
+            .expect("inspector --db X");
+        assert!(cli.command.is_none());
+        assert_eq!(
+            cli.app.db.as_deref(),
+            Some(std::path::Path::new("x.sqlite"))
+        );
+        assert_eq!(cli.app.tab.as_deref(), Some("history"));
+        let cli = Cli::try_parse_from(["inspector", "app", "--db", "y.sqlite"]).expect("app");
+        match cli.command {
+            Some(Command::App(a)) => {
+                assert_eq!(a.db.as_deref(), Some(std::path::Path::new("y.sqlite")))
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from(["inspector"]).expect("no arguments");
+        assert!(cli.command.is_none() && cli.app.db.is_none());
+        // Subcommands keep their own options.
+        let cli =
+            Cli::try_parse_from(["inspector", "history", "--db", "z.sqlite"]).expect("history");
+        assert!(matches!(cli.command, Some(Command::History(_))));
+    }
 }

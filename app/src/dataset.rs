@@ -467,15 +467,21 @@ impl DecodedImage {
 
 /// Decodes an image file to 8-bit gray, RGB or RGBA (16-bit and float images are converted).
 /// Errors name the problem: empty file, unknown format, truncated data, too large.
+///
+/// A file cut short is refused, whatever its format: the PNG, BMP and TIFF decoders report
+/// the missing data, but the JPEG decoder fills a cut-off scan with grey and returns no error,
+/// so JPEG (and PNG) streams are first checked to run to their end marker.
 pub fn decode_image(path: &Path) -> Result<DecodedImage, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
-    if meta.len() == 0 {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.is_empty() {
         return Err("empty (0-byte) file".into());
     }
-    let mut reader = image::ImageReader::open(path).map_err(|e| format!("cannot open: {e}"))?;
-    reader = reader
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes.as_slice()))
         .with_guessed_format()
         .map_err(|e| format!("cannot read: {e}"))?;
+    if let Some(why) = truncation(reader.format(), &bytes) {
+        return Err(format!("cannot decode (truncated): {why}"));
+    }
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_IMAGE_SIDE);
     limits.max_image_height = Some(MAX_IMAGE_SIDE);
@@ -499,4 +505,152 @@ pub fn decode_image(path: &Path) -> Result<DecodedImage, String> {
         height,
         format,
     })
+}
+
+/// Why an image stream of `format` is cut short, or None when it runs to its end marker (or
+/// the format has no such check; its decoder reports missing data itself).
+pub fn truncation(format: Option<image::ImageFormat>, b: &[u8]) -> Option<&'static str> {
+    match format? {
+        image::ImageFormat::Jpeg => jpeg_truncation(b),
+        image::ImageFormat::Png => png_truncation(b),
+        _ => None,
+    }
+}
+
+/// Walks a JPEG's segments (skipping their payloads and the entropy-coded scans) to the
+/// end-of-image marker. An embedded thumbnail's markers sit inside a skipped segment.
+fn jpeg_truncation(b: &[u8]) -> Option<&'static str> {
+    const CUT: &str = "the JPEG data ends before its end-of-image marker (the file was cut short)";
+    if b.len() < 2 || b[0] != 0xFF || b[1] != 0xD8 {
+        return None; // not a JPEG start: the decoder names the problem
+    }
+    let mut i = 2;
+    loop {
+        // The next marker: 0xFF (any number of fill bytes) then the marker code.
+        while i < b.len() && b[i] != 0xFF {
+            i += 1;
+        }
+        while i < b.len() && b[i] == 0xFF {
+            i += 1;
+        }
+        let Some(&m) = b.get(i) else {
+            return Some(CUT);
+        };
+        i += 1;
+        match m {
+            0xD9 => return None,
+            0x00 | 0x01 | 0xD0..=0xD7 => continue, // no length
+            _ => {}
+        }
+        let Some(len) = b
+            .get(i..i + 2)
+            .map(|l| u16::from_be_bytes([l[0], l[1]]) as usize)
+        else {
+            return Some(CUT);
+        };
+        if len < 2 || i + len > b.len() {
+            return Some(CUT);
+        }
+        i += len;
+        if m == 0xDA {
+            // Entropy-coded data: runs to the first marker that is not a stuffed 0xFF00 or a
+            // restart marker.
+            loop {
+                let rest = b.get(i..).unwrap_or(&[]);
+                let j = i + rest.iter().position(|&x| x == 0xFF).unwrap_or(rest.len());
+                let Some(&n) = b.get(j + 1) else {
+                    return Some(CUT);
+                };
+                if n == 0x00 || (0xD0..=0xD7).contains(&n) {
+                    i = j + 2;
+                } else if n == 0xFF {
+                    i = j + 1;
+                } else {
+                    i = j;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Walks a PNG's chunks to IEND.
+fn png_truncation(b: &[u8]) -> Option<&'static str> {
+    const CUT: &str = "the PNG data ends before its IEND chunk (the file was cut short)";
+    let mut i = 8;
+    loop {
+        let Some(head) = b.get(i..i + 8) else {
+            return Some(CUT);
+        };
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let end = i.checked_add(12)?.checked_add(len)?;
+        if end > b.len() {
+            return Some(CUT);
+        }
+        if &head[4..8] == b"IEND" {
+            return None;
+        }
+        i = end;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file cut short is unreadable in every supported format, at any cut, and a whole file
+    /// decodes; a real JPEG from the demo set cut to 3000 bytes included.
+    #[test]
+    fn truncated_images_of_every_format_are_unreadable() {
+        let dir = tempfile::tempdir().unwrap();
+        let gray = image::GrayImage::from_fn(120, 90, |x, y| {
+            image::Luma([((x * 7 + y * 13 + (x * y) % 23) % 256) as u8])
+        });
+        let rgb = image::RgbImage::from_fn(80, 60, |x, y| {
+            image::Rgb([(x * 3) as u8, (y * 4) as u8, ((x * y) % 251) as u8])
+        });
+        let mut files = Vec::new();
+        for ext in ["png", "jpg", "bmp", "tiff"] {
+            for (kind, img) in [
+                ("gray", image::DynamicImage::ImageLuma8(gray.clone())),
+                ("rgb", image::DynamicImage::ImageRgb8(rgb.clone())),
+            ] {
+                let p = dir.path().join(format!("{kind}.{ext}"));
+                img.save(&p).unwrap();
+                files.push(p);
+            }
+        }
+        let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../datasets/magnetic-tile-demo/MT_Crack/Imgs/exp1_num_32128.jpg");
+        let real = dir.path().join("real.jpg");
+        std::fs::copy(&demo, &real).unwrap();
+        files.push(real);
+        for p in &files {
+            let bytes = std::fs::read(p).unwrap();
+            assert!(decode_image(p).is_ok(), "{} whole", p.display());
+            let n = bytes.len();
+            for cut in [3000, n / 2, n * 9 / 10, n - 2, n - 1, 10] {
+                if cut >= n {
+                    continue;
+                }
+                let q = dir.path().join(format!(
+                    "cut-{cut}-{}",
+                    p.file_name().unwrap().to_string_lossy()
+                ));
+                std::fs::write(&q, &bytes[..cut]).unwrap();
+                let e = decode_image(&q).expect_err(&format!("{} cut to {cut} bytes", p.display()));
+                assert!(
+                    e.contains("truncated") || e.contains("cannot decode"),
+                    "{}: {e}",
+                    q.display()
+                );
+            }
+        }
+        // A JPEG with bytes after its end marker (some cameras pad) is whole.
+        let mut padded = std::fs::read(dir.path().join("rgb.jpg")).unwrap();
+        padded.extend_from_slice(&[0; 16]);
+        let p = dir.path().join("padded.jpg");
+        std::fs::write(&p, padded).unwrap();
+        assert!(decode_image(&p).is_ok());
+    }
 }

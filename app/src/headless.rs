@@ -134,6 +134,7 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
             roi,
             threshold: args.threshold,
             display: false,
+            stop_on_roi_refused: true,
         },
         sink.map(|s| Box::new(s) as Box<dyn pipeline::VerdictSink>),
         Arc::new(|| {}),
@@ -219,6 +220,24 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
             Event::ModelLoaded(info) => tracing::info!("model {} ({})", info.id, info.input),
             Event::ModelRejected(e) | Event::SinkError(e) | Event::Warning(e) => {
                 eprintln!("warning: {e}")
+            }
+            Event::RoiRefused {
+                roi,
+                origin,
+                width,
+                height,
+                ..
+            } => {
+                drop(out);
+                drop(pipe);
+                if let Some(r) = recorder {
+                    r.finish();
+                }
+                anyhow::bail!(
+                    "--roi {}: {}; nothing was inspected with it. Give a region inside the frame",
+                    args.roi.as_deref().unwrap_or_default(),
+                    Event::roi_refused_text(roi, &origin, width, height)
+                );
             }
         }
         out.flush()?;

@@ -205,13 +205,28 @@ fn manifest_text(rows: &[LabelRow]) -> String {
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, flushed, then
-/// renamed over the target.
+/// renamed over the target. The file keeps its permissions (a new one gets the permissions any
+/// newly created file gets, 0644 under the usual umask): the temporary file is private (0600)
+/// until it takes the target's place.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
     use std::io::Write as _;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+    let mut builder = tempfile::Builder::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        // Created like any new file (the umask applies).
+        builder.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    let mut tmp = builder
+        .tempfile_in(dir)
         .map_err(|e| format!("cannot write in {}: {e}", dir.display()))?;
+    if let Ok(meta) = std::fs::metadata(path) {
+        tmp.as_file()
+            .set_permissions(meta.permissions())
+            .map_err(|e| format!("cannot keep the permissions of {}: {e}", path.display()))?;
+    }
     tmp.write_all(bytes)
         .and_then(|_| tmp.as_file().sync_all())
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
@@ -298,5 +313,32 @@ mod tests {
         write_mask(&p, 4, 3, &mask).unwrap();
         assert_eq!(read_mask(&p, 4, 3).unwrap(), mask);
         assert_eq!(read_mask(&p, 8, 6).unwrap().len(), 48);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn rewritten_files_keep_their_permissions() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let set_mode = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        let manifest = dir.path().join("manifest.csv");
+        std::fs::write(&manifest, "path,label\n").unwrap();
+        let mask = dir.path().join("masks/a.png.png");
+        write_mask(&mask, 2, 2, &[0, 255, 0, 0]).unwrap();
+        // A new file gets what any new file gets here (not the temporary file's 0600).
+        std::fs::write(dir.path().join("plain"), b"x").unwrap();
+        assert_eq!(mode(&mask), mode(&dir.path().join("plain")));
+        for m in [0o644, 0o664, 0o640] {
+            set_mode(&manifest, m);
+            set_mode(&mask, m);
+            write_manifest(dir.path(), &[]).unwrap();
+            write_mask(&mask, 2, 2, &[255, 255, 0, 0]).unwrap();
+            assert_eq!(mode(&manifest), m, "manifest.csv");
+            assert_eq!(mode(&mask), m, "mask");
+        }
+        assert_eq!(read_mask(&mask, 2, 2).unwrap(), [255, 255, 0, 0]);
     }
 }

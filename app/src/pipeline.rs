@@ -193,6 +193,37 @@ pub enum Event {
     SinkError(String),
     /// Something worth telling the operator.
     Warning(String),
+    /// The region of interest lies outside a frame: refused. Nothing was inspected with it;
+    /// the previous region (`kept`, when it fits; None = the whole frame) is in use again,
+    /// unless [`PipelineOptions::stop_on_roi_refused`] stopped inspection.
+    RoiRefused {
+        /// The refused region.
+        roi: Roi,
+        /// The frame it did not fit.
+        origin: String,
+        /// Frame width.
+        width: u32,
+        /// Frame height.
+        height: u32,
+        /// The region in use instead.
+        kept: Option<Roi>,
+    },
+}
+
+/// Whether `roi` starts inside a `width`×`height` frame (a region reaching past the frame's
+/// edge is clipped to it; one starting outside has nothing to inspect).
+pub fn roi_fits(roi: Roi, width: u32, height: u32) -> bool {
+    roi.width > 0 && roi.height > 0 && roi.x < width && roi.y < height
+}
+
+impl Event {
+    /// The refusal of a region of interest, in words.
+    pub fn roi_refused_text(roi: Roi, origin: &str, width: u32, height: u32) -> String {
+        format!(
+            "region of interest x {}, y {}, {} × {} lies outside the {width}×{height} frame {origin}: refused",
+            roi.x, roi.y, roi.width, roi.height
+        )
+    }
 }
 
 /// Running totals, kept by the worker so that nothing depends on the consumer keeping up.
@@ -320,6 +351,9 @@ pub struct PipelineOptions {
     pub threshold: Option<f32>,
     /// Prepare screen pixels with each verdict (the app).
     pub display: bool,
+    /// Stop inspecting when the region of interest does not fit a frame (the headless command
+    /// exits with an error); otherwise the previous region is used again.
+    pub stop_on_roi_refused: bool,
 }
 
 impl Default for PipelineOptions {
@@ -331,12 +365,14 @@ impl Default for PipelineOptions {
             roi: None,
             threshold: None,
             display: false,
+            stop_on_roi_refused: false,
         }
     }
 }
 
 enum Command {
-    LoadModel(PathBuf),
+    /// The file, and the threshold to use with it (None = the model's own).
+    LoadModel(PathBuf, Option<f32>),
     SetRoi(Option<Roi>),
     SetThreshold(Option<f32>),
     Stop,
@@ -418,7 +454,8 @@ impl Pipeline {
             sink,
             wake,
             seq: 0,
-            roi_warned: false,
+            roi_previous: None,
+            stop_on_roi_refused: options.stop_on_roi_refused,
             display: options.display,
         };
         let _ = worker.emit(Event::ModelLoaded(model.1));
@@ -491,7 +528,13 @@ impl Pipeline {
     /// Loads a model file in the worker and swaps it in between two frames; a bad file is
     /// answered with [`Event::ModelRejected`] and the current model stays.
     pub fn load_model(&self, path: PathBuf) {
-        let _ = self.commands.send(Command::LoadModel(path));
+        let _ = self.commands.send(Command::LoadModel(path, None));
+    }
+
+    /// Like [`Self::load_model`], with `threshold` instead of the model's own from the first
+    /// frame the new model inspects (None = the model's own).
+    pub fn load_model_with_threshold(&self, path: PathBuf, threshold: Option<f32>) {
+        let _ = self.commands.send(Command::LoadModel(path, threshold));
     }
 
     /// Sets the region of interest (frame pixels).
@@ -654,7 +697,9 @@ struct Worker {
     sink: Option<Box<dyn VerdictSink>>,
     wake: Arc<dyn Fn() + Send + Sync>,
     seq: u64,
-    roi_warned: bool,
+    /// The region in use before the last [`Command::SetRoi`]: what a refused region falls back to.
+    roi_previous: Option<Roi>,
+    stop_on_roi_refused: bool,
     display: bool,
 }
 
@@ -693,7 +738,7 @@ impl Worker {
 
     fn command(&mut self, c: Command) -> bool {
         match c {
-            Command::LoadModel(path) => {
+            Command::LoadModel(path, threshold) => {
                 let loaded = load_model(&path).and_then(|(model, info)| {
                     Engine::new(
                         &self.device,
@@ -709,15 +754,15 @@ impl Worker {
                     Ok((engine, info)) => {
                         self.engine = engine;
                         self.info = info.clone();
-                        self.threshold_override = None;
+                        self.threshold_override = threshold;
                         self.emit(Event::ModelLoaded(info))
                     }
                     Err(e) => self.emit(Event::ModelRejected(e)),
                 }
             }
             Command::SetRoi(roi) => {
+                self.roi_previous = self.roi;
                 self.roi = roi;
-                self.roi_warned = false;
                 true
             }
             Command::SetThreshold(t) => {
@@ -738,45 +783,61 @@ impl Worker {
                 }
                 self.emit(Event::Unreadable { origin, error })
             }
-            Captured::Frame(f, source) => match self.inspect(&f, &source) {
-                Ok(v) => {
-                    if let Some(sink) = self.sink.as_mut()
-                        && let Err(e) = sink.record(&v)
-                    {
-                        let _ = self.emit(Event::SinkError(e));
+            Captured::Frame(f, source) => {
+                let (w, h) = (f.image.width, f.image.height);
+                if let Some(roi) = self.roi
+                    && !roi_fits(roi, w, h)
+                {
+                    // Never inspect something else than what was asked for without saying so:
+                    // the region is refused, and the one in use before it comes back.
+                    let kept = self.roi_previous.filter(|k| roi_fits(*k, w, h));
+                    self.roi = kept;
+                    self.roi_previous = kept;
+                    let alive = self.emit(Event::RoiRefused {
+                        roi,
+                        origin: f.origin.clone(),
+                        width: w,
+                        height: h,
+                        kept,
+                    });
+                    if !alive || self.stop_on_roi_refused {
+                        return false;
                     }
-                    let v = Arc::new(v);
-                    if let Ok(mut c) = self.counters.lock() {
-                        c.add(&v);
-                    }
-                    self.emit(Event::Verdict(Box::new(Arc::unwrap_or_clone(v))))
                 }
-                Err(error) => {
-                    if let Ok(mut c) = self.counters.lock() {
-                        c.unreadable += 1;
-                    }
-                    self.emit(Event::Unreadable {
-                        origin: f.origin,
-                        error,
-                    })
+                self.inspect_captured(f, &source)
+            }
+        }
+    }
+
+    fn inspect_captured(&mut self, f: CapturedFrame, source: &str) -> bool {
+        match self.inspect(&f, source) {
+            Ok(v) => {
+                if let Some(sink) = self.sink.as_mut()
+                    && let Err(e) = sink.record(&v)
+                {
+                    let _ = self.emit(Event::SinkError(e));
                 }
-            },
+                let v = Arc::new(v);
+                if let Ok(mut c) = self.counters.lock() {
+                    c.add(&v);
+                }
+                self.emit(Event::Verdict(Box::new(Arc::unwrap_or_clone(v))))
+            }
+            Err(error) => {
+                if let Ok(mut c) = self.counters.lock() {
+                    c.unreadable += 1;
+                }
+                self.emit(Event::Unreadable {
+                    origin: f.origin,
+                    error,
+                })
+            }
         }
     }
 
     fn inspect(&mut self, f: &CapturedFrame, source: &str) -> Result<Verdict, String> {
         let mut frame = f.image.frame();
         frame.roi = self.roi;
-        if self.roi.is_some() && frame.effective_roi().is_err() {
-            if !self.roi_warned {
-                self.roi_warned = true;
-                let _ = self.emit(Event::Warning(format!(
-                    "the region of interest lies outside this {}×{} frame; inspecting the whole frame",
-                    f.image.width, f.image.height
-                )));
-            }
-            frame.roi = None;
-        }
         let roi = frame.effective_roi()?;
         let t = Instant::now();
         let out = self

@@ -1,7 +1,10 @@
-//! What the app remembers between runs (eframe's storage, in the platform config directory):
-//! source and camera, region of interest, model, operator and station, theme, history options.
+//! What the app remembers between runs: source and camera, region of interest, model, operator
+//! and station, theme, history options. eframe's storage keeps them with the window layout and
+//! writes them every 30 s and at a clean exit; a change that alters what the station does
+//! (model, threshold, source, ROI) is also written at once to `settings.json` beside it, by
+//! [`SettingsSaver`], so a SIGTERM or a power cut right after the change does not undo it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +47,14 @@ pub struct Settings {
     pub alarm_window: u32,
     /// Disk budget for archived images, MiB.
     pub archive_budget_mib: u64,
+    /// The station's minimum for a model being activated: validation AUROC at least this.
+    pub min_auroc: f64,
+    /// The station's maximum validation miss rate (defective parts passed) at the model's
+    /// threshold.
+    pub max_miss_rate: f64,
+    /// The station's maximum validation false-reject rate (good parts failed) at the model's
+    /// threshold.
+    pub max_false_reject_rate: f64,
 }
 
 impl Default for Settings {
@@ -64,6 +75,9 @@ impl Default for Settings {
             alarm_consecutive_fails: 5,
             alarm_window: 50,
             archive_budget_mib: 2048,
+            min_auroc: 0.95,
+            max_miss_rate: 0.01,
+            max_false_reject_rate: 0.10,
         }
     }
 }
@@ -80,6 +94,92 @@ impl Settings {
     }
 }
 
+/// `settings.json` in eframe's storage folder (`~/.local/share/defect-inspector/` on Linux).
+pub fn default_settings_file() -> Option<PathBuf> {
+    eframe::storage_dir("defect-inspector").map(|d| d.join("settings.json"))
+}
+
+/// Reads a settings file written by [`SettingsSaver`]; None when missing or unreadable.
+pub fn load_file(path: &Path) -> Option<Settings> {
+    let text = std::fs::read_to_string(path).ok()?;
+    match serde_json::from_str(&text) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!("ignoring {}: {e}", path.display());
+            None
+        }
+    }
+}
+
+/// Writes the settings on its own thread (the UI never waits on the disk), newest first:
+/// a burst of changes is one write of the last state. Each write is atomic and flushed to
+/// disk before it replaces the file.
+pub struct SettingsSaver {
+    path: PathBuf,
+    tx: crossbeam_channel::Sender<Settings>,
+    /// The saver's own handle on the queue: drops a stale pending state for a newer one.
+    stale: crossbeam_channel::Receiver<Settings>,
+    written: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl SettingsSaver {
+    /// Starts the writer thread for `path`.
+    pub fn start(path: PathBuf) -> Self {
+        let (tx, rx) = crossbeam_channel::bounded::<Settings>(1);
+        let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (p, rx2, w) = (path.clone(), rx.clone(), written.clone());
+        let spawned = std::thread::Builder::new()
+            .name("settings-saver".into())
+            .spawn(move || {
+                while let Ok(s) = rx2.recv() {
+                    let r = serde_json::to_vec_pretty(&s)
+                        .map_err(|e| e.to_string())
+                        .and_then(|bytes| crate::labeling::write_atomic(&p, &bytes));
+                    match r {
+                        Ok(()) => {
+                            w.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        Err(e) => tracing::error!("settings not saved to {}: {e}", p.display()),
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the settings saver: {e}");
+        }
+        Self {
+            path,
+            tx,
+            stale: rx,
+            written,
+        }
+    }
+
+    /// Where it writes.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Queues `s` for writing (never blocks; replaces a state not yet written).
+    pub fn save(&self, s: &Settings) {
+        let mut s = s.clone();
+        for _ in 0..3 {
+            match self.tx.try_send(s) {
+                Ok(()) => return,
+                Err(crossbeam_channel::TrySendError::Full(back)) => {
+                    let _ = self.stale.try_recv();
+                    s = back;
+                }
+                Err(crossbeam_channel::TrySendError::Disconnected(_)) => return,
+            }
+        }
+    }
+
+    /// How many writes have completed.
+    pub fn written(&self) -> u64 {
+        self.written.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,5 +189,24 @@ mod tests {
         let s: Settings = serde_json::from_str(r#"{"station": "line 4", "unknown": 1}"#).unwrap();
         assert_eq!(s.station, "line 4");
         assert_eq!(s.replay_fps, Settings::default().replay_fps);
+    }
+
+    #[test]
+    fn saver_writes_the_newest_state_at_once_and_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cfg/settings.json");
+        let saver = SettingsSaver::start(path.clone());
+        let mut s = Settings::default();
+        for i in 0..20 {
+            s.threshold = Some(i as f32 / 100.0);
+            saver.save(&s);
+        }
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while load_file(&path).and_then(|l| l.threshold) != Some(0.19) {
+            assert!(std::time::Instant::now() < end, "not written");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(load_file(&path).unwrap(), s);
+        assert!(load_file(&dir.path().join("missing.json")).is_none());
     }
 }

@@ -253,3 +253,146 @@ fn sigkill_mid_run_loses_no_reported_verdict() {
         );
     }
 }
+
+/// Files cut short, in every supported format (a real JPEG cut to 3000 bytes among them), are
+/// "unreadable": counted as such, reported as errors, never given a verdict.
+#[test]
+fn truncated_images_are_unreadable_never_inspected() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    let real = root().join("datasets/magnetic-tile-demo/MT_Crack/Imgs/exp1_num_32128.jpg");
+    let bytes = std::fs::read(&real).unwrap();
+    assert!(bytes.len() > 6000);
+    std::fs::write(images.join("a-real-cut.jpg"), &bytes[..3000]).unwrap();
+    std::fs::copy(&real, images.join("b-whole.jpg")).unwrap();
+    let img = image::GrayImage::from_fn(120, 90, |x, y| {
+        image::Luma([((x * 7 + y * 13) % 256) as u8])
+    });
+    for ext in ["png", "bmp", "tiff", "jpg"] {
+        let whole = dir.path().join(format!("whole.{ext}"));
+        img.save(&whole).unwrap();
+        let b = std::fs::read(&whole).unwrap();
+        std::fs::write(images.join(format!("c-cut.{ext}")), &b[..b.len() * 2 / 3]).unwrap();
+    }
+    let out = bin()
+        .args(["inspect", "--json", "--source"])
+        .arg(format!("folder:{}", images.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = json_lines(&out.stdout);
+    let verdicts: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["verdict"].is_string())
+        .map(|l| l["frame"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        verdicts,
+        ["b-whole.jpg"],
+        "only the whole file gets a verdict"
+    );
+    let errors: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["error"].is_string())
+        .map(|l| l["frame"].as_str().unwrap())
+        .collect();
+    assert_eq!(errors.len(), 5, "{lines:?}");
+    assert!(lines.iter().filter(|l| l["error"].is_string()).all(|l| {
+        let e = l["error"].as_str().unwrap();
+        e.contains("truncated") || e.contains("cannot decode")
+    }));
+    let summary = &lines.last().unwrap()["summary"];
+    assert_eq!(summary["unreadable"], 5);
+    assert_eq!(summary["frames"], 1);
+}
+
+/// An ROI outside the frames is refused with a clear error and a non-zero exit; nothing is
+/// inspected or recorded with it (it used to warn and inspect the whole frame).
+#[test]
+fn roi_outside_the_frame_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("h.sqlite");
+    let out = bin()
+        .args([
+            "inspect",
+            "--json",
+            "--roi",
+            "5000,5000,100,100",
+            "--source",
+        ])
+        .arg(format!(
+            "folder:{}",
+            root().join("datasets/magnetic-tile-demo").display()
+        ))
+        .arg("--db")
+        .arg(&db)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "exit 0; stderr {err}");
+    assert!(
+        err.contains("--roi 5000,5000,100,100")
+            && err.contains("outside")
+            && err.contains("refused"),
+        "{err}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("\"verdict\":\""),
+        "a verdict was given"
+    );
+    let rows = Store::open(&db)
+        .unwrap()
+        .query(&Filter::default(), 1000, 0)
+        .unwrap();
+    assert!(rows.is_empty(), "{} rows recorded", rows.len());
+    // Inside the frame it is taken.
+    let out = bin()
+        .args([
+            "inspect",
+            "--json",
+            "--limit",
+            "2",
+            "--roi",
+            "10,10,100,100",
+            "--source",
+        ])
+        .arg(format!(
+            "folder:{}",
+            root().join("datasets/magnetic-tile-demo").display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `inspector --db X` (the README's form, no subcommand) opens the window: without a display
+/// that fails on the display, not on the arguments.
+#[test]
+fn db_without_a_subcommand_is_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        vec!["--db", "h.sqlite"],
+        vec!["--db", "h.sqlite", "--tab", "history", "--fps", "4"],
+        vec!["app", "--db", "h.sqlite"],
+    ] {
+        let out = bin()
+            .args(&args)
+            .current_dir(dir.path())
+            .env_remove("DISPLAY")
+            .env_remove("WAYLAND_DISPLAY")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("unexpected argument"), "{args:?}: {err}");
+        assert!(err.contains("no display"), "{args:?}: {err}");
+    }
+}

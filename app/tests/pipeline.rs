@@ -144,10 +144,13 @@ fn damaged_model_is_refused_mid_stream_and_inspection_goes_on() {
         .iter()
         .any(|e| matches!(e, Event::ModelRejected(m) if m.contains("bad.safetensors")));
     assert!(rejected, "{events:?}");
-    let warned = events
+    // The ROI outside the frame is refused, said once, and the previous one (none: the
+    // whole frame) comes back.
+    let refused: Vec<_> = events
         .iter()
-        .any(|e| matches!(e, Event::Warning(w) if w.contains("region of interest")));
-    assert!(warned);
+        .filter(|e| matches!(e, Event::RoiRefused { roi, width: 96, height: 80, kept: None, .. } if roi.x == 500))
+        .collect();
+    assert_eq!(refused.len(), 1, "{events:?}");
     let verdicts: Vec<_> = events
         .iter()
         .filter_map(|e| match e {
@@ -157,7 +160,7 @@ fn damaged_model_is_refused_mid_stream_and_inspection_goes_on() {
         .collect();
     assert_eq!(verdicts.len(), 12);
     assert!(verdicts.iter().all(|v| v.model_id == id));
-    // The out-of-frame ROI fell back to the whole frame.
+    // Nothing was inspected with the out-of-frame ROI: the whole frame, as before it.
     assert!(
         verdicts
             .iter()

@@ -107,7 +107,7 @@ fn label_three_images_with_the_keyboard_and_paint_a_mask() {
         h.key_press(egui::Key::ArrowLeft);
         h.step();
     }
-    assert_eq!(h.state().label.selected, 0);
+    assert_eq!(h.state().label.selected, Some(0));
     assert!(step_until(&mut h, Duration::from_secs(10), |a| a
         .label
         .canvas

@@ -77,12 +77,21 @@ pub struct HistoryView {
     overridden: usize,
     text: String,
     page: u64,
-    /// The newest result.
+    /// The result on screen. A periodic refresh of the same query never reorders it: newer
+    /// results wait in `incoming` until the user asks for them.
     pub result: Option<PageResult>,
+    /// A refresh of the query on screen whose rows differ (new verdicts), held back so rows do
+    /// not move under the pointer; "N new — show" puts it on screen.
+    pub incoming: Option<PageResult>,
     pending: bool,
     requested: Option<(Filter, u64)>,
+    /// The controls (filters and page) the pending request was made for, and those of the
+    /// result on screen.
+    requested_key: String,
+    shown_key: String,
     last_refresh: Option<Instant>,
     thumbs: HashMap<i64, egui::TextureHandle>,
+    /// The row whose details are open, chosen by row id.
     selected: Option<InspectionRow>,
     detail: Option<(
         i64,
@@ -112,8 +121,11 @@ impl Default for HistoryView {
             text: String::new(),
             page: 0,
             result: None,
+            incoming: None,
             pending: false,
             requested: None,
+            requested_key: String::new(),
+            shown_key: String::new(),
             last_refresh: None,
             thumbs: HashMap::new(),
             selected: None,
@@ -162,6 +174,90 @@ impl HistoryView {
             },
             text: opt(self.text.trim()),
         })
+    }
+
+    /// What the user asked to see: the filter controls and the page (relative time ranges
+    /// are the same query as the clock moves on).
+    fn controls_key(&self) -> String {
+        format!(
+            "{}|{}|{}|{}|{}|{}|{}|{}|{}",
+            self.range,
+            self.custom_since.trim(),
+            self.custom_until.trim(),
+            self.verdict,
+            self.class,
+            self.model,
+            self.overridden,
+            self.text.trim(),
+            self.page
+        )
+    }
+
+    /// The id of the row whose details are open.
+    pub fn selected_id(&self) -> Option<i64> {
+        self.selected.as_ref().map(|r| r.id)
+    }
+
+    /// Puts a page on screen, keeping the thumbnails it still shows.
+    fn show_result(&mut self, p: PageResult, ctx: &egui::Context) {
+        let keep: std::collections::HashSet<i64> = p.rows.iter().map(|r| r.id).collect();
+        self.thumbs.retain(|id, _| keep.contains(id));
+        for (id, img) in &p.thumbs {
+            self.thumbs.entry(*id).or_insert_with(|| {
+                ctx.load_texture(
+                    format!("hist-{id}"),
+                    img.clone(),
+                    egui::TextureOptions::LINEAR,
+                )
+            });
+        }
+        // The open details follow their row (an override may have changed it).
+        if let Some(sel) = &mut self.selected
+            && let Some(r) = p.rows.iter().find(|r| r.id == sel.id)
+        {
+            *sel = r.clone();
+        }
+        self.result = Some(p);
+    }
+
+    /// A reply to the pending request: on screen at once when the user changed the query (or
+    /// nothing is shown yet); a periodic refresh of the query on screen only updates the rows
+    /// already shown, in place, and holds back new ones.
+    fn receive(&mut self, p: PageResult, ctx: &egui::Context) {
+        let key = std::mem::take(&mut self.requested_key);
+        let same_query = self.result.is_some() && key == self.shown_key;
+        self.shown_key = key;
+        let Some(shown) = self.result.as_mut().filter(|_| same_query) else {
+            self.incoming = None;
+            self.show_result(p, ctx);
+            return;
+        };
+        let same_rows = shown.rows.len() == p.rows.len()
+            && shown.rows.iter().zip(&p.rows).all(|(a, b)| a.id == b.id);
+        if same_rows {
+            self.incoming = None;
+            self.show_result(p, ctx);
+            return;
+        }
+        // Same rows, same places: refresh what changed in them (overrides), add nothing.
+        for r in &mut shown.rows {
+            if let Some(n) = p.rows.iter().find(|n| n.id == r.id) {
+                *r = n.clone();
+            }
+        }
+        if let Some(sel) = &mut self.selected
+            && let Some(r) = p.rows.iter().find(|r| r.id == sel.id)
+        {
+            *sel = r.clone();
+        }
+        self.incoming = Some(p);
+    }
+
+    /// Puts the held-back refresh on screen ("N new — show").
+    pub fn show_incoming(&mut self, ctx: &egui::Context) {
+        if let Some(p) = self.incoming.take() {
+            self.show_result(p, ctx);
+        }
     }
 
     fn ensure_worker(&mut self, db: &Path, ctx: &egui::Context) {
@@ -308,18 +404,7 @@ pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
             Reply::Page(p) => {
                 h.pending = false;
                 h.error = None;
-                h.thumbs.clear();
-                for (id, img) in &p.thumbs {
-                    h.thumbs.insert(
-                        *id,
-                        ctx.load_texture(
-                            format!("hist-{id}"),
-                            img.clone(),
-                            egui::TextureOptions::LINEAR,
-                        ),
-                    );
-                }
-                h.result = Some(*p);
+                h.receive(*p, &ctx);
             }
             Reply::Detail(id, img, heat) => {
                 let opts = egui::TextureOptions::LINEAR;
@@ -440,6 +525,7 @@ pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
         {
             h.pending = true;
             h.requested = Some((f.clone(), h.page));
+            h.requested_key = h.controls_key();
             h.last_refresh = Some(Instant::now());
         }
     }
@@ -496,6 +582,22 @@ pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
             h.page += 1;
         }
     });
+    let mut show_new = false;
+    if let Some(inc) = &h.incoming {
+        let n = inc.total.saturating_sub(res.total);
+        let text = if n > 0 {
+            format!("{n} new — show")
+        } else {
+            "the table has changed — show".to_string()
+        };
+        show_new = ui
+            .button(RichText::new(text).strong())
+            .on_hover_text(
+                "new verdicts are held back so that rows do not move while you read or click",
+            )
+            .clicked();
+    }
+    let selected_id = h.selected.as_ref().map(|s| s.id);
     let mut open = None;
     let mut override_req = None;
     let mut send = false;
@@ -546,12 +648,17 @@ pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
                     }
                     ui.end_row();
                     for r in &res.rows {
+                        // Every row is as tall as a thumbnail, with or without one: rows never
+                        // change height (and overlap) when thumbnails arrive.
                         match h.thumbs.get(&r.id) {
                             Some(t) => {
-                                ui.add(egui::Image::new(t).max_size(vec2(48.0, 48.0)));
+                                ui.add_sized(
+                                    vec2(48.0, 48.0),
+                                    egui::Image::new(t).max_size(vec2(48.0, 48.0)),
+                                );
                             }
                             None => {
-                                ui.label("");
+                                ui.allocate_space(vec2(48.0, 48.0));
                             }
                         }
                         ui.label(local_time(&r.ts));
@@ -570,8 +677,19 @@ pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
                         ui.label(&r.class);
                         ui.label(format!("{:.0}%", 100.0 * r.confidence));
                         ui.label(&r.model_id);
-                        if ui.link(&r.origin).clicked() {
-                            open = Some(r.clone());
+                        // The row's widget is named by the row id alone, not by its place in
+                        // the table or by what was drawn above it: a click opens the row that
+                        // was pressed, even when rows or the "N new" button appear meanwhile.
+                        let row_scope = egui::UiBuilder::new()
+                            .scope_id(egui::Id::unique(("history-row", r.id)));
+                        let chosen = ui
+                            .scope_builder(row_scope, |ui| {
+                                ui.selectable_label(selected_id == Some(r.id), &r.origin)
+                            })
+                            .inner
+                            .clicked();
+                        if chosen {
+                            open = Some(r.id);
                         }
                         ui.end_row();
                     }
@@ -614,10 +732,19 @@ pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
         return;
     }
     let h = &mut app.history;
-    if let Some(r) = open {
+    if let Some(id) = open
+        && let Some(r) = h
+            .result
+            .as_ref()
+            .and_then(|res| res.rows.iter().find(|r| r.id == id))
+            .cloned()
+    {
         h.detail = None;
         h.send(Request::Detail(Box::new(r.clone())));
         h.selected = Some(r);
+    }
+    if show_new {
+        h.show_incoming(&ctx);
     }
     if let Some((verdict, reason)) = override_req
         && let Some(sel) = h.selected.clone()

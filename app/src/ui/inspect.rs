@@ -76,10 +76,14 @@ fn side_panel(app: &mut InspectorApp, ui: &mut egui::Ui) {
                 )
                 .clicked()
             {
-                app.override_open = !app.override_open;
+                if app.override_target.is_some() {
+                    app.cancel_override();
+                } else {
+                    app.open_override();
+                }
             }
         });
-        if app.override_open {
+        if app.override_target.is_some() {
             override_form(app, ui);
         }
         ui.separator();
@@ -176,7 +180,14 @@ fn banner(app: &InspectorApp, ui: &mut egui::Ui) {
 }
 
 fn override_form(app: &mut InspectorApp, ui: &mut egui::Ui) {
-    let Some(v) = app.last.clone() else { return };
+    // The form acts on the frame captured when it was opened, never on the live one.
+    let Some((v, thumb)) = app
+        .override_target
+        .as_ref()
+        .map(|t| (t.verdict.clone(), t.thumb.clone()))
+    else {
+        return;
+    };
     let current = app
         .overridden
         .get(&v.seq)
@@ -189,7 +200,30 @@ fn override_form(app: &mut InspectorApp, ui: &mut egui::Ui) {
     };
     ui.group(|ui| {
         ui.label(RichText::new(what).strong());
-        ui.label(format!("Frame: {}", v.origin));
+        ui.horizontal(|ui| {
+            if let Some(t) = &thumb {
+                ui.add(egui::Image::new(t).max_size(vec2(96.0, 96.0)));
+            }
+            ui.vertical(|ui| {
+                ui.label(format!("Frame: {}", v.origin));
+                ui.label(format!(
+                    "frame {} at {} — model said {} ({} {:.0}%)",
+                    v.seq,
+                    v.timestamp.with_timezone(&chrono::Local).format("%H:%M:%S"),
+                    v.word().to_uppercase(),
+                    v.class,
+                    100.0 * v.confidence
+                ));
+                if app.last.as_ref().is_some_and(|l| l.seq != v.seq) {
+                    ui.label(
+                        RichText::new(
+                            "the live view has moved on; this override is for the frame shown here",
+                        )
+                        .color(ui.visuals().warn_fg_color),
+                    );
+                }
+            });
+        });
         ui.horizontal(|ui| {
             let label = ui.label("Reason");
             ui.add(
@@ -202,16 +236,12 @@ fn override_form(app: &mut InspectorApp, ui: &mut egui::Ui) {
         ui.horizontal(|ui| {
             if ui.button("Save override").clicked() {
                 let reason = app.override_reason.clone();
-                match app.override_last(&reason) {
-                    Ok(()) => {
-                        app.override_reason.clear();
-                        app.override_open = false;
-                    }
-                    Err(e) => app.notify(Level::Warning, e),
+                if let Err(e) = app.save_override(&reason) {
+                    app.notify(Level::Warning, e);
                 }
             }
             if ui.button("Cancel").clicked() {
-                app.override_open = false;
+                app.cancel_override();
             }
         });
     });

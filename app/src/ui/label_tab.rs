@@ -67,8 +67,8 @@ pub struct LabelView {
     pub folder: String,
     /// The open dataset.
     pub set: Option<LabelSet>,
-    /// Selected row.
-    pub selected: usize,
+    /// The row in the editor: always one the filter shows, or None (the editor is empty).
+    pub selected: Option<usize>,
     filter: usize,
     filter_class: String,
     filter_split: String,
@@ -99,7 +99,7 @@ impl Default for LabelView {
         Self {
             folder: String::new(),
             set: None,
-            selected: 0,
+            selected: None,
             filter: 0,
             filter_class: String::new(),
             filter_split: String::new(),
@@ -238,8 +238,8 @@ impl LabelView {
                     set.rows.iter().filter(|r| r.label.is_none()).count(),
                     set.classes.join(", ")
                 );
+                self.selected = (!set.rows.is_empty()).then_some(0);
                 self.set = Some(set);
-                self.selected = 0;
                 self.page = 0;
                 self.thumbs.clear();
                 self.pending.clear();
@@ -282,35 +282,71 @@ impl LabelView {
             .collect()
     }
 
-    /// Labels the selected row with class `k` and moves to the next visible row.
+    /// Keeps the editor on an image the grid shows: when the filter drops the image in the
+    /// editor, the editor moves to the next visible image (or the last one before it), or
+    /// empties when nothing is visible; an empty editor takes the first visible image.
+    pub fn keep_selection_visible(&mut self, visible: &[usize]) {
+        let want = match self.selected {
+            Some(s) if visible.contains(&s) => return,
+            Some(s) => visible
+                .iter()
+                .copied()
+                .find(|&i| i > s)
+                .or(visible.last().copied()),
+            None => visible.first().copied(),
+        };
+        self.flush_mask();
+        self.selected = want;
+        if let Some(p) = want.and_then(|w| visible.iter().position(|&i| i == w)) {
+            self.page = p / GRID_PAGE;
+        }
+    }
+
+    /// Labels the image in the editor with class `k` and moves to the next visible row. Does
+    /// nothing when the editor is empty or its image is not one the grid shows.
     pub fn assign(&mut self, k: usize) {
+        let Some(sel) = self.selected else {
+            self.status = "no image in the editor: pick one in the grid".into();
+            return;
+        };
+        if !self.visible().contains(&sel) {
+            self.status =
+                "the image in the editor is not in the grid any more: nothing labelled".into();
+            return;
+        }
         let Some(set) = &mut self.set else { return };
         let Some(class) = set.classes.get(k).cloned() else {
             self.status = format!("no class {} yet: add one first", k + 1);
             return;
         };
-        if self.selected >= set.rows.len() {
+        if sel >= set.rows.len() {
             return;
         }
-        let old = set.rows[self.selected].label.replace(class);
-        self.undo.push(Undo::Label(self.selected, old));
+        let old = set.rows[sel].label.replace(class);
+        self.undo.push(Undo::Label(sel, old));
         self.save_manifest();
         self.step(1);
     }
 
-    /// Moves the selection within the visible rows.
+    /// Moves the selection within the visible rows. When the image in the editor has just left
+    /// the filter (it was labelled), moves to the visible image after it (before it, for a
+    /// negative `delta`).
     pub fn step(&mut self, delta: isize) {
         self.flush_mask();
         let vis = self.visible();
         if vis.is_empty() {
+            self.selected = None;
             return;
         }
-        let pos = vis.iter().position(|&i| i == self.selected);
-        let next = match pos {
-            Some(p) => (p as isize + delta).clamp(0, vis.len() as isize - 1) as usize,
+        let next = match self.selected {
+            Some(s) => match vis.iter().position(|&i| i == s) {
+                Some(p) => (p as isize + delta).clamp(0, vis.len() as isize - 1) as usize,
+                None if delta >= 0 => vis.iter().position(|&i| i > s).unwrap_or(vis.len() - 1),
+                None => vis.iter().rposition(|&i| i < s).unwrap_or(0),
+            },
             None => 0,
         };
-        self.selected = vis[next];
+        self.selected = Some(vis[next]);
         self.page = next / GRID_PAGE;
     }
 
@@ -337,7 +373,7 @@ impl LabelView {
             Undo::Label(row, old) => {
                 if let Some(set) = &mut self.set {
                     set.rows[row].label = old;
-                    self.selected = row;
+                    self.selected = Some(row);
                 }
                 self.save_manifest();
             }
@@ -596,6 +632,7 @@ pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
         }
     });
     let visible = v.visible();
+    v.keep_selection_visible(&visible);
     egui::Panel::left("label-grid")
         .resizable(false)
         .exact_size(440.0)
@@ -642,7 +679,7 @@ fn grid(v: &mut LabelView, ui: &mut egui::Ui, visible: &[usize]) {
                         .enumerate()
                     {
                         let r = &set.rows[i];
-                        let selected = i == v.selected;
+                        let selected = Some(i) == v.selected;
                         let frame = egui::Frame::new()
                             .stroke(if selected {
                                 egui::Stroke::new(3.0, Color32::from_rgb(0, 160, 255))
@@ -694,7 +731,7 @@ fn grid(v: &mut LabelView, ui: &mut egui::Ui, visible: &[usize]) {
     }
     if let Some(i) = clicked {
         v.flush_mask();
-        v.selected = i;
+        v.selected = Some(i);
     }
 }
 
@@ -705,7 +742,10 @@ fn big_view(v: &mut LabelView, ui: &mut egui::Ui) {
         ui.label("This dataset has no images yet: copy images into its folder and open it again, or send rejects from the History tab.");
         return;
     }
-    let row = v.selected.min(set.rows.len() - 1);
+    let Some(row) = v.selected.filter(|&r| r < set.rows.len()) else {
+        ui.label("No image in the editor: the grid shows none. Change the filter, or pick an image in the grid.");
+        return;
+    };
     let r = set.rows[row].clone();
     ui.label(
         RichText::new(format!(

@@ -20,7 +20,7 @@ use crate::history::{self, EventRow, Op, Recorder, RecorderOptions, RecorderSink
 use crate::pipeline::{
     self, Counters, Event, ModelInfo, Pipeline, PipelineOptions, SourceStatus, Verdict,
 };
-use crate::settings::{STORAGE_KEY, Settings};
+use crate::settings::{STORAGE_KEY, Settings, SettingsSaver};
 use crate::source::SourceSpec;
 
 /// Options of `inspector app` (and of `inspector` with no arguments).
@@ -104,11 +104,16 @@ pub fn run(args: AppArgs) -> anyhow::Result<()> {
         "defect-inspector",
         options,
         Box::new(move |cc| {
+            // `settings.json` is written at once on every change that alters what the station
+            // does, and with eframe's storage: the newest copy, even after a SIGTERM.
+            let settings_file = crate::settings::default_settings_file();
             let mut settings: Settings = if args.reset_settings {
                 Settings::default()
             } else {
-                cc.storage
-                    .and_then(|s| eframe::get_value(s, STORAGE_KEY))
+                settings_file
+                    .as_deref()
+                    .and_then(crate::settings::load_file)
+                    .or_else(|| cc.storage.and_then(|s| eframe::get_value(s, STORAGE_KEY)))
                     .unwrap_or_default()
             };
             if let Some(s) = &args.source {
@@ -124,6 +129,9 @@ pub fn run(args: AppArgs) -> anyhow::Result<()> {
                 settings.replay_fps = fps;
             }
             let mut app = InspectorApp::new(cc.egui_ctx.clone(), gpu, settings);
+            if let Some(f) = settings_file {
+                app.set_settings_file(f);
+            }
             app.quit_after = args.quit_after.map(Duration::from_secs_f64);
             if let Some(d) = &args.dataset {
                 app.label.folder = d.display().to_string();
@@ -195,6 +203,104 @@ pub struct Alarm {
     pub at: chrono::DateTime<chrono::Local>,
 }
 
+/// The frame an override form acts on: captured when the person opened the form and shown
+/// (thumbnail and name) until the override is saved or cancelled, whatever the live view does.
+struct OverrideTarget {
+    verdict: Arc<Verdict>,
+    thumb: Option<egui::TextureHandle>,
+}
+
+/// What a model file says about itself: its validation figures at its own threshold, from the
+/// training record (`training.summary`) the trainer writes into the model spec.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ModelFigures {
+    /// Validation AUROC (FAIL vs PASS).
+    pub auroc: Option<f64>,
+    /// Share of defective validation parts passed at the threshold.
+    pub miss_rate: Option<f64>,
+    /// Share of good validation parts failed at the threshold.
+    pub false_reject_rate: Option<f64>,
+    /// Validation images.
+    pub val_images: Option<u64>,
+}
+
+impl ModelFigures {
+    /// Reads the figures from a spec's training record (absent ones stay None).
+    pub fn from_training(training: &serde_json::Value) -> Self {
+        let s = &training["summary"];
+        Self {
+            auroc: s["val_auroc"].as_f64(),
+            miss_rate: s["val_miss_rate"].as_f64(),
+            false_reject_rate: s["val_false_reject_rate"].as_f64(),
+            val_images: s["val_images"].as_u64(),
+        }
+    }
+
+    /// The ways these figures fall short of the station's minimum (empty = they meet it).
+    pub fn shortfalls(&self, s: &Settings) -> Vec<String> {
+        let mut out = Vec::new();
+        match self.auroc {
+            Some(a) if a < s.min_auroc => out.push(format!(
+                "AUROC {a:.3} is below the station minimum {:.3}",
+                s.min_auroc
+            )),
+            None => out.push("no validation AUROC recorded".into()),
+            _ => {}
+        }
+        match self.miss_rate {
+            Some(m) if m > s.max_miss_rate => out.push(format!(
+                "miss rate {:.1} % is above the station maximum {:.1} %",
+                100.0 * m,
+                100.0 * s.max_miss_rate
+            )),
+            None => out.push("no validation miss rate recorded".into()),
+            _ => {}
+        }
+        match self.false_reject_rate {
+            Some(f) if f > s.max_false_reject_rate => out.push(format!(
+                "false-reject rate {:.1} % is above the station maximum {:.1} %",
+                100.0 * f,
+                100.0 * s.max_false_reject_rate
+            )),
+            None => out.push("no validation false-reject rate recorded".into()),
+            _ => {}
+        }
+        out
+    }
+
+    /// "AUROC 0.696 · miss 0.0 % · false reject 100.0 % (197 val images)".
+    pub fn words(&self) -> String {
+        let pct = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{:.1} %", 100.0 * v));
+        format!(
+            "AUROC {} · miss rate {} · false-reject rate {}{}",
+            self.auroc.map_or("n/a".into(), |a| format!("{a:.3}")),
+            pct(self.miss_rate),
+            pct(self.false_reject_rate),
+            self.val_images
+                .map(|n| format!(" ({n} validation images)"))
+                .unwrap_or_default()
+        )
+    }
+}
+
+/// A model file read for activation, waiting for the person's confirmation.
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    /// What was read (its hash names the exact file confirmed).
+    pub info: ModelInfo,
+    /// Its validation figures.
+    pub figures: ModelFigures,
+    /// Keep the threshold in use (true) or take the model's own (false).
+    pub keep_threshold: bool,
+}
+
+/// A confirmed activation, until the worker reports the model in use.
+struct Activation {
+    path: PathBuf,
+    hash: String,
+    threshold: Option<f32>,
+}
+
 struct Started {
     pipeline: Result<Pipeline, String>,
     recorder: Option<Result<Recorder, String>>,
@@ -236,7 +342,8 @@ pub struct InspectorApp {
     /// Frames overridden in this run, with the new verdict.
     pub overridden: HashMap<u64, String>,
     override_reason: String,
-    override_open: bool,
+    /// The frame the open override form acts on (None = the form is closed).
+    override_target: Option<OverrideTarget>,
     roi_edit: bool,
     roi_drag: Option<egui::Pos2>,
     roi_drag_end: Option<egui::Pos2>,
@@ -246,6 +353,12 @@ pub struct InspectorApp {
     model_choices: Option<Vec<PathBuf>>,
     /// The Browse listing being read by a helper thread.
     model_choices_rx: Option<Receiver<Vec<PathBuf>>>,
+    /// A model file being read for the activation dialog.
+    candidate_rx: Option<Receiver<Result<Candidate, String>>>,
+    /// The model waiting for confirmation (the dialog is open).
+    pub candidate: Option<Candidate>,
+    activation: Option<Activation>,
+    settings_saver: Option<SettingsSaver>,
     source_draft: settings_tab::SourceDraft,
     cameras: Option<Receiver<Result<Vec<crate::source::CameraDesc>, String>>>,
     camera_list: Option<Result<Vec<crate::source::CameraDesc>, String>>,
@@ -302,7 +415,7 @@ impl InspectorApp {
             drift_latched: false,
             overridden: HashMap::new(),
             override_reason: String::new(),
-            override_open: false,
+            override_target: None,
             roi_edit: false,
             roi_drag: None,
             roi_drag_end: None,
@@ -310,6 +423,10 @@ impl InspectorApp {
             model_path_input,
             model_choices: None,
             model_choices_rx: None,
+            candidate_rx: None,
+            candidate: None,
+            activation: None,
+            settings_saver: None,
             source_draft,
             cameras: None,
             camera_list: None,
@@ -375,6 +492,7 @@ impl InspectorApp {
             roi: self.settings.roi(),
             threshold: self.settings.threshold,
             display: true,
+            stop_on_roi_refused: false,
         };
         let db = self.db_path();
         let want_recorder = self.recorder.is_none();
@@ -494,15 +612,56 @@ impl InspectorApp {
         }
     }
 
-    /// Overrides the last verdict with `reason`; recorded in the history.
-    pub fn override_last(&mut self, reason: &str) -> Result<(), String> {
+    /// Opens the override form on the newest verdict: that frame is the form's target until
+    /// the override is saved or cancelled, however many frames are inspected meanwhile.
+    pub fn open_override(&mut self) {
+        let Some(v) = self.last.clone() else {
+            self.notify(Level::Warning, "there is no verdict to override yet");
+            return;
+        };
+        let thumb = v.display.as_ref().map(|d| {
+            let img = d.thumb.clone().unwrap_or_else(|| d.frame.clone());
+            self.ctx.load_texture(
+                format!("override-{}", v.seq),
+                img,
+                egui::TextureOptions::LINEAR,
+            )
+        });
+        self.override_reason.clear();
+        self.override_target = Some(OverrideTarget { verdict: v, thumb });
+    }
+
+    /// Closes the override form without saving.
+    pub fn cancel_override(&mut self) {
+        self.override_target = None;
+    }
+
+    /// The frame the open override form acts on (sequence number and origin).
+    pub fn override_target(&self) -> Option<(u64, &str)> {
+        self.override_target
+            .as_ref()
+            .map(|t| (t.verdict.seq, t.verdict.origin.as_str()))
+    }
+
+    /// Saves the open form's override with `reason` on the frame the form was opened on;
+    /// recorded in the history.
+    pub fn save_override(&mut self, reason: &str) -> Result<(), String> {
+        let Some(v) = self.override_target.as_ref().map(|t| t.verdict.clone()) else {
+            return Err("open the override form on a frame first".into());
+        };
+        self.override_frame(&v, reason)?;
+        self.override_target = None;
+        self.override_reason.clear();
+        Ok(())
+    }
+
+    /// Overrides the verdict on frame `v` (named by its sequence number in this run) with
+    /// `reason`; recorded in the history.
+    fn override_frame(&mut self, v: &Verdict, reason: &str) -> Result<(), String> {
         let reason = reason.trim();
         if reason.is_empty() {
             return Err("give a reason for the override".into());
         }
-        let Some(v) = self.last.clone() else {
-            return Err("there is no verdict to override yet".into());
-        };
         let from = self
             .overridden
             .get(&v.seq)
@@ -527,22 +686,127 @@ impl InspectorApp {
         self.notify(
             Level::Info,
             format!(
-                "{} overridden as {what} ({from} to {to}): {reason}",
-                v.origin
+                "{} (frame {}) overridden as {what} ({from} to {to}): {reason}",
+                v.origin, v.seq
             ),
         );
         self.overridden.insert(v.seq, to);
         Ok(())
     }
 
-    /// Loads another model in the worker (hot swap; a bad file keeps the current model).
+    /// Writes the settings to `path` at once on every change that alters what the station
+    /// does (model, threshold, source, ROI), on a helper thread.
+    pub fn set_settings_file(&mut self, path: PathBuf) {
+        let saver = SettingsSaver::start(path);
+        saver.save(&self.settings);
+        self.settings_saver = Some(saver);
+    }
+
+    /// Completed writes of the settings file (0 without one).
+    pub fn settings_written(&self) -> u64 {
+        self.settings_saver.as_ref().map_or(0, |s| s.written())
+    }
+
+    /// Saves the settings now (queued to the saver thread; never waits).
+    fn settings_changed(&mut self) {
+        if let Some(s) = &self.settings_saver {
+            s.save(&self.settings);
+        }
+    }
+
+    /// Asks to activate another model: a helper thread reads the file and its validation
+    /// figures, then a dialog asks for confirmation (and the threshold to use) before the
+    /// worker swaps it in. A bad file is refused and the current model stays.
     pub fn load_model(&mut self, path: PathBuf) {
-        if let Some(p) = &self.pipeline {
-            p.load_model(path);
-        } else {
+        if self.pipeline.is_none() {
             self.notify(
                 Level::Warning,
                 "inspection has not started yet; try again in a moment",
+            );
+            return;
+        }
+        let (tx, rx) = bounded(1);
+        let ctx = self.ctx.clone();
+        let spawned = std::thread::Builder::new()
+            .name("model-read".into())
+            .spawn(move || {
+                let r = pipeline::load_model(&path).map(|(m, info)| Candidate {
+                    figures: ModelFigures::from_training(&m.spec.training),
+                    info,
+                    keep_threshold: false,
+                });
+                let _ = tx.send(r);
+                ctx.request_repaint();
+            });
+        match spawned {
+            Ok(_) => {
+                self.candidate = None;
+                self.candidate_rx = Some(rx);
+            }
+            Err(e) => self.notify(Level::Error, format!("cannot read the model: {e}")),
+        }
+    }
+
+    /// The threshold in use now (the engineer's, or the model's own).
+    pub fn threshold_in_use(&self) -> Option<f32> {
+        self.settings
+            .threshold
+            .or(self.model.as_ref().map(|m| m.threshold))
+    }
+
+    /// Activates the confirmed candidate with the chosen threshold; the choice and the
+    /// figures it was made on are recorded as an event.
+    pub fn confirm_activation(&mut self) {
+        let Some(c) = self.candidate.take() else {
+            return;
+        };
+        let current = self.threshold_in_use();
+        let threshold = if c.keep_threshold { current } else { None };
+        let shortfalls = c.figures.shortfalls(&self.settings);
+        let detail = format!(
+            "{} from {}: {} at its threshold {:.3}; {}; threshold: {}; by {}",
+            c.info.id,
+            c.info.path.display(),
+            c.figures.words(),
+            c.info.threshold,
+            if shortfalls.is_empty() {
+                "meets the station minimum".to_string()
+            } else {
+                format!("BELOW the station minimum: {}", shortfalls.join("; "))
+            },
+            match threshold {
+                Some(t) => format!("kept the current {t:.3}"),
+                None => format!("took the model's {:.3}", c.info.threshold),
+            },
+            self.operator()
+        );
+        self.record_event("model_activation_confirmed", detail);
+        if let Some(p) = &self.pipeline {
+            p.load_model_with_threshold(c.info.path.clone(), threshold);
+            self.activation = Some(Activation {
+                path: c.info.path.clone(),
+                hash: c.info.hash.clone(),
+                threshold,
+            });
+        }
+    }
+
+    /// The model file confirmed for activation that the worker has not reported in use yet.
+    pub fn activation_pending(&self) -> Option<&std::path::Path> {
+        self.activation.as_ref().map(|a| a.path.as_path())
+    }
+
+    /// Closes the activation dialog; the model in use stays.
+    pub fn cancel_activation(&mut self) {
+        if let Some(c) = self.candidate.take() {
+            self.record_event(
+                "model_activation_cancelled",
+                format!(
+                    "{} from {} by {}",
+                    c.info.id,
+                    c.info.path.display(),
+                    self.operator()
+                ),
             );
         }
     }
@@ -554,6 +818,7 @@ impl InspectorApp {
             .threshold
             .or(self.model.as_ref().map(|m| m.threshold));
         self.settings.threshold = t;
+        self.settings_changed();
         if let Some(p) = &self.pipeline {
             p.set_threshold(t);
         }
@@ -573,6 +838,7 @@ impl InspectorApp {
     /// Switches the frame source (None = the demo images).
     pub fn set_source(&mut self, source: Option<SourceSpec>) {
         self.settings.source = source;
+        self.settings_changed();
         let s = self.source();
         if let Some(p) = &mut self.pipeline {
             p.set_fps(self.settings.replay_fps);
@@ -582,17 +848,32 @@ impl InspectorApp {
         self.record_event("source_changed", s.uri());
     }
 
-    /// Sets the region of interest (frame pixels).
+    /// Sets the region of interest (frame pixels). One outside the live frame is refused: the
+    /// previous one stays, and the operator is told.
     pub fn set_roi(&mut self, roi: Option<[u32; 4]>) {
+        if let (Some([x, y, w, h]), Some(v)) = (roi, &self.last) {
+            let r = kernels::Roi {
+                x,
+                y,
+                width: w,
+                height: h,
+            };
+            if !pipeline::roi_fits(r, v.image.width, v.image.height) {
+                let text = format!(
+                    "{}; keeping the previous one ({})",
+                    Event::roi_refused_text(r, &v.origin, v.image.width, v.image.height),
+                    roi_words(self.settings.roi)
+                );
+                self.notify(Level::Warning, text);
+                return;
+            }
+        }
         self.settings.roi = roi;
+        self.settings_changed();
         if let Some(p) = &self.pipeline {
             p.set_roi(self.settings.roi());
         }
-        self.record_event(
-            "roi_changed",
-            roi.map(|r| format!("{},{},{},{}", r[0], r[1], r[2], r[3]))
-                .unwrap_or_else(|| "whole frame".into()),
-        );
+        self.record_event("roi_changed", roi_words(roi));
     }
 
     /// Starts counting again (a new shift).
@@ -685,8 +966,24 @@ impl InspectorApp {
                     let first = self.model.is_none();
                     self.model_path_input = info.path.display().to_string();
                     if !first {
+                        // The threshold chosen when the activation was confirmed (the worker
+                        // uses it from the model's first frame).
+                        let confirmed = self.activation.take().filter(|a| a.path == info.path);
+                        if let Some(a) = &confirmed
+                            && a.hash != info.hash
+                        {
+                            self.notify(
+                                Level::Warning,
+                                format!(
+                                    "{} changed on disk after its figures were confirmed: the model now in use is {}",
+                                    info.path.display(),
+                                    info.id
+                                ),
+                            );
+                        }
                         self.settings.model_path = Some(info.path.clone());
-                        self.settings.threshold = None;
+                        self.settings.threshold = confirmed.and_then(|a| a.threshold);
+                        self.settings_changed();
                         self.notify(Level::Info, format!("model {} now in use", info.id));
                     }
                     self.record_event(
@@ -696,12 +993,31 @@ impl InspectorApp {
                     self.model = Some(info);
                 }
                 Event::ModelRejected(e) => {
+                    self.activation = None;
                     let msg = format!("{e}. The current model stays in use.");
                     self.model_error = Some(msg.clone());
                     self.notify(Level::Error, msg);
                 }
                 Event::SinkError(e) => self.notify(Level::Error, e),
                 Event::Warning(w) => self.notify(Level::Warning, w),
+                Event::RoiRefused {
+                    roi,
+                    origin,
+                    width,
+                    height,
+                    kept,
+                } => {
+                    let kept_arr = kept.map(|k| [k.x, k.y, k.width, k.height]);
+                    let text = format!(
+                        "{}; keeping the previous one ({})",
+                        Event::roi_refused_text(roi, &origin, width, height),
+                        roi_words(kept_arr)
+                    );
+                    self.settings.roi = kept_arr;
+                    self.settings_changed();
+                    self.record_event("roi_refused", text.clone());
+                    self.notify(Level::Warning, text);
+                }
             }
         }
         if let Some(v) = newest {
@@ -742,6 +1058,22 @@ impl InspectorApp {
             }
         }
         self.check_alarms();
+        if let Some(rx) = &self.candidate_rx
+            && let Ok(r) = rx.try_recv()
+        {
+            self.candidate_rx = None;
+            match r {
+                Ok(c) => {
+                    self.model_error = None;
+                    self.candidate = Some(c);
+                }
+                Err(e) => {
+                    let msg = format!("{e}. The current model stays in use.");
+                    self.model_error = Some(msg.clone());
+                    self.notify(Level::Error, msg);
+                }
+            }
+        }
         if let Some(rx) = &self.cameras
             && let Ok(list) = rx.try_recv()
         {
@@ -840,6 +1172,7 @@ impl InspectorApp {
             Tab::History => history_tab::show(self, ui),
             Tab::Settings => settings_tab::show(self, ui),
         });
+        self.activation_dialog(ui);
         // Keep the live view moving even when no event wakes us (camera lost, paused).
         ui.ctx().request_repaint_after(Duration::from_millis(250));
         self.ui_times.push_back(t0.elapsed().as_secs_f64() * 1e3);
@@ -863,6 +1196,74 @@ impl InspectorApp {
             && self.started_at.elapsed() > q
         {
             ui.ctx().send_viewport_cmd(egui::ViewportCommand::Close);
+        }
+    }
+
+    /// The model activation dialog: the model's figures at its threshold, a clear warning when
+    /// they fall short of the station's minimum, and the threshold choice.
+    fn activation_dialog(&mut self, ui: &mut egui::Ui) {
+        let Some(c) = self.candidate.clone() else {
+            return;
+        };
+        let shortfalls = c.figures.shortfalls(&self.settings);
+        let current = self.threshold_in_use();
+        let mut keep = c.keep_threshold;
+        let (mut confirm, mut cancel) = (false, false);
+        egui::Window::new("Activate model?")
+            .collapsible(false)
+            .resizable(false)
+            .anchor(egui::Align2::CENTER_CENTER, egui::vec2(0.0, 0.0))
+            .show(ui.ctx(), |ui| {
+                ui.label(egui::RichText::new(format!("{} — {}", c.info.id, c.info.path.display())).strong());
+                ui.label(format!(
+                    "Validation at its threshold {:.3}: {}",
+                    c.info.threshold,
+                    c.figures.words()
+                ));
+                if shortfalls.is_empty() {
+                    ui.label(format!(
+                        "Meets the station minimum (AUROC ≥ {:.2}, miss ≤ {:.1} %, false reject ≤ {:.1} %).",
+                        self.settings.min_auroc,
+                        100.0 * self.settings.max_miss_rate,
+                        100.0 * self.settings.max_false_reject_rate
+                    ));
+                } else {
+                    let red = ui.visuals().error_fg_color;
+                    ui.colored_label(
+                        red,
+                        egui::RichText::new("WARNING: this model is below the station minimum").strong(),
+                    );
+                    for s in &shortfalls {
+                        ui.colored_label(red, format!("• {s}"));
+                    }
+                }
+                ui.separator();
+                ui.label("Threshold after activation:");
+                ui.radio_value(
+                    &mut keep,
+                    true,
+                    match current {
+                        Some(t) => format!("Keep the current threshold ({t:.3})"),
+                        None => "Keep the current threshold".to_string(),
+                    },
+                );
+                ui.radio_value(
+                    &mut keep,
+                    false,
+                    format!("Take the model's threshold ({:.3})", c.info.threshold),
+                );
+                ui.horizontal(|ui| {
+                    confirm = ui.button(egui::RichText::new("Activate this model").strong()).clicked();
+                    cancel = ui.button("Keep the current model").clicked();
+                });
+            });
+        if let Some(cand) = &mut self.candidate {
+            cand.keep_threshold = keep;
+        }
+        if confirm {
+            self.confirm_activation();
+        } else if cancel {
+            self.cancel_activation();
         }
     }
 
@@ -930,6 +1331,7 @@ impl eframe::App for InspectorApp {
 
     fn save(&mut self, storage: &mut dyn eframe::Storage) {
         eframe::set_value(storage, STORAGE_KEY, &self.settings);
+        self.settings_changed();
     }
 
     fn on_exit(&mut self) {
@@ -939,6 +1341,12 @@ impl eframe::App for InspectorApp {
             r.finish();
         }
     }
+}
+
+/// A region of interest in words ("x,y,w,h" or "whole frame").
+pub fn roi_words(roi: Option<[u32; 4]>) -> String {
+    roi.map(|r| format!("{},{},{},{}", r[0], r[1], r[2], r[3]))
+        .unwrap_or_else(|| "whole frame".into())
 }
 
 /// The bundled demo images, looping.
