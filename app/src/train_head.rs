@@ -434,6 +434,7 @@ fn fit_calibration(
     labels: &[usize],
     class_weights: &[f32],
     k: usize,
+    scale_only: bool,
 ) -> (Vec<f32>, Vec<f32>) {
     let mut w: Vec<f64> = (0..k * k).map(|i| (i / k == i % k) as u8 as f64).collect();
     let mut b = vec![0f64; k];
@@ -462,9 +463,17 @@ fn fit_calibration(
                 }
             }
         }
-        for i in 0..k * k {
-            let id = (i / k == i % k) as u8 as f64;
-            w[i] -= lr * (gw[i] + l2 * (w[i] - id));
+        if scale_only {
+            // w = t·I: one temperature for every class.
+            let gt: f64 = (0..k).map(|j| gw[j * k + j]).sum();
+            for j in 0..k {
+                w[j * k + j] -= lr * gt / k as f64;
+            }
+        } else {
+            for i in 0..k * k {
+                let id = (i / k == i % k) as u8 as f64;
+                w[i] -= lr * (gw[i] + l2 * (w[i] - id));
+            }
         }
         for o in 0..k {
             b[o] -= lr * gb[o];
@@ -474,6 +483,32 @@ fn fit_calibration(
         w.into_iter().map(|v| v as f32).collect(),
         b.into_iter().map(|v| v as f32).collect(),
     )
+}
+
+/// The calibration that keeps the PASS/FAIL ranking: one shift `β` added to every FAIL
+/// class's score (the FAIL score stays a monotone function of the uncalibrated one, so AUROC
+/// and the threshold's trade-off are unchanged), chosen on out-of-fold scores to maximise
+/// accuracy + macro F1 of the class decision.
+fn fit_shift(z: &[Vec<f32>], labels: &[usize], is_pass: &[bool], classes: &[String]) -> f32 {
+    let mut best = (f64::NEG_INFINITY, 0.0f32);
+    for step in -200..=200 {
+        let beta = step as f32 * 0.05;
+        let pairs = z.iter().zip(labels).map(|(zi, &t)| {
+            let shifted: Vec<f32> = zi
+                .iter()
+                .zip(is_pass)
+                .map(|(v, &p)| if p { *v } else { v + beta })
+                .collect();
+            (t, metrics::argmax(&shifted).unwrap_or(0))
+        });
+        let c = metrics::Confusion::new(classes.to_vec(), pairs);
+        let score = c.accuracy() + c.macro_f1();
+        // Ties go to the smallest |β| (the least change).
+        if score > best.0 + 1e-12 || (score >= best.0 - 1e-12 && beta.abs() < best.1.abs()) {
+            best = (score, beta);
+        }
+    }
+    best.1
 }
 
 fn calibrated_probs(z: &[f32], w: &[f32], b: &[f32]) -> Vec<f32> {
@@ -865,10 +900,19 @@ pub fn train(
             (1.0 / n.max(1.0).sqrt()) as f32
         })
         .collect();
-    let (cal_w, cal_b) = if cal_z.is_empty() {
+    let mode = std::env::var("INSPECTOR_CALIBRATION").unwrap_or_else(|_| "shift".into());
+    let (cal_w, cal_b) = if cal_z.is_empty() || mode == "none" {
         (identity.clone(), zeros.clone())
+    } else if mode == "shift" {
+        let beta = fit_shift(&cal_z, &cal_labels, &is_pass, &spec.classes);
+        tracing::info!("calibration: FAIL classes shifted by {beta:.2}");
+        let b = is_pass
+            .iter()
+            .map(|&p| if p { 0.0 } else { beta })
+            .collect();
+        (identity.clone(), b)
     } else {
-        fit_calibration(&cal_z, &cal_labels, &img_weights, k)
+        fit_calibration(&cal_z, &cal_labels, &img_weights, k, mode == "bias")
     };
     let (_, probs) = val_probs_of(&head, &cal_w, &cal_b)?;
     let vm = val_metrics(&spec, &probs, &val_set.labels);

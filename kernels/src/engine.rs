@@ -517,7 +517,7 @@ impl Engine {
                             off_y,
                             off_x,
                             act,
-                            x_groups: out.w.div_ceil(ops::depthwise::PX),
+                            x_groups: out.w.div_ceil(kernels.depthwise_px),
                             _pad: [0; 2],
                         });
                         (p, wi, bi)

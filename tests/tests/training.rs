@@ -374,3 +374,72 @@ fn backbone_head_trains_on_colour_tiny_and_maskless_images() {
     let model = Model::load(&out).expect("model");
     assert_eq!(model.spec.input.channels, 3);
 }
+
+/// Features are cached per image and network: a second run extracts nothing, a changed image
+/// is extracted again, and another preset (input geometry) or backbone file misses the cache.
+#[test]
+fn feature_cache_is_reused_and_invalidated_by_image_preset_and_backbone() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let cache = tempfile::tempdir().expect("tmp");
+    unsafe_env_set("DEFECT_INSPECTOR_CACHE", cache.path());
+    let data = tempfile::tempdir().expect("tmp");
+    let rows = synthetic_manifest(data.path(), 6, 3, 53);
+    let images = rows.len() - 1;
+    let out_dir = tempfile::tempdir().expect("tmp");
+    let out = out_dir.path().join("m.safetensors");
+    let run = |preset: &str| {
+        let mut cfg = TrainConfig::new(data.path().to_owned(), out.clone());
+        cfg.preset = preset.into();
+        cfg.epochs = 1;
+        train::train(&cfg, &mut |_| {}, &AtomicBool::new(false)).expect("train");
+        let m = Model::load(&out).expect("model");
+        (
+            m.spec.training["features_extracted"]
+                .as_u64()
+                .expect("extracted"),
+            m.spec.training["features_cached"].as_u64().expect("cached"),
+        )
+    };
+    assert_eq!(run("lite0-tiny"), (images as u64, 0));
+    assert_eq!(run("lite0-tiny"), (0, images as u64));
+    // Rewrite one image (new content and modification time).
+    let first = rows[1].split(',').next().expect("path");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    integration_tests::write_synthetic(&data.path().join(first), "good", 44, 40, 999);
+    assert_eq!(run("lite0-tiny"), (1, images as u64 - 1));
+    // Another input geometry.
+    assert_eq!(run("lite0-stretch").0, images as u64);
+    // Another backbone file (the same weights with other metadata bytes).
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut bytes =
+        std::fs::read(root.join("../assets/backbones/efficientnet-lite0-s16.safetensors"))
+            .expect("asset");
+    let header = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    // Flip the case of a metadata letter ("Apache-2.0"): still valid JSON, other bytes.
+    let h = &mut bytes[8..8 + header];
+    if let Some(i) = h.iter().position(|&b| b == b'A') {
+        h[i] = b'a';
+    }
+    let other = cache.path().join("other-backbone.safetensors");
+    std::fs::write(&other, &bytes).expect("write");
+    unsafe_env_set("DEFECT_INSPECTOR_BACKBONE", &other);
+    let changed = run("lite0-tiny");
+    unsafe_env_remove("DEFECT_INSPECTOR_BACKBONE");
+    unsafe_env_remove("DEFECT_INSPECTOR_CACHE");
+    assert_eq!(
+        changed.0, images as u64,
+        "another backbone file must miss the cache"
+    );
+}
+
+#[allow(unsafe_code)]
+fn unsafe_env_set(key: &str, value: &std::path::Path) {
+    // SAFETY: the tests that read these variables (training) hold SERIAL while they run.
+    unsafe { std::env::set_var(key, value) }
+}
+
+#[allow(unsafe_code)]
+fn unsafe_env_remove(key: &str) {
+    // SAFETY: as above.
+    unsafe { std::env::remove_var(key) }
+}

@@ -6,8 +6,27 @@ use super::grid_1d;
 
 /// The shader source.
 pub const SOURCE: &str = include_str!("../../shaders/depthwise.wgsl");
-/// Output pixels per invocation (`PX` in the shader).
+/// Output pixels per invocation (`PX` in the shader) by default.
 pub const PX: u32 = 4;
+
+/// Output pixels per invocation: `KERNELS_DEPTHWISE_PX` (1..=16) overrides [`PX`], for tuning.
+pub fn px_from_env() -> u32 {
+    std::env::var("KERNELS_DEPTHWISE_PX")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|p| (1..=16).contains(p))
+        .unwrap_or(PX)
+}
+
+/// The shader specialised for `px` pixels per invocation.
+pub fn source(px: u32) -> String {
+    SOURCE
+        .replace("const PX: u32 = 4u;", &format!("const PX: u32 = {px}u;"))
+        .replace(
+            "const SPAN: u32 = 13u;",
+            &format!("const SPAN: u32 = {}u;", (px - 1) * 2 + 7),
+        )
+}
 
 /// Mirrors `Params` in depthwise.wgsl.
 #[repr(C)]

@@ -158,6 +158,8 @@ pub struct Kernels {
     pub pointwise: Kernel,
     /// depthwise.wgsl
     pub depthwise: Kernel,
+    /// Output pixels per depthwise invocation.
+    pub depthwise_px: u32,
     /// relu.wgsl, `relu6`
     pub relu6: Kernel,
     /// add.wgsl
@@ -191,6 +193,7 @@ impl Kernels {
     pub fn new(device: &wgpu::Device, conv_tile: conv2d::Tile) -> Self {
         let pointwise_tile =
             conv2d::Tile::from_env_var("KERNELS_POINTWISE_TILE", conv2d::Tile::POINTWISE);
+        let depthwise_px = depthwise::px_from_env();
         Self {
             conv_tile,
             pointwise_tile,
@@ -201,7 +204,12 @@ impl Kernels {
                 "kernels::pointwise",
                 &pointwise_tile.pointwise_source(),
             ),
-            depthwise: Kernel::new_unchecked(device, "kernels::depthwise", depthwise::SOURCE),
+            depthwise: Kernel::new_unchecked(
+                device,
+                "kernels::depthwise",
+                &depthwise::source(depthwise_px),
+            ),
+            depthwise_px,
             relu6: Kernel::with_entry(device, "kernels::relu6", relu::SOURCE, "relu6"),
             add: Kernel::new(device, "kernels::add", add::SOURCE),
             local_features: Kernel::new(device, "kernels::local_features", local_features::SOURCE),
