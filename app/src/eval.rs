@@ -46,6 +46,9 @@ pub struct EvalReport {
     /// The ten images the model disagrees with most (a PASS image's FAIL score, a defective
     /// image's 1 − score), strongest first: label errors or the model's blind spots.
     pub disagreements: Vec<Disagreement>,
+    /// The five least defect-like defective images: the ones that hold a low-miss threshold
+    /// down (and so force the false-reject rate up).
+    pub hardest_defects: Vec<Disagreement>,
 }
 
 /// Figures per physical part.
@@ -234,17 +237,17 @@ pub fn evaluate_samples(
         }
     };
     order.sort_by(|&a, &b| against(b).total_cmp(&against(a)));
-    let disagreements = order
-        .iter()
-        .take(10)
-        .map(|&i| Disagreement {
-            path: kept[i].rel_path.clone(),
-            label: kept[i].label.clone(),
-            predicted: spec.classes[metrics::argmax(&probs[i]).unwrap_or(0)].clone(),
-            score: vm.scores[i],
-            group: kept[i].group.clone(),
-        })
-        .collect();
+    let entry = |i: usize| Disagreement {
+        path: kept[i].rel_path.clone(),
+        label: kept[i].label.clone(),
+        predicted: spec.classes[metrics::argmax(&probs[i]).unwrap_or(0)].clone(),
+        score: vm.scores[i],
+        group: kept[i].group.clone(),
+    };
+    let disagreements = order.iter().take(10).map(|&i| entry(i)).collect();
+    let mut hard: Vec<usize> = (0..probs.len()).filter(|&i| vm.defective[i]).collect();
+    hard.sort_by(|&a, &b| vm.scores[a].total_cmp(&vm.scores[b]));
+    let hardest_defects = hard.iter().take(5).map(|&i| entry(i)).collect();
     let images = kept
         .iter()
         .zip(&probs)
@@ -275,6 +278,7 @@ pub fn evaluate_samples(
                 .then(|| hits.iter().filter(|&&h| h).count() as f64 / hits.len() as f64),
             parts,
             disagreements,
+            hardest_defects,
         },
         images,
     })
@@ -356,6 +360,17 @@ pub fn print(report: &EvalReport) {
     );
     println!("strongest disagreements with the labels:");
     for d in &report.disagreements {
+        println!(
+            "  {:<48} label {:<12} predicted {:<12} score {:.4} part {}",
+            d.path,
+            d.label,
+            d.predicted,
+            d.score,
+            d.group.as_deref().unwrap_or("-")
+        );
+    }
+    println!("least defect-like defective images (they hold a low-miss threshold down):");
+    for d in &report.hardest_defects {
         println!(
             "  {:<48} label {:<12} predicted {:<12} score {:.4} part {}",
             d.path,

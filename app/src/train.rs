@@ -276,7 +276,7 @@ pub const DEFAULT_OPTIMIZER: OptimizerKind = OptimizerKind::Adam;
 /// The peak learning rate used when none is given.
 pub const DEFAULT_LR: f64 = 0.001;
 /// The epochs run when none are given.
-pub const DEFAULT_EPOCHS: usize = 6;
+pub const DEFAULT_EPOCHS: usize = 4;
 
 /// Builds the spec of `preset` for a dataset's classes and input statistics.
 pub fn preset_spec(

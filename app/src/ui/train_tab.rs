@@ -754,12 +754,12 @@ fn versions_ui(app: &mut InspectorApp, ui: &mut egui::Ui, ctx: &egui::Context) {
         }
     });
     if let Some(v) = activate {
-        app.record_event(
-            "model_version_activated",
-            format!("{} ({})", v.name, v.path.display()),
-        );
+        // The confirmation dialog records what the person decides (confirmed or cancelled).
         app.load_model(v.path.clone());
-        app.notify(Level::Info, format!("activating version {}", v.name));
+        app.notify(
+            Level::Info,
+            format!("version {}: confirm the activation", v.name),
+        );
     }
     if list.len() >= 2 {
         let t = &mut app.train;

@@ -20,12 +20,7 @@ pub fn px_from_env() -> u32 {
 
 /// The shader specialised for `px` pixels per invocation.
 pub fn source(px: u32) -> String {
-    SOURCE
-        .replace("const PX: u32 = 4u;", &format!("const PX: u32 = {px}u;"))
-        .replace(
-            "const SPAN: u32 = 13u;",
-            &format!("const SPAN: u32 = {}u;", (px - 1) * 2 + 7),
-        )
+    SOURCE.replace("const PX: u32 = 4u;", &format!("const PX: u32 = {px}u;"))
 }
 
 /// Mirrors `Params` in depthwise.wgsl.
@@ -64,11 +59,10 @@ pub struct Params {
     pub _pad: [u32; 2],
 }
 
-/// Workgroups: one invocation per (n, oy, x-group, channel block), channel blocks fastest;
-/// y takes the overflow past 65 535 workgroups.
+/// Workgroups: x (and z on overflow) cover (n, oy, x-group); y the channel block.
 pub fn workgroups(p: &Params) -> [u32; 3] {
-    let (x, y) = grid_1d(p.batch * p.out_h * p.x_groups * p.c4);
-    [x, y, 1]
+    let (x, z) = grid_1d(p.batch * p.out_h * p.x_groups);
+    [x, p.c4, z]
 }
 
 /// Repacks a `[c, 1, k, k]` weight into the shader's `[c4][ky][kx][4]` layout.

@@ -92,11 +92,7 @@ impl Kernel {
         // `(in + top + bottom − k) / stride + 1`, the input border is at least every side's
         // padding and the window starts `border − top` (`border − left`) into it, so the last
         // row read is below `in + border + bottom`; columns past the edge are clamped to the
-        // last one; the pointwise variant only fixes the kernel side to 1; depthwise.wgsl
-        // follows the same border argument, reads window columns clamped to
-        // `(out_w − 1)·stride + off_x + k − 1` (inside the bordered row), indexes its row
-        // array below `(PX − 1)·stride + k ≤ SPAN` because `ModelSpec::validate` allows depthwise
-        // kernels ≤ 7 and strides ≤ 2, and guards its stores like conv2d;
+        // last one; the pointwise variant only fixes the kernel side to 1;
         // `weights`/`bias` are packed for the padded tile (`Tile::padded_out_channels`); `dst`
         // writes are guarded by `ox < out_w` and `oc4 < out_c4`. The engine-vs-reference tests
         // (poisoned outputs, awkward shapes, every tile) check this on every run.
@@ -204,7 +200,7 @@ impl Kernels {
                 "kernels::pointwise",
                 &pointwise_tile.pointwise_source(),
             ),
-            depthwise: Kernel::new_unchecked(
+            depthwise: Kernel::new(
                 device,
                 "kernels::depthwise",
                 &depthwise::source(depthwise_px),
