@@ -120,9 +120,11 @@ fn measure(
                 .collect::<Result<_, _>>()
                 .map_err(anyhow::Error::msg)?;
             // Upload of the normalised input, forward, softmax, read back.
+            // burn-wgpu allocates a heavy model's batch-32 activations beyond lavapipe's 128 MiB
+            // buffer limit and fails; it runs such batches 8 images at a time.
+            let chunk = if heavy { batch.min(8) } else { batch } as usize;
             let brn = time(if heavy { 1 } else { 3 }, iters, || {
-                crate::train::predict(bm, device, &inputs, &model.spec.input, batch as usize)
-                    .map(|_| ())
+                crate::train::predict(bm, device, &inputs, &model.spec.input, chunk).map(|_| ())
             })?;
             out.push(("burn", batch, summarize(brn, batch, flops)));
         }
