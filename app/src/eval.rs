@@ -358,27 +358,27 @@ pub fn print(report: &EvalReport) {
         p.miss_rate,
         p.false_reject_rate
     );
-    println!("strongest disagreements with the labels:");
-    for d in &report.disagreements {
-        println!(
-            "  {:<48} label {:<12} predicted {:<12} score {:.4} part {}",
-            d.path,
-            d.label,
-            d.predicted,
-            d.score,
-            d.group.as_deref().unwrap_or("-")
-        );
-    }
-    println!("least defect-like defective images (they hold a low-miss threshold down):");
-    for d in &report.hardest_defects {
-        println!(
-            "  {:<48} label {:<12} predicted {:<12} score {:.4} part {}",
-            d.path,
-            d.label,
-            d.predicted,
-            d.score,
-            d.group.as_deref().unwrap_or("-")
-        );
+    for (title, list) in [
+        (
+            "strongest disagreements with the labels",
+            &report.disagreements,
+        ),
+        (
+            "least defect-like defective images (they hold a low-miss threshold down)",
+            &report.hardest_defects,
+        ),
+    ] {
+        println!("{title}:");
+        for d in list {
+            println!(
+                "  {:<48} label {:<12} predicted {:<12} score {:.4} part {}",
+                d.path,
+                d.label,
+                d.predicted,
+                d.score,
+                d.group.as_deref().unwrap_or("-")
+            );
+        }
     }
     println!("latency p50 {:.2} ms per image", report.latency_ms_p50);
 }

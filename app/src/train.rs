@@ -727,7 +727,7 @@ pub fn val_metrics(spec: &ModelSpec, probs: &[Vec<f32>], labels: &[usize]) -> Va
     }
 }
 
-fn tensor_vec<const D: usize>(t: Tensor<D>) -> anyhow::Result<Vec<f32>> {
+pub(crate) fn tensor_vec<const D: usize>(t: Tensor<D>) -> anyhow::Result<Vec<f32>> {
     t.into_data()
         .try_to_vec::<f32>()
         .map_err(|e| anyhow::anyhow!("reading a tensor: {e:?}"))

@@ -34,7 +34,7 @@ use kernels::{InputSpec, Layer, LayerWeights, Model, ModelSpec, Resize};
 use crate::dataset::DecodedImage;
 use crate::metrics;
 use crate::train::{
-    EpochRecord, Progress, TrainConfig, TrainSummary, load_split, prepare, val_metrics,
+    EpochRecord, Progress, TrainConfig, TrainSummary, load_split, prepare, tensor_vec, val_metrics,
 };
 
 /// Where the backbone weights ship, relative to the install.
@@ -369,12 +369,6 @@ fn standardise(rows: &mut [f32], mean: &[f32], inv: &[f32]) {
     }
 }
 
-fn to_vec<const D: usize>(t: Tensor<D>) -> anyhow::Result<Vec<f32>> {
-    t.into_data()
-        .try_to_vec::<f32>()
-        .map_err(|e| anyhow::anyhow!("reading a tensor: {e:?}"))
-}
-
 /// Class scores `[cells][k]` of every valid cell of every image, by the head.
 fn cell_scores(
     head: &PositionHead,
@@ -397,7 +391,7 @@ fn cell_scores(
         standardise(&mut rows, mean, inv);
         let n = rows.len() / f.c;
         let x = Tensor::<2>::from_data(TensorData::new(rows, [n, f.c]), device);
-        let s = to_vec(head.forward(x))?;
+        let s = tensor_vec(head.forward(x))?;
         let k = s.len() / n.max(1);
         let mut at = 0;
         for cnt in counts {
@@ -630,7 +624,7 @@ fn fit_head(
             standardise(&mut r, d.mean, d.inv);
             let n = r.len() / c;
             let x = Tensor::<2>::from_data(TensorData::new(r.clone(), [n, c]), base);
-            let s = to_vec(valid_head.forward(x))?;
+            let s = tensor_vec(valid_head.forward(x))?;
             let (cell, _) = defect_max(&s, k, d.is_pass);
             mil_rows.extend_from_slice(&r[cell * c..(cell + 1) * c]);
             mil_labels.push(d.labels[i] as i64);
@@ -660,12 +654,15 @@ fn fit_head(
             let x = Tensor::<2>::from_data(TensorData::new(xs, [idx.len(), c]), &device);
             let y = Tensor::<1, Int>::from_data(TensorData::new(ys.clone(), [idx.len()]), &device);
             let logits = head.forward(x);
-            let pred = to_vec(logits.clone().detach())?;
+            let pred = tensor_vec(logits.clone().detach())?;
             for (row, &t) in pred.chunks(k).zip(&ys) {
                 correct += (metrics::argmax(row).unwrap_or(0) as i64 == t) as usize;
             }
             let loss = loss_fn.forward(logits, y);
-            let lv = to_vec(loss.clone())?.first().copied().unwrap_or(f32::NAN) as f64;
+            let lv = tensor_vec(loss.clone())?
+                .first()
+                .copied()
+                .unwrap_or(f32::NAN) as f64;
             if !lv.is_finite() {
                 bail!(
                     "training diverged (loss {lv}) at epoch {}; lower --lr",
@@ -922,16 +919,16 @@ pub fn train(
     let c = train_f.c;
 
     // Export: fold the standardisation into the first head convolution.
-    let hidden_w = to_vec(head.hidden.weight.val())?; // [c, hidden]
-    let hidden_b = to_vec(
+    let hidden_w = tensor_vec(head.hidden.weight.val())?; // [c, hidden]
+    let hidden_b = tensor_vec(
         head.hidden
             .bias
             .as_ref()
             .map(|b| b.val())
             .context("hidden layer without bias")?,
     )?;
-    let out_w = to_vec(head.out.weight.val())?; // [hidden, k]
-    let out_b = to_vec(
+    let out_w = tensor_vec(head.out.weight.val())?; // [hidden, k]
+    let out_b = tensor_vec(
         head.out
             .bias
             .as_ref()

@@ -14,7 +14,7 @@ use inspector::settings::Settings;
 use inspector::ui::{InspectorApp, Tab};
 
 mod common;
-use common::step_until;
+use common::{step_until, wait_until_drained};
 
 fn harness(db: &Path) -> Harness<'static, InspectorApp> {
     let settings = Settings {
@@ -78,8 +78,8 @@ fn inspect_tab_shows_changing_verdicts_pause_stops_them_and_bad_models_are_refus
             h.query_by_label("Resume").is_some()
         }
     );
-    std::thread::sleep(Duration::from_millis(500)); // a frame in flight may still land
-    h.step();
+    // Frames captured before the pause (in flight or queued) may still land.
+    assert!(wait_until_drained(&mut h, Duration::from_secs(30)));
     let paused_at = h.state().counters.inspected;
     std::thread::sleep(Duration::from_millis(1500));
     h.step();
@@ -249,8 +249,7 @@ fn history_tab_filters_and_exports() {
         >= 8));
     h.get_by_label("Pause").click();
     h.step();
-    std::thread::sleep(Duration::from_millis(800));
-    h.step();
+    assert!(wait_until_drained(&mut h, Duration::from_secs(30)));
     let c = h.state().counters.clone();
     // Open History: all rows of the last 24 h.
     h.get_by_label("History").click();

@@ -152,6 +152,18 @@ struct Step {
     bind_group: Option<wgpu::BindGroup>,
 }
 
+impl Step {
+    /// Records this step's dispatch into `pass`.
+    fn record(&self, pass: &mut wgpu::ComputePass<'_>, kernels: &Kernels) {
+        let [x, y, z] = self
+            .params
+            .workgroups(kernels.conv_tile, kernels.pointwise_tile);
+        pass.set_pipeline(&self.params.kernel(kernels).pipeline);
+        pass.set_bind_group(0, self.bind_group.as_ref(), &[]);
+        pass.dispatch_workgroups(x, y, z);
+    }
+}
+
 /// Every buffer a [`Bind`] can name.
 struct Buffers<'a> {
     acts: &'a [Act],
@@ -959,12 +971,7 @@ impl Engine {
                     label: Some("kernels::profile"),
                     timestamp_writes: None,
                 });
-                let [x, y, z] = step
-                    .params
-                    .workgroups(self.kernels.conv_tile, self.kernels.pointwise_tile);
-                pass.set_pipeline(&step.params.kernel(&self.kernels).pipeline);
-                pass.set_bind_group(0, step.bind_group.as_ref(), &[]);
-                pass.dispatch_workgroups(x, y, z);
+                step.record(&mut pass, &self.kernels);
             }
             let index = self.queue.submit([encoder.finish()]);
             self.device
@@ -1135,12 +1142,7 @@ impl Engine {
                 timestamp_writes: None,
             });
             for step in &self.steps {
-                let [x, y, z] = step
-                    .params
-                    .workgroups(self.kernels.conv_tile, self.kernels.pointwise_tile);
-                pass.set_pipeline(&step.params.kernel(&self.kernels).pipeline);
-                pass.set_bind_group(0, step.bind_group.as_ref(), &[]);
-                pass.dispatch_workgroups(x, y, z);
+                step.record(&mut pass, &self.kernels);
             }
         }
         encoder.copy_buffer_to_buffer(&self.output, 0, &self.readback, 0, Some(out_bytes));
