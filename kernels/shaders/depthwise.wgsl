@@ -7,7 +7,10 @@
 //   dst:     [n][out_h + 2*ob][out_w + 2*ob][c4]
 // Per-side padding: the top-left padding is `in_border - off_y` / `in_border - off_x`, so the
 // window of output (oy, ox) starts at bordered row oy*stride + off_y, column ox*stride + off_x.
-// Each invocation computes PX horizontally adjacent pixels of one channel block (dispatch y).
+// Each invocation computes PX horizontally adjacent pixels of one channel block; neighbouring
+// invocations take neighbouring channel blocks of the same pixels, so their loads of inputs
+// and weights are contiguous (on CPU rasterisers such as lavapipe every per-invocation load is
+// a gather, and contiguous gathers are the cheap ones).
 // Rust side: src/ops/depthwise.rs (mirrors `Params`).
 
 struct Params {
@@ -36,14 +39,17 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> dst: array<vec4<f32>>;
 
 const PX: u32 = 4u;
+// Most columns one window row spans: (PX - 1) * stride + kernel, for stride <= 2, kernel <= 7.
+const SPAN: u32 = 13u;
 
 @compute @workgroup_size(64, 1, 1)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let c4 = gid.y;
-    let t = gid.x + gid.z * nwg.x * 64u;
-    if t >= p.batch * p.out_h * p.x_groups || c4 >= p.c4 {
+    let u = gid.x + gid.y * nwg.x * 64u;
+    if u >= p.batch * p.out_h * p.x_groups * p.c4 {
         return;
     }
+    let c4 = u % p.c4;
+    let t = u / p.c4;
     let xg = t % p.x_groups;
     let rest = t / p.x_groups;
     let oy = rest % p.out_h;
@@ -52,10 +58,11 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let in_ph = p.in_h + 2u * p.in_border;
     let ox0 = xg * PX;
     let last = p.out_w - 1u;
-    var sx: array<u32, PX>;
-    for (var i = 0u; i < PX; i++) {
-        sx[i] = min(ox0 + i, last) * p.stride + p.off_x;
-    }
+    // Each window row is loaded once for all PX pixels: columns x0 .. x0 + SPAN of the bordered
+    // input, clamped so that columns only pixels past the right edge would use stay in bounds.
+    let x0 = ox0 * p.stride + p.off_x;
+    let max_col = last * p.stride + p.off_x + p.kernel - 1u;
+    let span = (PX - 1u) * p.stride + p.kernel;
     var acc: array<vec4<f32>, PX>;
     let b = bias[c4];
     for (var i = 0u; i < PX; i++) {
@@ -64,10 +71,14 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let k = p.kernel;
     for (var ky = 0u; ky < k; ky++) {
         let row = (n * in_ph + oy * p.stride + ky + p.off_y) * in_pw;
+        var x: array<vec4<f32>, SPAN>;
+        for (var j = 0u; j < span; j++) {
+            x[j] = src[(row + min(x0 + j, max_col)) * p.c4 + c4];
+        }
         for (var kx = 0u; kx < k; kx++) {
             let w = weights[(c4 * k + ky) * k + kx];
             for (var i = 0u; i < PX; i++) {
-                acc[i] += w * src[(row + sx[i] + kx) * p.c4 + c4];
+                acc[i] += w * x[i * p.stride + kx];
             }
         }
     }

@@ -111,7 +111,11 @@ impl Params {
             Self::Preprocess(_) => &k.preprocess,
             Self::Conv(_) => &k.conv2d,
             Self::Pointwise(_) => &k.pointwise,
-            Self::Depthwise(_) => &k.depthwise,
+            Self::Depthwise(p) => ops::depthwise::SPECIALISED
+                .iter()
+                .position(|&f| f == (p.kernel, p.stride))
+                .and_then(|i| k.depthwise_fixed.get(i))
+                .unwrap_or(&k.depthwise),
             Self::MaxPool(_) => &k.max_pool,
             Self::Relu { .. } => &k.relu,
             Self::Relu6 { .. } => &k.relu6,

@@ -548,6 +548,12 @@ impl ModelSpec {
                             "kernel and stride must be 1..={MAX_KERNEL}, found kernel {kernel}, stride {stride}"
                         )));
                     }
+                    if groups > 1 && (kernel > 7 || stride > 2) {
+                        return Err(bad(format!(
+                            "a depthwise convolution needs kernel ≤ 7 and stride ≤ 2, found \
+                             kernel {kernel}, stride {stride}"
+                        )));
+                    }
                     let [pt, pl, pb, pr] = layer.conv_pads();
                     if [pt, pl, pb, pr].iter().any(|&p| p >= kernel) {
                         return Err(bad(format!(

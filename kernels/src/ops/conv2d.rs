@@ -20,8 +20,10 @@ impl Tile {
     /// 4×1 495, 2×2 545, 4×2 367, 8×1 388, 4×4 316, 8×2 350, 8×4 578, 4×8 605, 16×2 892.
     /// Larger tiles spill registers; smaller ones issue more (gathered) loads per FMA.
     pub const DEFAULT: Self = Self { px: 4, ocb: 4 };
-    /// The default tile of the pointwise (1×1) pipeline.
-    pub const POINTWISE: Self = Self { px: 4, ocb: 4 };
+    /// The default tile of the pointwise (1×1) pipeline, measured on lavapipe (lite0-256,
+    /// batch 8, 2 cores; whole-model ms): 4×4 595, 8×4 861, 4×8 875, 8×2 523–540, 6×4 906,
+    /// 16×1 631, 8×1 828, 4×2 648.
+    pub const POINTWISE: Self = Self { px: 8, ocb: 2 };
 
     /// The tile to compile: `KERNELS_CONV_TILE=PXxOCB` (e.g. `4x2`) overrides the default, for
     /// tuning on a new GPU.

@@ -18,10 +18,25 @@ pub fn px_from_env() -> u32 {
         .unwrap_or(PX)
 }
 
-/// The shader specialised for `px` pixels per invocation.
-pub fn source(px: u32) -> String {
-    SOURCE.replace("const PX: u32 = 4u;", &format!("const PX: u32 = {px}u;"))
+/// The shader specialised for `px` pixels per invocation and, if given, a fixed
+/// `(kernel, stride)` (the compiler then unrolls the window loops).
+pub fn source(px: u32, fixed: Option<(u32, u32)>) -> String {
+    let s = SOURCE
+        .replace("const PX: u32 = 4u;", &format!("const PX: u32 = {px}u;"))
+        .replace(
+            "const SPAN: u32 = 13u;",
+            &format!("const SPAN: u32 = {}u;", (px - 1) * 2 + 7),
+        );
+    match fixed {
+        Some((k, stride)) => s
+            .replace("p.kernel", &format!("{k}u"))
+            .replace("p.stride", &format!("{stride}u")),
+        None => s,
+    }
 }
+
+/// The `(kernel, stride)` pairs compiled as specialised pipelines (EfficientNet-Lite's).
+pub const SPECIALISED: [(u32, u32); 4] = [(3, 1), (3, 2), (5, 1), (5, 2)];
 
 /// Mirrors `Params` in depthwise.wgsl.
 #[repr(C)]
@@ -61,8 +76,8 @@ pub struct Params {
 
 /// Workgroups: x (and z on overflow) cover (n, oy, x-group); y the channel block.
 pub fn workgroups(p: &Params) -> [u32; 3] {
-    let (x, z) = grid_1d(p.batch * p.out_h * p.x_groups);
-    [x, p.c4, z]
+    let (x, y) = grid_1d(p.batch * p.out_h * p.x_groups * p.c4);
+    [x, y, 1]
 }
 
 /// Repacks a `[c, 1, k, k]` weight into the shader's `[c4][ky][kx][4]` layout.

@@ -73,7 +73,7 @@ impl Kernel {
 
     /// A kernel compiled without wgpu's runtime bounds checks.
     ///
-    /// Only for `conv2d`: its checks clamp every index of the per-invocation register arrays,
+    /// Only for `conv2d` and the specialised depthwise pipelines: their checks clamp every index of the per-invocation register arrays,
     /// which keeps LLVM (lavapipe) from holding them in registers and nearly halves its speed
     /// (measured on ref-cnn, batch 32, 2 cores: 316 ms unchecked vs 540–600 ms checked).
     fn new_unchecked(device: &wgpu::Device, label: &str, source: &str) -> Self {
@@ -92,7 +92,12 @@ impl Kernel {
         // `(in + top + bottom − k) / stride + 1`, the input border is at least every side's
         // padding and the window starts `border − top` (`border − left`) into it, so the last
         // row read is below `in + border + bottom`; columns past the edge are clamped to the
-        // last one; the pointwise variant only fixes the kernel side to 1;
+        // last one; the pointwise variant only fixes the kernel side to 1. The specialised
+        // depthwise.wgsl pipelines (kernel and stride fixed) follow the same border argument:
+        // each window row is read at columns clamped to `(out_w − 1)·stride + off_x + k − 1`,
+        // inside the bordered row; their register arrays are indexed by loop counters and
+        // `i·stride + kx < (PX − 1)·stride + k ≤ SPAN` (SPAN is sized for stride ≤ 2, k ≤ 7, and
+        // only k ∈ {3, 5}, stride ∈ {1, 2} are specialised); stores are guarded by `ox < out_w`;
         // `weights`/`bias` are packed for the padded tile (`Tile::padded_out_channels`); `dst`
         // writes are guarded by `ox < out_w` and `oc4 < out_c4`. The engine-vs-reference tests
         // (poisoned outputs, awkward shapes, every tile) check this on every run.
@@ -156,6 +161,8 @@ pub struct Kernels {
     pub depthwise: Kernel,
     /// Output pixels per depthwise invocation.
     pub depthwise_px: u32,
+    /// depthwise.wgsl specialised for each of `depthwise::SPECIALISED`, in that order.
+    pub depthwise_fixed: Vec<Kernel>,
     /// relu.wgsl, `relu6`
     pub relu6: Kernel,
     /// add.wgsl
@@ -203,8 +210,18 @@ impl Kernels {
             depthwise: Kernel::new(
                 device,
                 "kernels::depthwise",
-                &depthwise::source(depthwise_px),
+                &depthwise::source(depthwise_px, None),
             ),
+            depthwise_fixed: depthwise::SPECIALISED
+                .iter()
+                .map(|&(k, s)| {
+                    Kernel::new_unchecked(
+                        device,
+                        &format!("kernels::depthwise_k{k}_s{s}"),
+                        &depthwise::source(depthwise_px, Some((k, s))),
+                    )
+                })
+                .collect(),
             depthwise_px,
             relu6: Kernel::with_entry(device, "kernels::relu6", relu::SOURCE, "relu6"),
             add: Kernel::new(device, "kernels::add", add::SOURCE),
