@@ -331,7 +331,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             }
         }
         by_kind.sort_by(|a, b| b.1.total_cmp(&a.1));
-        entry["op_share_batch_max"] = serde_json::Value::Object(
+        entry["op_share_batch"] = leng.sub_batch().min(lmax).into();
+        entry["op_share"] = serde_json::Value::Object(
             by_kind
                 .iter()
                 .map(|(k, t)| {
@@ -360,7 +361,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                     t.p50_ms, t.p90_ms, t.images_per_s, t.gflop_per_s
                 );
             }
-            println!("engine time per op kind at batch {lmax} (dispatches timed one by one):");
+            println!(
+                "engine time per op kind at batch {} (one sub-batch; dispatches timed one by one):",
+                leng.sub_batch().min(lmax)
+            );
             for (k, t) in &by_kind {
                 println!("  {k:<16} {:>9.2} ms {:>6.1} %", t * 1e3, 100.0 * t / total);
             }
