@@ -37,7 +37,7 @@ enum Loaded {
         image: Result<(egui::ColorImage, u32, u32), String>,
         mask: Option<Vec<u8>>,
     },
-    Predictions(Result<HashMap<String, String>, String>),
+    Predictions(Result<HashMap<String, Prediction>, String>),
 }
 
 /// Disk writes, in order.
@@ -86,12 +86,48 @@ pub struct LabelView {
     /// Paint (true) or erase.
     pub paint: bool,
     undo: Vec<Undo>,
-    predictions: Option<HashMap<String, String>>,
+    predictions: Option<HashMap<String, Prediction>>,
     /// The last message.
     pub status: String,
     /// Where the large image was drawn last frame (screen points).
     pub canvas: Option<egui::Rect>,
     pending_open: Option<(PathBuf, bool)>,
+}
+
+/// Sorts row indices by a key, strongest first, when `on` (the "mispredicted" filter lists
+/// the strongest disagreements first).
+trait TapSort {
+    fn tap_sort(self, on: bool, key: impl Fn(usize) -> f32) -> Self;
+}
+
+impl TapSort for Vec<usize> {
+    fn tap_sort(mut self, on: bool, key: impl Fn(usize) -> f32) -> Self {
+        if on {
+            self.sort_by(|&a, &b| key(b).total_cmp(&key(a)).then(a.cmp(&b)));
+        }
+        self
+    }
+}
+
+/// What the active model says about one image.
+#[derive(Clone, Debug)]
+pub struct Prediction {
+    /// The most probable class.
+    pub class: String,
+    /// The probability of each of the model's classes.
+    pub probabilities: Vec<(String, f32)>,
+}
+
+impl Prediction {
+    /// How strongly the model disagrees with `label`: 1 − its probability of that class (1 for
+    /// a class the model does not know).
+    pub fn disagreement(&self, label: &str) -> f32 {
+        1.0 - self
+            .probabilities
+            .iter()
+            .find(|(c, _)| c == label)
+            .map_or(0.0, |(_, p)| *p)
+    }
 }
 
 impl Default for LabelView {
@@ -273,12 +309,35 @@ impl LabelView {
                     2 => r.label.as_deref() == Some(self.filter_class.as_str()),
                     3 => r.split.as_deref().unwrap_or("") == self.filter_split,
                     4 => match (&self.predictions, &r.label) {
-                        (Some(p), Some(l)) => p.get(&r.path).is_some_and(|pred| pred != l),
+                        (Some(p), Some(l)) => p.get(&r.path).is_some_and(|pred| pred.class != *l),
                         _ => false,
                     },
                     _ => true,
                 }
             })
+            .collect::<Vec<_>>()
+            .tap_sort(self.filter == 4, |i| self.disagreement_of(set, i))
+    }
+
+    /// How strongly the active model disagrees with row `i`'s label (0 without a prediction).
+    fn disagreement_of(&self, set: &LabelSet, i: usize) -> f32 {
+        let r = &set.rows[i];
+        match (&self.predictions, &r.label) {
+            (Some(p), Some(l)) => p.get(&r.path).map_or(0.0, |pred| pred.disagreement(l)),
+            _ => 0.0,
+        }
+    }
+
+    /// The other images of row `i`'s physical part (same `group`), in dataset order.
+    pub fn same_part(&self, i: usize) -> Vec<usize> {
+        let Some(set) = &self.set else {
+            return Vec::new();
+        };
+        let Some(g) = set.rows.get(i).and_then(|r| r.group.as_ref()) else {
+            return Vec::new();
+        };
+        (0..set.rows.len())
+            .filter(|&j| j != i && set.rows[j].group.as_ref() == Some(g))
             .collect()
     }
 
@@ -399,7 +458,7 @@ fn predict(
     gpu: &super::Gpu,
     model: &std::path::Path,
     rows: &[(String, PathBuf)],
-) -> Result<HashMap<String, String>, String> {
+) -> Result<HashMap<String, Prediction>, String> {
     let (m, _) = crate::pipeline::load_model(model)?;
     let mut engine = kernels::Engine::new(&gpu.device, &gpu.queue, &m, 1, gpu.label.clone())
         .map_err(|e| e.to_string())?;
@@ -411,11 +470,22 @@ fn predict(
         let Ok(r) = engine.infer(&[img.frame()]) else {
             continue;
         };
-        if let Some(best) = r
-            .first()
-            .and_then(|r| crate::metrics::argmax(&r.probabilities))
+        if let Some(r) = r.first()
+            && let Some(best) = crate::metrics::argmax(&r.probabilities)
         {
-            out.insert(key.clone(), m.spec.classes[best].clone());
+            out.insert(
+                key.clone(),
+                Prediction {
+                    class: m.spec.classes[best].clone(),
+                    probabilities: m
+                        .spec
+                        .classes
+                        .iter()
+                        .cloned()
+                        .zip(r.probabilities.iter().copied())
+                        .collect(),
+                },
+            );
         }
     }
     Ok(out)
@@ -760,7 +830,63 @@ fn big_view(v: &mut LabelView, ui: &mut egui::Ui) {
         .strong(),
     );
     if let Some(p) = v.predictions.as_ref().and_then(|p| p.get(&r.path)) {
-        ui.label(format!("active model says: {p}"));
+        let against = r
+            .label
+            .as_deref()
+            .map(|l| {
+                format!(
+                    " (disagrees with the label by {:.0} %)",
+                    100.0 * p.disagreement(l)
+                )
+            })
+            .unwrap_or_default();
+        ui.label(format!("active model says: {}{against}", p.class));
+    }
+    // The same physical part under its other lightings: a label the model disputes is easier
+    // to judge beside them (view only; the editor keeps to the filtered grid).
+    let part = v.same_part(row);
+    if !part.is_empty() {
+        let group = r.group.clone().unwrap_or_default();
+        ui.label(format!("Same part ({group}): {} other images", part.len()));
+        let mut wanted = Vec::new();
+        ui.horizontal_wrapped(|ui| {
+            for &j in part.iter().take(8) {
+                let o = &set.rows[j];
+                ui.vertical(|ui| {
+                    match v.thumbs.get(&o.path) {
+                        Some(t) => {
+                            ui.add(egui::Image::new(t).max_size(vec2(64.0, 64.0)));
+                        }
+                        None => {
+                            ui.allocate_space(vec2(64.0, 64.0));
+                            if !v.pending.contains(&o.path) {
+                                wanted.push((o.path.clone(), set.root.join(&o.path)));
+                            }
+                        }
+                    }
+                    let said = v
+                        .predictions
+                        .as_ref()
+                        .and_then(|p| p.get(&o.path))
+                        .map(|p| format!(" → {}", p.class))
+                        .unwrap_or_default();
+                    ui.label(
+                        RichText::new(format!(
+                            "{}{said}",
+                            o.label.as_deref().unwrap_or("unlabelled")
+                        ))
+                        .size(10.0),
+                    );
+                });
+            }
+        });
+        if let Some((tx, _)) = &v.loader {
+            for (key, p) in wanted {
+                if tx.try_send(Load::Thumb(key.clone(), p)).is_ok() {
+                    v.pending.insert(key);
+                }
+            }
+        }
     }
     // Ask for the full image when the selection changed.
     if v.full_requested != Some(row)
@@ -860,5 +986,63 @@ fn big_view(v: &mut LabelView, ui: &mut egui::Ui) {
     }
     if resp.drag_stopped() || (resp.clicked() && !resp.dragged()) {
         v.flush_mask();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(path: &str, label: &str, group: &str) -> LabelRow {
+        LabelRow {
+            path: path.into(),
+            label: Some(label.into()),
+            split: None,
+            mask: None,
+            group: Some(group.into()),
+        }
+    }
+
+    fn said(class: &str, p_good: f32) -> Prediction {
+        Prediction {
+            class: class.into(),
+            probabilities: vec![("bad".into(), 1.0 - p_good), ("good".into(), p_good)],
+        }
+    }
+
+    /// The "mispredicted" filter lists only images whose predicted class differs from the
+    /// label, the strongest disagreement first; an image's part lists its other shots.
+    #[test]
+    fn mispredicted_lists_the_strongest_disagreement_first_with_its_part() {
+        let mut v = LabelView {
+            set: Some(LabelSet {
+                root: PathBuf::from("unused"),
+                rows: vec![
+                    row("a.png", "good", "g1"),
+                    row("b.png", "good", "g1"),
+                    row("c.png", "bad", "g2"),
+                    row("d.png", "good", "g2"),
+                    row("e.png", "bad", "g1"),
+                ],
+                classes: vec!["bad".into(), "good".into()],
+            }),
+            ..LabelView::default()
+        };
+        v.predictions = Some(HashMap::from([
+            ("a.png".into(), said("bad", 0.40)),  // disagrees by 0.60
+            ("b.png".into(), said("good", 0.90)), // agrees
+            ("c.png".into(), said("good", 0.80)), // disagrees by 0.80
+            ("d.png".into(), said("bad", 0.05)),  // disagrees by 0.95
+            ("e.png".into(), said("bad", 0.10)),  // agrees
+        ]));
+        v.filter = 4;
+        assert_eq!(v.visible(), vec![3, 2, 0]);
+        assert!((said("bad", 0.05).disagreement("good") - 0.95).abs() < 1e-6);
+        assert_eq!(said("bad", 0.5).disagreement("unknown"), 1.0);
+        assert_eq!(v.same_part(0), vec![1, 4]);
+        assert_eq!(v.same_part(3), vec![2]);
+        // Other filters keep dataset order.
+        v.filter = 0;
+        assert_eq!(v.visible(), vec![0, 1, 2, 3, 4]);
     }
 }
