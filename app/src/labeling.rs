@@ -34,6 +34,25 @@ pub struct LabelSet {
     pub rows: Vec<LabelRow>,
     /// Known classes, in the order number keys pick them.
     pub classes: Vec<String>,
+    /// Images an engineer checked and whose label stands although the model disagrees
+    /// (`checked.txt` in the dataset folder, one path per line).
+    pub checked: std::collections::BTreeSet<String>,
+}
+
+/// The file that lists checked images, in the dataset folder.
+pub const CHECKED_FILE: &str = "checked.txt";
+
+/// Writes the checked list atomically.
+pub fn write_checked(
+    root: &Path,
+    checked: &std::collections::BTreeSet<String>,
+) -> Result<(), String> {
+    let mut text = String::new();
+    for p in checked {
+        text.push_str(p);
+        text.push('\n');
+    }
+    write_atomic(&root.join(CHECKED_FILE), text.as_bytes())
 }
 
 fn rel(root: &Path, p: &Path) -> String {
@@ -94,10 +113,20 @@ impl LabelSet {
             }
         }
         classes.sort();
+        let checked = std::fs::read_to_string(root.join(CHECKED_FILE))
+            .map(|t| {
+                t.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
         Ok(Self {
             root: root.to_path_buf(),
             rows,
             classes,
+            checked,
         })
     }
 
@@ -112,6 +141,7 @@ impl LabelSet {
             root: root.to_path_buf(),
             rows: Vec::new(),
             classes: Vec::new(),
+            checked: Default::default(),
         };
         write_manifest(&set.root, &set.rows)?;
         Ok(set)
@@ -313,6 +343,19 @@ mod tests {
         write_mask(&p, 4, 3, &mask).unwrap();
         assert_eq!(read_mask(&p, 4, 3).unwrap(), mask);
         assert_eq!(read_mask(&p, 8, 6).unwrap().len(), 48);
+    }
+
+    #[test]
+    fn the_checked_list_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("manifest.csv"), "path,label\na.png,good\n").unwrap();
+        let mut set = LabelSet::open(dir.path()).unwrap();
+        assert!(set.checked.is_empty());
+        set.checked.insert("a.png".into());
+        set.checked.insert("sub/b c.png".into());
+        write_checked(dir.path(), &set.checked).unwrap();
+        let again = LabelSet::open(dir.path()).unwrap();
+        assert_eq!(again.checked, set.checked);
     }
 
     #[cfg(unix)]

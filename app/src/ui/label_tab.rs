@@ -45,6 +45,7 @@ pub(super) enum Save {
     Manifest(PathBuf, Vec<LabelRow>),
     Mask(PathBuf, u32, u32, Vec<u8>),
     Import(PathBuf, PathBuf),
+    Checked(PathBuf, std::collections::BTreeSet<String>),
 }
 
 struct MaskEdit {
@@ -92,6 +93,8 @@ pub struct LabelView {
     /// Where the large image was drawn last frame (screen points).
     pub canvas: Option<egui::Rect>,
     pending_open: Option<(PathBuf, bool)>,
+    /// The row whose "checked" mark the person toggled this frame.
+    toggle_checked: Option<usize>,
 }
 
 /// Sorts row indices by a key, strongest first, when `on` (the "mispredicted" filter lists
@@ -155,6 +158,7 @@ impl Default for LabelView {
             status: String::new(),
             canvas: None,
             pending_open: None,
+            toggle_checked: None,
         }
     }
 }
@@ -224,6 +228,10 @@ impl LabelView {
                         let r = match job {
                             Save::Manifest(root, rows) => labeling::write_manifest(&root, &rows)
                                 .map(|()| format!("saved {}", root.join("manifest.csv").display())),
+                            Save::Checked(root, checked) => {
+                                labeling::write_checked(&root, &checked)
+                                    .map(|()| "saved the checked list".to_owned())
+                            }
                             Save::Mask(p, w, h, data) => labeling::write_mask(&p, w, h, &data)
                                 .map(|()| format!("saved mask {}", p.display())),
                             Save::Import(src, dest) => dest
@@ -309,7 +317,10 @@ impl LabelView {
                     2 => r.label.as_deref() == Some(self.filter_class.as_str()),
                     3 => r.split.as_deref().unwrap_or("") == self.filter_split,
                     4 => match (&self.predictions, &r.label) {
-                        (Some(p), Some(l)) => p.get(&r.path).is_some_and(|pred| pred.class != *l),
+                        (Some(p), Some(l)) => {
+                            !set.checked.contains(&r.path)
+                                && p.get(&r.path).is_some_and(|pred| pred.class != *l)
+                        }
                         _ => false,
                     },
                     _ => true,
@@ -708,6 +719,16 @@ pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
         .exact_size(440.0)
         .show(ui, |ui| grid(v, ui, &visible));
     egui::CentralPanel::default().show(ui, |ui| big_view(v, ui));
+    if let Some(row) = v.toggle_checked.take()
+        && let Some(set) = &mut v.set
+        && let Some(path) = set.rows.get(row).map(|r| r.path.clone())
+    {
+        if !set.checked.remove(&path) {
+            set.checked.insert(path);
+        }
+        let job = Save::Checked(set.root.clone(), set.checked.clone());
+        v.save(job);
+    }
 }
 
 fn grid(v: &mut LabelView, ui: &mut egui::Ui, visible: &[usize]) {
@@ -841,6 +862,18 @@ fn big_view(v: &mut LabelView, ui: &mut egui::Ui) {
             })
             .unwrap_or_default();
         ui.label(format!("active model says: {}{against}", p.class));
+        let checked = set.checked.contains(&r.path);
+        if checked {
+            ui.label("✔ checked: the label stands (left out of the mispredicted list)");
+        }
+        let text = if checked {
+            "Uncheck"
+        } else {
+            "Mark checked (the label is right)"
+        };
+        if ui.button(text).clicked() {
+            v.toggle_checked = Some(row);
+        }
     }
     // The same physical part under its other lightings: a label the model disputes is easier
     // to judge beside them (view only; the editor keeps to the filtered grid).
@@ -1025,6 +1058,7 @@ mod tests {
                     row("e.png", "bad", "g1"),
                 ],
                 classes: vec!["bad".into(), "good".into()],
+                checked: Default::default(),
             }),
             ..LabelView::default()
         };
@@ -1041,6 +1075,11 @@ mod tests {
         assert_eq!(said("bad", 0.5).disagreement("unknown"), 1.0);
         assert_eq!(v.same_part(0), vec![1, 4]);
         assert_eq!(v.same_part(3), vec![2]);
+        // A checked image leaves the list: its label stands.
+        if let Some(set) = &mut v.set {
+            set.checked.insert("d.png".into());
+        }
+        assert_eq!(v.visible(), vec![2, 0]);
         // Other filters keep dataset order.
         v.filter = 0;
         assert_eq!(v.visible(), vec![0, 1, 2, 3, 4]);
