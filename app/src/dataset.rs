@@ -338,6 +338,20 @@ impl Dataset {
         Ok(found)
     }
 
+    /// The split names the rows carry, for messages: `"train, val"` (or "no splits").
+    pub fn split_names(&self) -> String {
+        let names: BTreeSet<&str> = self
+            .samples
+            .iter()
+            .filter_map(|s| s.split.as_deref())
+            .collect();
+        if names.is_empty() {
+            "no splits".into()
+        } else {
+            names.into_iter().collect::<Vec<_>>().join(", ")
+        }
+    }
+
     /// Training and validation rows. When `val_split` names no rows, a seeded, stratified val
     /// split is carved out of the training rows (`fraction` of each class, whole groups).
     pub fn train_val(
@@ -364,7 +378,8 @@ impl Dataset {
         };
         if train.is_empty() {
             return Err(invalid(format!(
-                "no rows in the training split {train_split:?}"
+                "no rows in the training split {train_split:?}; the dataset has: {}",
+                self.split_names()
             )));
         }
         if val.is_empty() {

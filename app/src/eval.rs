@@ -143,8 +143,9 @@ pub fn evaluate(model_path: &Path, data: &Path, split: &str) -> anyhow::Result<E
     };
     anyhow::ensure!(
         !rows.is_empty(),
-        "dataset {} has no rows in split {split:?}",
-        data.display()
+        "dataset {} has no rows in split {split:?}; the dataset has: {}",
+        data.display(),
+        ds.split_names()
     );
     let gpu = GpuContext::headless()?;
     Ok(evaluate_samples(&model, &rows, &gpu.device, &gpu.queue, &gpu.describe())?.report)

@@ -198,3 +198,30 @@ fn bad_data_gets_defined_answers() {
     assert!(e.to_string().contains("crack"), "{e}");
     assert!(Dataset::open(&root.join("nope")).is_err());
 }
+
+/// A split that does not exist is named together with the splits that do, in training and in
+/// eval.
+#[test]
+fn a_missing_split_is_named_with_the_splits_that_exist() {
+    let dir = tempfile::tempdir().expect("tmp");
+    integration_tests::synthetic_manifest(dir.path(), 3, 2, 9);
+    let ds = inspector::dataset::Dataset::open(dir.path()).expect("open");
+    assert_eq!(ds.split_names(), "train, val");
+    let e = ds
+        .train_val("nope", "val", 0.2, 1)
+        .expect_err("no such split")
+        .to_string();
+    assert!(
+        e.contains("\"nope\"") && e.contains("the dataset has: train, val"),
+        "{e}"
+    );
+    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../assets/models/default.safetensors");
+    let e = inspector::eval::evaluate(&model, dir.path(), "test")
+        .expect_err("no test split")
+        .to_string();
+    assert!(
+        e.contains("\"test\"") && e.contains("the dataset has: train, val"),
+        "{e}"
+    );
+}
