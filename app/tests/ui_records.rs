@@ -446,6 +446,17 @@ fn model_activation_shows_figures_warns_asks_the_threshold_and_is_saved_at_once(
         "the model was not activated"
     );
     assert_eq!(h.state().settings.threshold, Some(0.3));
+    // The Inspect tab names the model that now judges (not "the default model").
+    h.state_mut().tab = Tab::Inspect;
+    h.run_steps(2);
+    let id = h.state().model.as_ref().unwrap().id.clone();
+    assert!(
+        h.query_by_label_contains(&format!("through model {id}"))
+            .is_some()
+    );
+    assert!(h.query_by_label_contains("the default model").is_none());
+    h.state_mut().tab = Tab::Settings;
+    h.run_steps(2);
     assert!(step_until(&mut h, Duration::from_secs(30), |a| a
         .last
         .as_ref()

@@ -34,11 +34,24 @@ pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
         ui.add_space(6.0);
     }
     if app.is_demo() {
+        // Name the model that judges: it changes when another one is activated.
+        let model = app
+            .model
+            .as_ref()
+            .map(|m| {
+                let default = crate::headless::bundled(crate::headless::DEFAULT_MODEL);
+                if m.path == default {
+                    format!("the default model ({})", m.id)
+                } else {
+                    format!("model {}", m.id)
+                }
+            })
+            .unwrap_or_else(|| "the model (loading…)".into());
         ui.label(
-            RichText::new(
-                "Demo mode: replaying the bundled demo images through the default model. \
-                 No camera is selected — pick one in Settings > Source.",
-            )
+            RichText::new(format!(
+                "Demo mode: replaying the bundled demo images through {model}. \
+                 No camera is selected — pick one in Settings > Source."
+            ))
             .color(ui.visuals().warn_fg_color),
         );
     }
