@@ -78,6 +78,20 @@ fn inspect_tab_shows_changing_verdicts_pause_stops_them_and_bad_models_are_refus
             h.query_by_label("Resume").is_some()
         }
     );
+    // The banner says PAUSED (not the last verdict) and there is no frame rate.
+    h.step();
+    assert!(
+        h.query_by_label("PAUSED").is_some(),
+        "the banner shows PAUSED"
+    );
+    assert!(
+        banner_word(&h).is_none(),
+        "no live-looking PASS/FAIL while paused"
+    );
+    assert!(
+        h.query_all_by_label("—").next().is_some(),
+        "no frame rate while paused"
+    );
     // Frames captured before the pause (in flight or queued) may still land.
     assert!(wait_until_drained(&mut h, Duration::from_secs(30)));
     let paused_at = h.state().counters.inspected;

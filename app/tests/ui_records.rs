@@ -561,3 +561,37 @@ fn roi_outside_the_frame_is_refused_and_the_previous_one_stays() {
     let v = h.state().last.clone().unwrap();
     assert_eq!((v.roi.x, v.roi.y), (10, 10));
 }
+
+/// A source that cannot deliver replaces the verdict banner: STOPPED with the reason, and no
+/// frame rate.
+#[test]
+fn a_failed_source_shows_stopped_instead_of_a_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings {
+        db_path: Some(dir.path().join("h.sqlite")),
+        source: Some(inspector::source::SourceSpec::Folder {
+            dir: dir.path().join("no-such-folder"),
+            looping: false,
+        }),
+        ..Settings::default()
+    };
+    let mut h = common::harness(settings, |_| {});
+    assert!(
+        step_until(&mut h, Duration::from_secs(60), |a| matches!(
+            a.source_status,
+            Some(inspector::pipeline::SourceStatus::Failed(_))
+        )),
+        "the missing folder was not reported"
+    );
+    h.run_steps(2);
+    assert!(
+        h.query_by_label("STOPPED").is_some(),
+        "the banner shows STOPPED"
+    );
+    assert!(h.query_by_label_contains("the source failed").is_some());
+    assert!(
+        h.query_all_by_label("—").next().is_some(),
+        "no frame rate without frames"
+    );
+    assert!(h.query_by_label("PASS").is_none() && h.query_by_label("FAIL").is_none());
+}

@@ -131,7 +131,61 @@ fn side_panel(app: &mut InspectorApp, ui: &mut egui::Ui) {
     });
 }
 
+/// What the station is doing when it is not judging parts: shown instead of the last verdict,
+/// so an old PASS/FAIL never looks live.
+pub fn station_state(app: &InspectorApp) -> Option<(&'static str, String)> {
+    match &app.source_status {
+        Some(crate::pipeline::SourceStatus::Failed(e)) => {
+            Some(("STOPPED", format!("the source failed: {e}")))
+        }
+        Some(crate::pipeline::SourceStatus::Lost(e)) => {
+            Some(("NO SIGNAL", format!("{e} — retrying")))
+        }
+        Some(crate::pipeline::SourceStatus::Ended(d)) => {
+            Some(("STOPPED", format!("{d}: replay finished")))
+        }
+        _ if app.is_paused() => Some(("PAUSED", "inspection paused — press Resume".into())),
+        _ => None,
+    }
+}
+
 fn banner(app: &InspectorApp, ui: &mut egui::Ui) {
+    if let Some((word, detail)) = station_state(app) {
+        let fill = match word {
+            "PAUSED" => Color32::from_rgb(40, 70, 120),
+            "NO SIGNAL" => Color32::from_rgb(170, 110, 0),
+            _ => Color32::from_rgb(70, 70, 70),
+        };
+        egui::Frame::new()
+            .fill(fill)
+            .inner_margin(12.0)
+            .corner_radius(8.0)
+            .show(ui, |ui| {
+                ui.set_min_width(ui.available_width());
+                ui.vertical_centered(|ui| {
+                    ui.label(
+                        RichText::new(word)
+                            .size(64.0)
+                            .strong()
+                            .color(Color32::WHITE),
+                    );
+                    ui.label(RichText::new(detail).size(18.0).color(Color32::WHITE));
+                    if let Some(v) = &app.last {
+                        ui.label(
+                            RichText::new(format!(
+                                "last verdict: {} {} ({})",
+                                v.word().to_uppercase(),
+                                v.class,
+                                v.origin
+                            ))
+                            .size(13.0)
+                            .color(Color32::from_gray(230)),
+                        );
+                    }
+                });
+            });
+        return;
+    }
     let (fill, word, detail) = match &app.last {
         Some(v) => {
             let fail = app
@@ -283,7 +337,12 @@ fn counters(app: &mut InspectorApp, ui: &mut egui::Ui) {
         ui.label(format!("{} / {}", c.unreadable, c.dropped));
         ui.end_row();
         ui.label("Frame rate");
-        ui.label(format!("{:.1} /s", c.fps()));
+        // No frames arrive while paused, lost or stopped: no rate to show.
+        if station_state(app).is_some() {
+            ui.label("—");
+        } else {
+            ui.label(format!("{:.1} /s", c.fps()));
+        }
         ui.end_row();
         ui.label("Capture to verdict");
         ui.label(
