@@ -797,7 +797,11 @@ pub fn train(
                 eta_s: per_epoch * (cfg.epochs - epoch) as f64,
             };
             history.push(record.clone());
-            (prog.borrow_mut())(Progress::Epoch(record));
+            // The last epoch is reported after the calibration below, with the figures the
+            // summary gives, so the two lines agree.
+            if epoch < cfg.epochs {
+                (prog.borrow_mut())(Progress::Epoch(record));
+            }
             Ok(())
         },
     )?;
@@ -854,6 +858,15 @@ pub fn train(
     let threshold = metrics::choose_threshold(&vm.scores, &vm.defective, cfg.max_miss_rate);
     let rates = metrics::rates_at(&vm.scores, &vm.defective, threshold);
     spec.threshold = threshold;
+    if let Some(last) = history.last_mut() {
+        // Earlier epochs show the uncalibrated head; the last one the model as exported.
+        last.val_accuracy = vm.confusion.accuracy();
+        last.val_macro_f1 = vm.confusion.macro_f1();
+        last.val_auroc = vm.auroc;
+        last.elapsed_s = started.elapsed().as_secs_f64();
+        last.eta_s = 0.0;
+        progress(Progress::Epoch(last.clone()));
+    }
     let c = train_f.c;
 
     // Export: fold the standardisation into the first head convolution.
