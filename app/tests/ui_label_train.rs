@@ -219,3 +219,48 @@ fn train_tab_trains_saves_a_version_and_cancels() {
     );
     assert!(took < Duration::from_secs(5), "cancel took {took:?}");
 }
+
+/// "Predict with active model" shows its progress, can be cancelled (keeping what it has), and
+/// a full run feeds the "mispredicted" filter.
+#[test]
+fn predict_with_the_active_model_shows_progress_and_cancels() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("tiny");
+    // Enough images that the cancel lands before the end even on a fast GPU.
+    tiny_dataset(&data, 30);
+    let mut h = harness(dir.path());
+    assert!(step_until(&mut h, Duration::from_secs(120), |a| a
+        .model
+        .is_some()));
+    h.state_mut().tab = Tab::Label;
+    h.step();
+    type_into(&mut h, "Dataset folder", &data.display().to_string());
+    h.get_by_label("Open").click();
+    assert!(step_until(&mut h, Duration::from_secs(10), |a| a
+        .label
+        .set
+        .is_some()));
+    h.run_steps(2);
+    // Cancel at once: the run stops early and says what it kept.
+    h.get_by_label("Predict with active model").click();
+    h.step();
+    assert!(h.query_by_label_contains("predicting ").is_some());
+    h.get_by_label("Cancel prediction").click();
+    assert!(
+        step_until(&mut h, Duration::from_secs(60), |a| a
+            .label
+            .status
+            .starts_with("cancelled: kept the")),
+        "status {:?}",
+        h.state().label.status
+    );
+    // A whole run.
+    h.get_by_label("Predict with active model").click();
+    assert!(
+        step_until(&mut h, Duration::from_secs(120), |a| a.label.status
+            == "predicted 60 images with the active model"),
+        "status {:?}",
+        h.state().label.status
+    );
+    assert!(h.query_by_label_contains("predicting ").is_none());
+}

@@ -5,8 +5,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crossbeam_channel::{Receiver, Sender, bounded};
+
 use egui::{Color32, RichText, Sense, vec2};
 
 use super::InspectorApp;
@@ -26,6 +29,7 @@ enum Load {
     Predict {
         model: PathBuf,
         rows: Vec<(String, PathBuf)>,
+        cancel: Arc<AtomicBool>,
     },
 }
 
@@ -37,7 +41,10 @@ enum Loaded {
         image: Result<(egui::ColorImage, u32, u32), String>,
         mask: Option<Vec<u8>>,
     },
-    Predictions(Result<HashMap<String, Prediction>, String>),
+    /// (predictions, whether the run was cancelled before the end)
+    Predictions(Result<(HashMap<String, Prediction>, bool), String>),
+    /// Images predicted so far, of how many.
+    PredictProgress(usize, usize),
 }
 
 /// Disk writes, in order.
@@ -95,6 +102,10 @@ pub struct LabelView {
     pending_open: Option<(PathBuf, bool)>,
     /// The row whose "checked" mark the person toggled this frame.
     toggle_checked: Option<usize>,
+    /// (done, total, started) while "Predict with active model" runs.
+    predict_progress: Option<(usize, usize, std::time::Instant)>,
+    /// Set to stop the running prediction (it keeps what it has).
+    predict_cancel: Arc<AtomicBool>,
 }
 
 /// Sorts row indices by a key, strongest first, when `on` (the "mispredicted" filter lists
@@ -159,6 +170,8 @@ impl Default for LabelView {
             canvas: None,
             pending_open: None,
             toggle_checked: None,
+            predict_progress: None,
+            predict_cancel: Arc::new(AtomicBool::new(false)),
         }
     }
 }
@@ -205,8 +218,16 @@ impl LabelView {
                                     mask,
                                 }
                             }
-                            Load::Predict { model, rows } => {
-                                Loaded::Predictions(predict(&gpu, &model, &rows))
+                            Load::Predict {
+                                model,
+                                rows,
+                                cancel,
+                            } => {
+                                let progress = |done: usize, total: usize| {
+                                    let _ = otx.try_send(Loaded::PredictProgress(done, total));
+                                    ctx.request_repaint();
+                                };
+                                Loaded::Predictions(predict(&gpu, &model, &rows, &cancel, progress))
                             }
                         };
                         if otx.send(out).is_err() {
@@ -465,16 +486,24 @@ impl LabelView {
     }
 }
 
+/// Runs `rows` through `model`, reporting (done, total) after each image; stops early (keeping
+/// what it has) when `cancel` is set.
 fn predict(
     gpu: &super::Gpu,
     model: &std::path::Path,
     rows: &[(String, PathBuf)],
-) -> Result<HashMap<String, Prediction>, String> {
+    cancel: &AtomicBool,
+    progress: impl Fn(usize, usize),
+) -> Result<(HashMap<String, Prediction>, bool), String> {
     let (m, _) = crate::pipeline::load_model(model)?;
     let mut engine = kernels::Engine::new(&gpu.device, &gpu.queue, &m, 1, gpu.label.clone())
         .map_err(|e| e.to_string())?;
     let mut out = HashMap::new();
-    for (key, p) in rows {
+    for (done, (key, p)) in rows.iter().enumerate() {
+        if cancel.load(Ordering::Relaxed) {
+            return Ok((out, true));
+        }
+        progress(done, rows.len());
         let Ok(img) = crate::dataset::decode_image(p) else {
             continue;
         };
@@ -499,7 +528,7 @@ fn predict(
             );
         }
     }
-    Ok(out)
+    Ok((out, false))
 }
 
 pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
@@ -547,13 +576,26 @@ pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
                     }
                     Err(e) => v.status = format!("ERROR: cannot show this image: {e}"),
                 },
-                Loaded::Predictions(p) => match p {
-                    Ok(p) => {
-                        v.status = format!("predicted {} images with the active model", p.len());
-                        v.predictions = Some(p);
+                Loaded::Predictions(p) => {
+                    v.predict_progress = None;
+                    match p {
+                        Ok((p, cancelled)) => {
+                            v.status = if cancelled {
+                                format!("cancelled: kept the {} images predicted so far", p.len())
+                            } else {
+                                format!("predicted {} images with the active model", p.len())
+                            };
+                            v.predictions = Some(p);
+                        }
+                        Err(e) => v.status = format!("ERROR: {e}"),
                     }
-                    Err(e) => v.status = format!("ERROR: {e}"),
-                },
+                }
+                Loaded::PredictProgress(done, total) => {
+                    if let Some(p) = &mut v.predict_progress {
+                        p.0 = done;
+                        p.1 = total;
+                    }
+                }
             }
         }
     }
@@ -587,11 +629,34 @@ pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
                 .iter()
                 .map(|r| (r.path.clone(), set.root.join(&r.path)))
                 .collect();
-            let _ = tx.try_send(Load::Predict {
-                model: m.clone(),
-                rows,
-            });
-            v.status = "predicting…".into();
+            let cancel = Arc::new(AtomicBool::new(false));
+            if tx
+                .try_send(Load::Predict {
+                    model: m.clone(),
+                    rows,
+                    cancel: cancel.clone(),
+                })
+                .is_ok()
+            {
+                v.predict_cancel = cancel;
+                v.predict_progress = Some((0, set.rows.len(), std::time::Instant::now()));
+                v.status.clear();
+            }
+        }
+        if let Some((done, total, since)) = v.predict_progress {
+            let secs = since.elapsed().as_secs_f64().max(1e-3);
+            let rate = done as f64 / secs;
+            let eta = if rate > 0.0 {
+                format!("{:.0} s left", (total - done.min(total)) as f64 / rate)
+            } else {
+                "estimating…".into()
+            };
+            ui.label(format!(
+                "predicting {done}/{total} · {rate:.1} images/s · {eta}"
+            ));
+            if ui.button("Cancel prediction").clicked() {
+                v.predict_cancel.store(true, Ordering::Relaxed);
+            }
         }
     });
     if !v.status.is_empty() {
