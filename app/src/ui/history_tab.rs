@@ -873,22 +873,61 @@ fn charts(ui: &mut egui::Ui, res: &PageResult) {
         res.hourly.len(),
         out_of_control
     ));
-    ui.label(RichText::new("Defect Pareto (FAILs by class)").strong());
-    let bars: Vec<Bar> = res
-        .pareto
+    ui.label(
+        RichText::new("Defect Pareto (FAILs by class, most first; line: cumulative %)").strong(),
+    );
+    // Bars in falling order with the class names under them, and the cumulative share drawn
+    // on the same axis (100 % at the tallest bar's height).
+    let mut pareto = res.pareto.clone();
+    pareto.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let total: u64 = pareto.iter().map(|(_, n)| n).sum();
+    let top = pareto.first().map_or(1, |(_, n)| (*n).max(1)) as f64;
+    let bars: Vec<Bar> = pareto
         .iter()
         .enumerate()
         .map(|(i, (c, n))| Bar::new(i as f64, *n as f64).name(c))
         .collect();
+    let mut cum = 0u64;
+    let cumulative: Vec<[f64; 2]> = pareto
+        .iter()
+        .enumerate()
+        .map(|(i, (_, n))| {
+            cum += n;
+            [i as f64, top * cum as f64 / total.max(1) as f64]
+        })
+        .collect();
+    let names: Vec<String> = pareto.iter().map(|(c, _)| c.clone()).collect();
     Plot::new("pareto")
-        .height(140.0)
+        .height(160.0)
         .allow_scroll(false)
-        .show(ui, |p| p.bar_chart(BarChart::new("fails", bars)));
+        .x_axis_label("defect class")
+        .y_axis_label("FAILs")
+        .x_axis_formatter(move |mark, _| {
+            let i = mark.value.round();
+            if (mark.value - i).abs() < 1e-6 && i >= 0.0 {
+                names.get(i as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .show(ui, |p| {
+            p.bar_chart(BarChart::new("fails", bars));
+            p.line(
+                Line::new("cumulative %", PlotPoints::from(cumulative))
+                    .color(Color32::from_rgb(230, 160, 40)),
+            );
+        });
+    let mut cum = 0u64;
     ui.label(
-        res.pareto
+        pareto
             .iter()
-            .enumerate()
-            .map(|(i, (c, n))| format!("{i}: {c} {n}"))
+            .map(|(c, n)| {
+                cum += n;
+                format!(
+                    "{c} {n} ({:.0} % cumulative)",
+                    100.0 * cum as f64 / total.max(1) as f64
+                )
+            })
             .collect::<Vec<_>>()
             .join(" · "),
     );
@@ -903,9 +942,19 @@ fn charts(ui: &mut egui::Ui, res: &PageResult) {
                 .fill(Color32::from_rgb(0x43, 0xa0, 0x47))
         })
         .collect();
+    let shift_names: Vec<String> = shifts.iter().map(|(n, _)| n.clone()).collect();
     Plot::new("yield")
         .height(120.0)
         .allow_scroll(false)
+        .y_axis_label("yield %")
+        .x_axis_formatter(move |mark, _| {
+            let i = mark.value.round();
+            if (mark.value - i).abs() < 1e-6 && i >= 0.0 {
+                shift_names.get(i as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
         .show(ui, |p| p.bar_chart(BarChart::new("yield %", bars)));
     if let Some((name, y)) = shifts.last() {
         ui.label(format!("latest shift {name}: yield {y:.1}%"));
@@ -967,11 +1016,20 @@ fn details(
         r.latency_ms
     ));
     if let (Some(v), Some(why)) = (&r.override_verdict, &r.override_reason) {
+        let who = r
+            .override_by
+            .clone()
+            .filter(|w| !w.trim().is_empty())
+            .unwrap_or_else(|| "an unnamed operator".into());
+        let when = r
+            .override_at
+            .as_deref()
+            .filter(|t| !t.trim().is_empty())
+            .map(local_time)
+            .unwrap_or_else(|| "an unrecorded time".into());
         ui.label(format!(
-            "overridden to {} by {} at {}: {why}",
-            v.to_uppercase(),
-            r.override_by.clone().unwrap_or_default(),
-            r.override_at.clone().unwrap_or_default()
+            "overridden to {} by {who} at {when}: {why}",
+            v.to_uppercase()
         ));
     }
     match detail {
