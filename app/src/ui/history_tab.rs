@@ -825,26 +825,25 @@ fn charts(ui: &mut egui::Ui, res: &PageResult) {
             ]
         })
         .collect();
-    let ucl: Vec<[f64; 2]> = res
-        .hourly
-        .iter()
-        .map(|b| {
-            [
-                hours(b.hour_ms),
-                100.0 * history::p_chart_limits(pbar, b.total).1,
-            ]
-        })
-        .collect();
-    let lcl: Vec<[f64; 2]> = res
-        .hourly
-        .iter()
-        .map(|b| {
-            [
-                hours(b.hour_ms),
-                100.0 * history::p_chart_limits(pbar, b.total).0,
-            ]
-        })
-        .collect();
+    // Limits per hour (they depend on that hour's count) as steps one hour wide, so even a
+    // single hour shows them; the centre line spans the whole range.
+    let steps = |lower: bool| -> Vec<[f64; 2]> {
+        res.hourly
+            .iter()
+            .flat_map(|b| {
+                let (l, u) = history::p_chart_limits(pbar, b.total);
+                let y = 100.0 * if lower { l } else { u };
+                let x = hours(b.hour_ms);
+                [[x - 0.45, y], [x + 0.45, y]]
+            })
+            .collect()
+    };
+    let (ucl, lcl) = (steps(false), steps(true));
+    let span = (
+        rate.first().map_or(0.0, |p| p[0]) - 0.5,
+        rate.last().map_or(0.0, |p| p[0]) + 0.5,
+    );
+    let centre = vec![[span.0, 100.0 * pbar], [span.1, 100.0 * pbar]];
     let out_of_control = res
         .hourly
         .iter()
@@ -856,6 +855,25 @@ fn charts(ui: &mut egui::Ui, res: &PageResult) {
         .height(160.0)
         .allow_scroll(false)
         .legend(egui_plot::Legend::default())
+        .x_axis_label("hour (local time)")
+        .y_axis_label("reject %")
+        .include_x(span.0)
+        .include_x(span.1)
+        .include_y(0.0)
+        .x_axis_formatter(move |mark, _| {
+            let i = mark.value.round();
+            if (mark.value - i).abs() > 1e-6 {
+                return String::new();
+            }
+            let ms = t0 + (i as i64) * 3_600_000;
+            chrono::DateTime::from_timestamp_millis(ms)
+                .map(|t| {
+                    t.with_timezone(&chrono::Local)
+                        .format("%d %H:00")
+                        .to_string()
+                })
+                .unwrap_or_default()
+        })
         .show(ui, |p| {
             let red = Color32::from_rgb(0xe5, 0x39, 0x35);
             p.points(
@@ -864,11 +882,18 @@ fn charts(ui: &mut egui::Ui, res: &PageResult) {
                     .color(red),
             );
             p.line(Line::new("reject %", PlotPoints::from(rate)).color(red));
-            p.line(Line::new("UCL", PlotPoints::from(ucl)).color(Color32::GRAY));
-            p.line(Line::new("LCL", PlotPoints::from(lcl)).color(Color32::DARK_GRAY));
+            p.line(Line::new("centre line", PlotPoints::from(centre)).color(Color32::LIGHT_BLUE));
+            for (name, pts, colour) in [
+                ("UCL (3σ)", ucl, Color32::GRAY),
+                ("LCL (3σ)", lcl, Color32::DARK_GRAY),
+            ] {
+                for seg in pts.chunks(2) {
+                    p.line(Line::new(name, PlotPoints::from(seg.to_vec())).color(colour));
+                }
+            }
         });
     ui.label(format!(
-        "centre line {:.1}% over {} hours; {} hours above the upper limit (x = hours since the first)",
+        "centre line {:.1}% over {} hours; {} hours above the upper limit",
         100.0 * pbar,
         res.hourly.len(),
         out_of_control
