@@ -68,6 +68,25 @@ fn inspect_tab_shows_changing_verdicts_pause_stops_them_and_bad_models_are_refus
         }
     );
 
+    // Acknowledging an alarm leaves the other controls where they are (no jump under the
+    // pointer): the alarm strip keeps its height.
+    assert!(
+        step_until(&mut h, Duration::from_secs(120), |a| a.alarm.is_some()),
+        "no alarm (3 FAILs in a row) on the demo images"
+    );
+    h.step();
+    let before = h.get_by_label("Pause").rect();
+    h.get_by_label("Acknowledge").click();
+    h.step();
+    h.step();
+    if h.state().alarm.is_none() {
+        assert_eq!(
+            h.get_by_label("Pause").rect(),
+            before,
+            "the Pause button moved"
+        );
+    }
+
     // Pause stops inspection.
     h.get_by_label("Pause").click();
     h.step();

@@ -8,7 +8,12 @@ use super::{InspectorApp, Level};
 const PASS_GREEN: Color32 = Color32::from_rgb(0x1b, 0x8a, 0x3a);
 const FAIL_RED: Color32 = Color32::from_rgb(0xc6, 0x28, 0x28);
 
+/// Height kept for the alarm strip whether or not an alarm shows, so acknowledging one does not
+/// move the other controls under the operator's pointer.
+const ALARM_STRIP: f32 = 52.0;
+
 pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
+    let strip_top = ui.cursor().top();
     if let Some(alarm) = app.alarm.clone() {
         egui::Frame::new()
             .fill(FAIL_RED)
@@ -31,8 +36,9 @@ pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
                     }
                 });
             });
-        ui.add_space(6.0);
     }
+    let used = ui.cursor().top() - strip_top;
+    ui.add_space((ALARM_STRIP - used).max(0.0) + 6.0);
     if app.is_demo() {
         // Name the model that judges: it changes when another one is activated.
         let model = app
