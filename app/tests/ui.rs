@@ -60,10 +60,12 @@ fn inspect_tab_shows_changing_verdicts_pause_stops_them_and_bad_models_are_refus
         .seq
         > first + 2));
     let origin = h.state().last.as_ref().unwrap().origin.clone();
+    // (A reject's thumbnail may name the same frame.)
     assert!(
-        h.query_by_label_contains(&origin).is_some() || {
+        h.query_all_by_label_contains(&origin).next().is_some() || {
             h.step();
-            h.query_by_label_contains(&h.state().last.as_ref().unwrap().origin.clone())
+            h.query_all_by_label_contains(&h.state().last.as_ref().unwrap().origin.clone())
+                .next()
                 .is_some()
         }
     );
@@ -86,6 +88,36 @@ fn inspect_tab_shows_changing_verdicts_pause_stops_them_and_bad_models_are_refus
             "the Pause button moved"
         );
     }
+
+    // A last-reject thumbnail opens that reject (frame, heatmap, verdict) while inspection
+    // goes on, and its override acts on it.
+    let reject = h.state().counters.last_rejects.back().unwrap().clone();
+    let text = format!(
+        "{} {:.0}%\n{}",
+        reject.class,
+        100.0 * reject.confidence,
+        reject
+            .timestamp
+            .with_timezone(&chrono::Local)
+            .format("%H:%M:%S")
+    );
+    h.get_all_by_label(&text).next().unwrap().click();
+    h.step();
+    assert_eq!(h.state().opened_reject(), Some(reject.seq));
+    let seen = h.state().counters.inspected;
+    assert!(
+        step_until(&mut h, Duration::from_secs(60), |a| a.counters.inspected
+            > seen + 1),
+        "inspection stopped while a reject was open"
+    );
+    h.step();
+    h.get_by_label("Override this verdict…").click();
+    h.step();
+    assert_eq!(h.state().opened_reject(), None);
+    assert_eq!(h.state().override_target().map(|t| t.0), Some(reject.seq));
+    h.get_by_label("Cancel").click();
+    h.step();
+    assert!(h.state().override_target().is_none());
 
     // Pause stops inspection.
     h.get_by_label("Pause").click();

@@ -13,6 +13,7 @@ const FAIL_RED: Color32 = Color32::from_rgb(0xc6, 0x28, 0x28);
 const ALARM_STRIP: f32 = 52.0;
 
 pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
+    reject_window(app, ui);
     let strip_top = ui.cursor().top();
     if let Some(alarm) = app.alarm.clone() {
         egui::Frame::new()
@@ -378,21 +379,48 @@ fn reject_strip(app: &mut InspectorApp, ui: &mut egui::Ui) {
             if app.counters.last_rejects.is_empty() {
                 ui.label("none yet");
             }
+            let mut open = None;
             for v in app.counters.last_rejects.iter().rev() {
-                ui.vertical(|ui| {
-                    if let Some(t) = app.thumbs.get(&v.seq) {
-                        ui.add(egui::Image::new(t).max_size(vec2(96.0, 96.0)));
-                    }
-                    ui.label(
-                        RichText::new(format!(
-                            "{} {:.0}%\n{}",
-                            v.class,
-                            100.0 * v.confidence,
-                            v.timestamp.with_timezone(&chrono::Local).format("%H:%M:%S")
-                        ))
-                        .size(11.0),
-                    );
-                });
+                let clicked = ui
+                    .vertical(|ui| {
+                        let mut clicked = false;
+                        if let Some(t) = app.thumbs.get(&v.seq) {
+                            clicked |= ui
+                                .add(
+                                    egui::Image::new(t)
+                                        .max_size(vec2(96.0, 96.0))
+                                        .sense(Sense::click()),
+                                )
+                                .on_hover_text(format!("open {}", v.origin))
+                                .clicked();
+                        }
+                        // Not selectable text: a click opens the reject.
+                        clicked |= ui
+                            .add(
+                                egui::Label::new(
+                                    RichText::new(format!(
+                                        "{} {:.0}%\n{}",
+                                        v.class,
+                                        100.0 * v.confidence,
+                                        v.timestamp
+                                            .with_timezone(&chrono::Local)
+                                            .format("%H:%M:%S")
+                                    ))
+                                    .size(11.0),
+                                )
+                                .selectable(false)
+                                .sense(Sense::click()),
+                            )
+                            .clicked();
+                        clicked
+                    })
+                    .inner;
+                if clicked {
+                    open = Some(v.clone());
+                }
+            }
+            if let Some(v) = open {
+                app.open_reject(v);
             }
         });
     });
@@ -479,5 +507,66 @@ fn live_view(app: &mut InspectorApp, ui: &mut egui::Ui) {
                 app.notify(Level::Warning, "ROI too small: drag a larger rectangle");
             }
         }
+    }
+}
+
+/// The reject opened from the "Last rejects" strip: frame with its heatmap, the verdict, and
+/// an override that acts on this reject (inspection goes on meanwhile).
+fn reject_window(app: &mut InspectorApp, ui: &mut egui::Ui) {
+    let Some(r) = &app.opened_reject else { return };
+    let v = r.verdict.clone();
+    let (frame, heat) = (r.frame.clone(), r.heat.clone());
+    let mut open = true;
+    let mut override_it = false;
+    egui::Window::new(format!("Reject {}", v.origin))
+        .open(&mut open)
+        .collapsible(false)
+        .default_width(520.0)
+        .show(ui.ctx(), |ui| {
+            ui.label(
+                RichText::new(format!(
+                    "{} {} {:.0}% · score {:.3} · threshold {:.3} · {}",
+                    v.word().to_uppercase(),
+                    v.class,
+                    100.0 * v.confidence,
+                    v.score,
+                    v.threshold,
+                    v.timestamp.with_timezone(&chrono::Local).format("%H:%M:%S")
+                ))
+                .strong(),
+            );
+            if let Some(f) = &frame {
+                let (iw, ih) = (v.image.width as f32, v.image.height as f32);
+                let scale = (500.0 / iw).min(360.0 / ih);
+                let (rect, _) =
+                    ui.allocate_exact_size(vec2(iw * scale, ih * scale), Sense::hover());
+                let uv = egui::Rect::from_min_max(pos2(0.0, 0.0), pos2(1.0, 1.0));
+                let painter = ui.painter_at(rect);
+                painter.image(f.id(), rect, uv, Color32::WHITE);
+                if let Some(h) = &heat {
+                    let roi = v.roi;
+                    let at = |x: u32, y: u32| {
+                        pos2(rect.min.x + x as f32 * scale, rect.min.y + y as f32 * scale)
+                    };
+                    let roi_rect = egui::Rect::from_min_max(
+                        at(roi.x, roi.y),
+                        at(roi.x + roi.width, roi.y + roi.height),
+                    );
+                    let a = (app.settings.heatmap_opacity.clamp(0.0, 1.0) * 255.0) as u8;
+                    painter.image(h.id(), roi_rect, uv, Color32::from_white_alpha(a));
+                }
+            } else {
+                ui.label("(no image kept for this frame)");
+            }
+            if ui.button("Override this verdict…").clicked() {
+                override_it = true;
+            }
+        });
+    if override_it {
+        app.open_override_for(v);
+        open = false;
+    }
+    if !open {
+        app.opened_reject = None;
     }
 }

@@ -210,6 +210,13 @@ struct OverrideTarget {
     thumb: Option<egui::TextureHandle>,
 }
 
+/// A reject opened from the "Last rejects" strip.
+pub(crate) struct OpenedReject {
+    pub(crate) verdict: Arc<Verdict>,
+    pub(crate) frame: Option<egui::TextureHandle>,
+    pub(crate) heat: Option<egui::TextureHandle>,
+}
+
 /// What a model file says about itself: its validation figures at its own threshold, from the
 /// training record (`training.summary`) the trainer writes into the model spec.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -344,6 +351,8 @@ pub struct InspectorApp {
     override_reason: String,
     /// The frame the open override form acts on (None = the form is closed).
     override_target: Option<OverrideTarget>,
+    /// The reject open in its own window.
+    pub(crate) opened_reject: Option<OpenedReject>,
     roi_edit: bool,
     roi_drag: Option<egui::Pos2>,
     roi_drag_end: Option<egui::Pos2>,
@@ -416,6 +425,7 @@ impl InspectorApp {
             overridden: HashMap::new(),
             override_reason: String::new(),
             override_target: None,
+            opened_reject: None,
             roi_edit: false,
             roi_drag: None,
             roi_drag_end: None,
@@ -619,6 +629,40 @@ impl InspectorApp {
             self.notify(Level::Warning, "there is no verdict to override yet");
             return;
         };
+        self.open_override_for(v);
+    }
+
+    /// Opens a reject from the "Last rejects" strip: its frame, heatmap and verdict in a window
+    /// of their own, while inspection goes on.
+    pub fn open_reject(&mut self, v: Arc<Verdict>) {
+        let opts = egui::TextureOptions::LINEAR;
+        let (frame, heat) = match v.display.as_ref() {
+            Some(d) => (
+                Some(
+                    self.ctx
+                        .load_texture(format!("reject-{}", v.seq), d.frame.clone(), opts),
+                ),
+                Some(
+                    self.ctx
+                        .load_texture(format!("reject-heat-{}", v.seq), d.heat.clone(), opts),
+                ),
+            ),
+            None => (None, None),
+        };
+        self.opened_reject = Some(OpenedReject {
+            verdict: v,
+            frame,
+            heat,
+        });
+    }
+
+    /// The reject open in its window (sequence number), if any.
+    pub fn opened_reject(&self) -> Option<u64> {
+        self.opened_reject.as_ref().map(|r| r.verdict.seq)
+    }
+
+    /// Opens the override form on verdict `v` (captured now: later frames do not change it).
+    pub fn open_override_for(&mut self, v: Arc<Verdict>) {
         let thumb = v.display.as_ref().map(|d| {
             let img = d.thumb.clone().unwrap_or_else(|| d.frame.clone());
             self.ctx.load_texture(
