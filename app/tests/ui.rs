@@ -364,4 +364,22 @@ fn history_tab_filters_and_exports() {
         h.query_by_label_contains(&format!("exported {fails} rows"))
             .is_some()
     );
+    // Sending a reject to the Label tab with no dataset open there says so and offers one.
+    let origin = h.state().history.result.as_ref().unwrap().rows[0]
+        .origin
+        .clone();
+    h.get_all_by_label(&origin).next().unwrap().click();
+    // Let the details (and their archived image, loaded on a worker) settle: the button
+    // sits below the image.
+    step_until(&mut h, Duration::from_secs(2), |_| false);
+    assert!(h.query_by_label_contains(&format!("{origin} — ")).is_some());
+    h.get_by_label("Send to the Label tab's dataset").click();
+    h.run_steps(2);
+    assert!(
+        h.query_by_label("No dataset is open in the Label tab.")
+            .is_some()
+    );
+    h.get_by_label("Open one in the Label tab").click();
+    h.run_steps(2);
+    assert_eq!(h.state().tab, Tab::Label);
 }

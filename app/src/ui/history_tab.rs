@@ -65,6 +65,8 @@ struct Worker {
 /// The tab's state.
 pub struct HistoryView {
     worker: Option<Worker>,
+    /// "Send to the Label tab" was pressed with no dataset open there: say so and offer one.
+    pub needs_dataset: bool,
     /// Index into the time ranges.
     pub range: usize,
     custom_since: String,
@@ -111,6 +113,7 @@ impl Default for HistoryView {
     fn default() -> Self {
         Self {
             worker: None,
+            needs_dataset: false,
             range: 1,
             custom_since: String::new(),
             custom_until: String::new(),
@@ -602,6 +605,7 @@ pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
     let mut override_req = None;
     let mut send = false;
     let can_send = app.label.set.is_some();
+    let mut open_label = false;
     egui::Panel::right("history-charts")
         .resizable(false)
         .exact_size(420.0)
@@ -609,24 +613,38 @@ pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
             egui::ScrollArea::vertical()
                 .id_salt("charts")
                 .show(ui, |ui| {
-                    charts(ui, res);
+                    // The open row's details come first, beside the table, above the charts.
                     if let Some(sel) = &h.selected {
-                        ui.separator();
+                        if ui
+                            .add_enabled(
+                                sel.image_path.is_some(),
+                                egui::Button::new("Send to the Label tab's dataset"),
+                            )
+                            .on_disabled_hover_text("only archived frames can be sent")
+                            .clicked()
+                        {
+                            if can_send {
+                                send = true;
+                            } else {
+                                h.needs_dataset = true;
+                            }
+                        }
+                        if h.needs_dataset && !can_send {
+                            ui.horizontal_wrapped(|ui| {
+                                ui.label(
+                                    RichText::new("No dataset is open in the Label tab.")
+                                        .color(ui.visuals().warn_fg_color),
+                                );
+                                if ui.button("Open one in the Label tab").clicked() {
+                                    open_label = true;
+                                }
+                            });
+                        }
                         override_req =
-                        details(ui, sel, h.detail.as_ref(), h.detail_dims, &mut h.reason);
-                    if ui
-                        .add_enabled(
-                            can_send && sel.image_path.is_some(),
-                            egui::Button::new("Send to the Label tab's dataset"),
-                        )
-                        .on_disabled_hover_text(
-                            "open a dataset in the Label tab first; only archived frames can be sent",
-                        )
-                        .clicked()
-                    {
-                        send = true;
+                            details(ui, sel, h.detail.as_ref(), h.detail_dims, &mut h.reason);
+                        ui.separator();
                     }
-                    }
+                    charts(ui, res);
                 });
         });
     egui::CentralPanel::default().show(ui, |ui| {
@@ -696,6 +714,16 @@ pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
                 });
         });
     });
+    if open_label {
+        app.history.needs_dataset = false;
+        app.tab = super::Tab::Label;
+        app.notify(
+            Level::Info,
+            "open or create a dataset here, then send the frame from History again",
+        );
+        return;
+    }
+    let h = &mut app.history;
     if send
         && let (Some(sel), Some(set)) = (h.selected.clone(), app.label.set.as_mut())
         && let Some(img) = &sel.image_path
