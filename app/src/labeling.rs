@@ -293,12 +293,8 @@ pub fn read_mask(path: &Path, width: u32, height: u32) -> Option<Vec<u8>> {
     } else {
         buf
     };
-    Some(
-        buf.into_raw()
-            .into_iter()
-            .map(|v| if v > 127 { 255 } else { 0 })
-            .collect(),
-    )
+    // The values as stored: soft (anti-aliased) edges survive an edit, an undo and a save.
+    Some(buf.into_raw())
 }
 
 use image::ImageEncoder as _;
@@ -343,6 +339,15 @@ mod tests {
         write_mask(&p, 4, 3, &mask).unwrap();
         assert_eq!(read_mask(&p, 4, 3).unwrap(), mask);
         assert_eq!(read_mask(&p, 8, 6).unwrap().len(), 48);
+    }
+
+    #[test]
+    fn masks_keep_their_soft_edges() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.png");
+        let values = vec![0, 64, 128, 255, 200, 1];
+        write_mask(&p, 3, 2, &values).unwrap();
+        assert_eq!(read_mask(&p, 3, 2), Some(values));
     }
 
     #[test]

@@ -102,6 +102,8 @@ pub struct LabelView {
     pending_open: Option<(PathBuf, bool)>,
     /// The row whose "checked" mark the person toggled this frame.
     toggle_checked: Option<usize>,
+    /// Where the brush was last frame during a stroke (image pixels).
+    last_brush: Option<(f32, f32)>,
     /// (done, total, started) while "Predict with active model" runs.
     predict_progress: Option<(usize, usize, std::time::Instant)>,
     /// Set to stop the running prediction (it keeps what it has).
@@ -170,6 +172,7 @@ impl Default for LabelView {
             canvas: None,
             pending_open: None,
             toggle_checked: None,
+            last_brush: None,
             predict_progress: None,
             predict_cancel: Arc::new(AtomicBool::new(false)),
         }
@@ -891,6 +894,45 @@ fn grid(v: &mut LabelView, ui: &mut egui::Ui, visible: &[usize]) {
     }
 }
 
+/// Paints the brush along the segment `from` → `to` (image pixels) of a `w`×`h` mask, in
+/// stamps at most half a radius apart.
+fn stroke(
+    data: &mut [u8],
+    (w, h): (u32, u32),
+    from: (f32, f32),
+    to: (f32, f32),
+    rad: f32,
+    value: u8,
+) {
+    let dist = ((to.0 - from.0).powi(2) + (to.1 - from.1).powi(2)).sqrt();
+    let stamps = (dist / (rad * 0.5).max(0.5)).ceil().max(1.0) as usize;
+    for s in 1..=stamps {
+        let t = s as f32 / stamps as f32;
+        let (x, y) = (from.0 + (to.0 - from.0) * t, from.1 + (to.1 - from.1) * t);
+        stamp(data, w, h, x, y, rad, value);
+    }
+}
+
+/// Paints a disc of radius `rad` at (`cx`, `cy`) (image pixels) into a `w`×`h` mask.
+fn stamp(data: &mut [u8], w: u32, h: u32, cx: f32, cy: f32, rad: f32, value: u8) {
+    let (x0, x1) = (
+        (cx - rad).floor().max(0.0) as u32,
+        ((cx + rad).ceil().max(0.0) as u32).min(w),
+    );
+    let (y0, y1) = (
+        (cy - rad).floor().max(0.0) as u32,
+        ((cy + rad).ceil().max(0.0) as u32).min(h),
+    );
+    for y in y0..y1 {
+        for x in x0..x1 {
+            let (dx, dy) = (x as f32 + 0.5 - cx, y as f32 + 0.5 - cy);
+            if dx * dx + dy * dy <= rad * rad {
+                data[(y * w + x) as usize] = value;
+            }
+        }
+    }
+}
+
 fn big_view(v: &mut LabelView, ui: &mut egui::Ui) {
     v.canvas = None;
     let Some(set) = &v.set else { return };
@@ -1035,6 +1077,7 @@ fn big_view(v: &mut LabelView, ui: &mut egui::Ui) {
     if resp.drag_started() || (resp.clicked() && !resp.dragged()) {
         v.undo
             .push(Undo::Mask(m.row, m.data.clone(), r.mask.clone()));
+        v.last_brush = None;
     }
     if (resp.dragged() || resp.clicked())
         && let Some(p) = resp.interact_pointer_pos()
@@ -1042,24 +1085,16 @@ fn big_view(v: &mut LabelView, ui: &mut egui::Ui) {
         let (cx, cy) = ((p.x - rect.min.x) / scale, (p.y - rect.min.y) / scale);
         let rad = v.brush;
         let value = if v.paint { 255 } else { 0 };
-        let (x0, x1) = (
-            (cx - rad).floor().max(0.0) as u32,
-            ((cx + rad).ceil() as u32).min(w),
-        );
-        let (y0, y1) = (
-            (cy - rad).floor().max(0.0) as u32,
-            ((cy + rad).ceil() as u32).min(h),
-        );
-        for y in y0..y1 {
-            for x in x0..x1 {
-                let (dx, dy) = (x as f32 + 0.5 - cx, y as f32 + 0.5 - cy);
-                if dx * dx + dy * dy <= rad * rad {
-                    m.data[(y * w + x) as usize] = value;
-                }
-            }
-        }
+        // A continuous stroke: stamp the brush along the segment from the last position, at
+        // most half a radius apart (pointer events arrive far apart on a fast drag).
+        let from = v.last_brush.unwrap_or((cx, cy));
+        stroke(&mut m.data, (w, h), from, (cx, cy), rad, value);
+        v.last_brush = Some((cx, cy));
         m.tex = None;
         m.changed = true;
+    }
+    if resp.drag_stopped() {
+        v.last_brush = None;
     }
     if m.tex.is_none() {
         let px: Vec<Color32> = m
@@ -1106,6 +1141,23 @@ mod tests {
             class: class.into(),
             probabilities: vec![("bad".into(), 1.0 - p_good), ("good".into(), p_good)],
         }
+    }
+
+    /// A stroke from one side to the other paints a continuous line, not separate dots.
+    #[test]
+    fn a_stroke_is_continuous() {
+        let (w, h) = (100u32, 20u32);
+        let mut data = vec![0u8; (w * h) as usize];
+        // Two pointer positions 90 px apart, as a fast drag delivers them.
+        stroke(&mut data, (w, h), (5.0, 10.0), (5.0, 10.0), 3.0, 255);
+        stroke(&mut data, (w, h), (5.0, 10.0), (95.0, 10.0), 3.0, 255);
+        for x in 5..95 {
+            assert_eq!(data[(10 * w + x) as usize], 255, "gap at x = {x}");
+        }
+        // Erasing the same stroke (first event, then the jump) clears it.
+        stroke(&mut data, (w, h), (5.0, 10.0), (5.0, 10.0), 3.0, 0);
+        stroke(&mut data, (w, h), (5.0, 10.0), (95.0, 10.0), 3.0, 0);
+        assert!(data.iter().all(|&p| p == 0));
     }
 
     /// The "mispredicted" filter lists only images whose predicted class differs from the
