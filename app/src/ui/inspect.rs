@@ -156,6 +156,37 @@ pub fn station_state(app: &InspectorApp) -> Option<(&'static str, String)> {
     }
 }
 
+/// The big coloured banner: a word readable from two metres, a detail line, then `more`.
+fn banner_frame(
+    ui: &mut egui::Ui,
+    fill: Color32,
+    (word, word_size): (&str, f32),
+    (detail, detail_size): (String, f32),
+    more: impl FnOnce(&mut egui::Ui),
+) {
+    egui::Frame::new()
+        .fill(fill)
+        .inner_margin(12.0)
+        .corner_radius(8.0)
+        .show(ui, |ui| {
+            ui.set_min_width(ui.available_width());
+            ui.vertical_centered(|ui| {
+                ui.label(
+                    RichText::new(word)
+                        .size(word_size)
+                        .strong()
+                        .color(Color32::WHITE),
+                );
+                ui.label(
+                    RichText::new(detail)
+                        .size(detail_size)
+                        .color(Color32::WHITE),
+                );
+                more(ui);
+            });
+        });
+}
+
 fn banner(app: &InspectorApp, ui: &mut egui::Ui) {
     if let Some((word, detail)) = station_state(app) {
         let fill = match word {
@@ -163,34 +194,20 @@ fn banner(app: &InspectorApp, ui: &mut egui::Ui) {
             "NO SIGNAL" => Color32::from_rgb(170, 110, 0),
             _ => Color32::from_rgb(70, 70, 70),
         };
-        egui::Frame::new()
-            .fill(fill)
-            .inner_margin(12.0)
-            .corner_radius(8.0)
-            .show(ui, |ui| {
-                ui.set_min_width(ui.available_width());
-                ui.vertical_centered(|ui| {
-                    ui.label(
-                        RichText::new(word)
-                            .size(64.0)
-                            .strong()
-                            .color(Color32::WHITE),
-                    );
-                    ui.label(RichText::new(detail).size(18.0).color(Color32::WHITE));
-                    if let Some(v) = &app.last {
-                        ui.label(
-                            RichText::new(format!(
-                                "last verdict: {} {} ({})",
-                                v.word().to_uppercase(),
-                                v.class,
-                                v.origin
-                            ))
-                            .size(13.0)
-                            .color(Color32::from_gray(230)),
-                        );
-                    }
-                });
-            });
+        banner_frame(ui, fill, (word, 64.0), (detail, 18.0), |ui| {
+            if let Some(v) = &app.last {
+                ui.label(
+                    RichText::new(format!(
+                        "last verdict: {} {} ({})",
+                        v.word().to_uppercase(),
+                        v.class,
+                        v.origin
+                    ))
+                    .size(13.0)
+                    .color(Color32::from_gray(230)),
+                );
+            }
+        });
         return;
     }
     let (fill, word, detail) = match &app.last {
@@ -217,40 +234,26 @@ fn banner(app: &InspectorApp, ui: &mut egui::Ui) {
             "no frame inspected yet".into(),
         ),
     };
-    egui::Frame::new()
-        .fill(fill)
-        .inner_margin(12.0)
-        .corner_radius(8.0)
-        .show(ui, |ui| {
-            ui.set_min_width(ui.available_width());
-            ui.vertical_centered(|ui| {
-                ui.label(
-                    RichText::new(word)
-                        .size(72.0)
-                        .strong()
-                        .color(Color32::WHITE),
-                );
-                ui.label(RichText::new(detail).size(26.0).color(Color32::WHITE));
-                if let Some(v) = &app.last {
-                    let own = app.settings.threshold.is_none();
-                    ui.label(
-                        RichText::new(format!(
-                            "score {:.3} · threshold {:.3} ({})",
-                            v.score,
-                            v.threshold,
-                            if own { "model's" } else { "set by engineer" }
-                        ))
-                        .size(16.0)
-                        .color(Color32::WHITE),
-                    );
-                    ui.label(
-                        RichText::new(v.origin.to_string())
-                            .size(13.0)
-                            .color(Color32::from_gray(230)),
-                    );
-                }
-            });
-        });
+    banner_frame(ui, fill, (word, 72.0), (detail, 26.0), |ui| {
+        if let Some(v) = &app.last {
+            let own = app.settings.threshold.is_none();
+            ui.label(
+                RichText::new(format!(
+                    "score {:.3} · threshold {:.3} ({})",
+                    v.score,
+                    v.threshold,
+                    if own { "model's" } else { "set by engineer" }
+                ))
+                .size(16.0)
+                .color(Color32::WHITE),
+            );
+            ui.label(
+                RichText::new(v.origin.to_string())
+                    .size(13.0)
+                    .color(Color32::from_gray(230)),
+            );
+        }
+    });
 }
 
 fn override_form(app: &mut InspectorApp, ui: &mut egui::Ui) {
