@@ -126,32 +126,18 @@ pub fn forward_tensor_in(model: &Model, input: Vec<f64>, content: (u32, u32)) ->
             (values, class_index)
         }
     };
-    let inp = &model.spec.input;
-    // The content's own size stands in for the region (content_size of it is itself).
-    let full = Heatmap {
-        width: hs.w,
-        height: hs.h,
-        class_index,
-        values,
-    };
-    let heatmap = if content == (inp.width, inp.height) {
-        full
-    } else {
-        let (vw, vh) = (
-            crate::valid_cells(content.0, hs.w, inp.width),
-            crate::valid_cells(content.1, hs.h, inp.height),
-        );
+    // The engine's crop: the content's own size stands in for the region (`content_size` of
+    // a content size is itself).
+    let heatmap = crate::crop_heatmap(
+        &model.spec.input,
+        content,
         Heatmap {
-            width: vw,
-            height: vh,
+            width: hs.w,
+            height: hs.h,
             class_index,
-            values: (0..vh as usize)
-                .flat_map(|y| {
-                    full.values[y * hs.w as usize..y * hs.w as usize + vw as usize].to_vec()
-                })
-                .collect(),
-        }
-    };
+            values,
+        },
+    );
     Inference {
         probabilities,
         heatmap,

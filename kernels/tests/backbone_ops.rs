@@ -188,6 +188,11 @@ fn fit_keeps_the_aspect_ratio_and_the_pool_ignores_the_padding() {
     assert_eq!(spec.input.content_size(100, 300), (11, 32));
     assert_eq!(spec.input.content_size(5, 5), (32, 32));
     assert_eq!(spec.input.content_size(1000, 1), (32, 1));
+    // A content size is its own content size (the reference crops heatmaps with it).
+    for (w, h) in [(300, 100), (100, 300), (7, 5), (1000, 1)] {
+        let c = spec.input.content_size(w, h);
+        assert_eq!(spec.input.content_size(c.0, c.1), c);
+    }
     assert_eq!(kernels::valid_cells(11, 8, 32), 3);
     assert_eq!(kernels::valid_cells(32, 8, 32), 8);
     // A wide frame: the reference input is zero below the content rows.

@@ -110,21 +110,6 @@ pub struct LabelView {
     predict_cancel: Arc<AtomicBool>,
 }
 
-/// Sorts row indices by a key, strongest first, when `on` (the "mispredicted" filter lists
-/// the strongest disagreements first).
-trait TapSort {
-    fn tap_sort(self, on: bool, key: impl Fn(usize) -> f32) -> Self;
-}
-
-impl TapSort for Vec<usize> {
-    fn tap_sort(mut self, on: bool, key: impl Fn(usize) -> f32) -> Self {
-        if on {
-            self.sort_by(|&a, &b| key(b).total_cmp(&key(a)).then(a.cmp(&b)));
-        }
-        self
-    }
-}
-
 /// What the active model says about one image.
 #[derive(Clone, Debug)]
 pub struct Prediction {
@@ -333,7 +318,7 @@ impl LabelView {
         let Some(set) = &self.set else {
             return Vec::new();
         };
-        (0..set.rows.len())
+        let mut rows: Vec<usize> = (0..set.rows.len())
             .filter(|&i| {
                 let r = &set.rows[i];
                 match self.filter {
@@ -350,8 +335,13 @@ impl LabelView {
                     _ => true,
                 }
             })
-            .collect::<Vec<_>>()
-            .tap_sort(self.filter == 4, |i| self.disagreement_of(set, i))
+            .collect();
+        if self.filter == 4 {
+            // The strongest disagreement with the label first.
+            let key = |i: usize| self.disagreement_of(set, i);
+            rows.sort_by(|&a, &b| key(b).total_cmp(&key(a)).then(a.cmp(&b)));
+        }
+        rows
     }
 
     /// How strongly the active model disagrees with row `i`'s label (0 without a prediction).
