@@ -135,6 +135,12 @@ impl BurnModel {
     /// that a relu follows (a conv without one scores positions and keeps its raw scale).
     pub fn init(spec: &ModelSpec, batch_norm: bool, device: &Device) -> anyhow::Result<Self> {
         let plan = spec.validate()?;
+        anyhow::ensure!(
+            !spec.is_anomaly(),
+            "{:?} is an anomaly model: its memory bank is built from features (train_anomaly), \
+             not a burn network",
+            spec.name
+        );
         let blocks = spec
             .layers
             .iter()
@@ -201,6 +207,7 @@ impl BurnModel {
                 } => Block::Linear(
                     LinearConfig::new(in_features as usize, out_features as usize).init(device),
                 ),
+                Layer::MemoryBank { .. } => unreachable!("anomaly models are refused above"),
             })
             .collect();
         Ok(Self { blocks })

@@ -45,6 +45,11 @@ enum Params {
     Linear(ops::linear::Params),
     Softmax(ops::softmax::Params),
     Cam(ops::cam_heatmap::Params),
+    BankDistance {
+        p: ops::bank::DistanceParams,
+        per_image: u32,
+    },
+    BankScore(ops::bank::ScoreParams),
 }
 
 impl Params {
@@ -68,6 +73,11 @@ impl Params {
                 p.batch = n;
                 p.out_offset = n * classes;
             }
+            Self::BankDistance { p, per_image } => p.positions = n * *per_image,
+            Self::BankScore(p) => {
+                p.batch = n;
+                p.heat_offset = n * classes;
+            }
         }
     }
 
@@ -85,6 +95,8 @@ impl Params {
             Self::Linear(p) => bytemuck::bytes_of(p),
             Self::Softmax(p) => bytemuck::bytes_of(p),
             Self::Cam(p) => bytemuck::bytes_of(p),
+            Self::BankDistance { p, .. } => bytemuck::bytes_of(p),
+            Self::BankScore(p) => bytemuck::bytes_of(p),
         }
     }
 
@@ -103,6 +115,8 @@ impl Params {
             Self::Linear(p) => ops::linear::workgroups(p),
             Self::Softmax(p) => ops::softmax::workgroups(p),
             Self::Cam(p) => ops::cam_heatmap::workgroups(p),
+            Self::BankDistance { p, .. } => ops::bank::distance_workgroups(p),
+            Self::BankScore(p) => ops::bank::score_workgroups(p),
         }
     }
 
@@ -127,6 +141,8 @@ impl Params {
             Self::Linear(_) => &k.linear,
             Self::Softmax(_) => &k.softmax,
             Self::Cam(_) => &k.cam_heatmap,
+            Self::BankDistance { .. } => &k.bank_distance,
+            Self::BankScore(_) => &k.bank_score,
         }
     }
 }
@@ -144,6 +160,7 @@ enum Bind {
     IsPass,
     Output,
     HeatClass,
+    Scratch,
 }
 
 /// One dispatch: its parameters, their uniform buffer, what it binds and its bind group.
@@ -180,6 +197,7 @@ struct Buffers<'a> {
     is_pass: &'a wgpu::Buffer,
     output: &'a wgpu::Buffer,
     heat_class: &'a wgpu::Buffer,
+    scratch: &'a wgpu::Buffer,
 }
 
 impl Buffers<'_> {
@@ -195,6 +213,7 @@ impl Buffers<'_> {
             Bind::IsPass => self.is_pass,
             Bind::Output => self.output,
             Bind::HeatClass => self.heat_class,
+            Bind::Scratch => self.scratch,
         }
     }
 
@@ -478,6 +497,8 @@ impl Engine {
         let mut linear_weights: Option<usize> = None;
         let mut heat_features: Option<usize> = None;
         let mut defect_pool = false;
+        let mut scratch: Option<wgpu::Buffer> = None;
+        let mut bank_head = false;
         for (i, layer) in layers.iter().enumerate() {
             let cur = layer_act.last().copied().unwrap_or(0);
             let out_shape = plan.shapes[i + 1];
@@ -768,6 +789,95 @@ impl Engine {
                     });
                     layer_act.push(cur);
                 }
+                Layer::MemoryBank {
+                    entries,
+                    features: nf,
+                    neighbors,
+                } => {
+                    let Some(w) = &model.weights[i] else {
+                        unreachable!("validated model")
+                    };
+                    let a = &acts[cur];
+                    debug_assert_eq!(a.border, 0, "a memory bank's input has no border");
+                    let hw = a.h * a.w;
+                    let packed = ops::bank::pack_bank(&w.weight, entries as usize, nf as usize);
+                    let bank_bytes = packed.len() as u64 * 4;
+                    if bank_bytes > limit {
+                        return Err(EngineError::TooLargeForDevice {
+                            what: format!("the memory bank ({entries} entries × {nf} features)"),
+                            bytes: bank_bytes,
+                            limit,
+                        });
+                    }
+                    let wi = add_weights(device, format!("kernels::{label}::bank"), &packed);
+                    let bi = add_weights(device, format!("kernels::{label}::calibration"), &w.bias);
+                    let (slices, slice_len) = ops::bank::slicing(entries);
+                    scratch = Some(storage(
+                        device,
+                        "kernels::bank_partial",
+                        max_batch as u64 * hw as u64 * slices as u64 * 8,
+                        limit,
+                    )?);
+                    features = Some(storage(device, "kernels::features", 16, limit)?);
+                    logits = Some(storage(
+                        device,
+                        "kernels::logits",
+                        max_batch as u64 * classes as u64 * 4,
+                        limit,
+                    )?);
+                    heat_features = Some(cur);
+                    linear_weights = Some(wi);
+                    // No CAM: the heatmap is the score map; softmax picks the anomaly class.
+                    defect_pool = true;
+                    bank_head = true;
+                    let dist = Params::BankDistance {
+                        p: ops::bank::DistanceParams {
+                            positions: max_batch * hw,
+                            c4: a.c4,
+                            entries,
+                            slice_len,
+                            slices,
+                            _pad: [0; 3],
+                        },
+                        per_image: hw,
+                    };
+                    steps.push(Step {
+                        uniform: uniform(&format!("kernels::{label}.distance::params"), &dist),
+                        label: format!("{label}.distance"),
+                        params: dist,
+                        binds: vec![Bind::Act(cur), Bind::Weights(wi), Bind::Scratch],
+                        bind_group: None,
+                    });
+                    let score = Params::BankScore(ops::bank::ScoreParams {
+                        batch: max_batch,
+                        h: a.h,
+                        w: a.w,
+                        c4: a.c4,
+                        entries,
+                        slices,
+                        neighbors,
+                        heat_offset: max_batch * classes,
+                        in_w: inp.width,
+                        in_h: inp.height,
+                        _pad: [0; 2],
+                    });
+                    steps.push(Step {
+                        uniform: uniform(&format!("kernels::{label}.score::params"), &score),
+                        label: format!("{label}.score"),
+                        params: score,
+                        binds: vec![
+                            Bind::Act(cur),
+                            Bind::Weights(wi),
+                            Bind::Scratch,
+                            Bind::Content,
+                            Bind::Weights(bi),
+                            Bind::Logits,
+                            Bind::Output,
+                        ],
+                        bind_group: None,
+                    });
+                    layer_act.push(cur);
+                }
                 Layer::Linear {
                     in_features,
                     out_features,
@@ -829,6 +939,10 @@ impl Engine {
         };
         let out_bytes = max_batch as u64 * (classes + heat_len) as u64 * 4;
         let output = storage(device, "kernels::output", out_bytes, limit)?;
+        let scratch = match scratch {
+            Some(b) => b,
+            None => storage(device, "kernels::scratch", 16, limit)?,
+        };
         let heat_class = storage(device, "kernels::heat_class", max_batch as u64 * 4, limit)?;
         let readback = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("kernels::readback"),
@@ -839,7 +953,7 @@ impl Engine {
         let sm = Params::Softmax(ops::softmax::Params {
             batch: max_batch,
             classes,
-            keep_class: defect_pool as u32,
+            keep_class: (defect_pool && !bank_head) as u32,
             _pad: 0,
         });
         steps.push(Step {
@@ -884,6 +998,7 @@ impl Engine {
             is_pass: &is_pass_buf,
             output: &output,
             heat_class: &heat_class,
+            scratch: &scratch,
         };
         for step in &mut steps {
             step.bind_group = Some(buffers.bind(device, &kernels, step));
@@ -963,6 +1078,7 @@ impl Engine {
                 | Params::Linear(_)
                 | Params::Softmax(_)
                 | Params::Cam(_) => "pool + classifier",
+                Params::BankDistance { .. } | Params::BankScore(_) => "memory bank",
             };
             let t = std::time::Instant::now();
             let mut encoder = self

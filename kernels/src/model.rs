@@ -89,6 +89,15 @@ impl Model {
                             name: format!("layers.{i}"),
                         });
                     }
+                    if matches!(layer, Layer::MemoryBank { .. }) && lw.bias[1] <= 0.0 {
+                        return Err(ModelError::BadTensor {
+                            layer: i,
+                            kind,
+                            name: format!("layers.{i}.bias"),
+                            expected: "a score scale > 0 in [center, scale]".into(),
+                            found: format!("scale {}", lw.bias[1]),
+                        });
+                    }
                 }
             }
         }
@@ -175,8 +184,7 @@ impl Model {
             .as_ref()
             .and_then(|m| m.get(SPEC_METADATA_KEY))
             .ok_or(ModelError::MissingSpec)?;
-        let spec: ModelSpec =
-            serde_json::from_str(spec_json).map_err(|e| ModelError::SpecJson(e.to_string()))?;
+        let spec: ModelSpec = serde_json::from_str(spec_json).map_err(|e| newer_or_bad(spec_json, e))?;
         spec.validate()?;
 
         let mut expected_names = Vec::new();
@@ -213,6 +221,13 @@ impl Model {
             .iter()
             .map(|layer| {
                 let (wshape, bias_len) = layer.parameter_shapes()?;
+                if matches!(layer, Layer::MemoryBank { .. }) {
+                    let n: usize = wshape.iter().product();
+                    return Some(LayerWeights {
+                        weight: (0..n).map(|_| rng.uniform(0.0, 2.0)).collect(),
+                        bias: vec![rng.uniform(0.5, 1.5), rng.uniform(0.5, 2.0)],
+                    });
+                }
                 let fan_in = (wshape[1] * wshape[2] * wshape[3]) as f32;
                 let bound = (6.0 / fan_in).sqrt();
                 let n: usize = wshape.iter().product();
@@ -277,6 +292,32 @@ fn read_tensor(
         });
     }
     Ok(values)
+}
+
+/// The error for spec JSON that does not parse: a clear "newer app" message when the file says
+/// it is a newer format version or names a layer kind this build does not know.
+fn newer_or_bad(json: &str, e: serde_json::Error) -> ModelError {
+    let raw: Option<serde_json::Value> = serde_json::from_str(json).ok();
+    let version = raw
+        .as_ref()
+        .and_then(|v| v.get("version"))
+        .and_then(|v| v.as_u64());
+    if let Some(v) = version.filter(|&v| v > crate::FORMAT_VERSION as u64) {
+        return ModelError::SpecJson(format!(
+            "model format version {v} is newer than this build reads (1 to {}): a newer Defect \
+             Inspector wrote it — update the app to open it ({e})",
+            crate::FORMAT_VERSION
+        ));
+    }
+    let msg = e.to_string();
+    if let Some(rest) = msg.strip_prefix("unknown variant `") {
+        let kind = rest.split('`').next().unwrap_or(rest);
+        return ModelError::SpecJson(format!(
+            "the model uses a layer kind this build does not know ({kind:?}): a newer Defect \
+             Inspector wrote it — update the app to open it"
+        ));
+    }
+    ModelError::SpecJson(msg)
 }
 
 fn f32_to_le(values: &[f32]) -> Vec<u8> {

@@ -318,6 +318,84 @@ fn run_layers(
                 heat_class = best.2;
                 (0..ic).map(|k| act[k * hw + best.1]).collect()
             }
+            Layer::MemoryBank {
+                entries,
+                features,
+                neighbors,
+            } => {
+                let Some(w) = &model.weights[i] else {
+                    unreachable!("validated")
+                };
+                let (m, d) = (entries as usize, features as usize);
+                let (center, scale) = (w.bias[0] as f64, w.bias[1] as f64);
+                let inp = &spec.input;
+                let vw = crate::spec::valid_cells(content.0, s.w, inp.width) as usize;
+                let vh = crate::spec::valid_cells(content.1, s.h, inp.height) as usize;
+                let hw = ih * iw;
+                let entry = |e: usize| &w.weight[e * d..(e + 1) * d];
+                let feature = |p: usize| (0..d).map(move |c| act[c * hw + p]);
+                let dist2 = |p: usize, e: usize| -> f64 {
+                    feature(p)
+                        .zip(entry(e))
+                        .map(|(f, &b)| (f - b as f64).powi(2))
+                        .sum()
+                };
+                let mut z = vec![0f32; hw];
+                // (raw score, position, nearest entry) of the worst valid position.
+                let mut best = (f64::NEG_INFINITY, 0usize, 0usize);
+                for p in 0..hw {
+                    let (near, nd) = (0..m)
+                        .map(|e| (e, dist2(p, e)))
+                        .fold((0, f64::INFINITY), |a, b| if b.1 < a.1 { b } else { a });
+                    let score = nd.sqrt();
+                    z[p] = ((score - center) / scale) as f32;
+                    let valid = p / iw < vh && p % iw < vw;
+                    if valid && score > best.0 {
+                        best = (score, p, near);
+                    }
+                }
+                let floor = (0..hw)
+                    .filter(|p| p / iw < vh && p % iw < vw)
+                    .map(|p| z[p])
+                    .fold(f32::INFINITY, f32::min);
+                for (p, v) in z.iter_mut().enumerate() {
+                    if !(p / iw < vh && p % iw < vw) {
+                        *v = floor;
+                    }
+                }
+                let (raw, wp, near) = best;
+                // The support: the nearest entry and its `neighbors − 1` nearest other entries
+                // (ties to the lower index), and the winning feature's distances to them.
+                let mut others: Vec<(f64, usize)> = (0..m)
+                    .filter(|&e| e != near)
+                    .map(|e| {
+                        let d2: f64 = entry(near)
+                            .iter()
+                            .zip(entry(e))
+                            .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+                            .sum();
+                        (d2, e)
+                    })
+                    .collect();
+                others.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+                let mut dists = vec![raw];
+                dists.extend(
+                    others
+                        .iter()
+                        .take(neighbors as usize - 1)
+                        .map(|&(_, e)| dist2(wp, e).sqrt()),
+                );
+                let score = if dists.len() > 1 {
+                    let mx = dists.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let sum: f64 = dists.iter().map(|v| (v - mx).exp()).sum();
+                    (1.0 - (dists[0] - mx).exp() / sum) * raw
+                } else {
+                    raw
+                };
+                heat = Some(z);
+                heat_class = 1;
+                vec![0.0, (score - center) / scale]
+            }
             Layer::Linear {
                 in_features,
                 out_features,

@@ -17,11 +17,15 @@ use crate::error::SpecError;
 
 /// The format tag stored in every model file.
 pub const FORMAT_TAG: &str = "defect-inspector-model";
-/// The format version this crate reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest format version this crate reads. Files are written with the oldest version that
+/// holds them ([`ModelSpec::required_version`]): 1 for classifiers, 2 for anomaly models (the
+/// `memory_bank` head), so a classifier made today still opens in a build that reads only 1.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Upper bounds that keep a damaged or hostile file from asking for absurd resources.
 pub mod limits {
+    /// Most entries of a memory bank (`Layer::MemoryBank`).
+    pub const MAX_BANK_ENTRIES: u32 = 1 << 20;
     /// Largest model input side in pixels.
     pub const MAX_INPUT_SIDE: u32 = 4096;
     /// Most channels of any activation.
@@ -43,7 +47,7 @@ pub mod limits {
 pub struct ModelSpec {
     /// Always [`FORMAT_TAG`].
     pub format: String,
-    /// Always [`FORMAT_VERSION`] for files this crate writes.
+    /// The format version: [`ModelSpec::required_version`] for files this crate writes.
     pub version: u32,
     /// A human name for the model ("ref-cnn", "tile-v3", ...).
     #[serde(default)]
@@ -187,6 +191,25 @@ pub enum Layer {
     /// image is judged by its worst position and named after the defect class that wins there.
     /// Positions in the letterbox padding never win. The heatmap is the margin map.
     DefectMaxPool,
+    /// The anomaly model's head (PatchCore): a bank of `entries` good-part feature vectors
+    /// (weight `[entries, features]`) and the score calibration (bias `[center, scale]`, scale
+    /// > 0). A position's anomaly score is its Euclidean distance to the nearest entry; the
+    /// image's raw score is the largest over the positions the image covers (letterbox
+    /// padding excluded), reweighted as PatchCore does: with the winning position's nearest
+    /// entry m* and its `neighbors − 1` nearest other entries as the support and d_j the
+    /// distances from the winning feature to them (d_0 = the raw score), the score is
+    /// `(1 − softmax(d)_0) · raw`. The output is the logits `[0, (score − center) / scale]` of
+    /// the two classes (PASS, anomaly), so P(anomaly) = sigmoid((score − center) / scale); the
+    /// heatmap is `(position score − center) / scale`. It ends the network, alone: no pool or
+    /// linear layer follows.
+    MemoryBank {
+        /// Bank entries.
+        entries: u32,
+        /// Features per entry (the input's channels).
+        features: u32,
+        /// Support size of the reweighting, 1..=16 (1: the raw score).
+        neighbors: u32,
+    },
     /// Fully connected; weight `[out, in]`, bias `[out]`.
     Linear {
         /// Input features.
@@ -250,6 +273,7 @@ impl Layer {
             Self::GlobalAvgPool => "global_avg_pool",
             Self::GlobalMaxPool => "global_max_pool",
             Self::Linear { .. } => "linear",
+            Self::MemoryBank { .. } => "memory_bank",
         }
     }
 
@@ -278,6 +302,9 @@ impl Layer {
                 [out_features as usize, in_features as usize, 1, 1],
                 out_features as usize,
             )),
+            Self::MemoryBank {
+                entries, features, ..
+            } => Some(([entries as usize, features as usize, 1, 1], 2)),
             _ => None,
         }
     }
@@ -286,7 +313,9 @@ impl Layer {
     pub fn weight_file_shape(&self) -> Option<Vec<usize>> {
         match self {
             Self::Conv2d { .. } => self.parameter_shapes().map(|(w, _)| w.to_vec()),
-            Self::Linear { .. } => self.parameter_shapes().map(|(w, _)| w[..2].to_vec()),
+            Self::Linear { .. } | Self::MemoryBank { .. } => {
+                self.parameter_shapes().map(|(w, _)| w[..2].to_vec())
+            }
             _ => None,
         }
     }
@@ -347,9 +376,13 @@ impl ModelSpec {
         classes: Vec<String>,
         pass_classes: Vec<String>,
     ) -> Self {
+        let version = match layers.last() {
+            Some(Layer::MemoryBank { .. }) => 2,
+            _ => 1,
+        };
         Self {
             format: FORMAT_TAG.to_owned(),
-            version: FORMAT_VERSION,
+            version,
             name: name.into(),
             input,
             layers,
@@ -411,10 +444,18 @@ impl ModelSpec {
                 self.format
             )));
         }
-        if self.version != FORMAT_VERSION {
+        if self.version == 0 || self.version > FORMAT_VERSION {
             return Err(SpecError::Format(format!(
-                "format version {} is not supported (this build reads version {FORMAT_VERSION})",
+                "format version {} is not supported: this build reads versions 1 to \
+                 {FORMAT_VERSION}; a newer Defect Inspector wrote it — update the app to open it",
                 self.version
+            )));
+        }
+        if self.version < self.required_version() {
+            return Err(SpecError::Format(format!(
+                "format version {} cannot hold a memory_bank layer (needs version {})",
+                self.version,
+                self.required_version()
             )));
         }
         let inp = &self.input;
@@ -518,6 +559,40 @@ impl ModelSpec {
                 )));
             }
             let out = match *layer {
+                Layer::MemoryBank {
+                    entries,
+                    features,
+                    neighbors,
+                } => {
+                    if i + 1 != self.layers.len() {
+                        return Err(bad("must be the last layer".into()));
+                    }
+                    if features != s.c {
+                        return Err(bad(format!(
+                            "holds {features}-feature entries for a {}-channel input",
+                            s.c
+                        )));
+                    }
+                    if entries == 0 || entries > MAX_BANK_ENTRIES {
+                        return Err(bad(format!(
+                            "entries must be 1..={MAX_BANK_ENTRIES}, found {entries}"
+                        )));
+                    }
+                    if !(1..=16).contains(&neighbors) {
+                        return Err(bad(format!("neighbors must be 1..=16, found {neighbors}")));
+                    }
+                    if self.classes.len() != 2 || !is_pass[0] || is_pass[1] {
+                        return Err(bad(format!(
+                            "an anomaly model has two classes, PASS then anomaly; found {:?} \
+                             with pass classes {:?}",
+                            self.classes, self.pass_classes
+                        )));
+                    }
+                    parameters += entries as u64 * features as u64 + 2;
+                    gap_layer = Some(i);
+                    linear_layer = Some(i);
+                    Shape3 { c: 2, h: 1, w: 1 }
+                }
                 Layer::Conv2d {
                     in_channels,
                     out_channels,
@@ -744,7 +819,8 @@ impl ModelSpec {
         }
         let (Some(gap_layer), Some(linear_layer)) = (gap_layer, linear_layer) else {
             return Err(SpecError::Layers(
-                "the network must end with a global pool (avg or max) followed by one linear classifier"
+                "the network must end with a global pool (avg or max) followed by one linear \
+                 classifier, or with a memory bank"
                     .into(),
             ));
         };
@@ -755,6 +831,27 @@ impl ModelSpec {
             is_pass,
             parameters,
         })
+    }
+
+    /// The oldest format version that holds this spec: 2 with a memory bank, else 1.
+    pub fn required_version(&self) -> u32 {
+        if self.is_anomaly() { 2 } else { 1 }
+    }
+
+    /// True for an anomaly model (one that ends in a [`Layer::MemoryBank`]).
+    pub fn is_anomaly(&self) -> bool {
+        matches!(self.layers.last(), Some(Layer::MemoryBank { .. }))
+    }
+
+    /// The class a dataset label stands for: its position among the classes; for an anomaly
+    /// model the PASS class for a PASS label (one of `pass_labels`, or the PASS class name) and
+    /// the anomaly class for any other label.
+    pub fn class_of_label(&self, label: &str, pass_labels: &[String]) -> Option<usize> {
+        if self.is_anomaly() {
+            let pass = pass_labels.iter().any(|p| p == label) || self.classes[0] == label;
+            return Some(if pass { 0 } else { 1 });
+        }
+        self.classes.iter().position(|c| c == label)
     }
 
     /// The FAIL score of a probability vector: `1 − Σ P(pass classes)`, in 0..=1.
@@ -790,6 +887,13 @@ impl ModelSpec {
                     in_features,
                     out_features,
                 } => 2 * in_features as u64 * out_features as u64,
+                // Distances of every position to every entry, plus the support search.
+                Layer::MemoryBank {
+                    entries, features, ..
+                } => {
+                    let s = plan.shapes[i];
+                    2 * (s.h as u64 * s.w as u64 + 1) * entries as u64 * features as u64
+                }
                 _ => 0,
             })
             .sum()

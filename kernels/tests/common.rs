@@ -4,7 +4,7 @@
 use std::sync::OnceLock;
 
 use kernels::rng::SplitMix64;
-use kernels::{GpuContext, InputSpec, Layer, ModelSpec};
+use kernels::{Engine, Frame, GpuContext, InputSpec, Layer, Model, ModelSpec, reference};
 
 /// One GPU device per test binary (lavapipe compiles shaders slowly; share it).
 pub fn gpu() -> &'static GpuContext {
@@ -100,4 +100,45 @@ pub fn rel_err(got: &[f32], want: &[f32]) -> f64 {
         .map(|(g, w)| (*g as f64 - *w as f64).abs())
         .fold(0.0, f64::max)
         / scale
+}
+
+/// Runs `frames` through `engine` (outputs poisoned first) and compares every probability and
+/// heatmap value with the f64 reference, within `tolerance` relative error (`rel_err`).
+pub fn check(
+    tolerance: f64,
+    model: &Model,
+    engine: &mut Engine,
+    frames: &[Frame<'_>],
+    what: &str,
+) {
+    engine.poison_outputs();
+    let got = engine
+        .infer(frames)
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    for (i, (g, f)) in got.iter().zip(frames).enumerate() {
+        let want = reference::infer(model, f).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(
+            g.probabilities
+                .iter()
+                .chain(&g.heatmap.values)
+                .all(|v| v.is_finite()),
+            "{what} frame {i}: unwritten (NaN) output"
+        );
+        let pe = rel_err(&g.probabilities, &want.probabilities);
+        assert!(
+            pe <= tolerance,
+            "{what} frame {i} ({}×{} roi {:?}): probabilities rel err {pe:e}\n gpu {:?}\n ref {:?}",
+            f.width,
+            f.height,
+            f.roi,
+            g.probabilities,
+            want.probabilities
+        );
+        assert_eq!(
+            g.heatmap.class_index, want.heatmap.class_index,
+            "{what} frame {i}"
+        );
+        let he = rel_err(&g.heatmap.values, &want.heatmap.values);
+        assert!(he <= tolerance, "{what} frame {i}: heatmap rel err {he:e}");
+    }
 }

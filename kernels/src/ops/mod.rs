@@ -4,6 +4,7 @@
 //! parameters that changed and records dispatches.
 
 pub mod add;
+pub mod bank;
 pub mod cam_heatmap;
 pub mod conv2d;
 pub mod defect_pool;
@@ -30,6 +31,8 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("add.wgsl", add::SOURCE),
     ("local_features.wgsl", local_features::SOURCE),
     ("defect_pool.wgsl", defect_pool::SOURCE),
+    ("bank_distance.wgsl", bank::DISTANCE_SOURCE),
+    ("bank_score.wgsl", bank::SCORE_SOURCE),
 ];
 
 /// Invocations per workgroup of the 1-D kernels (`@workgroup_size(64)` in the shaders).
@@ -171,6 +174,10 @@ pub struct Kernels {
     pub local_features: Kernel,
     /// defect_pool.wgsl
     pub defect_pool: Kernel,
+    /// `Layer::MemoryBank`, part 1: nearest entry per position and bank slice.
+    pub bank_distance: Kernel,
+    /// `Layer::MemoryBank`, part 2: per image score, heatmap and reweighting.
+    pub bank_score: Kernel,
     /// max_pool.wgsl
     pub max_pool: Kernel,
     /// relu.wgsl
@@ -227,6 +234,8 @@ impl Kernels {
             add: Kernel::new(device, "kernels::add", add::SOURCE),
             local_features: Kernel::new(device, "kernels::local_features", local_features::SOURCE),
             defect_pool: Kernel::new(device, "kernels::defect_pool", defect_pool::SOURCE),
+            bank_distance: Kernel::new(device, "kernels::bank_distance", bank::DISTANCE_SOURCE),
+            bank_score: Kernel::new(device, "kernels::bank_score", bank::SCORE_SOURCE),
             max_pool: Kernel::new(device, "kernels::max_pool", max_pool::SOURCE),
             relu: Kernel::new(device, "kernels::relu", relu::SOURCE),
             global_avg_pool: Kernel::new(device, "kernels::global_avg_pool", global_pool::SOURCE),

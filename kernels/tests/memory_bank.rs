@@ -1,0 +1,295 @@
+//! The anomaly model's head (`Layer::MemoryBank`, PatchCore) on the GPU engine against the f64
+//! CPU reference: fresh random networks and frames, odd bank sizes (one entry, fewer entries
+//! than the support, several slices with a short last one), feature sizes not a multiple of 4,
+//! stretched and fitted inputs, batches whose positions are not a multiple of the tile; and the
+//! model file rules for the new kind.
+//!
+//! Tolerance: relative error (`common::rel_err`) ≤ 1e-4 on probabilities and heatmaps, as for
+//! every engine test. The bank is built from the network's own features (plus noise), and the
+//! calibration is set from the reference's scores, so scores spread around the decision point
+//! instead of saturating the sigmoid.
+
+mod common;
+
+use common::*;
+use kernels::rng::SplitMix64;
+use kernels::{
+    Engine, Frame, InputSpec, Layer, Model, ModelError, ModelSpec, PixelFormat, Resize, reference,
+};
+
+const TOLERANCE: f64 = 1e-4;
+
+/// conv 3×3/2 → relu6 → conv 3×3/2 → relu6 → conv 1×1 → local features of layers 1 and 4
+/// (10 + 9 = 19 channels, not a multiple of 4) → memory bank.
+fn bank_spec(h: u32, w: u32, entries: u32, neighbors: u32, resize: Resize) -> ModelSpec {
+    let layers = vec![
+        Layer::conv(3, 10, 3, 2, 1),
+        Layer::Relu6,
+        Layer::conv(10, 14, 3, 2, 1),
+        Layer::Relu6,
+        Layer::conv(14, 9, 1, 1, 0),
+        Layer::LocalFeatures {
+            from: vec![1, 4],
+            kernel: 3,
+        },
+        Layer::MemoryBank {
+            entries,
+            features: 19,
+            neighbors,
+        },
+    ];
+    ModelSpec::new(
+        "bank-test",
+        InputSpec {
+            channels: 3,
+            height: h,
+            width: w,
+            mean: vec![0.45, 0.5, 0.4],
+            std: vec![0.25, 0.2, 0.3],
+            resize,
+        },
+        layers,
+        vec!["good".into(), "anomaly".into()],
+        vec!["good".into()],
+    )
+}
+
+/// A random model whose bank holds features of `frames` (some positions, jittered) and random
+/// vectors, calibrated so the reference's image scores straddle 0.
+fn calibrated(rng: &mut SplitMix64, spec: ModelSpec, frames: &[Frame<'_>]) -> Model {
+    let mut model = Model::random(spec, rng.next_u64()).expect("model");
+    let bank_layer = model.spec.layers.len() - 1;
+    let feat_layer = bank_layer - 1;
+    let Layer::MemoryBank {
+        entries, features, ..
+    } = model.spec.layers[bank_layer]
+    else {
+        unreachable!()
+    };
+    let (m, d) = (entries as usize, features as usize);
+    let mut pool: Vec<Vec<f64>> = Vec::new();
+    for f in frames {
+        let x = reference::preprocess(&model, f).expect("preprocess");
+        let out = reference::layer_outputs(&model, x);
+        let s = model.plan.shapes[feat_layer + 1];
+        let hw = (s.h * s.w) as usize;
+        for p in 0..hw {
+            pool.push((0..d).map(|c| out[feat_layer][c * hw + p]).collect());
+        }
+    }
+    let w = model.weights[bank_layer].as_mut().expect("bank weights");
+    for e in 0..m {
+        if e % 3 != 2 {
+            let v = &pool[rng.below(pool.len() as u64) as usize];
+            for c in 0..d {
+                w.weight[e * d + c] = (v[c] + rng.uniform(-0.05, 0.05) as f64) as f32;
+            }
+        }
+    }
+    w.bias = vec![0.0, 1.0];
+    let scores: Vec<f64> = frames
+        .iter()
+        .map(|f| {
+            let p = reference::infer(&model, f).expect("infer").probabilities[1] as f64;
+            (p / (1.0 - p)).ln() // the logit = the score itself at center 0, scale 1
+        })
+        .collect();
+    let lo = scores.iter().cloned().fold(f64::INFINITY, f64::min);
+    let hi = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let w = model.weights[bank_layer].as_mut().expect("bank weights");
+    // The scale is at least a tenth of the scores: f32 features put ~1e-6 of absolute error on
+    // a score, which a scale of 1e-3 would magnify past the tolerance.
+    let mid = (lo + hi) / 2.0;
+    w.bias = vec![mid as f32, ((hi - lo) / 4.0).max(0.1 * mid).max(1e-3) as f32];
+    Model::new(model.spec.clone(), model.weights.clone()).expect("valid model")
+}
+
+fn random_cases(rng: &mut SplitMix64, n: usize) -> Vec<(Vec<u8>, u32, u32, PixelFormat)> {
+    (0..n)
+        .map(|i| {
+            let (w, h) = (8 + rng.below(90) as u32, 8 + rng.below(90) as u32);
+            let format = [PixelFormat::Gray8, PixelFormat::Rgb8, PixelFormat::Rgba8][i % 3];
+            (pixels(rng, w, h, format.bytes_per_pixel()), w, h, format)
+        })
+        .collect()
+}
+
+fn frames(cases: &[(Vec<u8>, u32, u32, PixelFormat)]) -> Vec<Frame<'_>> {
+    cases
+        .iter()
+        .map(|(d, w, h, f)| Frame {
+            data: d,
+            width: *w,
+            height: *h,
+            format: *f,
+            roi: None,
+        })
+        .collect()
+}
+
+#[test]
+fn memory_bank_matches_the_reference_on_odd_banks_and_shapes() {
+    let mut rng = SplitMix64::new(seed("memory_bank"));
+    let g = gpu();
+    // (entries, neighbors): one entry; fewer entries than the support; one slice; several
+    // slices with a short last one (4099 = 16·256 + 3); no reweighting.
+    let banks = [(1, 9), (5, 9), (37, 3), (1001, 9), (4099, 16), (300, 1)];
+    for (round, &(entries, neighbors)) in banks.iter().enumerate() {
+        let resize = [Resize::Stretch, Resize::Fit][round % 2];
+        // Sides up to 52: up to 13×13 = 169 positions, more than one score workgroup's 64.
+        let h = 17 + rng.below(36) as u32;
+        let w = 17 + rng.below(36) as u32;
+        let cases = random_cases(&mut rng, 5);
+        let fr = frames(&cases);
+        let spec = bank_spec(h, w, entries, neighbors, resize);
+        let model = calibrated(&mut rng, spec, &fr);
+        let mut engine = Engine::new(&g.device, &g.queue, &model, 5, g.describe()).expect("engine");
+        let what = format!("bank {entries} support {neighbors} input {h}×{w} {resize:?}");
+        check(TOLERANCE, &model, &mut engine, &fr, &format!("{what} batch 5"));
+        check(TOLERANCE, &model, &mut engine, &fr[2..3], &format!("{what} batch 1"));
+        let got = engine.infer(&fr).expect("infer");
+        let p: Vec<f32> = got.iter().map(|r| r.probabilities[1]).collect();
+        assert_eq!(got[0].heatmap.class_index, 1, "{what}: the heatmap shows the anomaly");
+        if entries > 1 {
+            // The calibration spreads the scores: not every frame lands on the same side.
+            let spread = p.iter().cloned().fold(0f32, f32::max) - p.iter().cloned().fold(1f32, f32::min);
+            assert!(spread > 0.1, "{what}: scores did not spread: {p:?}");
+        }
+    }
+}
+
+#[test]
+fn a_bank_entry_equal_to_a_feature_scores_zero_there() {
+    // The nearest-entry distance is exact at 0: a frame whose every feature is in the bank has
+    // raw score 0, so P(anomaly) = sigmoid(−center / scale) whatever the support.
+    let mut rng = SplitMix64::new(seed("bank_zero"));
+    let g = gpu();
+    let cases = random_cases(&mut rng, 1);
+    let fr = frames(&cases);
+    let spec = bank_spec(24, 20, 1, 1, Resize::Stretch);
+    let model = Model::random(spec, rng.next_u64()).expect("model");
+    let x = reference::preprocess(&model, &fr[0]).expect("preprocess");
+    let out = reference::layer_outputs(&model, x);
+    let s = model.plan.shapes[6];
+    let hw = (s.h * s.w) as usize;
+    let mut weights = model.weights.clone();
+    let entries = hw as u32;
+    let bank: Vec<f32> = (0..hw)
+        .flat_map(|p| (0..19).map(move |c| (c, p)))
+        .map(|(c, p)| out[5][c * hw + p] as f32)
+        .collect();
+    weights[6] = Some(kernels::LayerWeights {
+        weight: bank,
+        bias: vec![2.0, 0.5],
+    });
+    let mut spec = model.spec.clone();
+    spec.layers[6] = Layer::MemoryBank {
+        entries,
+        features: 19,
+        neighbors: 4,
+    };
+    let model = Model::new(spec, weights).expect("model");
+    let mut engine = Engine::new(&g.device, &g.queue, &model, 1, g.describe()).expect("engine");
+    let got = engine.infer(&fr).expect("infer");
+    let want = 1.0 / (1.0 + (2.0f32 / 0.5).exp());
+    assert!(
+        (got[0].probabilities[1] - want).abs() < 1e-4,
+        "P(anomaly) {} vs {want}",
+        got[0].probabilities[1]
+    );
+    assert!(got[0].heatmap.values.iter().all(|&z| (z + 4.0).abs() < 1e-3));
+}
+
+#[test]
+fn memory_bank_spec_rules_and_model_file() {
+    let spec = bank_spec(32, 32, 50, 9, Resize::Fit);
+    assert!(spec.is_anomaly());
+    assert_eq!(spec.version, 2, "anomaly models are format version 2");
+    assert_eq!(common::spec(1, 16, 16, vec![conv(1, 4, 3, 1, 1)], 4, 2).version, 1);
+    assert_eq!(spec.class_of_label("scratch", &["ok".into()]), Some(1));
+    assert_eq!(spec.class_of_label("ok", &["ok".into()]), Some(0));
+    assert_eq!(spec.class_of_label("good", &[]), Some(0));
+
+    let bad = |f: &dyn Fn(&mut ModelSpec)| {
+        let mut s = spec.clone();
+        f(&mut s);
+        s.validate().expect_err("must be refused").to_string()
+    };
+    let e = bad(&|s| {
+        s.layers[6] = Layer::MemoryBank {
+            entries: 50,
+            features: 20,
+            neighbors: 9,
+        }
+    });
+    assert!(e.contains("20-feature entries for a 19-channel input"), "{e}");
+    let e = bad(&|s| {
+        s.layers[6] = Layer::MemoryBank {
+            entries: 50,
+            features: 19,
+            neighbors: 17,
+        }
+    });
+    assert!(e.contains("neighbors must be 1..=16"), "{e}");
+    let e = bad(&|s| {
+        s.classes.push("third".into());
+    });
+    assert!(e.contains("two classes, PASS then anomaly"), "{e}");
+    let e = bad(&|s| s.version = 1);
+    assert!(e.contains("cannot hold a memory_bank layer"), "{e}");
+    let e = bad(&|s| {
+        let last = s.layers.pop().expect("layer");
+        s.layers.push(last);
+        s.layers.push(Layer::Relu);
+    });
+    assert!(e.contains("must be the last layer"), "{e}");
+
+    // Round trip through the file, and a damaged calibration.
+    let mut rng = SplitMix64::new(seed("bank_file"));
+    let model = Model::random(spec.clone(), rng.next_u64()).expect("model");
+    let bytes = model.to_bytes().expect("bytes");
+    let back = Model::from_bytes(&bytes).expect("reads back");
+    assert_eq!(back.spec, model.spec);
+    assert_eq!(back.weights, model.weights);
+    let mut w = model.weights.clone();
+    if let Some(lw) = w[6].as_mut() {
+        lw.bias[1] = 0.0;
+    }
+    let e = Model::new(spec.clone(), w).expect_err("scale 0").to_string();
+    assert!(e.contains("score scale > 0"), "{e}");
+
+    // Files from a newer app: a later format version, or a layer kind this build lacks.
+    let newer = |json: String| {
+        let st = safetensors::serialize(
+            Vec::<(String, safetensors::tensor::TensorView<'_>)>::new(),
+            Some(std::collections::HashMap::from([(
+                kernels::SPEC_METADATA_KEY.to_owned(),
+                json,
+            )])),
+        )
+        .expect("serialize");
+        match Model::from_bytes(&st) {
+            Err(e @ ModelError::SpecJson(_)) => e.to_string(),
+            other => panic!("expected a spec error, got {other:?}"),
+        }
+    };
+    let mut v = serde_json::to_value(&spec).expect("json");
+    v["version"] = 3.into();
+    v["layers"][6]["kind"] = "memory_bank_v2".into();
+    let e = newer(v.to_string());
+    assert!(e.contains("format version 3") && e.contains("update the app"), "{e}");
+    v["version"] = 2.into();
+    let e = newer(v.to_string());
+    assert!(e.contains("\"memory_bank_v2\"") && e.contains("update the app"), "{e}");
+}
+
+#[test]
+fn bank_slicing_covers_every_entry_once() {
+    for entries in [1, 31, 32, 33, 255, 256, 257, 4099, 16_384, 65_536, 100_003] {
+        let (slices, len) = kernels::ops::bank::slicing(entries);
+        assert_eq!(len % kernels::ops::bank::TILE_ENTRIES, 0);
+        assert!(slices * len >= entries, "{entries}: {slices} × {len}");
+        assert!((slices - 1) * len < entries, "{entries}: an empty last slice");
+        assert!(slices <= 32);
+    }
+}
