@@ -18,23 +18,24 @@ use kernels::{
 };
 
 const TOLERANCE: f64 = 1e-4;
+const FEATURES: u32 = 19;
+/// The memory bank's layer index in [`bank_spec`].
+const BANK: usize = 2;
 
-/// conv 3×3/2 → relu6 → conv 3×3/2 → relu6 → conv 1×1 → local features of layers 1 and 4
-/// (10 + 9 = 19 channels, not a multiple of 4) → memory bank.
+/// conv 4×4/4 (19 channels, not a multiple of 4) → 3×3 local features → memory bank. The
+/// feature part is shallow on purpose: a score's error is at most its features' (triangle
+/// inequality), and the deep backbone's own f32 error is tested in backbone_ops.rs; here the
+/// head is under test.
 fn bank_spec(h: u32, w: u32, entries: u32, neighbors: u32, resize: Resize) -> ModelSpec {
     let layers = vec![
-        Layer::conv(3, 10, 3, 2, 1),
-        Layer::Relu6,
-        Layer::conv(10, 14, 3, 2, 1),
-        Layer::Relu6,
-        Layer::conv(14, 9, 1, 1, 0),
+        Layer::conv(3, FEATURES, 4, 4, 0),
         Layer::LocalFeatures {
-            from: vec![1, 4],
+            from: vec![0],
             kernel: 3,
         },
         Layer::MemoryBank {
             entries,
-            features: 19,
+            features: FEATURES,
             neighbors,
         },
     ];
@@ -97,11 +98,52 @@ fn calibrated(rng: &mut SplitMix64, spec: ModelSpec, frames: &[Frame<'_>]) -> Mo
     let lo = scores.iter().cloned().fold(f64::INFINITY, f64::min);
     let hi = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     let w = model.weights[bank_layer].as_mut().expect("bank weights");
-    // The scale is at least a tenth of the scores: f32 features put ~1e-6 of absolute error on
-    // a score, which a scale of 1e-3 would magnify past the tolerance.
+    // An f32 score is off by ~1e-6 of the feature norm (at most the features' own error), so
+    // the scale is at least 5 % of the RMS feature norm: a bank sitting close to the features
+    // would otherwise magnify that past the tolerance.
+    let norm = (pool.iter().map(|v| v.iter().map(|x| x * x).sum::<f64>()).sum::<f64>()
+        / pool.len() as f64)
+        .sqrt();
     let mid = (lo + hi) / 2.0;
-    w.bias = vec![mid as f32, ((hi - lo) / 4.0).max(0.1 * mid).max(1e-3) as f32];
+    w.bias = vec![mid as f32, ((hi - lo) / 4.0).max(0.05 * norm) as f32];
     Model::new(model.spec.clone(), model.weights.clone()).expect("valid model")
+}
+
+/// The engine against the reference on `frames`: probabilities within `TOLERANCE` absolute, and
+/// heatmaps within `TOLERANCE` of `max(1, max |z|)`: z is in units of the calibration scale,
+/// and a map that hovers around the centre (|z| ≪ 1) must not make the bound vanish.
+fn check_bank(model: &Model, engine: &mut Engine, frames: &[Frame<'_>], what: &str) {
+    engine.poison_outputs();
+    let got = engine.infer(frames).unwrap_or_else(|e| panic!("{what}: {e}"));
+    for (i, (g, f)) in got.iter().zip(frames).enumerate() {
+        let want = reference::infer(model, f).expect("reference");
+        let pe = rel_err(&g.probabilities, &want.probabilities);
+        assert!(
+            pe <= TOLERANCE,
+            "{what} frame {i}: probabilities {:?} vs {:?}",
+            g.probabilities,
+            want.probabilities
+        );
+        assert_eq!(g.heatmap.class_index, want.heatmap.class_index, "{what} frame {i}");
+        assert_eq!(
+            (g.heatmap.width, g.heatmap.height),
+            (want.heatmap.width, want.heatmap.height),
+            "{what} frame {i}: heatmap size"
+        );
+        let scale = want.heatmap.values.iter().fold(1f32, |m, v| m.max(v.abs()));
+        let he = g
+            .heatmap
+            .values
+            .iter()
+            .zip(&want.heatmap.values)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max)
+            / scale;
+        assert!(
+            he as f64 <= TOLERANCE && g.heatmap.values.iter().all(|v| v.is_finite()),
+            "{what} frame {i}: heatmap error {he:e}"
+        );
+    }
 }
 
 fn random_cases(rng: &mut SplitMix64, n: usize) -> Vec<(Vec<u8>, u32, u32, PixelFormat)> {
@@ -145,16 +187,16 @@ fn memory_bank_matches_the_reference_on_odd_banks_and_shapes() {
         let model = calibrated(&mut rng, spec, &fr);
         let mut engine = Engine::new(&g.device, &g.queue, &model, 5, g.describe()).expect("engine");
         let what = format!("bank {entries} support {neighbors} input {h}×{w} {resize:?}");
-        check(TOLERANCE, &model, &mut engine, &fr, &format!("{what} batch 5"));
-        check(TOLERANCE, &model, &mut engine, &fr[2..3], &format!("{what} batch 1"));
+        check_bank(&model, &mut engine, &fr, &format!("{what} batch 5"));
+        check_bank(&model, &mut engine, &fr[2..3], &format!("{what} batch 1"));
         let got = engine.infer(&fr).expect("infer");
         let p: Vec<f32> = got.iter().map(|r| r.probabilities[1]).collect();
         assert_eq!(got[0].heatmap.class_index, 1, "{what}: the heatmap shows the anomaly");
-        if entries > 1 {
-            // The calibration spreads the scores: not every frame lands on the same side.
-            let spread = p.iter().cloned().fold(0f32, f32::max) - p.iter().cloned().fold(1f32, f32::min);
-            assert!(spread > 0.1, "{what}: scores did not spread: {p:?}");
-        }
+        // The calibration keeps the scores off the sigmoid's flat ends.
+        assert!(
+            p.iter().any(|&v| (0.01..0.99).contains(&v)),
+            "{what}: saturated scores {p:?}"
+        );
     }
 }
 
@@ -170,22 +212,22 @@ fn a_bank_entry_equal_to_a_feature_scores_zero_there() {
     let model = Model::random(spec, rng.next_u64()).expect("model");
     let x = reference::preprocess(&model, &fr[0]).expect("preprocess");
     let out = reference::layer_outputs(&model, x);
-    let s = model.plan.shapes[6];
+    let s = model.plan.shapes[BANK];
     let hw = (s.h * s.w) as usize;
     let mut weights = model.weights.clone();
     let entries = hw as u32;
     let bank: Vec<f32> = (0..hw)
-        .flat_map(|p| (0..19).map(move |c| (c, p)))
-        .map(|(c, p)| out[5][c * hw + p] as f32)
+        .flat_map(|p| (0..FEATURES as usize).map(move |c| (c, p)))
+        .map(|(c, p)| out[BANK - 1][c * hw + p] as f32)
         .collect();
-    weights[6] = Some(kernels::LayerWeights {
+    weights[BANK] = Some(kernels::LayerWeights {
         weight: bank,
         bias: vec![2.0, 0.5],
     });
     let mut spec = model.spec.clone();
-    spec.layers[6] = Layer::MemoryBank {
+    spec.layers[BANK] = Layer::MemoryBank {
         entries,
-        features: 19,
+        features: FEATURES,
         neighbors: 4,
     };
     let model = Model::new(spec, weights).expect("model");
@@ -216,7 +258,7 @@ fn memory_bank_spec_rules_and_model_file() {
         s.validate().expect_err("must be refused").to_string()
     };
     let e = bad(&|s| {
-        s.layers[6] = Layer::MemoryBank {
+        s.layers[BANK] = Layer::MemoryBank {
             entries: 50,
             features: 20,
             neighbors: 9,
@@ -224,9 +266,9 @@ fn memory_bank_spec_rules_and_model_file() {
     });
     assert!(e.contains("20-feature entries for a 19-channel input"), "{e}");
     let e = bad(&|s| {
-        s.layers[6] = Layer::MemoryBank {
+        s.layers[BANK] = Layer::MemoryBank {
             entries: 50,
-            features: 19,
+            features: FEATURES,
             neighbors: 17,
         }
     });
@@ -252,7 +294,7 @@ fn memory_bank_spec_rules_and_model_file() {
     assert_eq!(back.spec, model.spec);
     assert_eq!(back.weights, model.weights);
     let mut w = model.weights.clone();
-    if let Some(lw) = w[6].as_mut() {
+    if let Some(lw) = w[BANK].as_mut() {
         lw.bias[1] = 0.0;
     }
     let e = Model::new(spec.clone(), w).expect_err("scale 0").to_string();
@@ -275,7 +317,7 @@ fn memory_bank_spec_rules_and_model_file() {
     };
     let mut v = serde_json::to_value(&spec).expect("json");
     v["version"] = 3.into();
-    v["layers"][6]["kind"] = "memory_bank_v2".into();
+    v["layers"][BANK]["kind"] = "memory_bank_v2".into();
     let e = newer(v.to_string());
     assert!(e.contains("format version 3") && e.contains("update the app"), "{e}");
     v["version"] = 2.into();
