@@ -97,6 +97,18 @@ pub struct TrainArgs {
     /// Continue from the checkpoint next to --out.
     #[arg(long)]
     pub resume: bool,
+    /// What to train: a defect classifier (labelled good and defective images), or an anomaly
+    /// model from the good (PASS) training images only, for a product with no labelled defects.
+    #[arg(long, value_enum, default_value = "classifier")]
+    pub mode: crate::train::TrainMode,
+    /// Anomaly mode: memory-bank entries (default: 10 % of the good images' positions; at most
+    /// the 64 MiB budget, 72,315 entries of the lite0 features).
+    #[arg(long)]
+    pub bank: Option<usize>,
+    /// Anomaly mode with good val images only: the largest false-reject rate on them for the
+    /// chosen threshold.
+    #[arg(long, default_value_t = 0.01)]
+    pub max_false_reject: f64,
     /// Print a one-line JSON summary on stdout at the end.
     #[arg(long)]
     pub json: bool,
@@ -177,17 +189,24 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     cfg.patience = args.patience;
     cfg.max_miss_rate = args.max_miss_rate;
     cfg.resume = args.resume;
+    cfg.mode = args.mode;
+    cfg.bank = args.bank;
+    cfg.max_false_reject = args.max_false_reject;
+    if cfg.mode == crate::train::TrainMode::Anomaly {
+        cfg.epochs = 1; // one pass: features, coreset, threshold
+    }
     if args.no_augment {
         cfg.augment = crate::augment::AugmentConfig::off();
     }
     let style =
-        indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg}")
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
             .progress_chars("=> ");
     let mut bar: Option<indicatif::ProgressBar> = None;
     let mut last_epoch_line = String::new();
     let cancel = std::sync::atomic::AtomicBool::new(false);
     let epochs = cfg.epochs;
+    let mode = cfg.mode;
     let summary = crate::train::train(
         &cfg,
         &mut |p| match p {
@@ -214,13 +233,21 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
                 steps,
                 loss,
             } => {
+                let phase = phase_name(mode, epoch, epochs);
+                if bar.as_ref().is_some_and(|b| b.prefix() != phase) {
+                    if let Some(b) = bar.take() {
+                        b.finish_and_clear();
+                    }
+                }
                 let b = bar.get_or_insert_with(|| {
                     let b = indicatif::ProgressBar::new(steps as u64).with_style(style.clone());
-                    b.set_prefix(format!("{epoch}/{epochs}"));
+                    b.set_prefix(phase);
                     b
                 });
                 b.set_position(step as u64);
-                b.set_message(format!("loss {loss:.4} {last_epoch_line}"));
+                if loss.is_finite() {
+                    b.set_message(format!("loss {loss:.4} {last_epoch_line}"));
+                }
             }
             Progress::Epoch(r) => {
                 if let Some(b) = bar.take() {
@@ -260,8 +287,26 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
             summary.val_false_reject_rate,
             summary.train_seconds
         );
+        eprintln!("threshold rule: {}", summary.threshold_rule);
+        if let Some(m) = summary.bank_entries {
+            eprintln!(
+                "anomaly model: memory bank of {m} good-part features; {} defect images of the \
+                 training split ignored",
+                summary.ignored_defects
+            );
+        }
     }
     Ok(())
+}
+
+/// The progress bar's label: the epoch, or for anomaly training its phase.
+fn phase_name(mode: crate::train::TrainMode, epoch: usize, epochs: usize) -> String {
+    match (mode, epoch) {
+        (_, 0) => "features".into(),
+        (crate::train::TrainMode::Anomaly, 1) => "memory bank".into(),
+        (crate::train::TrainMode::Anomaly, _) => "scoring val".into(),
+        _ => format!("epoch {epoch}/{epochs}"),
+    }
 }
 
 #[cfg(test)]

@@ -151,6 +151,15 @@ pub fn evaluate(model_path: &Path, data: &Path, split: &str) -> anyhow::Result<E
     Ok(evaluate_samples(&model, &rows, &gpu.device, &gpu.queue, &gpu.describe())?.report)
 }
 
+/// The dataset labels an anomaly model counts as PASS (its training record's `pass_labels`);
+/// empty for a classifier, whose classes are the labels.
+pub fn pass_labels(spec: &kernels::ModelSpec) -> Vec<String> {
+    spec.training
+        .get("pass_labels")
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default()
+}
+
 /// Runs `rows` through the engine on `device` and measures them.
 pub fn evaluate_samples(
     model: &Model,
@@ -161,12 +170,13 @@ pub fn evaluate_samples(
 ) -> anyhow::Result<Detailed> {
     let mut engine = Engine::new(device, queue, model, 1, adapter)?;
     let spec = &model.spec;
+    let pass_labels = pass_labels(spec);
     let mut skipped = 0;
     let (mut probs, mut labels, mut latencies) = (Vec::new(), Vec::new(), Vec::new());
     let mut hits: Vec<bool> = Vec::new();
     let mut kept = Vec::new();
     for s in rows {
-        let Some(label) = spec.classes.iter().position(|c| *c == s.label) else {
+        let Some(label) = spec.class_of_label(&s.label, &pass_labels) else {
             tracing::warn!(
                 "{}: label {:?} is not a class of the model; skipped",
                 s.rel_path,
@@ -192,7 +202,7 @@ pub fn evaluate_samples(
             .into_iter()
             .next()
             .context("engine returned no result")?;
-        if !spec.pass_classes.contains(&s.label)
+        if !model.plan.is_pass[label]
             && let Some(m) = s.mask.as_deref()
             && let Ok(mask) = dataset::decode_image(m)
             && let Some(hit) = heatmap_hits_mask(&out.heatmap, &mask)

@@ -25,6 +25,7 @@ pub mod pipeline;
 pub mod settings;
 pub mod source;
 pub mod train;
+pub mod train_anomaly;
 pub mod train_head;
 pub mod ui;
 pub mod versions;

@@ -50,6 +50,18 @@ pub enum BackendKind {
     Auto,
 }
 
+/// What a run trains.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TrainMode {
+    /// A defect classifier from labelled good and defective images (and masks).
+    #[default]
+    Classifier,
+    /// An anomaly model from good images only (`train_anomaly`): a memory bank of good-part
+    /// features; a backbone preset is needed.
+    Anomaly,
+}
+
 /// Everything a training run needs.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainConfig {
@@ -89,6 +101,20 @@ pub struct TrainConfig {
     pub val_fraction: f64,
     /// Continue from the checkpoint next to `out` if there is one.
     pub resume: bool,
+    /// Classifier or anomaly model.
+    #[serde(default)]
+    pub mode: TrainMode,
+    /// Anomaly mode: memory-bank entries (`None`: 10 % of the good positions).
+    #[serde(default)]
+    pub bank: Option<usize>,
+    /// Anomaly mode without defective val images: the largest false-reject rate of the good
+    /// val images at the chosen threshold.
+    #[serde(default = "default_max_false_reject")]
+    pub max_false_reject: f64,
+}
+
+fn default_max_false_reject() -> f64 {
+    0.01
 }
 
 impl TrainConfig {
@@ -113,6 +139,9 @@ impl TrainConfig {
             max_miss_rate: 0.01,
             val_fraction: 0.15,
             resume: false,
+            mode: TrainMode::Classifier,
+            bank: None,
+            max_false_reject: default_max_false_reject(),
         }
     }
 }
@@ -422,12 +451,28 @@ pub struct TrainSummary {
     pub backend: String,
     /// Whether the run stopped early on val.
     pub early_stopped: bool,
+    /// How the threshold was chosen.
+    pub threshold_rule: String,
+    /// Anomaly mode: defect images of the training split that were ignored.
+    pub ignored_defects: usize,
+    /// Anomaly mode: memory-bank entries.
+    pub bank_entries: Option<usize>,
 }
 
 /// The run was cancelled; the last finished epoch is in the checkpoint.
 #[derive(Debug, thiserror::Error)]
 #[error("training cancelled; resume with --resume (checkpoint {0})")]
 pub struct Cancelled(pub PathBuf);
+
+/// How a classifier's threshold is chosen, in words.
+pub fn miss_rule(cfg: &TrainConfig, defective: &[bool]) -> String {
+    let n = defective.iter().filter(|&&d| d).count();
+    format!(
+        "miss rate ≤ {:.1} % on {n} defective val images ({} good)",
+        cfg.max_miss_rate * 100.0,
+        defective.len() - n
+    )
+}
 
 /// Checkpoint folder next to the model file: `<out>.ckpt/`.
 pub fn checkpoint_dir(out: &Path) -> PathBuf {
@@ -1271,10 +1316,27 @@ pub fn train(
     cancel: &AtomicBool,
 ) -> anyhow::Result<TrainSummary> {
     let started = Instant::now();
-    if let Some(p) = PRESETS.iter().find(|p| p.name == cfg.preset)
-        && let Some(resize) = p.backbone
-    {
-        return crate::train_head::train(cfg, p.side, resize, progress, cancel);
+    let backbone = PRESETS
+        .iter()
+        .find(|p| p.name == cfg.preset)
+        .and_then(|p| Some((p.side, p.backbone?)));
+    if cfg.mode == TrainMode::Anomaly {
+        let Some((side, resize)) = backbone else {
+            bail!(
+                "anomaly mode needs a pretrained-backbone preset ({}); {:?} is not one",
+                PRESETS
+                    .iter()
+                    .filter(|p| p.backbone.is_some())
+                    .map(|p| p.name)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                cfg.preset
+            );
+        };
+        return crate::train_anomaly::train(cfg, side, resize, progress, cancel);
+    }
+    if let Some((side, resize)) = backbone {
+        return crate::train_head::train(cfg, side, resize, progress, cancel);
     }
     let Prepared {
         classes,
@@ -1642,6 +1704,9 @@ pub fn train(
         train_seconds: started.elapsed().as_secs_f64(),
         backend: backend_label,
         early_stopped,
+        threshold_rule: miss_rule(cfg, &vm.defective),
+        ignored_defects: 0,
+        bank_entries: None,
     };
     spec.training = serde_json::json!({
         "dataset": cfg.data.display().to_string(),

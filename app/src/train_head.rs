@@ -46,7 +46,7 @@ pub const HIDDEN: u32 = 128;
 /// Stages whose outputs make the local features.
 const FEATURE_STAGES: [usize; 3] = [2, 3, 4];
 /// Images per engine call during extraction.
-const EXTRACT_BATCH: usize = 8;
+pub(crate) const EXTRACT_BATCH: usize = 8;
 /// Position rows per optimisation step.
 const ROWS_PER_STEP: usize = 2048;
 
@@ -67,7 +67,7 @@ pub fn feature_cache_dir() -> Option<PathBuf> {
 /// only on its bytes and the frozen network, so the key is the image's path, size and
 /// modification time plus a hash of the backbone weights and the input geometry. A changed
 /// image, preset or backbone gets a new key; stale files are simply never read again.
-struct FeatureCache {
+pub(crate) struct FeatureCache {
     dir: Option<PathBuf>,
     network: u64,
 }
@@ -82,7 +82,7 @@ fn hash_of(parts: &[&[u8]]) -> u64 {
 }
 
 impl FeatureCache {
-    fn new(weights: &Path, spec: &ModelSpec, layer: usize) -> Self {
+    pub(crate) fn new(weights: &Path, spec: &ModelSpec, layer: usize) -> Self {
         let dir = feature_cache_dir();
         let wbytes = std::fs::read(weights).unwrap_or_default();
         let geometry = serde_json::to_vec(&(&spec.input, &spec.layers[..=layer], CACHE_VERSION))
@@ -163,6 +163,11 @@ pub fn feature_network(
     Ok((b, lf))
 }
 
+/// Channels of the local features (`Layer::LocalFeatures` of [`feature_network`]).
+pub fn feature_channels(b: &backbone::Backbone) -> u32 {
+    FEATURE_STAGES.iter().map(|&s| b.stage_channels[s]).sum()
+}
+
 /// The full model spec: backbone, local features, head, defect max pool, calibration.
 pub fn head_spec(
     name: &str,
@@ -170,7 +175,7 @@ pub fn head_spec(
     classes: Vec<String>,
     pass: Vec<String>,
 ) -> anyhow::Result<ModelSpec> {
-    let features: u32 = FEATURE_STAGES.iter().map(|&s| b.stage_channels[s]).sum();
+    let features = feature_channels(b);
     let k = classes.len() as u32;
     let mut layers = b.layers.clone();
     layers.extend([
@@ -205,19 +210,19 @@ impl PositionHead {
 }
 
 /// Cached features of one split: per image `[c, h, w]` and its valid cells.
-struct Features {
+pub(crate) struct Features {
     /// `[n][c·h·w]`, channel-major per image.
-    maps: Vec<Vec<f32>>,
+    pub(crate) maps: Vec<Vec<f32>>,
     /// Valid (not letterbox) cells per image: `(cols, rows)`.
-    valid: Vec<(usize, usize)>,
-    c: usize,
-    h: usize,
-    w: usize,
+    pub(crate) valid: Vec<(usize, usize)>,
+    pub(crate) c: usize,
+    pub(crate) h: usize,
+    pub(crate) w: usize,
 }
 
 impl Features {
     /// Rows `[cells, c]` of image `i`'s valid cells, row-major over (y, x), and the cell indices.
-    fn rows(&self, i: usize) -> (Vec<f32>, Vec<usize>) {
+    pub(crate) fn rows(&self, i: usize) -> (Vec<f32>, Vec<usize>) {
         let (vw, vh) = self.valid[i];
         let hw = self.h * self.w;
         let mut rows = Vec::with_capacity(vw * vh * self.c);
@@ -236,7 +241,7 @@ impl Features {
 /// Features of `images` (`files[i]` is image `i`'s file, for the cache), from the cache where
 /// it has them, else from the engine. Also returns how many were extracted.
 #[allow(clippy::too_many_arguments)]
-fn extract(
+pub(crate) fn extract(
     engine: &mut kernels::Engine,
     layer: usize,
     spec: &ModelSpec,
@@ -940,6 +945,9 @@ pub fn train(
             gpu.describe()
         ),
         early_stopped: false,
+        threshold_rule: crate::train::miss_rule(cfg, &vm.defective),
+        ignored_defects: 0,
+        bank_entries: None,
     };
     spec.training = serde_json::json!({
         "dataset": cfg.data.display().to_string(),

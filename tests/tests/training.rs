@@ -443,3 +443,106 @@ fn unsafe_env_remove(key: &str) {
     // SAFETY: as above.
     unsafe { std::env::remove_var(key) }
 }
+
+/// Anomaly mode on generated data: trained from the good images only (the defect images of the
+/// training split are ignored), it ranks the painted-in defects above the good images, the
+/// engine's heatmap peaks on them, `eval` runs it unchanged, and bad inputs stop with a clear
+/// message.
+#[test]
+fn anomaly_model_from_good_images_ranks_painted_defects_above_good_ones() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let data = tempfile::tempdir().expect("tmp");
+    integration_tests::synthetic_manifest_with_masks(data.path(), 16, 6, 71);
+    let out_dir = tempfile::tempdir().expect("tmp");
+    let out = out_dir.path().join("anomaly.safetensors");
+    let mut cfg = TrainConfig::new(data.path().to_owned(), out.clone());
+    cfg.preset = "lite0-tiny".into();
+    cfg.mode = train::TrainMode::Anomaly;
+    let mut phases = std::collections::BTreeSet::new();
+    let summary = train::train(
+        &cfg,
+        &mut |p| {
+            if let Progress::Step { epoch, .. } = p {
+                phases.insert(epoch);
+            }
+        },
+        &AtomicBool::new(false),
+    )
+    .expect("anomaly training");
+    eprintln!("{summary:?}");
+    assert_eq!(phases.into_iter().collect::<Vec<_>>(), vec![0, 1, 2]);
+    assert_eq!(summary.train_images, 16, "only the good training images");
+    assert_eq!(summary.ignored_defects, 32);
+    assert!(summary.threshold_rule.contains("miss rate"), "{summary:?}");
+    assert!(summary.val_auroc.expect("good and defective val") >= 0.9, "{summary:?}");
+    let m = summary.bank_entries.expect("bank");
+    assert!(m >= 1 && m < 16 * 16, "a coreset, not every position: {m}");
+
+    let model = Model::load(&out).expect("load");
+    assert!(model.spec.is_anomaly());
+    assert_eq!(model.spec.classes, ["good", "anomaly"]);
+    // `eval` runs it unchanged: defect labels count as the anomaly class.
+    let report = inspector::eval::evaluate(&out, data.path(), "val").expect("eval");
+    assert_eq!(report.images, 18);
+    assert!(report.auroc.expect("auroc") >= 0.9, "{report:?}");
+    assert!(
+        report.heatmap_on_defect.expect("masks") >= 0.6,
+        "the score map peaks on the painted defect: {report:?}"
+    );
+
+    // Good val images only: the threshold comes from their false-reject target.
+    let good_only = tempfile::tempdir().expect("tmp");
+    let rows: Vec<String> = std::fs::read_to_string(data.path().join("manifest.csv"))
+        .expect("manifest")
+        .lines()
+        .filter(|l| l.starts_with("path") || l.contains(",good,"))
+        .map(str::to_owned)
+        .collect();
+    for r in &rows[1..] {
+        let rel = r.split(',').next().expect("path");
+        std::fs::create_dir_all(good_only.path().join("good")).expect("dir");
+        std::fs::copy(data.path().join(rel), good_only.path().join(rel)).expect("copy");
+    }
+    let rows: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            let mut f: Vec<&str> = r.split(',').collect();
+            if f.len() > 3 && f[0] != "path" {
+                f[3] = "";
+            }
+            f.join(",")
+        })
+        .collect();
+    std::fs::write(good_only.path().join("manifest.csv"), rows.join("\n") + "\n").expect("w");
+    let mut g = cfg.clone();
+    g.data = good_only.path().to_owned();
+    g.out = out_dir.path().join("good-only.safetensors");
+    let s = train::train(&g, &mut |_| {}, &AtomicBool::new(false)).expect("good only");
+    assert!(s.threshold_rule.contains("false-reject rate ≤ 1.0 %"), "{s:?}");
+    assert!(s.val_auroc.is_none());
+    assert_eq!(s.val_false_reject_rate, 0.0, "6 good val images at a 1 % target: none rejected");
+
+    // Bad input: too few good images, a bank over the budget, a classifier preset.
+    let few = tempfile::tempdir().expect("tmp");
+    integration_tests::synthetic_manifest(few.path(), 5, 2, 3);
+    let mut f = cfg.clone();
+    f.data = few.path().to_owned();
+    let e = train::train(&f, &mut |_| {}, &AtomicBool::new(false))
+        .expect_err("5 good images")
+        .to_string();
+    assert!(e.contains("at least 10 readable good training images"), "{e}");
+    let mut big = cfg.clone();
+    big.bank = Some(100_000);
+    let e = format!(
+        "{:#}",
+        train::train(&big, &mut |_| {}, &AtomicBool::new(false)).expect_err("budget")
+    );
+    assert!(e.contains("over the 64 MiB budget") && e.contains("--bank 72315"), "{e}");
+    let mut classic = cfg.clone();
+    classic.preset = "tiny".into();
+    let e = format!(
+        "{:#}",
+        train::train(&classic, &mut |_| {}, &AtomicBool::new(false)).expect_err("preset")
+    );
+    assert!(e.contains("pretrained-backbone preset"), "{e}");
+}
