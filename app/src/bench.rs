@@ -44,6 +44,96 @@ pub struct BenchArgs {
     /// Skip the pretrained-backbone model.
     #[arg(long)]
     pub no_backbone: bool,
+    /// Memory-bank sizes of the anomaly model to time per frame (0 entries: skip it).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![4096u32, 16384, 65536])]
+    pub banks: Vec<u32>,
+}
+
+/// The anomaly model at 256 px (EfficientNet-Lite0 local features + a memory bank of
+/// `entries` random good-part features): what the station runs in anomaly mode.
+pub fn anomaly_model(entries: u32) -> anyhow::Result<Model> {
+    use kernels::Resize;
+    let (b, _) =
+        crate::train_head::feature_network(&crate::train_head::backbone_path(), 256, Resize::Fit)?;
+    let features = crate::train_head::feature_channels(&b);
+    let spec = crate::train_anomaly::anomaly_spec(
+        &format!("anomaly-256-bank{entries}"),
+        &b,
+        features,
+        entries,
+        crate::train_anomaly::NEIGHBORS,
+        "good",
+    )?;
+    let mut rng = SplitMix64::new(9);
+    let mut weights = b.weights.clone();
+    weights.push(Some(kernels::LayerWeights {
+        weight: (0..entries as usize * features as usize)
+            .map(|_| rng.uniform(0.0, 2.0))
+            .collect(),
+        bias: vec![10.0, 1.0],
+    }));
+    Ok(Model::new(spec, weights)?)
+}
+
+/// Per-frame time of the anomaly model at each bank size, batch 1, and the memory bank's share
+/// of it (its two dispatches timed on their own).
+fn anomaly_bench(
+    gpu: &kernels::GpuContext,
+    banks: &[u32],
+    iters: usize,
+    json: bool,
+) -> anyhow::Result<serde_json::Value> {
+    let mut out = serde_json::Map::new();
+    let mut rng = SplitMix64::new(13);
+    // A tile-shaped frame (wider than tall), as the station sees.
+    let (w, h) = (320u32, 200u32);
+    let pix = rng.bytes((w * h) as usize);
+    let frame = [Frame::new(&pix, w, h, PixelFormat::Gray8)];
+    if !json {
+        println!();
+        println!("anomaly model (lite0 256 px local features + memory bank), batch 1, {w}×{h} frame:");
+        println!(
+            "{:>8} {:>10} {:>10} {:>10} {:>12} {:>10}",
+            "bank", "p50 ms", "p90 ms", "frames/s", "bank share", "GFLOP/s"
+        );
+    }
+    for &entries in banks.iter().filter(|&&e| e > 0) {
+        let model = anomaly_model(entries)?;
+        let flops = model.spec.flops_per_image();
+        let mut engine = Engine::new(&gpu.device, &gpu.queue, &model, 1, gpu.describe())?;
+        let t = summarize(
+            time(1, iters, || engine.infer(&frame).map(|_| ()).map_err(Into::into))?,
+            1,
+            flops,
+        );
+        let ops = engine.profile(&frame)?;
+        let total: f64 = ops.iter().map(|(_, t)| t).sum();
+        let bank: f64 = ops
+            .iter()
+            .filter(|(k, _)| k == "memory bank")
+            .map(|(_, t)| t)
+            .sum();
+        if !json {
+            println!(
+                "{entries:>8} {:>10.1} {:>10.1} {:>10.2} {:>11.1} % {:>10.2}",
+                t.p50_ms,
+                t.p90_ms,
+                t.images_per_s,
+                100.0 * bank / total,
+                t.gflop_per_s
+            );
+        }
+        out.insert(
+            format!("bank_{entries}"),
+            serde_json::json!({
+                "batch_1": t,
+                "gflop_per_frame": flops as f64 / 1e9,
+                "memory_bank_share": bank / total,
+                "memory_bank_ms_alone": bank * 1e3,
+            }),
+        );
+    }
+    Ok(serde_json::Value::Object(out))
 }
 
 /// The default backbone model (EfficientNet-Lite0 stages 0-4 + the per-position head, random
@@ -369,6 +459,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 println!("  {k:<16} {:>9.2} ms {:>6.1} %", t * 1e3, 100.0 * t / total);
             }
         }
+    }
+    if args.banks.iter().any(|&b| b > 0) {
+        models.insert(
+            "anomaly-256".into(),
+            anomaly_bench(&gpu, &args.banks, (args.iters / 5).max(3), args.json)?,
+        );
     }
     report.insert("models".into(), models.into());
 

@@ -101,14 +101,20 @@ pub struct TrainArgs {
     /// model from the good (PASS) training images only, for a product with no labelled defects.
     #[arg(long, value_enum, default_value = "classifier")]
     pub mode: crate::train::TrainMode,
-    /// Anomaly mode: memory-bank entries (default: 10 % of the good images' positions; at most
-    /// the 64 MiB budget, 72,315 entries of the lite0 features).
+    /// Anomaly mode: memory-bank entries (default: 10 % of the good images' positions, at most
+    /// 4,096; the budget is 64 MiB, 72,315 entries of the lite0 features).
     #[arg(long)]
     pub bank: Option<usize>,
     /// Anomaly mode with good val images only: the largest false-reject rate on them for the
     /// chosen threshold.
     #[arg(long, default_value_t = 0.01)]
     pub max_false_reject: f64,
+    /// Anomaly mode: how the bank is chosen (greedy k-center coreset, or a random sample).
+    #[arg(long, value_enum, default_value = "greedy")]
+    pub coreset: crate::train::CoresetKind,
+    /// Anomaly mode: support size of the score reweighting, 1..=16 (1: the nearest distance).
+    #[arg(long, default_value_t = crate::train_anomaly::NEIGHBORS)]
+    pub neighbors: u32,
     /// Print a one-line JSON summary on stdout at the end.
     #[arg(long)]
     pub json: bool,
@@ -192,6 +198,8 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     cfg.mode = args.mode;
     cfg.bank = args.bank;
     cfg.max_false_reject = args.max_false_reject;
+    cfg.coreset = args.coreset;
+    cfg.neighbors = args.neighbors;
     if cfg.mode == crate::train::TrainMode::Anomaly {
         cfg.epochs = 1; // one pass: features, coreset, threshold
     }

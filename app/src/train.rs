@@ -111,6 +111,27 @@ pub struct TrainConfig {
     /// val images at the chosen threshold.
     #[serde(default = "default_max_false_reject")]
     pub max_false_reject: f64,
+    /// Anomaly mode: how the bank is chosen from the good positions.
+    #[serde(default)]
+    pub coreset: CoresetKind,
+    /// Anomaly mode: support size of the score reweighting (1 = the raw nearest distance).
+    #[serde(default = "default_neighbors")]
+    pub neighbors: u32,
+}
+
+/// How an anomaly model's memory bank is chosen from the good positions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum CoresetKind {
+    /// Greedy k-center (PatchCore): each entry is the position farthest from those chosen.
+    #[default]
+    Greedy,
+    /// A seeded random sample (faster; for comparison).
+    Random,
+}
+
+fn default_neighbors() -> u32 {
+    crate::train_anomaly::NEIGHBORS
 }
 
 fn default_max_false_reject() -> f64 {
@@ -142,6 +163,8 @@ impl TrainConfig {
             mode: TrainMode::Classifier,
             bank: None,
             max_false_reject: default_max_false_reject(),
+            coreset: CoresetKind::Greedy,
+            neighbors: default_neighbors(),
         }
     }
 }

@@ -485,6 +485,10 @@ fn anomaly_model_from_good_images_ranks_painted_defects_above_good_ones() {
     let report = inspector::eval::evaluate(&out, data.path(), "val").expect("eval");
     assert_eq!(report.images, 18);
     assert!(report.auroc.expect("auroc") >= 0.9, "{report:?}");
+    // Training scores val on the CPU from cached features; the engine reproduces its figures.
+    assert!((report.auroc.expect("auroc") - summary.val_auroc.expect("auroc")).abs() < 1e-9);
+    assert_eq!(report.miss_rate, summary.val_miss_rate);
+    assert_eq!(report.false_reject_rate, summary.val_false_reject_rate);
     assert!(
         report.heatmap_on_defect.expect("masks") >= 0.6,
         "the score map peaks on the painted defect: {report:?}"
