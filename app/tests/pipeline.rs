@@ -167,3 +167,91 @@ fn damaged_model_is_refused_mid_stream_and_inspection_goes_on() {
             .all(|v| v.roi.width == 96 && v.roi.height == 80)
     );
 }
+
+/// The station hot-swaps between the two kinds of model: a classifier, then an anomaly model
+/// (memory bank), then the classifier again, without stopping; the anomaly model's verdicts name
+/// its classes and carry its score map.
+#[test]
+fn classifier_and_anomaly_models_hot_swap_mid_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let anomaly = dir.path().join("anomaly.safetensors");
+    inspector::bench::anomaly_model(300)
+        .unwrap()
+        .save(&anomaly)
+        .unwrap();
+    let gpu = kernels::GpuContext::headless().unwrap();
+    let model = pipeline::load_model(&default_model()).unwrap();
+    let classifier_id = model.1.id.clone();
+    let classifier_classes = model.1.classes.clone();
+    let anomaly_id = pipeline::load_model(&anomaly).unwrap().1.id;
+    let label = gpu.describe();
+    let p = Pipeline::start(
+        gpu.device,
+        gpu.queue,
+        label,
+        model,
+        SourceSpec::Synthetic {
+            size: (120, 90),
+            seed: 5,
+        },
+        PipelineOptions {
+            limit: Some(9),
+            ..PipelineOptions::default()
+        },
+        None,
+        Arc::new(|| {}),
+    )
+    .unwrap();
+    let mut events = Vec::new();
+    let mut swapped = 0;
+    while let Some(e) = p.next_event(Duration::from_secs(120)) {
+        let end = matches!(
+            e,
+            Event::Source(SourceStatus::Ended(_) | SourceStatus::Failed(_))
+        );
+        if let Event::Verdict(v) = &e {
+            // After the 3rd and the 6th verdict, swap.
+            if v.seq == 3 && swapped == 0 {
+                p.load_model(anomaly.clone());
+                swapped = 1;
+            } else if v.model_id == anomaly_id && swapped == 1 {
+                p.load_model(default_model());
+                swapped = 2;
+            }
+        }
+        events.push(e);
+        if end {
+            break;
+        }
+    }
+    let loaded: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ModelLoaded(m) => Some(m.id.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        loaded.contains(&anomaly_id.as_str()) && loaded.last() == Some(&classifier_id.as_str()),
+        "{loaded:?}"
+    );
+    let verdicts: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Verdict(v) => Some(v),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(verdicts.len(), 9);
+    let by_anomaly: Vec<_> = verdicts.iter().filter(|v| v.model_id == anomaly_id).collect();
+    assert!(!by_anomaly.is_empty(), "no frame went through the anomaly model");
+    for v in &by_anomaly {
+        assert!(v.class == "good" || v.class == "anomaly", "{}", v.class);
+        assert_eq!(v.fail, v.class == "anomaly");
+        assert_eq!(v.probabilities.len(), 2);
+        assert!(!v.heatmap.values.is_empty() && v.heatmap.values.iter().all(|x| x.is_finite()));
+    }
+    for v in verdicts.iter().filter(|v| v.model_id == classifier_id) {
+        assert!(classifier_classes.contains(&v.class), "{}", v.class);
+    }
+}

@@ -117,17 +117,43 @@ pub struct Prediction {
     pub class: String,
     /// The probability of each of the model's classes.
     pub probabilities: Vec<(String, f32)>,
+    /// For an anomaly model (classes: PASS, "anomaly"), the dataset labels it counts as PASS;
+    /// every other label stands for its anomaly class.
+    pub pass_labels: Option<Vec<String>>,
 }
 
 impl Prediction {
-    /// How strongly the model disagrees with `label`: 1 − its probability of that class (1 for
-    /// a class the model does not know).
+    /// The model class a dataset label stands for: the label itself for a classifier; for an
+    /// anomaly model its PASS class or its anomaly class.
+    pub fn class_for<'a>(&'a self, label: &'a str) -> &'a str {
+        match &self.pass_labels {
+            None => label,
+            Some(pass) => {
+                let pass_class = self.probabilities.first().map_or("", |(c, _)| c.as_str());
+                let anomaly = self.probabilities.get(1).map_or("", |(c, _)| c.as_str());
+                if label == pass_class || pass.iter().any(|p| p == label) {
+                    pass_class
+                } else {
+                    anomaly
+                }
+            }
+        }
+    }
+
+    /// How strongly the model disagrees with `label`: 1 − its probability of the class the
+    /// label stands for (1 for a class the model does not know).
     pub fn disagreement(&self, label: &str) -> f32 {
+        let class = self.class_for(label);
         1.0 - self
             .probabilities
             .iter()
-            .find(|(c, _)| c == label)
+            .find(|(c, _)| c == class)
             .map_or(0.0, |(_, p)| *p)
+    }
+
+    /// Whether the model's class differs from the one `label` stands for.
+    pub fn disagrees(&self, label: &str) -> bool {
+        self.class != self.class_for(label)
     }
 }
 
@@ -328,7 +354,7 @@ impl LabelView {
                     4 => match (&self.predictions, &r.label) {
                         (Some(p), Some(l)) => {
                             !set.checked.contains(&r.path)
-                                && p.get(&r.path).is_some_and(|pred| pred.class != *l)
+                                && p.get(&r.path).is_some_and(|pred| pred.disagrees(l))
                         }
                         _ => false,
                     },
@@ -517,6 +543,10 @@ fn predict(
                         .cloned()
                         .zip(r.probabilities.iter().copied())
                         .collect(),
+                    pass_labels: m
+                        .spec
+                        .is_anomaly()
+                        .then(|| crate::eval::pass_labels(&m.spec)),
                 },
             );
         }
@@ -1130,7 +1160,26 @@ mod tests {
         Prediction {
             class: class.into(),
             probabilities: vec![("bad".into(), 1.0 - p_good), ("good".into(), p_good)],
+            pass_labels: None,
         }
+    }
+
+    /// With an anomaly model, a defect label stands for the anomaly class: a scratch the model
+    /// scores anomalous agrees with its label; a good image it scores anomalous does not.
+    #[test]
+    fn anomaly_predictions_compare_verdicts_not_class_names() {
+        let p = |anomalous: f32| Prediction {
+            class: if anomalous >= 0.5 { "anomaly" } else { "Free" }.into(),
+            probabilities: vec![("Free".into(), 1.0 - anomalous), ("anomaly".into(), anomalous)],
+            pass_labels: Some(vec!["Free".into(), "OK".into()]),
+        };
+        assert!(!p(0.9).disagrees("Crack"));
+        assert!(p(0.9).disagrees("Free"));
+        assert!(p(0.9).disagrees("OK"));
+        assert!(!p(0.2).disagrees("OK"));
+        assert!((p(0.9).disagreement("Crack") - 0.1).abs() < 1e-6);
+        assert!((p(0.9).disagreement("Free") - 0.9).abs() < 1e-6);
+        assert_eq!(p(0.3).class_for("Blowhole"), "anomaly");
     }
 
     /// A stroke from one side to the other paints a continuous line, not separate dots.
