@@ -606,6 +606,14 @@ pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
                 .id_salt("label-folder"),
         )
         .labelled_by(l.id);
+        let near = v.folder.clone();
+        app.dialogs.button_ui(ui, super::file_dialog::Target::LabelDataset, || {
+            super::file_dialog::DialogRequest::new(
+                super::file_dialog::DialogKind::PickFolder,
+                "Dataset folder to open",
+                &near,
+            )
+        });
         if ui.button("Open").clicked() {
             v.open(false);
         }
@@ -652,6 +660,8 @@ pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
             }
         }
     });
+    app.dialogs
+        .note_ui(ui, super::file_dialog::Target::LabelDataset);
     if !v.status.is_empty() {
         let c = if v.status.starts_with("ERROR") {
             ui.visuals().error_fg_color
