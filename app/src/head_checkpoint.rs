@@ -89,9 +89,15 @@ fn head_tensors(head: &PositionHead) -> anyhow::Result<Vec<(String, Vec<usize>, 
     let bias = |b: &Option<Param<Tensor<1>>>| b.as_ref().map(|b| b.val()).context("no bias");
     let (hb, ob) = (bias(&head.hidden.bias)?, bias(&head.out.bias)?);
     let tensors = [
-        (head.hidden.weight.shape().dims::<2>().to_vec(), tensor_vec(head.hidden.weight.val())?),
+        (
+            head.hidden.weight.shape().dims::<2>().to_vec(),
+            tensor_vec(head.hidden.weight.val())?,
+        ),
         (hb.shape().dims::<1>().to_vec(), tensor_vec(hb)?),
-        (head.out.weight.shape().dims::<2>().to_vec(), tensor_vec(head.out.weight.val())?),
+        (
+            head.out.weight.shape().dims::<2>().to_vec(),
+            tensor_vec(head.out.weight.val())?,
+        ),
         (ob.shape().dims::<1>().to_vec(), tensor_vec(ob)?),
     ];
     Ok(NAMES

@@ -82,15 +82,16 @@ impl DialogRequest {
     /// The folder the dialog opens in: that of the typed path, else (save dialogs) the
     /// default export folder. Reads the disk: call it on the worker.
     pub fn start_dir(&self) -> Option<PathBuf> {
-        start_dir_of(&self.near).or_else(|| {
-            (self.kind == DialogKind::SaveFile).then(default_export_dir)
-        })
+        start_dir_of(&self.near)
+            .or_else(|| (self.kind == DialogKind::SaveFile).then(default_export_dir))
     }
 
     /// Adds a file type filter.
     pub fn filter(mut self, name: &str, extensions: &[&str]) -> Self {
-        self.filters
-            .push((name.into(), extensions.iter().map(|e| e.to_string()).collect()));
+        self.filters.push((
+            name.into(),
+            extensions.iter().map(|e| e.to_string()).collect(),
+        ));
         self
     }
 }
@@ -399,7 +400,10 @@ mod tests {
             data_dirs: Some(empty.path().into()),
         };
         let why = availability(&bare).unwrap_err();
-        assert!(why.contains("no desktop session bus") && why.contains("zenity"), "{why}");
+        assert!(
+            why.contains("no desktop session bus") && why.contains("zenity"),
+            "{why}"
+        );
 
         // zenity alone is enough (rfd falls back to it).
         let bin = tempfile::tempdir().unwrap();
@@ -486,7 +490,10 @@ mod tests {
         assert!(d.request(Target::SettingsModel, req.clone(), &ctx));
         assert!(t0.elapsed() < Duration::from_millis(100), "request waited");
         assert_eq!(d.open(), Some(Target::SettingsModel));
-        assert!(!d.request(Target::CsvExport, req.clone(), &ctx), "a second dialog opened");
+        assert!(
+            !d.request(Target::CsvExport, req.clone(), &ctx),
+            "a second dialog opened"
+        );
         assert_eq!(
             wait(&mut d),
             [(

@@ -464,102 +464,118 @@ pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
     // Filters.
     ui.horizontal_wrapped(|ui| {
         // Each filter's name stands before its control, as people read a form.
-        let l = ui.label("Time");
-        egui::ComboBox::from_id_salt("time")
-            .selected_text(RANGES[h.range])
-            .show_ui(ui, |ui| {
-                for (i, r) in RANGES.iter().enumerate() {
-                    ui.selectable_value(&mut h.range, i, *r);
-                }
-            })
-            .response
-            .labelled_by(l.id);
+        ui.horizontal(|ui| {
+            let l = ui.label("Time");
+            egui::ComboBox::from_id_salt("time")
+                .selected_text(RANGES[h.range])
+                .show_ui(ui, |ui| {
+                    for (i, r) in RANGES.iter().enumerate() {
+                        ui.selectable_value(&mut h.range, i, *r);
+                    }
+                })
+                .response
+                .labelled_by(l.id);
+        });
         if h.range == 4 {
-            let l = ui.label("From");
-            ui.add(
-                egui::TextEdit::singleline(&mut h.custom_since)
-                    .hint_text("2026-11-26T06:00:00Z or 8h")
-                    .desired_width(200.0)
-                    .id_salt("since"),
-            )
-            .labelled_by(l.id);
-            let l = ui.label("Until");
-            ui.add(
-                egui::TextEdit::singleline(&mut h.custom_until)
-                    .hint_text("empty = now")
-                    .desired_width(160.0)
-                    .id_salt("until"),
-            )
-            .labelled_by(l.id);
+            ui.horizontal(|ui| {
+                let l = ui.label("From");
+                ui.add(
+                    egui::TextEdit::singleline(&mut h.custom_since)
+                        .hint_text("2026-11-26T06:00:00Z or 8h")
+                        .desired_width(200.0)
+                        .id_salt("since"),
+                )
+                .labelled_by(l.id);
+            });
+            ui.horizontal(|ui| {
+                let l = ui.label("Until");
+                ui.add(
+                    egui::TextEdit::singleline(&mut h.custom_until)
+                        .hint_text("empty = now")
+                        .desired_width(160.0)
+                        .id_salt("until"),
+                )
+                .labelled_by(l.id);
+            });
         }
-        let l = ui.label("Verdict");
-        egui::ComboBox::from_id_salt("verdict")
-            .selected_text(if h.verdict.is_empty() {
-                "any"
-            } else {
-                &h.verdict
-            })
-            .show_ui(ui, |ui| {
-                for v in ["", "pass", "fail"] {
-                    ui.selectable_value(
-                        &mut h.verdict,
-                        v.to_string(),
-                        if v.is_empty() { "any" } else { v },
-                    );
-                }
-            })
-            .response
-            .labelled_by(l.id);
+        ui.horizontal(|ui| {
+            let l = ui.label("Verdict");
+            egui::ComboBox::from_id_salt("verdict")
+                .selected_text(if h.verdict.is_empty() {
+                    "any"
+                } else {
+                    &h.verdict
+                })
+                .show_ui(ui, |ui| {
+                    for v in ["", "pass", "fail"] {
+                        ui.selectable_value(
+                            &mut h.verdict,
+                            v.to_string(),
+                            if v.is_empty() { "any" } else { v },
+                        );
+                    }
+                })
+                .response
+                .labelled_by(l.id);
+        });
         let classes = h
             .result
             .as_ref()
             .map(|r| r.classes.clone())
             .unwrap_or_default();
-        let l = ui.label("Class");
-        egui::ComboBox::from_id_salt("class")
-            .selected_text(if h.class.is_empty() { "any" } else { &h.class })
-            .show_ui(ui, |ui| {
-                ui.selectable_value(&mut h.class, String::new(), "any");
-                for c in classes {
-                    ui.selectable_value(&mut h.class, c.clone(), c);
-                }
-            })
-            .response
-            .labelled_by(l.id);
+        ui.horizontal(|ui| {
+            let l = ui.label("Class");
+            egui::ComboBox::from_id_salt("class")
+                .selected_text(if h.class.is_empty() { "any" } else { &h.class })
+                .show_ui(ui, |ui| {
+                    ui.selectable_value(&mut h.class, String::new(), "any");
+                    for c in classes {
+                        ui.selectable_value(&mut h.class, c.clone(), c);
+                    }
+                })
+                .response
+                .labelled_by(l.id);
+        });
         let models = h
             .result
             .as_ref()
             .map(|r| r.models.clone())
             .unwrap_or_default();
-        let l = ui.label("Model");
-        egui::ComboBox::from_id_salt("model")
-            .selected_text(if h.model.is_empty() { "any" } else { &h.model })
-            .show_ui(ui, |ui| {
-                ui.selectable_value(&mut h.model, String::new(), "any");
-                for m in models {
-                    ui.selectable_value(&mut h.model, m.clone(), m);
-                }
-            })
-            .response
+        ui.horizontal(|ui| {
+            let l = ui.label("Model");
+            egui::ComboBox::from_id_salt("model")
+                .selected_text(if h.model.is_empty() { "any" } else { &h.model })
+                .show_ui(ui, |ui| {
+                    ui.selectable_value(&mut h.model, String::new(), "any");
+                    for m in models {
+                        ui.selectable_value(&mut h.model, m.clone(), m);
+                    }
+                })
+                .response
+                .labelled_by(l.id);
+        });
+        ui.horizontal(|ui| {
+            let l = ui.label("Overridden");
+            egui::ComboBox::from_id_salt("overridden")
+                .selected_text(["any", "yes", "no"][h.overridden])
+                .show_ui(ui, |ui| {
+                    for (i, s) in ["any", "yes", "no"].iter().enumerate() {
+                        ui.selectable_value(&mut h.overridden, i, *s);
+                    }
+                })
+                .response
+                .labelled_by(l.id);
+        });
+        ui.horizontal(|ui| {
+            let l = ui.label("Search");
+            ui.add(
+                egui::TextEdit::singleline(&mut h.text)
+                    .hint_text("search file / frame")
+                    .desired_width(160.0)
+                    .id_salt("search"),
+            )
             .labelled_by(l.id);
-        let l = ui.label("Overridden");
-        egui::ComboBox::from_id_salt("overridden")
-            .selected_text(["any", "yes", "no"][h.overridden])
-            .show_ui(ui, |ui| {
-                for (i, s) in ["any", "yes", "no"].iter().enumerate() {
-                    ui.selectable_value(&mut h.overridden, i, *s);
-                }
-            })
-            .response
-            .labelled_by(l.id);
-        let l = ui.label("Search");
-        ui.add(
-            egui::TextEdit::singleline(&mut h.text)
-                .hint_text("search file / frame")
-                .desired_width(160.0)
-                .id_salt("search"),
-        )
-        .labelled_by(l.id);
+        });
     });
     let filter = match h.filter(shift) {
         Ok(f) => Some(f),
@@ -622,10 +638,7 @@ pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
         ui.add(
             egui::TextEdit::singleline(&mut h.export_path)
                 .desired_width(300.0)
-                .hint_text(format!(
-                    "{} (in Documents)",
-                    export_file_name(today)
-                ))
+                .hint_text(format!("{} (in Documents)", export_file_name(today)))
                 .id_salt("export-path"),
         )
         .labelled_by(l.id);
@@ -646,7 +659,7 @@ pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
             }
             None => {
                 h.exported = Some(Err(
-                    "nothing exported: correct the filter above first".into(),
+                    "nothing exported: correct the filter above first".into()
                 ))
             }
         }

@@ -135,7 +135,10 @@ fn side_panel(app: &mut InspectorApp, ui: &mut egui::Ui) {
         // The platform's file dialog; the chosen file goes to the activation dialog. Without a
         // file dialog, Settings › Model file says so and takes a typed path.
         if ui
-            .add_enabled(app.dialogs.open().is_none(), egui::Button::new("Load model…"))
+            .add_enabled(
+                app.dialogs.open().is_none(),
+                egui::Button::new("Load model…"),
+            )
             .clicked()
         {
             let req = super::file_dialog::DialogRequest::new(

@@ -343,7 +343,9 @@ fn model(app: &mut InspectorApp, ui: &mut egui::Ui) {
         });
         if ui
             .button("Models nearby")
-            .on_hover_text("list the .safetensors files next to the typed path and the bundled ones")
+            .on_hover_text(
+                "list the .safetensors files next to the typed path and the bundled ones",
+            )
             .clicked()
         {
             // Folder listing is disk work (a network share can take seconds): a helper thread
@@ -406,7 +408,9 @@ fn use_database(app: &mut InspectorApp) {
     if typed.ends_with('/') || typed.ends_with(std::path::MAIN_SEPARATOR) {
         app.notify(
             Level::Warning,
-            format!("{typed} is a folder: the history database is a file, e.g. {typed}history.sqlite"),
+            format!(
+                "{typed} is a folder: the history database is a file, e.g. {typed}history.sqlite"
+            ),
         );
         return;
     }

@@ -70,10 +70,13 @@ pub fn pass_list(typed: &str) -> Vec<String> {
 
 /// A training error in the form's words: the library names command-line options.
 pub fn for_the_form(e: &str) -> String {
-    e.replace("name the PASS classes with --pass CLASS", "type the PASS classes in the form")
-        .replace("--pass ", "PASS class ")
-        .replace("(pass: ", "(PASS classes typed: ")
-        .replace("lower --lr", "lower the learning rate")
+    e.replace(
+        "name the PASS classes with --pass CLASS",
+        "type the PASS classes in the form",
+    )
+    .replace("--pass ", "PASS class ")
+    .replace("(pass: ", "(PASS classes typed: ")
+    .replace("lower --lr", "lower the learning rate")
 }
 
 /// Seconds left when the share `from` of the work was done at `at` and `done` is done `now`:
@@ -134,7 +137,8 @@ pub struct TrainView {
     started: Option<Instant>,
     /// Epochs finished in this run.
     pub history: Vec<EpochRecord>,
-    steps: Vec<[f64; 2]>,
+    /// Loss per step: [epochs done, loss].
+    pub steps: Vec<[f64; 2]>,
     /// Progress line.
     pub status: String,
     /// The finished run.
@@ -351,7 +355,8 @@ impl TrainView {
                     .map(|s| format!(", ETA {}", seconds(s)))
                     .unwrap_or_default();
                 if epoch == 0 {
-                    self.status = format!("extracting backbone features: {step}/{steps} images{eta}");
+                    self.status =
+                        format!("extracting backbone features: {step}/{steps} images{eta}");
                 } else {
                     if loss.is_finite() {
                         self.steps.push([(epoch - 1) as f64 + within, loss]);
@@ -548,7 +553,7 @@ fn settings(app: &mut InspectorApp, ui: &mut egui::Ui, ctx: &egui::Context) {
             let t = &mut app.train;
             ui.add(
                 egui::TextEdit::singleline(&mut t.data)
-                    .desired_width(ui.available_width() - 80.0)
+                    .desired_width(ui.available_width() - 96.0)
                     .id_salt("train-data"),
             )
             .labelled_by(l.id);
@@ -569,20 +574,33 @@ fn settings(app: &mut InspectorApp, ui: &mut egui::Ui, ctx: &egui::Context) {
             .num_columns(2)
             .spacing([12.0, 6.0])
             .show(ui, |ui| {
-                let field = |ui: &mut egui::Ui, label: &str, text: &mut String, id: &str, hint: &str| {
-                    let l = ui.label(label);
-                    ui.add(
-                        egui::TextEdit::singleline(text)
-                            .desired_width(170.0)
-                            .hint_text(hint)
-                            .id_salt(id),
-                    )
-                    .labelled_by(l.id);
-                    ui.end_row();
-                };
-                field(ui, "Training split", &mut t.split_train, "split-train", "train");
+                let field =
+                    |ui: &mut egui::Ui, label: &str, text: &mut String, id: &str, hint: &str| {
+                        let l = ui.label(label);
+                        ui.add(
+                            egui::TextEdit::singleline(text)
+                                .desired_width(170.0)
+                                .hint_text(hint)
+                                .id_salt(id),
+                        )
+                        .labelled_by(l.id);
+                        ui.end_row();
+                    };
+                field(
+                    ui,
+                    "Training split",
+                    &mut t.split_train,
+                    "split-train",
+                    "train",
+                );
                 field(ui, "Val split", &mut t.split_val, "split-val", "val");
-                field(ui, "PASS classes", &mut t.pass, "pass-classes", "auto (good, ok, …)");
+                field(
+                    ui,
+                    "PASS classes",
+                    &mut t.pass,
+                    "pass-classes",
+                    "auto (good, ok, …)",
+                );
                 let l = ui.label("Preset");
                 egui::ComboBox::from_id_salt("preset")
                     .selected_text(t.preset.clone())
@@ -730,7 +748,10 @@ fn settings(app: &mut InspectorApp, ui: &mut egui::Ui, ctx: &egui::Context) {
             .eta_s
             .map(|e| format!(" · about {} left", seconds(e)))
             .unwrap_or_default();
-        ui.label(format!("running for {}{left}", seconds(s.elapsed().as_secs_f64())));
+        ui.label(format!(
+            "running for {}{left}",
+            seconds(s.elapsed().as_secs_f64())
+        ));
     }
     let color = if t.status.starts_with("ERROR") {
         ui.visuals().error_fg_color
@@ -795,12 +816,18 @@ fn curves(t: &TrainView, ui: &mut egui::Ui) {
         .include_y(1.0)
         .show(ui, |p| {
             p.line(
-                Line::new("val accuracy", PlotPoints::from(per_epoch(|e| e.val_accuracy)))
-                    .color(Color32::from_rgb(60, 170, 80)),
+                Line::new(
+                    "val accuracy",
+                    PlotPoints::from(per_epoch(|e| e.val_accuracy)),
+                )
+                .color(Color32::from_rgb(60, 170, 80)),
             );
             p.line(
-                Line::new("train accuracy", PlotPoints::from(per_epoch(|e| e.train_accuracy)))
-                    .color(Color32::from_rgb(80, 140, 230)),
+                Line::new(
+                    "train accuracy",
+                    PlotPoints::from(per_epoch(|e| e.train_accuracy)),
+                )
+                .color(Color32::from_rgb(80, 140, 230)),
             );
         });
 }
@@ -1297,7 +1324,8 @@ mod tests {
         t.on_progress(step(0, 30, 100), t0 + Duration::from_secs(2));
         assert!((t.eta_s.unwrap() - 7.0).abs() < 1e-6);
         assert!(
-            t.status.starts_with("extracting backbone features: 30/100 images, ETA 7 s"),
+            t.status
+                .starts_with("extracting backbone features: 30/100 images, ETA 7 s"),
             "{}",
             t.status
         );
@@ -1316,7 +1344,10 @@ mod tests {
             kept_epoch: Some(2),
         });
         let p = t.resume_from.as_ref().unwrap();
-        assert_eq!((p.epoch, p.cfg.out.as_path()), (2, Path::new("runs/r.safetensors")));
+        assert_eq!(
+            (p.epoch, p.cfg.out.as_path()),
+            (2, Path::new("runs/r.safetensors"))
+        );
         assert!(
             t.status.contains("epoch 2 is kept") && t.status.contains("Resume"),
             "{}",
@@ -1343,7 +1374,10 @@ mod tests {
         t.history = vec![rec(1), rec(2), rec(3)];
         t.steps = vec![[0.5, 1.0], [1.5, 0.8], [2.0, 0.7], [2.5, 0.6]];
         t.on_progress(started(3), Instant::now());
-        assert_eq!(t.history.iter().map(|e| e.epoch).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(
+            t.history.iter().map(|e| e.epoch).collect::<Vec<_>>(),
+            [1, 2]
+        );
         assert_eq!(t.steps.len(), 3);
         assert!(t.status.contains("resuming at epoch 3"), "{}", t.status);
     }
@@ -1368,9 +1402,7 @@ mod tests {
         assert_eq!((cfg.preset.as_str(), cfg.epochs), ("tiny", 7));
         assert!(!cfg.resume);
         assert_eq!(
-            for_the_form(
-                "--pass \"okay\" is not a class; classes are [\"bad\", \"good\"]"
-            ),
+            for_the_form("--pass \"okay\" is not a class; classes are [\"bad\", \"good\"]"),
             "PASS class \"okay\" is not a class; classes are [\"bad\", \"good\"]"
         );
         assert!(
