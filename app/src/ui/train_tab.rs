@@ -366,13 +366,14 @@ impl TrainView {
                 }
             }
             train::Progress::Epoch(e) => {
-                if e.epoch >= epochs {
+                let eta = if e.epoch >= epochs {
                     self.eta_s = Some(0.0);
-                }
-                let eta = self
-                    .eta_s
-                    .map(|s| format!(", ETA {}", seconds(s)))
-                    .unwrap_or_default();
+                    "; evaluating on val through the inspection engine…".to_string()
+                } else {
+                    self.eta_s
+                        .map(|s| format!(", ETA {}", seconds(s)))
+                        .unwrap_or_default()
+                };
                 self.status = format!(
                     "epoch {} done: val accuracy {:.3}, AUROC {}{eta}",
                     e.epoch,
@@ -674,7 +675,7 @@ fn settings(app: &mut InspectorApp, ui: &mut egui::Ui, ctx: &egui::Context) {
                 ui.end_row();
             });
         let note = |ui: &mut egui::Ui, text: &str| {
-            ui.add(egui::Label::new(RichText::new(text).small()).wrap());
+            ui.add(egui::Label::new(RichText::new(text).size(11.5).weak()).wrap());
         };
         note(
             ui,
@@ -793,6 +794,8 @@ fn curves(t: &TrainView, ui: &mut egui::Ui) {
         .link_axis(link, [true, false])
         .x_axis_label("epoch")
         .y_axis_label("loss")
+        // Wide enough for "0.25": a narrower axis drops every label but 0 and 1.
+        .y_axis_min_width(36.0)
         .include_y(0.0)
         .show(ui, |p| {
             p.line(
@@ -812,6 +815,8 @@ fn curves(t: &TrainView, ui: &mut egui::Ui) {
         .link_axis(link, [true, false])
         .x_axis_label("epoch")
         .y_axis_label("accuracy")
+        // Wide enough for "0.25": a narrower axis drops every label but 0 and 1.
+        .y_axis_min_width(36.0)
         .include_y(0.0)
         .include_y(1.0)
         .show(ui, |p| {
