@@ -638,7 +638,10 @@ pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
         ui.add(
             egui::TextEdit::singleline(&mut h.export_path)
                 .desired_width(300.0)
-                .hint_text(format!("{} (in Documents, else home)", export_file_name(today)))
+                .hint_text(format!(
+                    "{} (in Documents, else home)",
+                    export_file_name(today)
+                ))
                 .id_salt("export-path"),
         )
         .labelled_by(l.id);
