@@ -675,7 +675,12 @@ fn settings(app: &mut InspectorApp, ui: &mut egui::Ui, ctx: &egui::Context) {
                 ui.end_row();
             });
         let note = |ui: &mut egui::Ui, text: &str| {
-            ui.add(egui::Label::new(RichText::new(text).size(11.5).weak()).wrap());
+            // Wrap within what the column shows (its clip rect), whatever widened the layout.
+            let width = (ui.clip_rect().right() - ui.cursor().left() - 8.0).max(120.0);
+            ui.allocate_ui(vec2(width, 0.0), |ui| {
+                ui.set_max_width(width);
+                ui.add(egui::Label::new(RichText::new(text).size(11.5).weak()).wrap());
+            });
         };
         note(
             ui,
