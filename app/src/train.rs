@@ -429,6 +429,13 @@ pub struct TrainSummary {
 #[error("training cancelled; resume with --resume (checkpoint {0})")]
 pub struct Cancelled(pub PathBuf);
 
+/// Checkpoint folder next to the model file: `<out>.ckpt/`.
+pub fn checkpoint_dir(out: &Path) -> PathBuf {
+    let mut s = out.as_os_str().to_owned();
+    s.push(".ckpt");
+    PathBuf::from(s)
+}
+
 /// The last finished epoch kept in the checkpoint next to `out` (either kind of preset), if
 /// there is one: what a resumed run continues from.
 pub fn checkpoint_epoch(out: &Path) -> Option<usize> {
@@ -439,13 +446,6 @@ pub fn checkpoint_epoch(out: &Path) -> Option<usize> {
         .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         .find_map(|v| v["epoch"].as_u64())
         .map(|e| e as usize)
-}
-
-/// Checkpoint folder next to the model file: `<out>.ckpt/`.
-pub fn checkpoint_dir(out: &Path) -> PathBuf {
-    let mut s = out.as_os_str().to_owned();
-    s.push(".ckpt");
-    PathBuf::from(s)
 }
 
 #[derive(Serialize, Deserialize)]
