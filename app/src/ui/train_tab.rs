@@ -793,7 +793,7 @@ fn curves(t: &TrainView, ui: &mut egui::Ui) {
     ui.label(RichText::new("Training loss (per step)").strong());
     Plot::new("train-loss")
         .id(loss_plot_id())
-        .height(150.0)
+        .height(125.0)
         .legend(Legend::default())
         .allow_scroll(false)
         .link_axis(link, [true, false])
@@ -814,7 +814,7 @@ fn curves(t: &TrainView, ui: &mut egui::Ui) {
     };
     Plot::new("train-accuracy")
         .id(accuracy_plot_id())
-        .height(150.0)
+        .height(125.0)
         .legend(Legend::default())
         .allow_scroll(false)
         .link_axis(link, [true, false])
