@@ -775,6 +775,31 @@ fn backend_name(b: BackendKind) -> &'static str {
     }
 }
 
+/// Grid steps for a short y axis: four to six labelled lines (1, 2, 2.5 or 5 × 10ⁿ apart) over
+/// what is shown; egui_plot's default (powers of ten) leaves only 0 and 1 labelled on 125 px.
+fn about_four_labels(input: egui_plot::GridInput) -> [f64; 3] {
+    let span = (input.bounds.1 - input.bounds.0).abs().max(1e-9);
+    let raw = span / 5.0;
+    let power = 10f64.powf(raw.log10().floor());
+    let large = power
+        * match raw / power {
+            m if m <= 1.0 => 1.0,
+            m if m <= 2.0 => 2.0,
+            m if m <= 2.5 => 2.5,
+            m if m <= 5.0 => 5.0,
+            _ => 10.0,
+        };
+    [large / 10.0, large / 2.0, large]
+}
+
+/// "0.25", "0.5", "1": as many decimals as the value needs (egui_plot's default writes 0.5 as
+/// "0" on these steps).
+fn tick_label(v: f64) -> String {
+    let s = format!("{v:.3}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s == "-0" { "0".into() } else { s.to_string() }
+}
+
 /// The loss plot's id (its `egui_plot::PlotMemory` holds the bounds it shows).
 pub fn loss_plot_id() -> egui::Id {
     egui::Id::unique("train-loss")
@@ -801,6 +826,8 @@ fn curves(t: &TrainView, ui: &mut egui::Ui) {
         .y_axis_label("loss")
         // Wide enough for "0.25": a narrower axis drops every label but 0 and 1.
         .y_axis_min_width(36.0)
+        .y_grid_spacer(egui_plot::uniform_grid_spacer(about_four_labels))
+        .y_axis_formatter(|mark, _| tick_label(mark.value))
         .include_y(0.0)
         .show(ui, |p| {
             p.line(
@@ -822,6 +849,8 @@ fn curves(t: &TrainView, ui: &mut egui::Ui) {
         .y_axis_label("accuracy")
         // Wide enough for "0.25": a narrower axis drops every label but 0 and 1.
         .y_axis_min_width(36.0)
+        .y_grid_spacer(egui_plot::uniform_grid_spacer(about_four_labels))
+        .y_axis_formatter(|mark, _| tick_label(mark.value))
         .include_y(0.0)
         .include_y(1.0)
         .show(ui, |p| {
@@ -1390,6 +1419,27 @@ mod tests {
         );
         assert_eq!(t.steps.len(), 3);
         assert!(t.status.contains("resuming at epoch 3"), "{}", t.status);
+    }
+
+    #[test]
+    fn short_axes_get_about_four_readable_labels() {
+        let input = |lo: f64, hi: f64| egui_plot::GridInput {
+            bounds: (lo, hi),
+            base_step_size: 0.001,
+        };
+        let close = |got: [f64; 3], want: [f64; 3]| {
+            assert!(
+                got.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-12),
+                "{got:?} != {want:?}"
+            )
+        };
+        close(about_four_labels(input(-0.05, 1.05)), [0.025, 0.125, 0.25]);
+        close(about_four_labels(input(0.0, 2.6)), [0.1, 0.5, 1.0]);
+        close(about_four_labels(input(0.0, 0.7)), [0.02, 0.1, 0.2]);
+        assert_eq!(
+            [0.25, 0.5, 1.0, 0.0, -0.0, 2.5].map(tick_label),
+            ["0.25", "0.5", "1", "0", "0", "2.5"]
+        );
     }
 
     #[test]
