@@ -8,7 +8,8 @@
 //! - [`cli`]: argument parsing and dispatch.
 //! - [`bench`]: `inspector bench`, the engine vs burn vs CPU benchmark.
 //! - [`nn`]: burn modules built from a `kernels::ModelSpec`.
-//! - [`dataset`], [`augment`], [`train`], [`metrics`]: datasets, training and evaluation.
+//! - [`dataset`], [`augment`], [`train`], [`train_head`], [`head_checkpoint`], [`metrics`]:
+//!   datasets, training (and resuming it) and evaluation.
 
 pub mod augment;
 pub mod bench;
@@ -16,6 +17,7 @@ pub mod cli;
 pub mod dataset;
 pub mod display;
 pub mod eval;
+pub mod head_checkpoint;
 pub mod headless;
 pub mod history;
 pub mod labeling;

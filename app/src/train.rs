@@ -504,6 +504,18 @@ pub fn checkpoint_dir(out: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// The last finished epoch kept in the checkpoint next to `out` (either kind of preset), if
+/// there is one: what a resumed run continues from.
+pub fn checkpoint_epoch(out: &Path) -> Option<usize> {
+    let dir = checkpoint_dir(out);
+    ["state.json", crate::head_checkpoint::HEAD_CHECKPOINT]
+        .iter()
+        .filter_map(|f| std::fs::read(dir.join(f)).ok())
+        .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .find_map(|v| v["epoch"].as_u64())
+        .map(|e| e as usize)
+}
+
 #[derive(Serialize, Deserialize)]
 struct CheckpointState {
     config: TrainConfig,
@@ -923,7 +935,11 @@ fn model_tensors(model: &BurnModel) -> anyhow::Result<NamedTensors> {
     Ok(v)
 }
 
-fn save_tensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> anyhow::Result<()> {
+/// Writes named tensors as a safetensors file, atomically.
+pub(crate) fn save_tensors(
+    path: &Path,
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+) -> anyhow::Result<()> {
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .iter()
         .map(|(n, s, d)| {
@@ -949,6 +965,23 @@ fn save_tensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> anyh
     std::fs::rename(&tmp, path)
         .with_context(|| format!("writing checkpoint {}", path.display()))?;
     Ok(())
+}
+
+/// Reads the tensor `name` of a safetensors file written by [`save_tensors`]: (shape, values).
+pub(crate) fn read_tensor(
+    st: &safetensors::SafeTensors<'_>,
+    name: &str,
+) -> anyhow::Result<(Vec<usize>, Vec<f32>)> {
+    let t = st
+        .tensor(name)
+        .with_context(|| format!("checkpoint lacks {name}"))?;
+    Ok((
+        t.shape().to_vec(),
+        t.data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+    ))
 }
 
 fn load_tensors(model: BurnModel, path: &Path, device: &Device) -> anyhow::Result<BurnModel> {

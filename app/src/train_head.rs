@@ -509,6 +509,21 @@ fn fit_head(
     on_step: &mut dyn FnMut(usize, usize, f64),
     on_epoch: &mut dyn FnMut(usize, f64, f64, &PositionHead) -> anyhow::Result<()>,
 ) -> anyhow::Result<PositionHead> {
+    fit_head_from(d, images, cfg, base, cancel, None, on_step, on_epoch)
+}
+
+/// [`fit_head`], continuing from `start` when given.
+#[allow(clippy::too_many_arguments)]
+fn fit_head_from(
+    d: &HeadData<'_>,
+    images: &[usize],
+    cfg: &TrainConfig,
+    base: &Device,
+    cancel: &AtomicBool,
+    start: Option<crate::head_checkpoint::HeadStart>,
+    on_step: &mut dyn FnMut(usize, usize, f64),
+    on_epoch: &mut dyn FnMut(usize, f64, f64, &PositionHead) -> anyhow::Result<()>,
+) -> anyhow::Result<PositionHead> {
     let f = d.f;
     let c = f.c;
     let k = d.is_pass.len();
@@ -557,13 +572,25 @@ fn fit_head(
         hidden: LinearConfig::new(c, HIDDEN as usize).init(&device),
         out: LinearConfig::new(HIDDEN as usize, k).init(&device),
     };
+    let first_epoch = start.as_ref().map_or(0, |s| s.epochs.min(cfg.epochs));
+    if let Some(s) = &start {
+        s.apply(&mut head, &device)?;
+    }
     let loss_fn = CrossEntropyLossConfig::new()
         .with_weights(Some(class_weights))
         .init(&device);
     let mut optim = AdamConfig::new().init();
     let n_rows = row_labels.len();
     let mut rng = crate::augment::sample_rng(cfg.seed, 0, usize::MAX);
-    for epoch in 0..cfg.epochs {
+    // A resumed run: the finished epochs' shuffles again (their count of rows is fixed), so the
+    // epochs that follow see the data in the order an uninterrupted run would.
+    for _ in 0..first_epoch {
+        let total = n_rows + maskless.len();
+        for j in (1..total).rev() {
+            rng.below(j as u64 + 1);
+        }
+    }
+    for epoch in first_epoch..cfg.epochs {
         // Defective images without a mask: their most defect-like cell, by the current head.
         let valid_head = head.valid();
         let mut mil_rows = Vec::new();
@@ -586,7 +613,8 @@ fn fit_head(
         let (mut loss_sum, mut correct, mut steps) = (0.0, 0usize, 0usize);
         for (step, idx) in order.chunks(ROWS_PER_STEP).enumerate() {
             if cancel.load(Ordering::Relaxed) {
-                bail!("training cancelled");
+                // The last finished epoch is in the checkpoint (see `head_checkpoint`).
+                return Err(crate::train::Cancelled(crate::train::checkpoint_dir(&cfg.out)).into());
             }
             let mut xs = Vec::with_capacity(idx.len() * c);
             let mut ys = Vec::with_capacity(idx.len());
@@ -663,6 +691,13 @@ pub fn train(
     let plan = spec.validate()?;
     let k = classes.len();
     let is_pass = plan.is_pass.clone();
+    // Resume: the head after the last finished epoch of a cancelled run.
+    let ckpt = crate::train::checkpoint_dir(&cfg.out);
+    let resumed = if cfg.resume {
+        crate::head_checkpoint::load(&ckpt, cfg, &classes)?
+    } else {
+        None
+    };
 
     // Feature extraction through the inspection engine.
     let (_, gpu) = crate::nn::shared_gpu()?;
@@ -694,7 +729,7 @@ pub fn train(
             "features: kernels engine on {}; head: cpu (burn flex)",
             gpu.describe()
         ),
-        first_epoch: 1,
+        first_epoch: resumed.as_ref().map_or(0, |(s, _)| s.epoch) + 1,
     });
     let total_images = train_set.images.len() + val_set.images.len();
     let t_extract = Instant::now();
@@ -769,15 +804,20 @@ pub fn train(
         Ok((pooled, probs))
     };
     let t_head = Instant::now();
-    let mut history: Vec<EpochRecord> = Vec::new();
+    let (mut history, start) = match resumed {
+        Some((state, start)) => (state.history, Some(start)),
+        None => (Vec::new(), None),
+    };
+    let first_epoch = start.as_ref().map_or(0, |s| s.epochs);
     let steps_hint = data.rows_hint(&all).div_ceil(ROWS_PER_STEP).max(1);
     let prog = std::cell::RefCell::new(&mut *progress);
-    let head = fit_head(
+    let head = fit_head_from(
         &data,
         &all,
         cfg,
         &base,
         cancel,
+        start,
         &mut |epoch, step, loss| {
             (prog.borrow_mut())(Progress::Step {
                 epoch,
@@ -789,7 +829,8 @@ pub fn train(
         &mut |epoch, loss, acc, head| {
             let (_, probs) = val_probs_of(head, &identity, &zeros)?;
             let vm = val_metrics(&spec, &probs, &val_set.labels);
-            let per_epoch = t_head.elapsed().as_secs_f64() / epoch as f64;
+            let per_epoch =
+                t_head.elapsed().as_secs_f64() / epoch.saturating_sub(first_epoch).max(1) as f64;
             let record = EpochRecord {
                 epoch,
                 train_loss: loss,
@@ -802,6 +843,18 @@ pub fn train(
                 eta_s: per_epoch * (cfg.epochs - epoch) as f64,
             };
             history.push(record.clone());
+            // The last finished epoch is what a resume continues from.
+            crate::head_checkpoint::save(
+                &ckpt,
+                head,
+                &crate::head_checkpoint::HeadCheckpoint {
+                    preset: cfg.preset.clone(),
+                    data: cfg.data.clone(),
+                    classes: classes.clone(),
+                    epoch,
+                    history: history.clone(),
+                },
+            )?;
             // The last epoch is reported after the calibration below, with the figures the
             // summary gives, so the two lines agree.
             if epoch < cfg.epochs {

@@ -254,9 +254,9 @@ fn inspect_tab_shows_changing_verdicts_pause_stops_them_and_bad_models_are_refus
         "{msg}"
     );
     assert_eq!(h.state().model.as_ref().unwrap().id, model_before);
-    // Browse lists the model files next to the typed path and the bundled ones (read by a
-    // helper thread); picking one fills the field.
-    h.get_by_label("Browse").click();
+    // "Models nearby" lists the model files next to the typed path and the bundled ones (read
+    // by a helper thread); picking one fills the field.
+    h.get_by_label("Models nearby").click();
     let link = |p: std::path::PathBuf| p.display().to_string();
     let bundled = link(inspector::headless::bundled("assets/models").join("default.safetensors"));
     let mut listed = false;
@@ -334,7 +334,7 @@ fn history_tab_filters_and_exports() {
             .is_some()
     );
     // Filter on FAIL.
-    h.get_by_role_and_label(egui::accesskit::Role::ComboBox, "verdict")
+    h.get_by_role_and_label(egui::accesskit::Role::ComboBox, "Verdict")
         .click();
     h.run_steps(3);
     h.get_by_label("fail").click();
@@ -351,7 +351,7 @@ fn history_tab_filters_and_exports() {
     let csv = dir.path().join("fails.csv");
     h.state_mut().history.export_path = csv.display().to_string();
     h.step();
-    h.get_by_label("Export CSV").click();
+    h.get_by_label("Export to this path").click();
     assert!(step_until(&mut h, Duration::from_secs(30), |a| a
         .history
         .exported

@@ -187,6 +187,9 @@ fn train_tab_trains_saves_a_version_and_cancels() {
     assert!(h.query_by_label_contains("Confusion").is_some());
     // Save it as a version and find it listed.
     type_into(&mut h, "Version name", "tiny-v1");
+    // The results sit below the two curves: bring the button into view before clicking it.
+    h.get_by_label("Save version").scroll_to_me();
+    h.run_steps(10);
     h.get_by_label("Save version").click();
     assert!(
         step_until(&mut h, Duration::from_secs(30), |a| a

@@ -341,6 +341,81 @@ fn backbone_head_learns_from_masks_and_engine_agrees_with_burn() {
     assert!((report.accuracy - summary.val_accuracy).abs() < 0.05);
 }
 
+/// Issue 15: a backbone preset cancelled after epoch 2 keeps that epoch, and a resumed run goes
+/// on from its head's weights with the data in the same order: its first step (epoch 3) sees
+/// exactly the loss an uninterrupted run sees there, and the history runs 1..=epochs.
+#[test]
+fn backbone_head_resumes_from_the_last_finished_epoch_after_cancel() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let data = tempfile::tempdir().expect("tmp");
+    integration_tests::synthetic_manifest_with_masks(data.path(), 8, 4, 17);
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg_for = |name: &str| {
+        let mut cfg = TrainConfig::new(data.path().to_owned(), dir.path().join(name));
+        cfg.preset = "lite0-tiny".into();
+        cfg.epochs = 4;
+        cfg
+    };
+    // (epoch, step, loss) of every step, the first epoch reported, the summary or error.
+    type Steps = Vec<(usize, usize, f64)>;
+    let run = |cfg: &TrainConfig, cancel_after: Option<usize>| {
+        let cancel = AtomicBool::new(false);
+        let mut steps: Steps = Vec::new();
+        let mut first = 0;
+        let r = train::train(
+            cfg,
+            &mut |p| match p {
+                Progress::Started { first_epoch, .. } => first = first_epoch,
+                Progress::Step {
+                    epoch, step, loss, ..
+                } if epoch > 0 => steps.push((epoch, step, loss)),
+                Progress::Epoch(r) if Some(r.epoch) == cancel_after => {
+                    cancel.store(true, std::sync::atomic::Ordering::SeqCst)
+                }
+                _ => {}
+            },
+            &cancel,
+        );
+        (r, steps, first)
+    };
+    let whole = cfg_for("whole.safetensors");
+    let (r, whole_steps, _) = run(&whole, None);
+    r.expect("uninterrupted run");
+
+    let cut = cfg_for("cut.safetensors");
+    let (r, _, _) = run(&cut, Some(2));
+    let e = r.expect_err("cancelled");
+    assert!(e.downcast_ref::<train::Cancelled>().is_some(), "{e:#}");
+    assert_eq!(train::checkpoint_epoch(&cut.out), Some(2));
+
+    let mut resumed = cut.clone();
+    resumed.resume = true;
+    let (r, steps, first) = run(&resumed, None);
+    let summary = r.expect("resumed run");
+    assert_eq!(first, 3);
+    assert_eq!(steps.first().map(|s| (s.0, s.1)), Some((3, 1)), "{steps:?}");
+    let want = whole_steps
+        .iter()
+        .find(|s| (s.0, s.1) == (3, 1))
+        .expect("epoch 3 of the whole run")
+        .2;
+    let got = steps[0].2;
+    assert!(
+        (got - want).abs() <= 1e-5 * want.abs().max(1.0),
+        "the resumed epoch 3 starts from other weights: loss {got} vs {want} uninterrupted \
+         (epoch 1 started at {})",
+        whole_steps[0].2
+    );
+    assert_eq!(summary.epochs_run, 4);
+    Model::load(&resumed.out).expect("the resumed run exports its model");
+
+    // A checkpoint of another preset is refused, not silently used.
+    let mut other = resumed.clone();
+    other.preset = "lite0-stretch".into();
+    let e = train::train(&other, &mut |_| {}, &AtomicBool::new(false)).expect_err("refused");
+    assert!(e.to_string().contains("another dataset or preset"), "{e:#}");
+}
+
 /// Colour images, images smaller than the backbone's stride and a dataset without any mask
 /// all train (defective images then train through their most defect-like position).
 #[test]

@@ -100,8 +100,11 @@ pub struct HistoryView {
         Option<egui::TextureHandle>,
         Option<egui::TextureHandle>,
     )>,
-    /// Where "Export CSV" writes.
+    /// Where "Export to this path" writes (empty: the default name in the default folder; a
+    /// relative path is taken in the default folder, see [`export_target`]).
     pub export_path: String,
+    /// The save dialog chose `export_path`: export on the next frame.
+    pub export_requested: bool,
     /// The last export's outcome.
     pub exported: Option<Result<(PathBuf, usize), String>>,
     error: Option<String>,
@@ -133,7 +136,8 @@ impl Default for HistoryView {
             thumbs: HashMap::new(),
             selected: None,
             detail: None,
-            export_path: "history-export.csv".into(),
+            export_path: String::new(),
+            export_requested: false,
             exported: None,
             error: None,
             reason: String::new(),
@@ -376,7 +380,39 @@ fn query_loop(db: &Path, rx: Receiver<Request>, tx: Sender<Reply>, ctx: egui::Co
     }
 }
 
-fn export(store: &Store, filter: &Filter, path: &Path) -> Result<(PathBuf, usize), String> {
+/// The default name of an export: `defect-history-2026-11-30.csv`.
+pub fn export_file_name(today: chrono::NaiveDate) -> String {
+    format!("defect-history-{}.csv", today.format("%Y-%m-%d"))
+}
+
+/// Where an export typed as `typed` goes: empty = the default name in `default_dir`, a
+/// relative path = in `default_dir` (never the working directory, which a desktop launcher
+/// sets to `/` or the install folder), an absolute path as it is.
+pub fn export_target(typed: &str, today: chrono::NaiveDate, default_dir: &Path) -> PathBuf {
+    let typed = typed.trim();
+    if typed.is_empty() {
+        return default_dir.join(export_file_name(today));
+    }
+    let p = PathBuf::from(typed);
+    if p.is_absolute() {
+        p
+    } else {
+        default_dir.join(p)
+    }
+}
+
+fn export(store: &Store, filter: &Filter, typed: &Path) -> Result<(PathBuf, usize), String> {
+    let today = chrono::Local::now().date_naive();
+    let mut path = export_target(
+        &typed.to_string_lossy(),
+        today,
+        &super::file_dialog::default_export_dir(),
+    );
+    if path.is_dir() {
+        path = path.join(export_file_name(today));
+    }
+    let path = std::path::absolute(&path).unwrap_or(path);
+    let path = path.as_path();
     let rows = store
         .query(filter, u64::MAX >> 1, 0)
         .map_err(|e| e.to_string())?;
@@ -427,81 +463,119 @@ pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
     }
     // Filters.
     ui.horizontal_wrapped(|ui| {
-        egui::ComboBox::from_label("time")
-            .selected_text(RANGES[h.range])
-            .show_ui(ui, |ui| {
-                for (i, r) in RANGES.iter().enumerate() {
-                    ui.selectable_value(&mut h.range, i, *r);
-                }
-            });
+        // Each filter's name stands before its control, as people read a form.
+        ui.horizontal(|ui| {
+            let l = ui.label("Time");
+            egui::ComboBox::from_id_salt("time")
+                .selected_text(RANGES[h.range])
+                .show_ui(ui, |ui| {
+                    for (i, r) in RANGES.iter().enumerate() {
+                        ui.selectable_value(&mut h.range, i, *r);
+                    }
+                })
+                .response
+                .labelled_by(l.id);
+        });
         if h.range == 4 {
-            ui.add(
-                egui::TextEdit::singleline(&mut h.custom_since)
-                    .hint_text("from: 2026-11-26T06:00:00Z or 8h")
-                    .desired_width(200.0)
-                    .id_salt("since"),
-            );
-            ui.add(
-                egui::TextEdit::singleline(&mut h.custom_until)
-                    .hint_text("until (empty = now)")
-                    .desired_width(160.0)
-                    .id_salt("until"),
-            );
-        }
-        egui::ComboBox::from_label("verdict")
-            .selected_text(if h.verdict.is_empty() {
-                "any"
-            } else {
-                &h.verdict
-            })
-            .show_ui(ui, |ui| {
-                for v in ["", "pass", "fail"] {
-                    ui.selectable_value(
-                        &mut h.verdict,
-                        v.to_string(),
-                        if v.is_empty() { "any" } else { v },
-                    );
-                }
+            ui.horizontal(|ui| {
+                let l = ui.label("From");
+                ui.add(
+                    egui::TextEdit::singleline(&mut h.custom_since)
+                        .hint_text("2026-11-26T06:00:00Z or 8h")
+                        .desired_width(200.0)
+                        .id_salt("since"),
+                )
+                .labelled_by(l.id);
             });
+            ui.horizontal(|ui| {
+                let l = ui.label("Until");
+                ui.add(
+                    egui::TextEdit::singleline(&mut h.custom_until)
+                        .hint_text("empty = now")
+                        .desired_width(160.0)
+                        .id_salt("until"),
+                )
+                .labelled_by(l.id);
+            });
+        }
+        ui.horizontal(|ui| {
+            let l = ui.label("Verdict");
+            egui::ComboBox::from_id_salt("verdict")
+                .selected_text(if h.verdict.is_empty() {
+                    "any"
+                } else {
+                    &h.verdict
+                })
+                .show_ui(ui, |ui| {
+                    for v in ["", "pass", "fail"] {
+                        ui.selectable_value(
+                            &mut h.verdict,
+                            v.to_string(),
+                            if v.is_empty() { "any" } else { v },
+                        );
+                    }
+                })
+                .response
+                .labelled_by(l.id);
+        });
         let classes = h
             .result
             .as_ref()
             .map(|r| r.classes.clone())
             .unwrap_or_default();
-        egui::ComboBox::from_label("class")
-            .selected_text(if h.class.is_empty() { "any" } else { &h.class })
-            .show_ui(ui, |ui| {
-                ui.selectable_value(&mut h.class, String::new(), "any");
-                for c in classes {
-                    ui.selectable_value(&mut h.class, c.clone(), c);
-                }
-            });
+        ui.horizontal(|ui| {
+            let l = ui.label("Class");
+            egui::ComboBox::from_id_salt("class")
+                .selected_text(if h.class.is_empty() { "any" } else { &h.class })
+                .show_ui(ui, |ui| {
+                    ui.selectable_value(&mut h.class, String::new(), "any");
+                    for c in classes {
+                        ui.selectable_value(&mut h.class, c.clone(), c);
+                    }
+                })
+                .response
+                .labelled_by(l.id);
+        });
         let models = h
             .result
             .as_ref()
             .map(|r| r.models.clone())
             .unwrap_or_default();
-        egui::ComboBox::from_label("model")
-            .selected_text(if h.model.is_empty() { "any" } else { &h.model })
-            .show_ui(ui, |ui| {
-                ui.selectable_value(&mut h.model, String::new(), "any");
-                for m in models {
-                    ui.selectable_value(&mut h.model, m.clone(), m);
-                }
-            });
-        egui::ComboBox::from_label("overridden")
-            .selected_text(["any", "yes", "no"][h.overridden])
-            .show_ui(ui, |ui| {
-                for (i, s) in ["any", "yes", "no"].iter().enumerate() {
-                    ui.selectable_value(&mut h.overridden, i, *s);
-                }
-            });
-        ui.add(
-            egui::TextEdit::singleline(&mut h.text)
-                .hint_text("search file / frame")
-                .desired_width(160.0)
-                .id_salt("search"),
-        );
+        ui.horizontal(|ui| {
+            let l = ui.label("Model");
+            egui::ComboBox::from_id_salt("model")
+                .selected_text(if h.model.is_empty() { "any" } else { &h.model })
+                .show_ui(ui, |ui| {
+                    ui.selectable_value(&mut h.model, String::new(), "any");
+                    for m in models {
+                        ui.selectable_value(&mut h.model, m.clone(), m);
+                    }
+                })
+                .response
+                .labelled_by(l.id);
+        });
+        ui.horizontal(|ui| {
+            let l = ui.label("Overridden");
+            egui::ComboBox::from_id_salt("overridden")
+                .selected_text(["any", "yes", "no"][h.overridden])
+                .show_ui(ui, |ui| {
+                    for (i, s) in ["any", "yes", "no"].iter().enumerate() {
+                        ui.selectable_value(&mut h.overridden, i, *s);
+                    }
+                })
+                .response
+                .labelled_by(l.id);
+        });
+        ui.horizontal(|ui| {
+            let l = ui.label("Search");
+            ui.add(
+                egui::TextEdit::singleline(&mut h.text)
+                    .hint_text("search file / frame")
+                    .desired_width(160.0)
+                    .id_salt("search"),
+            )
+            .labelled_by(l.id);
+        });
     });
     let filter = match h.filter(shift) {
         Ok(f) => Some(f),
@@ -536,30 +610,72 @@ pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
         ui.colored_label(ui.visuals().warn_fg_color, e);
     }
     // Export.
+    // Export: the save dialog asks where (proposing a dated name in the documents folder); the
+    // typed path is the way when no dialog can be shown.
+    let today = chrono::Local::now().date_naive();
+    let mut export_now = std::mem::take(&mut h.export_requested);
     ui.horizontal(|ui| {
-        ui.label("CSV file");
+        let near = h.export_path.clone();
+        if ui
+            .add_enabled(
+                app.dialogs.open().is_none(),
+                egui::Button::new("Export CSV…"),
+            )
+            .on_hover_text("choose where to save the rows the filters select")
+            .clicked()
+        {
+            let req = super::file_dialog::DialogRequest::new(
+                super::file_dialog::DialogKind::SaveFile,
+                "Export the history as CSV",
+                &near,
+            )
+            .filter("CSV", &["csv"])
+            .file_name(&export_file_name(today));
+            app.dialogs
+                .request(super::file_dialog::Target::CsvExport, req, &ctx);
+        }
+        let l = ui.label("or type the CSV file");
         ui.add(
             egui::TextEdit::singleline(&mut h.export_path)
                 .desired_width(300.0)
+                .hint_text(format!(
+                    "{} (in Documents, else home)",
+                    export_file_name(today)
+                ))
                 .id_salt("export-path"),
-        );
-        if ui.button("Export CSV").clicked()
-            && let Some(f) = filter.clone()
-        {
-            let path = PathBuf::from(h.export_path.trim());
-            h.exported = None;
-            h.send(Request::Export { filter: f, path });
-        }
-        match &h.exported {
-            Some(Ok((p, n))) => {
-                ui.label(format!("exported {n} rows to {}", p.display()));
-            }
-            Some(Err(e)) => {
-                ui.colored_label(ui.visuals().error_fg_color, e);
-            }
-            None => {}
-        }
+        )
+        .labelled_by(l.id);
+        export_now |= ui.button("Export to this path").clicked();
     });
+    app.dialogs
+        .note_ui(ui, super::file_dialog::Target::CsvExport);
+    if export_now {
+        match filter.clone() {
+            Some(f) => {
+                let path = PathBuf::from(h.export_path.trim());
+                h.exported = None;
+                if !h.send(Request::Export { filter: f, path }) {
+                    h.exported = Some(Err(
+                        "the history worker is busy: press Export again in a moment".into(),
+                    ));
+                }
+            }
+            None => {
+                h.exported = Some(Err(
+                    "nothing exported: correct the filter above first".into()
+                ))
+            }
+        }
+    }
+    match &h.exported {
+        Some(Ok((p, n))) => {
+            ui.label(format!("exported {n} rows to {}", p.display()));
+        }
+        Some(Err(e)) => {
+            ui.colored_label(ui.visuals().error_fg_color, e);
+        }
+        None => {}
+    }
     let Some(res) = &h.result else {
         ui.spinner();
         return;
@@ -1150,4 +1266,28 @@ fn details(
         }
     });
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_export_goes_to_the_default_folder_unless_the_path_is_absolute() {
+        let today = chrono::NaiveDate::from_ymd_opt(2026, 11, 30).unwrap_or_default();
+        let docs = Path::new("/home/lead/Documents");
+        assert_eq!(export_file_name(today), "defect-history-2026-11-30.csv");
+        assert_eq!(
+            export_target("", today, docs),
+            docs.join("defect-history-2026-11-30.csv")
+        );
+        assert_eq!(
+            export_target("  shift-b.csv ", today, docs),
+            docs.join("shift-b.csv")
+        );
+        assert_eq!(
+            export_target("/mnt/share/fails.csv", today, docs),
+            Path::new("/mnt/share/fails.csv")
+        );
+    }
 }

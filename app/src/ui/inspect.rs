@@ -132,9 +132,27 @@ fn side_panel(app: &mut InspectorApp, ui: &mut egui::Ui) {
             ui.label(format!("Model {} ({})", m.id, m.input));
             ui.label(format!("Classes: {}", m.classes.join(", ")));
         }
-        if ui.button("Load model…").clicked() {
-            app.tab = super::Tab::Settings;
+        // The platform's file dialog; the chosen file goes to the activation dialog. Without a
+        // file dialog, Settings › Model file says so and takes a typed path.
+        if ui
+            .add_enabled(
+                app.dialogs.open().is_none(),
+                egui::Button::new("Load model…"),
+            )
+            .clicked()
+        {
+            let req = super::file_dialog::DialogRequest::new(
+                super::file_dialog::DialogKind::OpenFile,
+                "Model file to activate",
+                &app.model_path_input,
+            )
+            .filter("Model (.safetensors)", &["safetensors"]);
+            let ctx = ui.ctx().clone();
+            app.dialogs
+                .request(super::file_dialog::Target::InspectModel, req, &ctx);
         }
+        app.dialogs
+            .note_ui(ui, super::file_dialog::Target::InspectModel);
     });
 }
 

@@ -332,6 +332,13 @@ impl LabelView {
         }
     }
 
+    /// The mask being edited: (width, height, one byte per pixel, 0 = no defect).
+    pub fn mask_pixels(&self) -> Option<(u32, u32, &[u8])> {
+        self.mask
+            .as_ref()
+            .map(|m| (m.width, m.height, m.data.as_slice()))
+    }
+
     /// Painted pixels of the mask being edited (None when no image is open).
     pub fn painted(&self) -> Option<usize> {
         self.mask
@@ -636,6 +643,15 @@ pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
                 .id_salt("label-folder"),
         )
         .labelled_by(l.id);
+        let near = v.folder.clone();
+        app.dialogs
+            .button_ui(ui, super::file_dialog::Target::LabelDataset, || {
+                super::file_dialog::DialogRequest::new(
+                    super::file_dialog::DialogKind::PickFolder,
+                    "Dataset folder to open",
+                    &near,
+                )
+            });
         if ui.button("Open").clicked() {
             v.open(false);
         }
@@ -682,6 +698,8 @@ pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
             }
         }
     });
+    app.dialogs
+        .note_ui(ui, super::file_dialog::Target::LabelDataset);
     if !v.status.is_empty() {
         let c = if v.status.starts_with("ERROR") {
             ui.visuals().error_fg_color
@@ -1097,7 +1115,12 @@ fn big_view(v: &mut LabelView, ui: &mut egui::Ui) {
     if resp.drag_started() || (resp.clicked() && !resp.dragged()) {
         v.undo
             .push(Undo::Mask(m.row, m.data.clone(), r.mask.clone()));
-        v.last_brush = None;
+        // egui reports a drag once the pointer has moved a few points from where the button
+        // went down: the stroke starts there, not where the drag was recognised.
+        v.last_brush = ui
+            .input(|i| i.pointer.press_origin())
+            .filter(|o| resp.drag_started() && rect.contains(*o))
+            .map(|o| ((o.x - rect.min.x) / scale, (o.y - rect.min.y) / scale));
     }
     if (resp.dragged() || resp.clicked())
         && let Some(p) = resp.interact_pointer_pos()

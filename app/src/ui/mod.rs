@@ -2,6 +2,7 @@
 //! by the tabs. The UI thread only reads channels and shared counters and uploads textures: the
 //! pipeline, the history writer and the history queries run in their own threads.
 
+pub mod file_dialog;
 pub mod history_tab;
 mod inspect;
 pub mod label_tab;
@@ -382,6 +383,11 @@ pub struct InspectorApp {
     /// The Train tab's state.
     pub train: train_tab::TrainView,
     seen_unreadable: HashSet<String>,
+    /// The platform file dialogs (one at a time, on a worker thread).
+    pub dialogs: file_dialog::FileDialogs,
+    /// The text in the Settings tab's database field.
+    pub db_path_input: String,
+    db_at_start: PathBuf,
 }
 
 impl InspectorApp {
@@ -400,6 +406,11 @@ impl InspectorApp {
             .display()
             .to_string();
         let source_draft = settings_tab::SourceDraft::from_settings(&settings);
+        let db_at_start = settings
+            .db_path
+            .clone()
+            .unwrap_or_else(history::default_db_path);
+        let db_path_input = db_at_start.display().to_string();
         let mut app = Self {
             settings,
             tab: Tab::Inspect,
@@ -448,6 +459,9 @@ impl InspectorApp {
             label: label_tab::LabelView::default(),
             train: train_tab::TrainView::default(),
             seen_unreadable: HashSet::new(),
+            dialogs: file_dialog::FileDialogs::default(),
+            db_path_input,
+            db_at_start,
         };
         app.start();
         app
@@ -463,8 +477,14 @@ impl InspectorApp {
         self.settings.source.is_none()
     }
 
-    /// The history database in use.
+    /// The history database in use (the one chosen when the app started; a database chosen
+    /// in Settings since then is used from the next start).
     pub fn db_path(&self) -> PathBuf {
+        self.db_at_start.clone()
+    }
+
+    /// The history database the next start will use.
+    pub fn db_path_next_start(&self) -> PathBuf {
         self.settings
             .db_path
             .clone()
@@ -752,7 +772,7 @@ impl InspectorApp {
     }
 
     /// Saves the settings now (queued to the saver thread; never waits).
-    fn settings_changed(&mut self) {
+    pub(super) fn settings_changed(&mut self) {
         if let Some(s) = &self.settings_saver {
             s.save(&self.settings);
         }
@@ -938,7 +958,47 @@ impl InspectorApp {
         }
     }
 
+    /// Puts what the file dialogs chose into their fields (and opens, loads or exports where
+    /// the button promised it).
+    fn dialog_answers(&mut self) {
+        use file_dialog::{Outcome, Target};
+        for (target, outcome) in self.dialogs.poll() {
+            let path = match outcome {
+                Outcome::Picked(p) => p,
+                Outcome::Cancelled => continue,
+                Outcome::Unavailable(why) => {
+                    if target == Target::InspectModel {
+                        // The model field to type in is in Settings: say it there.
+                        self.dialogs.unavailable = Some((Target::SettingsModel, why));
+                        self.tab = Tab::Settings;
+                    }
+                    continue;
+                }
+            };
+            let text = path.display().to_string();
+            match target {
+                Target::SettingsModel => self.model_path_input = text,
+                Target::InspectModel => {
+                    self.model_path_input = text;
+                    self.load_model(path);
+                }
+                Target::Database => self.db_path_input = text,
+                Target::SourceFolder => self.source_draft.set_folder(text),
+                Target::LabelDataset => {
+                    self.label.folder = text;
+                    self.label.open(false);
+                }
+                Target::TrainDataset => self.train.data = text,
+                Target::CsvExport => {
+                    self.history.export_path = text;
+                    self.history.export_requested = true;
+                }
+            }
+        }
+    }
+
     fn poll(&mut self) {
+        self.dialog_answers();
         if let Some(rx) = &self.starting
             && let Ok(started) = rx.try_recv()
         {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use egui::RichText;
 
+use super::file_dialog::{DialogKind, DialogRequest, Target};
 use super::{InspectorApp, Level};
 use crate::settings::Settings;
 use crate::source::SourceSpec;
@@ -31,6 +32,12 @@ const RESOLUTIONS: [(&str, Option<(u32, u32)>); 5] = [
 ];
 
 impl SourceDraft {
+    /// Fills the image folder field (a folder chosen with the file dialog).
+    pub(super) fn set_folder(&mut self, folder: String) {
+        self.kind = 1;
+        self.folder = folder;
+    }
+
     pub(super) fn from_settings(s: &Settings) -> Self {
         let mut d = Self {
             kind: 0,
@@ -148,8 +155,31 @@ pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
         egui::Grid::new("history-settings")
             .num_columns(2)
             .show(ui, |ui| {
-                ui.label("Database");
-                ui.label(app.db_path().display().to_string());
+                let l = ui.label("Database");
+                ui.vertical(|ui| {
+                    ui.horizontal(|ui| {
+                        ui.add(
+                            egui::TextEdit::singleline(&mut app.db_path_input)
+                                .desired_width(420.0)
+                                .id_salt("db-path"),
+                        )
+                        .labelled_by(l.id);
+                        let near = app.db_path_input.clone();
+                        app.dialogs.button_ui(ui, Target::Database, || {
+                            DialogRequest::new(DialogKind::OpenFile, "History database", &near)
+                                .filter("SQLite database", &["sqlite", "db", "sqlite3"])
+                        });
+                        if ui.button("Use this database").clicked() {
+                            use_database(app);
+                        }
+                    });
+                    ui.label(format!("in use: {}", app.db_path().display()));
+                    let next = app.db_path_next_start();
+                    if next != app.db_path() {
+                        ui.label(format!("from the next start: {}", next.display()));
+                    }
+                    app.dialogs.note_ui(ui, Target::Database);
+                });
                 ui.end_row();
                 ui.label("Archived PASS sample");
                 let mut pct = app.settings.pass_sample * 100.0;
@@ -198,15 +228,21 @@ fn source(app: &mut InspectorApp, ui: &mut egui::Ui) {
         }
         1 => {
             ui.horizontal(|ui| {
-                ui.label("Folder");
+                let l = ui.label("Folder");
                 ui.add(
                     egui::TextEdit::singleline(&mut d.folder)
                         .desired_width(420.0)
                         .hint_text("/path/to/images")
                         .id_salt("folder"),
-                );
+                )
+                .labelled_by(l.id);
+                let near = d.folder.clone();
+                app.dialogs.button_ui(ui, Target::SourceFolder, || {
+                    DialogRequest::new(DialogKind::PickFolder, "Folder of images to replay", &near)
+                });
                 ui.checkbox(&mut d.looping, "loop");
             });
+            app.dialogs.note_ui(ui, Target::SourceFolder);
         }
         2 => {
             ui.horizontal(|ui| {
@@ -300,7 +336,18 @@ fn model(app: &mut InspectorApp, ui: &mut egui::Ui) {
                 .id_salt("model-path"),
         )
         .labelled_by(label.id);
-        if ui.button("Browse").clicked() {
+        let near = app.model_path_input.clone();
+        app.dialogs.button_ui(ui, Target::SettingsModel, || {
+            DialogRequest::new(DialogKind::OpenFile, "Model file", &near)
+                .filter("Model (.safetensors)", &["safetensors"])
+        });
+        if ui
+            .button("Models nearby")
+            .on_hover_text(
+                "list the .safetensors files next to the typed path and the bundled ones",
+            )
+            .clicked()
+        {
             // Folder listing is disk work (a network share can take seconds): a helper thread
             // does it and the result shows up when it is ready.
             let (tx, rx) = crossbeam_channel::bounded(1);
@@ -315,6 +362,7 @@ fn model(app: &mut InspectorApp, ui: &mut egui::Ui) {
             app.load_model(p);
         }
     });
+    app.dialogs.note_ui(ui, Target::SettingsModel);
     if let Some(e) = &app.model_error {
         ui.colored_label(ui.visuals().error_fg_color, e);
     }
@@ -345,6 +393,42 @@ fn model(app: &mut InspectorApp, ui: &mut egui::Ui) {
             }
         });
     }
+}
+
+/// "Use this database": the typed path becomes the history database from the next start.
+fn use_database(app: &mut InspectorApp) {
+    let typed = app.db_path_input.trim();
+    if typed.is_empty() {
+        app.notify(
+            Level::Warning,
+            "type the history database file (an existing one, or a new name to create) or press Browse…",
+        );
+        return;
+    }
+    if typed.ends_with('/') || typed.ends_with(std::path::MAIN_SEPARATOR) {
+        app.notify(
+            Level::Warning,
+            format!(
+                "{typed} is a folder: the history database is a file, e.g. {typed}history.sqlite"
+            ),
+        );
+        return;
+    }
+    let path = std::path::absolute(typed).unwrap_or_else(|_| PathBuf::from(typed));
+    app.db_path_input = path.display().to_string();
+    if app.settings.db_path.as_ref() == Some(&path) {
+        app.notify(Level::Info, format!("already chosen: {}", path.display()));
+        return;
+    }
+    app.settings.db_path = Some(path.clone());
+    app.settings_changed();
+    app.notify(
+        Level::Info,
+        format!(
+            "history database chosen: it is used from the next start (created if it does not exist) — {}",
+            path.display()
+        ),
+    );
 }
 
 /// `.safetensors` files in the folder of `current` and in the bundled models folder.
