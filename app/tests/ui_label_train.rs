@@ -267,3 +267,49 @@ fn predict_with_the_active_model_shows_progress_and_cancels() {
     );
     assert!(h.query_by_label_contains("predicting ").is_none());
 }
+
+/// The Train tab trains an anomaly model from the good parts only: the kind is chosen in the
+/// form, the preset falls back to a backbone one, and the results say how the threshold was
+/// chosen and how large the memory bank is.
+#[test]
+fn train_tab_trains_an_anomaly_model_from_good_parts_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("tiny");
+    tiny_dataset(&data, 16);
+    let mut h = harness(dir.path());
+    h.state_mut().tab = Tab::Train;
+    h.state_mut().train.preset = "tiny".into();
+    h.step();
+    type_into(&mut h, "Dataset folder", &data.display().to_string());
+    h.get_by_label("Anomaly: good parts only").click();
+    h.run_steps(3);
+    assert!(h.state().train.anomaly);
+    assert_eq!(
+        h.state().train.preset,
+        inspector::train::DEFAULT_PRESET,
+        "a whole-image preset gives way to the backbone"
+    );
+    h.state_mut().train.preset = "lite0-tiny".into();
+    h.step();
+    h.get_by_label("Start training").click();
+    h.step();
+    assert!(
+        step_until(&mut h, Duration::from_secs(600), |a| !a.train.running()),
+        "training did not finish"
+    );
+    let t = &h.state().train;
+    assert!(t.status.starts_with("finished"), "{}", t.status);
+    let res = t.result.as_ref().unwrap();
+    assert_eq!(res.summary.train_images, 12, "the good training images only");
+    assert_eq!(res.summary.ignored_defects, 12);
+    assert!(res.summary.bank_entries.is_some());
+    assert_eq!(res.detailed.report.images, 8);
+    let model = kernels::Model::load(&res.summary.model).unwrap();
+    assert!(model.spec.is_anomaly());
+    h.run_steps(3);
+    assert!(
+        h.query_by_label_contains("chosen by training (miss rate ≤ 1.0 % on 4 defective val images")
+            .is_some()
+    );
+    assert!(h.query_by_label_contains("a memory bank of").is_some());
+}

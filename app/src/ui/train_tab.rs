@@ -121,6 +121,12 @@ pub struct TrainView {
     pub batch_size: usize,
     /// Where the whole-image presets train.
     pub backend: BackendKind,
+    /// Train an anomaly model from the good parts only (else a classifier).
+    pub anomaly: bool,
+    /// Anomaly mode: memory-bank entries (0 = automatic: 10 % of the good cells, ≤ 4,096).
+    pub bank: usize,
+    /// Anomaly mode with good val images only: the false-reject target, in percent.
+    pub false_reject_pct: f64,
     /// A cancelled run that can go on from its last finished epoch.
     pub resume_from: Option<ResumePoint>,
     /// The running (or last) run's settings.
@@ -175,6 +181,9 @@ impl Default for TrainView {
             pass: String::new(),
             batch_size: 16,
             backend: BackendKind::Auto,
+            anomaly: false,
+            bank: 0,
+            false_reject_pct: 1.0,
             resume_from: None,
             run: None,
             first_epoch: 1,
@@ -219,6 +228,12 @@ impl TrainView {
         cfg.pass = pass_list(&self.pass);
         if !self.augment {
             cfg.augment = crate::augment::AugmentConfig::off();
+        }
+        if self.anomaly {
+            cfg.mode = train::TrainMode::Anomaly;
+            cfg.epochs = 1; // one pass: features, memory bank, threshold
+            cfg.bank = (self.bank > 0).then_some(self.bank);
+            cfg.max_false_reject = (self.false_reject_pct / 100.0).clamp(0.0, 1.0);
         }
         cfg
     }
@@ -335,9 +350,16 @@ impl TrainView {
             } => {
                 let steps = steps.max(1);
                 let within = step as f64 / steps as f64;
+                let anomaly = self
+                    .run
+                    .as_ref()
+                    .is_some_and(|c| c.mode == train::TrainMode::Anomaly);
                 // Phase 0: a backbone preset extracting features (per image); 1: the epochs.
+                // Anomaly training: 1 is the memory bank, 2 scoring the val images.
                 let (phase, done) = if epoch == 0 {
                     (0, within)
+                } else if anomaly {
+                    (epoch, within)
                 } else {
                     (1, ((epoch - 1) as f64 + within) / epochs as f64)
                 };
@@ -357,6 +379,12 @@ impl TrainView {
                 if epoch == 0 {
                     self.status =
                         format!("extracting backbone features: {step}/{steps} images{eta}");
+                } else if anomaly && epoch == 1 {
+                    self.status = format!(
+                        "building the memory bank (greedy coreset): {step}/{steps} entries{eta}"
+                    );
+                } else if anomaly {
+                    self.status = format!("scoring the val images: {step}/{steps}{eta}");
                 } else {
                     if loss.is_finite() {
                         self.steps.push([(epoch - 1) as f64 + within, loss]);
@@ -602,11 +630,21 @@ fn settings(app: &mut InspectorApp, ui: &mut egui::Ui, ctx: &egui::Context) {
                     "pass-classes",
                     "auto (good, ok, …)",
                 );
+                ui.label("Model kind");
+                ui.vertical(|ui| {
+                    ui.radio_value(&mut t.anomaly, false, "Classifier (labelled defects)");
+                    ui.radio_value(&mut t.anomaly, true, "Anomaly: good parts only");
+                });
+                ui.end_row();
+                if t.anomaly && !backbone {
+                    // An anomaly model needs the pretrained backbone's features.
+                    t.preset = train::DEFAULT_PRESET.into();
+                }
                 let l = ui.label("Preset");
                 egui::ComboBox::from_id_salt("preset")
                     .selected_text(t.preset.clone())
                     .show_ui(ui, |ui| {
-                        for p in train::PRESETS {
+                        for p in train::PRESETS.iter().filter(|p| !t.anomaly || p.backbone.is_some()) {
                             ui.selectable_value(&mut t.preset, p.name.to_string(), p.name)
                                 .on_hover_text(p.about);
                         }
@@ -614,6 +652,31 @@ fn settings(app: &mut InspectorApp, ui: &mut egui::Ui, ctx: &egui::Context) {
                     .response
                     .labelled_by(l.id);
                 ui.end_row();
+                if t.anomaly {
+                    let l = ui.label("Memory bank");
+                    ui.add(
+                        egui::DragValue::new(&mut t.bank)
+                            .range(0..=crate::train_anomaly::BANK_BUDGET_BYTES as usize / (232 * 4))
+                            .custom_formatter(|v, _| {
+                                if v == 0.0 {
+                                    "auto".into()
+                                } else {
+                                    format!("{v:.0} entries")
+                                }
+                            }),
+                    )
+                    .labelled_by(l.id);
+                    ui.end_row();
+                    let l = ui.label("False-reject target");
+                    ui.add(
+                        egui::DragValue::new(&mut t.false_reject_pct)
+                            .range(0.0..=50.0)
+                            .speed(0.1)
+                            .suffix(" %"),
+                    )
+                    .labelled_by(l.id);
+                    ui.end_row();
+                }
                 let l = ui.label("Optimizer");
                 let names = [
                     (OptimizerKind::Sgd, "SGD"),
@@ -625,6 +688,8 @@ fn settings(app: &mut InspectorApp, ui: &mut egui::Ui, ctx: &egui::Context) {
                     .iter()
                     .find(|(o, _)| *o == t.optimizer)
                     .map_or("", |(_, n)| n);
+                let classic = !t.anomaly;
+                ui.add_enabled_ui(classic, |ui| {
                 egui::ComboBox::from_id_salt("optimizer")
                     .selected_text(shown)
                     .show_ui(ui, |ui| {
@@ -634,13 +699,15 @@ fn settings(app: &mut InspectorApp, ui: &mut egui::Ui, ctx: &egui::Context) {
                     })
                     .response
                     .labelled_by(l.id);
+                });
                 ui.end_row();
                 let l = ui.label("Epochs");
-                ui.add(egui::DragValue::new(&mut t.epochs).range(1..=500))
+                ui.add_enabled(classic, egui::DragValue::new(&mut t.epochs).range(1..=500))
                     .labelled_by(l.id);
                 ui.end_row();
                 let l = ui.label("Learning rate");
-                ui.add(
+                ui.add_enabled(
+                    classic,
                     egui::DragValue::new(&mut t.lr)
                         .range(1e-5..=1.0)
                         .speed(0.001)
@@ -671,7 +738,8 @@ fn settings(app: &mut InspectorApp, ui: &mut egui::Ui, ctx: &egui::Context) {
                 });
                 ui.end_row();
                 let l = ui.label("Augmentation");
-                ui.checkbox(&mut t.augment, "on").labelled_by(l.id);
+                ui.add_enabled(classic, egui::Checkbox::new(&mut t.augment, "on"))
+                    .labelled_by(l.id);
                 ui.end_row();
             });
         let note = |ui: &mut egui::Ui, text: &str| {
@@ -687,7 +755,16 @@ fn settings(app: &mut InspectorApp, ui: &mut egui::Ui, ctx: &egui::Context) {
             "PASS classes: the defect-free classes, separated by commas; empty: the classes named \
              good, ok, pass, normal or free.",
         );
-        if backbone {
+        if app.train.anomaly {
+            note(
+                ui,
+                "Anomaly model: learns from the good (PASS) images of the training split only — \
+                 for a new product without labelled defects; defect images there are ignored. \
+                 The threshold keeps the val miss rate within 1 % when val has defective images, \
+                 else the good val images' false-reject rate within the target. Optimizer, \
+                 epochs, learning rate and augmentation do not apply.",
+            );
+        } else if backbone {
             note(
                 ui,
                 "This preset trains its head on the CPU on cached backbone features, 2048 feature \
@@ -1039,9 +1116,16 @@ fn results(app: &mut InspectorApp, ui: &mut egui::Ui, ctx: &egui::Context) {
         .strong(),
     );
     ui.label(format!(
-        "chosen by training (miss <= 1 %): {:.3}",
-        res.summary.threshold
+        "chosen by training ({}): {:.3}",
+        res.summary.threshold_rule, res.summary.threshold
     ));
+    if let Some(m) = res.summary.bank_entries {
+        ui.label(format!(
+            "anomaly model: a memory bank of {m} good-part features from {} good images; {} \
+             defect images of the training split were ignored",
+            res.summary.train_images, res.summary.ignored_defects
+        ));
+    }
     if res.summary.val_false_reject_rate > USEFUL_FALSE_REJECT {
         // Which defective images hold the threshold down: the lowest-scored ones.
         let mut forcing: Vec<&crate::eval::ImageResult> = res
