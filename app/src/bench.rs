@@ -91,7 +91,9 @@ fn anomaly_bench(
     let frame = [Frame::new(&pix, w, h, PixelFormat::Gray8)];
     if !json {
         println!();
-        println!("anomaly model (lite0 256 px local features + memory bank), batch 1, {w}×{h} frame:");
+        println!(
+            "anomaly model (lite0 256 px local features + memory bank), batch 1, {w}×{h} frame:"
+        );
         println!(
             "{:>8} {:>10} {:>10} {:>10} {:>12} {:>10}",
             "bank", "p50 ms", "p90 ms", "frames/s", "bank share", "GFLOP/s"
@@ -102,7 +104,9 @@ fn anomaly_bench(
         let flops = model.spec.flops_per_image();
         let mut engine = Engine::new(&gpu.device, &gpu.queue, &model, 1, gpu.describe())?;
         let t = summarize(
-            time(1, iters, || engine.infer(&frame).map(|_| ()).map_err(Into::into))?,
+            time(1, iters, || {
+                engine.infer(&frame).map(|_| ()).map_err(Into::into)
+            })?,
             1,
             flops,
         );

@@ -206,10 +206,9 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     if args.no_augment {
         cfg.augment = crate::augment::AugmentConfig::off();
     }
-    let style =
-        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> ");
+    let style = indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> ");
     let mut bar: Option<indicatif::ProgressBar> = None;
     let mut last_epoch_line = String::new();
     let cancel = std::sync::atomic::AtomicBool::new(false);

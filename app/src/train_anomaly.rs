@@ -204,10 +204,10 @@ fn greedy_coreset(
                     })
                 })
                 .collect();
-            handles
-                .into_iter()
-                .filter_map(|h| h.join().ok())
-                .fold((f32::NEG_INFINITY, 0usize), |a, b| if b.0 > a.0 { b } else { a })
+            handles.into_iter().filter_map(|h| h.join().ok()).fold(
+                (f32::NEG_INFINITY, 0usize),
+                |a, b| if b.0 > a.0 { b } else { a },
+            )
         });
         if best.0 <= 0.0 {
             break; // every row coincides with a chosen one
@@ -264,7 +264,10 @@ pub fn train(
 ) -> anyhow::Result<TrainSummary> {
     let started = Instant::now();
     if !(1..=16).contains(&cfg.neighbors) {
-        bail!("--neighbors {}: the support size must be 1..=16", cfg.neighbors);
+        bail!(
+            "--neighbors {}: the support size must be 1..=16",
+            cfg.neighbors
+        );
     }
     if cfg.bank == Some(0) {
         bail!("--bank 0: a memory bank needs at least one entry");
@@ -395,7 +398,9 @@ pub fn train(
     let n_cand = candidates.len() / d;
     let want = match cfg.bank {
         Some(m) => m,
-        None => ((n_cand as f64 * DEFAULT_CORESET_RATIO).round() as usize).clamp(1, DEFAULT_MAX_BANK),
+        None => {
+            ((n_cand as f64 * DEFAULT_CORESET_RATIO).round() as usize).clamp(1, DEFAULT_MAX_BANK)
+        }
     };
     let bytes = want as u64 * d as u64 * 4;
     if bytes > BANK_BUDGET_BYTES {
@@ -449,7 +454,10 @@ pub fn train(
     for &i in &chosen {
         bank.extend_from_slice(&candidates[i * d..(i + 1) * d]);
     }
-    let norm = (candidates.chunks_exact(d).map(|r| dist2(r, &vec![0.0; d]) as f64).sum::<f64>()
+    let norm = (candidates
+        .chunks_exact(d)
+        .map(|r| dist2(r, &vec![0.0; d]) as f64)
+        .sum::<f64>()
         / n_cand.max(1) as f64)
         .sqrt();
     drop(candidates);
@@ -459,20 +467,34 @@ pub fn train(
     // engine's memory-bank kernels (tests/tests/training.rs checks that `eval` through the
     // engine reproduces these figures).
     let t_val = Instant::now();
-    let spec0 = anomaly_spec(&cfg.preset, &b, d as u32, m as u32, cfg.neighbors, &pass_name)?;
+    let spec0 = anomaly_spec(
+        &cfg.preset,
+        &b,
+        d as u32,
+        m as u32,
+        cfg.neighbors,
+        &pass_name,
+    )?;
     let mut weights = b.weights.clone();
     weights.push(Some(LayerWeights {
         weight: bank.clone(),
         bias: vec![0.0, 1.0],
     }));
-    let scores = score_images(&val_f, &bank, d, cfg.neighbors as usize, cancel, &mut |done| {
-        progress(Progress::Step {
-            epoch: 2,
-            step: done,
-            steps: val_set.images.len(),
-            loss: f64::NAN,
-        })
-    })?;
+    let scores = score_images(
+        &val_f,
+        &bank,
+        d,
+        cfg.neighbors as usize,
+        cancel,
+        &mut |done| {
+            progress(Progress::Step {
+                epoch: 2,
+                step: done,
+                steps: val_set.images.len(),
+                loss: f64::NAN,
+            })
+        },
+    )?;
     let val_s = t_val.elapsed().as_secs_f64();
 
     // 5. Threshold and calibration.
@@ -488,7 +510,8 @@ pub fn train(
         .filter(|(_, d)| **d)
         .map(|(s, _)| *s)
         .collect();
-    let spread = spread_of(if good.len() >= 2 { &good } else { &scores }).max(1e-6 * norm.max(1e-3));
+    let spread =
+        spread_of(if good.len() >= 2 { &good } else { &scores }).max(1e-6 * norm.max(1e-3));
     let threshold = if !def.is_empty() {
         def.sort_by(f64::total_cmp);
         let allowed = (cfg.max_miss_rate * def.len() as f64 + 1e-9).floor() as usize;
@@ -766,7 +789,12 @@ mod tests {
     fn coreset_covers_clusters_before_repeating_one() {
         // Four tight clusters of 50 points in 3-d: a 4-point coreset takes one from each.
         let mut rng = kernels::rng::SplitMix64::new(7);
-        let centers = [[0.0, 0.0, 0.0], [10.0, 0.0, 0.0], [0.0, 10.0, 0.0], [0.0, 0.0, 10.0]];
+        let centers = [
+            [0.0, 0.0, 0.0],
+            [10.0, 0.0, 0.0],
+            [0.0, 10.0, 0.0],
+            [0.0, 0.0, 10.0],
+        ];
         let mut rows = Vec::new();
         for c in &centers {
             for _ in 0..50 {
@@ -805,7 +833,10 @@ mod tests {
             ratios.push(b / a);
         }
         let mean = ratios.iter().sum::<f32>() / ratios.len() as f32;
-        assert!((0.6..1.6).contains(&mean), "mean distance ratio {mean}: {ratios:?}");
+        assert!(
+            (0.6..1.6).contains(&mean),
+            "mean distance ratio {mean}: {ratios:?}"
+        );
     }
 
     #[test]

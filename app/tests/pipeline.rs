@@ -243,8 +243,14 @@ fn classifier_and_anomaly_models_hot_swap_mid_stream() {
         })
         .collect();
     assert_eq!(verdicts.len(), 9);
-    let by_anomaly: Vec<_> = verdicts.iter().filter(|v| v.model_id == anomaly_id).collect();
-    assert!(!by_anomaly.is_empty(), "no frame went through the anomaly model");
+    let by_anomaly: Vec<_> = verdicts
+        .iter()
+        .filter(|v| v.model_id == anomaly_id)
+        .collect();
+    assert!(
+        !by_anomaly.is_empty(),
+        "no frame went through the anomaly model"
+    );
     for v in &by_anomaly {
         assert!(v.class == "good" || v.class == "anomaly", "{}", v.class);
         assert_eq!(v.fail, v.class == "anomaly");

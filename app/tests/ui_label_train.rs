@@ -300,7 +300,10 @@ fn train_tab_trains_an_anomaly_model_from_good_parts_only() {
     let t = &h.state().train;
     assert!(t.status.starts_with("finished"), "{}", t.status);
     let res = t.result.as_ref().unwrap();
-    assert_eq!(res.summary.train_images, 12, "the good training images only");
+    assert_eq!(
+        res.summary.train_images, 12,
+        "the good training images only"
+    );
     assert_eq!(res.summary.ignored_defects, 12);
     assert!(res.summary.bank_entries.is_some());
     assert_eq!(res.detailed.report.images, 8);
@@ -308,8 +311,10 @@ fn train_tab_trains_an_anomaly_model_from_good_parts_only() {
     assert!(model.spec.is_anomaly());
     h.run_steps(3);
     assert!(
-        h.query_by_label_contains("chosen by training (miss rate ≤ 1.0 % on 4 defective val images")
-            .is_some()
+        h.query_by_label_contains(
+            "chosen by training (miss rate ≤ 1.0 % on 4 defective val images"
+        )
+        .is_some()
     );
     assert!(h.query_by_label_contains("a memory bank of").is_some());
 }

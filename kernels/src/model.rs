@@ -184,7 +184,8 @@ impl Model {
             .as_ref()
             .and_then(|m| m.get(SPEC_METADATA_KEY))
             .ok_or(ModelError::MissingSpec)?;
-        let spec: ModelSpec = serde_json::from_str(spec_json).map_err(|e| newer_or_bad(spec_json, e))?;
+        let spec: ModelSpec =
+            serde_json::from_str(spec_json).map_err(|e| newer_or_bad(spec_json, e))?;
         spec.validate()?;
 
         let mut expected_names = Vec::new();

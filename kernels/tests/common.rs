@@ -104,13 +104,7 @@ pub fn rel_err(got: &[f32], want: &[f32]) -> f64 {
 
 /// Runs `frames` through `engine` (outputs poisoned first) and compares every probability and
 /// heatmap value with the f64 reference, within `tolerance` relative error (`rel_err`).
-pub fn check(
-    tolerance: f64,
-    model: &Model,
-    engine: &mut Engine,
-    frames: &[Frame<'_>],
-    what: &str,
-) {
+pub fn check(tolerance: f64, model: &Model, engine: &mut Engine, frames: &[Frame<'_>], what: &str) {
     engine.poison_outputs();
     let got = engine
         .infer(frames)

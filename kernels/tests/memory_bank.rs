@@ -101,7 +101,10 @@ fn calibrated(rng: &mut SplitMix64, spec: ModelSpec, frames: &[Frame<'_>]) -> Mo
     // An f32 score is off by ~1e-6 of the feature norm (at most the features' own error), so
     // the scale is at least 5 % of the RMS feature norm: a bank sitting close to the features
     // would otherwise magnify that past the tolerance.
-    let norm = (pool.iter().map(|v| v.iter().map(|x| x * x).sum::<f64>()).sum::<f64>()
+    let norm = (pool
+        .iter()
+        .map(|v| v.iter().map(|x| x * x).sum::<f64>())
+        .sum::<f64>()
         / pool.len() as f64)
         .sqrt();
     let mid = (lo + hi) / 2.0;
@@ -114,7 +117,9 @@ fn calibrated(rng: &mut SplitMix64, spec: ModelSpec, frames: &[Frame<'_>]) -> Mo
 /// and a map that hovers around the centre (|z| ≪ 1) must not make the bound vanish.
 fn check_bank(model: &Model, engine: &mut Engine, frames: &[Frame<'_>], what: &str) {
     engine.poison_outputs();
-    let got = engine.infer(frames).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let got = engine
+        .infer(frames)
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
     for (i, (g, f)) in got.iter().zip(frames).enumerate() {
         let want = reference::infer(model, f).expect("reference");
         let pe = rel_err(&g.probabilities, &want.probabilities);
@@ -124,7 +129,10 @@ fn check_bank(model: &Model, engine: &mut Engine, frames: &[Frame<'_>], what: &s
             g.probabilities,
             want.probabilities
         );
-        assert_eq!(g.heatmap.class_index, want.heatmap.class_index, "{what} frame {i}");
+        assert_eq!(
+            g.heatmap.class_index, want.heatmap.class_index,
+            "{what} frame {i}"
+        );
         assert_eq!(
             (g.heatmap.width, g.heatmap.height),
             (want.heatmap.width, want.heatmap.height),
@@ -191,7 +199,10 @@ fn memory_bank_matches_the_reference_on_odd_banks_and_shapes() {
         check_bank(&model, &mut engine, &fr[2..3], &format!("{what} batch 1"));
         let got = engine.infer(&fr).expect("infer");
         let p: Vec<f32> = got.iter().map(|r| r.probabilities[1]).collect();
-        assert_eq!(got[0].heatmap.class_index, 1, "{what}: the heatmap shows the anomaly");
+        assert_eq!(
+            got[0].heatmap.class_index, 1,
+            "{what}: the heatmap shows the anomaly"
+        );
         // The calibration keeps the scores off the sigmoid's flat ends.
         assert!(
             p.iter().any(|&v| (0.01..0.99).contains(&v)),
@@ -239,7 +250,13 @@ fn a_bank_entry_equal_to_a_feature_scores_zero_there() {
         "P(anomaly) {} vs {want}",
         got[0].probabilities[1]
     );
-    assert!(got[0].heatmap.values.iter().all(|&z| (z + 4.0).abs() < 1e-3));
+    assert!(
+        got[0]
+            .heatmap
+            .values
+            .iter()
+            .all(|&z| (z + 4.0).abs() < 1e-3)
+    );
 }
 
 #[test]
@@ -247,7 +264,10 @@ fn memory_bank_spec_rules_and_model_file() {
     let spec = bank_spec(32, 32, 50, 9, Resize::Fit);
     assert!(spec.is_anomaly());
     assert_eq!(spec.version, 2, "anomaly models are format version 2");
-    assert_eq!(common::spec(1, 16, 16, vec![conv(1, 4, 3, 1, 1)], 4, 2).version, 1);
+    assert_eq!(
+        common::spec(1, 16, 16, vec![conv(1, 4, 3, 1, 1)], 4, 2).version,
+        1
+    );
     assert_eq!(spec.class_of_label("scratch", &["ok".into()]), Some(1));
     assert_eq!(spec.class_of_label("ok", &["ok".into()]), Some(0));
     assert_eq!(spec.class_of_label("good", &[]), Some(0));
@@ -264,7 +284,10 @@ fn memory_bank_spec_rules_and_model_file() {
             neighbors: 9,
         }
     });
-    assert!(e.contains("20-feature entries for a 19-channel input"), "{e}");
+    assert!(
+        e.contains("20-feature entries for a 19-channel input"),
+        "{e}"
+    );
     let e = bad(&|s| {
         s.layers[BANK] = Layer::MemoryBank {
             entries: 50,
@@ -297,7 +320,9 @@ fn memory_bank_spec_rules_and_model_file() {
     if let Some(lw) = w[BANK].as_mut() {
         lw.bias[1] = 0.0;
     }
-    let e = Model::new(spec.clone(), w).expect_err("scale 0").to_string();
+    let e = Model::new(spec.clone(), w)
+        .expect_err("scale 0")
+        .to_string();
     assert!(e.contains("score scale > 0"), "{e}");
 
     // Files from a newer app: a later format version, or a layer kind this build lacks.
@@ -319,10 +344,16 @@ fn memory_bank_spec_rules_and_model_file() {
     v["version"] = 3.into();
     v["layers"][BANK]["kind"] = "memory_bank_v2".into();
     let e = newer(v.to_string());
-    assert!(e.contains("format version 3") && e.contains("update the app"), "{e}");
+    assert!(
+        e.contains("format version 3") && e.contains("update the app"),
+        "{e}"
+    );
     v["version"] = 2.into();
     let e = newer(v.to_string());
-    assert!(e.contains("\"memory_bank_v2\"") && e.contains("update the app"), "{e}");
+    assert!(
+        e.contains("\"memory_bank_v2\"") && e.contains("update the app"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -331,7 +362,10 @@ fn bank_slicing_covers_every_entry_once() {
         let (slices, len) = kernels::ops::bank::slicing(entries);
         assert_eq!(len % kernels::ops::bank::TILE_ENTRIES, 0);
         assert!(slices * len >= entries, "{entries}: {slices} × {len}");
-        assert!((slices - 1) * len < entries, "{entries}: an empty last slice");
+        assert!(
+            (slices - 1) * len < entries,
+            "{entries}: an empty last slice"
+        );
         assert!(slices <= 32);
     }
 }

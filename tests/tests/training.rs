@@ -549,7 +549,10 @@ fn anomaly_model_from_good_images_ranks_painted_defects_above_good_ones() {
     assert_eq!(summary.train_images, 16, "only the good training images");
     assert_eq!(summary.ignored_defects, 32);
     assert!(summary.threshold_rule.contains("miss rate"), "{summary:?}");
-    assert!(summary.val_auroc.expect("good and defective val") >= 0.9, "{summary:?}");
+    assert!(
+        summary.val_auroc.expect("good and defective val") >= 0.9,
+        "{summary:?}"
+    );
     let m = summary.bank_entries.expect("bank");
     assert!(m >= 1 && m < 16 * 16, "a coreset, not every position: {m}");
 
@@ -592,14 +595,24 @@ fn anomaly_model_from_good_images_ranks_painted_defects_above_good_ones() {
             f.join(",")
         })
         .collect();
-    std::fs::write(good_only.path().join("manifest.csv"), rows.join("\n") + "\n").expect("w");
+    std::fs::write(
+        good_only.path().join("manifest.csv"),
+        rows.join("\n") + "\n",
+    )
+    .expect("w");
     let mut g = cfg.clone();
     g.data = good_only.path().to_owned();
     g.out = out_dir.path().join("good-only.safetensors");
     let s = train::train(&g, &mut |_| {}, &AtomicBool::new(false)).expect("good only");
-    assert!(s.threshold_rule.contains("false-reject rate ≤ 1.0 %"), "{s:?}");
+    assert!(
+        s.threshold_rule.contains("false-reject rate ≤ 1.0 %"),
+        "{s:?}"
+    );
     assert!(s.val_auroc.is_none());
-    assert_eq!(s.val_false_reject_rate, 0.0, "6 good val images at a 1 % target: none rejected");
+    assert_eq!(
+        s.val_false_reject_rate, 0.0,
+        "6 good val images at a 1 % target: none rejected"
+    );
 
     // Bad input: too few good images, a bank over the budget, a classifier preset.
     let few = tempfile::tempdir().expect("tmp");
@@ -609,14 +622,20 @@ fn anomaly_model_from_good_images_ranks_painted_defects_above_good_ones() {
     let e = train::train(&f, &mut |_| {}, &AtomicBool::new(false))
         .expect_err("5 good images")
         .to_string();
-    assert!(e.contains("at least 10 readable good training images"), "{e}");
+    assert!(
+        e.contains("at least 10 readable good training images"),
+        "{e}"
+    );
     let mut big = cfg.clone();
     big.bank = Some(100_000);
     let e = format!(
         "{:#}",
         train::train(&big, &mut |_| {}, &AtomicBool::new(false)).expect_err("budget")
     );
-    assert!(e.contains("over the 64 MiB budget") && e.contains("--bank 72315"), "{e}");
+    assert!(
+        e.contains("over the 64 MiB budget") && e.contains("--bank 72315"),
+        "{e}"
+    );
     let mut classic = cfg.clone();
     classic.preset = "tiny".into();
     let e = format!(

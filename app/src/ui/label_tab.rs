@@ -1193,7 +1193,10 @@ mod tests {
     fn anomaly_predictions_compare_verdicts_not_class_names() {
         let p = |anomalous: f32| Prediction {
             class: if anomalous >= 0.5 { "anomaly" } else { "Free" }.into(),
-            probabilities: vec![("Free".into(), 1.0 - anomalous), ("anomaly".into(), anomalous)],
+            probabilities: vec![
+                ("Free".into(), 1.0 - anomalous),
+                ("anomaly".into(), anomalous),
+            ],
             pass_labels: Some(vec!["Free".into(), "OK".into()]),
         };
         assert!(!p(0.9).disagrees("Crack"));

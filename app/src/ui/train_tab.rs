@@ -631,10 +631,10 @@ fn settings(app: &mut InspectorApp, ui: &mut egui::Ui, ctx: &egui::Context) {
                     "auto (good, ok, …)",
                 );
                 ui.label("Model kind");
-                ui.vertical(|ui| {
-                    ui.radio_value(&mut t.anomaly, false, "Classifier (labelled defects)");
-                    ui.radio_value(&mut t.anomaly, true, "Anomaly: good parts only");
-                });
+                ui.radio_value(&mut t.anomaly, false, "Classifier (labelled defects)");
+                ui.end_row();
+                ui.label("");
+                ui.radio_value(&mut t.anomaly, true, "Anomaly: good parts only");
                 ui.end_row();
                 if t.anomaly && !backbone {
                     // An anomaly model needs the pretrained backbone's features.
@@ -644,7 +644,10 @@ fn settings(app: &mut InspectorApp, ui: &mut egui::Ui, ctx: &egui::Context) {
                 egui::ComboBox::from_id_salt("preset")
                     .selected_text(t.preset.clone())
                     .show_ui(ui, |ui| {
-                        for p in train::PRESETS.iter().filter(|p| !t.anomaly || p.backbone.is_some()) {
+                        for p in train::PRESETS
+                            .iter()
+                            .filter(|p| !t.anomaly || p.backbone.is_some())
+                        {
                             ui.selectable_value(&mut t.preset, p.name.to_string(), p.name)
                                 .on_hover_text(p.about);
                         }
@@ -690,15 +693,15 @@ fn settings(app: &mut InspectorApp, ui: &mut egui::Ui, ctx: &egui::Context) {
                     .map_or("", |(_, n)| n);
                 let classic = !t.anomaly;
                 ui.add_enabled_ui(classic, |ui| {
-                egui::ComboBox::from_id_salt("optimizer")
-                    .selected_text(shown)
-                    .show_ui(ui, |ui| {
-                        for (o, n) in names {
-                            ui.selectable_value(&mut t.optimizer, o, n);
-                        }
-                    })
-                    .response
-                    .labelled_by(l.id);
+                    egui::ComboBox::from_id_salt("optimizer")
+                        .selected_text(shown)
+                        .show_ui(ui, |ui| {
+                            for (o, n) in names {
+                                ui.selectable_value(&mut t.optimizer, o, n);
+                            }
+                        })
+                        .response
+                        .labelled_by(l.id);
                 });
                 ui.end_row();
                 let l = ui.label("Epochs");
@@ -1142,9 +1145,13 @@ fn results(app: &mut InspectorApp, ui: &mut egui::Ui, ctx: &egui::Context) {
             .take(3)
             .map(|i| format!("{} ({:.3})", i.rel_path, i.score))
             .collect();
-        ui.label(
+        // Wrap within what the panel shows (the gallery may widen the layout beyond it).
+        let width = (ui.clip_rect().right() - ui.cursor().left() - 8.0).max(200.0);
+        ui.allocate_ui(vec2(width, 0.0), |ui| {
+        ui.set_max_width(width);
+        ui.add(egui::Label::new(
             RichText::new(format!(
-                "⚠ This model cannot reach a useful false-reject rate at the miss target: {:.0} % of \
+                "Warning: this model cannot reach a useful false-reject rate at the miss target: {:.0} % of \
                  good val parts would be rejected (useful: ≤ {:.0} %). The threshold is held down \
                  by the least defect-like defective images: {}. Check their labels and masks, add \
                  similar examples, or accept more misses.",
@@ -1153,7 +1160,8 @@ fn results(app: &mut InspectorApp, ui: &mut egui::Ui, ctx: &egui::Context) {
                 names.join(", ")
             ))
             .color(Color32::from_rgb(230, 160, 40)),
-        );
+        ).wrap());
+        });
     }
     // Save as a version.
     let (model, fp, report) = (

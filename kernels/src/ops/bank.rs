@@ -65,7 +65,10 @@ pub struct ScoreParams {
 /// least 256 entries, at most 32; `(slices, slice_len)`.
 pub fn slicing(entries: u32) -> (u32, u32) {
     let slices = entries.div_ceil(256).clamp(1, 32);
-    let len = entries.div_ceil(slices).next_multiple_of(TILE_ENTRIES).max(TILE_ENTRIES);
+    let len = entries
+        .div_ceil(slices)
+        .next_multiple_of(TILE_ENTRIES)
+        .max(TILE_ENTRIES);
     (entries.div_ceil(len).max(1), len)
 }
 
