@@ -837,6 +837,10 @@ impl Engine {
                             entries,
                             slice_len,
                             slices,
+                            h: a.h,
+                            w: a.w,
+                            in_w: inp.width,
+                            in_h: inp.height,
                             _pad: [0; 3],
                         },
                         per_image: hw,
@@ -845,7 +849,12 @@ impl Engine {
                         uniform: uniform(&format!("kernels::{label}.distance::params"), &dist),
                         label: format!("{label}.distance"),
                         params: dist,
-                        binds: vec![Bind::Act(cur), Bind::Weights(wi), Bind::Scratch],
+                        binds: vec![
+                            Bind::Act(cur),
+                            Bind::Weights(wi),
+                            Bind::Scratch,
+                            Bind::Content,
+                        ],
                         bind_group: None,
                     });
                     let score = Params::BankScore(ops::bank::ScoreParams {

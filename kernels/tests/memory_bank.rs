@@ -211,6 +211,27 @@ fn memory_bank_matches_the_reference_on_odd_banks_and_shapes() {
     }
 }
 
+/// Frames far from square under `Resize::Fit`: whole tiles of 32 positions lie in the letterbox
+/// padding (the distance kernel skips them), next to images that fill the input.
+#[test]
+fn letterboxed_tiles_are_skipped_and_the_rest_still_matches() {
+    let mut rng = SplitMix64::new(seed("bank_letterbox"));
+    let g = gpu();
+    let cases: Vec<(Vec<u8>, u32, u32, PixelFormat)> =
+        [(96u32, 9u32), (9, 96), (40, 40), (120, 20)]
+            .iter()
+            .map(|&(w, h)| (pixels(&mut rng, w, h, 1), w, h, PixelFormat::Gray8))
+            .collect();
+    let fr = frames(&cases);
+    // 48×48 input → a 12×12 map: a 96×9 frame covers one row of it, 11 rows (132 positions,
+    // four whole tiles) are padding.
+    let spec = bank_spec(48, 48, 777, 9, Resize::Fit);
+    let model = calibrated(&mut rng, spec, &fr);
+    let mut engine = Engine::new(&g.device, &g.queue, &model, 4, g.describe()).expect("engine");
+    check_bank(&model, &mut engine, &fr, "letterboxed batch of 4");
+    check_bank(&model, &mut engine, &fr[..1], "one wide frame");
+}
+
 #[test]
 fn a_bank_entry_equal_to_a_feature_scores_zero_there() {
     // The nearest-entry distance is exact at 0: a frame whose every feature is in the bank has

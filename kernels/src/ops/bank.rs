@@ -27,8 +27,16 @@ pub struct DistanceParams {
     pub entries: u32,
     /// Entries per slice (a multiple of [`TILE_ENTRIES`]).
     pub slice_len: u32,
-    /// Slices of the bank (workgroups along x).
+    /// Slices of the bank (workgroups along y).
     pub slices: u32,
+    /// Feature map height.
+    pub h: u32,
+    /// Feature map width.
+    pub w: u32,
+    /// Model input width in pixels.
+    pub in_w: u32,
+    /// Model input height in pixels.
+    pub in_h: u32,
     /// Padding.
     pub _pad: [u32; 3],
 }
@@ -72,11 +80,11 @@ pub fn slicing(entries: u32) -> (u32, u32) {
     (entries.div_ceil(len).max(1), len)
 }
 
-/// Workgroups of the distance pass: x = slice, y (+ 65535·z) = tile of 32 positions.
+/// Workgroups of the distance pass: x (+ 65535·z) = tile of 32 positions, y = slice.
 pub fn distance_workgroups(p: &DistanceParams) -> [u32; 3] {
     let tiles = p.positions.div_ceil(TILE_POSITIONS).max(1);
-    let y = tiles.min(65_535);
-    [p.slices.max(1), y, tiles.div_ceil(y)]
+    let x = tiles.min(65_535);
+    [x, p.slices.max(1), tiles.div_ceil(x)]
 }
 
 /// One workgroup per image.
