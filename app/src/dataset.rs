@@ -352,9 +352,49 @@ impl Dataset {
         }
     }
 
-    /// Training and validation rows. When `val_split` names no rows, a seeded, stratified val
-    /// split is carved out of the training rows (`fraction` of each class, whole groups).
+    /// Training and validation rows of a classifier: [`Self::train_val_rows`], then every
+    /// class must have training rows and the training split at least two classes.
     pub fn train_val(
+        &self,
+        train_split: &str,
+        val_split: &str,
+        fraction: f64,
+        seed: u64,
+    ) -> Result<(Vec<Sample>, Vec<Sample>), DatasetError> {
+        let (train, val) = self.train_val_rows(train_split, val_split, fraction, seed)?;
+        let invalid = |msg: String| DatasetError::Invalid {
+            path: self.root.clone(),
+            msg,
+        };
+        let train_classes: BTreeSet<&str> = train.iter().map(|s| s.label.as_str()).collect();
+        if train_classes.len() < 2 {
+            return Err(invalid(format!(
+                "training needs at least two classes, found {train_classes:?}"
+            )));
+        }
+        for c in self.classes() {
+            if !train_classes.contains(c.as_str()) && val.iter().any(|s| s.label == c) {
+                return Err(invalid(format!(
+                    "class {c:?} has validation images but no training images"
+                )));
+            }
+        }
+        if let Some(s) = val
+            .iter()
+            .find(|s| !train_classes.contains(s.label.as_str()))
+        {
+            return Err(invalid(format!(
+                "val label {:?} ({}) is unknown to the training split",
+                s.label, s.rel_path
+            )));
+        }
+        Ok((train, val))
+    }
+
+    /// Training and validation rows, whatever their classes (anomaly training reads only the
+    /// PASS rows of them). When `val_split` names no rows, a seeded, stratified val split is
+    /// carved out of the training rows (`fraction` of each class, whole groups).
+    pub fn train_val_rows(
         &self,
         train_split: &str,
         val_split: &str,
@@ -384,28 +424,6 @@ impl Dataset {
         }
         if val.is_empty() {
             (train, val) = carve_val(train, fraction, seed);
-        }
-        let train_classes: BTreeSet<&str> = train.iter().map(|s| s.label.as_str()).collect();
-        if train_classes.len() < 2 {
-            return Err(invalid(format!(
-                "training needs at least two classes, found {train_classes:?}"
-            )));
-        }
-        for c in self.classes() {
-            if !train_classes.contains(c.as_str()) && val.iter().any(|s| s.label == c) {
-                return Err(invalid(format!(
-                    "class {c:?} has validation images but no training images"
-                )));
-            }
-        }
-        if let Some(s) = val
-            .iter()
-            .find(|s| !train_classes.contains(s.label.as_str()))
-        {
-            return Err(invalid(format!(
-                "val label {:?} ({}) is unknown to the training split",
-                s.label, s.rel_path
-            )));
         }
         Ok((train, val))
     }

@@ -187,8 +187,13 @@ pub fn choose_threshold(scores: &[f32], defective: &[bool], max_miss_rate: f64) 
         return 0.5;
     }
     def.sort_by(|a, b| a.total_cmp(b));
-    let allowed = (max_miss_rate * def.len() as f64 + 1e-9).floor() as usize;
+    let allowed = allowed_count(max_miss_rate, def.len());
     (def[allowed.min(def.len() - 1)] - THRESHOLD_MARGIN).clamp(0.0, 1.0)
+}
+
+/// How many of `n` images a target `rate` lets through (missed, or falsely rejected).
+pub fn allowed_count(rate: f64, n: usize) -> usize {
+    (rate * n as f64 + 1e-9).floor() as usize
 }
 
 /// How far below the deciding defective score the chosen threshold sits. Engine and burn agree

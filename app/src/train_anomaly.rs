@@ -28,7 +28,7 @@ use crate::metrics;
 use crate::train::{
     CoresetKind, EpochRecord, Progress, TrainConfig, TrainSummary, load_split, val_metrics,
 };
-use crate::train_head::{self, EXTRACT_BATCH, FeatureCache, Features};
+use crate::train_head::{self, Features};
 
 /// Fewest readable good training images an anomaly model is built from.
 pub const MIN_GOOD_IMAGES: usize = 10;
@@ -66,31 +66,30 @@ fn rule_text(defective: usize, good: usize, cfg: &TrainConfig) -> String {
 }
 
 /// The training and val rows of an anomaly run: the training split's PASS rows (others are
-/// ignored, with a count), and the val split (carved from the training rows, whole groups, when
-/// it has none).
-fn rows(cfg: &TrainConfig) -> anyhow::Result<(Vec<Sample>, Vec<Sample>, Vec<String>, usize)> {
+/// ignored, with a count), the val split (carved from the training rows, whole groups, when it
+/// has none), the PASS classes and the count of missing files.
+struct Rows {
+    good: Vec<Sample>,
+    val: Vec<Sample>,
+    pass: Vec<String>,
+    ignored: usize,
+    missing: usize,
+}
+
+fn rows(cfg: &TrainConfig) -> anyhow::Result<Rows> {
     let ds = Dataset::open(&cfg.data)?;
     let pass = ds.pass_classes(&cfg.pass)?;
-    let has_splits = ds.samples.iter().any(|s| s.split.is_some());
-    let (mut train, mut val) = if has_splits {
-        (ds.split(&cfg.split_train), ds.split(&cfg.split_val))
-    } else {
-        (ds.samples.clone(), Vec::new())
-    };
-    if train.is_empty() {
-        bail!(
-            "no rows in the training split {:?} of {}; the dataset has: {}",
-            cfg.split_train,
-            cfg.data.display(),
-            ds.split_names()
-        );
-    }
-    if val.is_empty() {
-        (train, val) = crate::dataset::carve_val(train, cfg.val_fraction, cfg.seed);
-    }
-    let all = train.len();
-    train.retain(|s| pass.contains(&s.label));
-    Ok((train, val, pass, all))
+    let (mut good, val) =
+        ds.train_val_rows(&cfg.split_train, &cfg.split_val, cfg.val_fraction, cfg.seed)?;
+    let all = good.len();
+    good.retain(|s| pass.contains(&s.label));
+    Ok(Rows {
+        ignored: all - good.len(),
+        good,
+        val,
+        pass,
+        missing: ds.missing.len(),
+    })
 }
 
 /// Seeded sparse random projection `[d] → [PROJECTION_DIM]` (Li et al.: entries ±√(s / k) with
@@ -272,22 +271,26 @@ pub fn train(
     if cfg.bank == Some(0) {
         bail!("--bank 0: a memory bank needs at least one entry");
     }
-    let (train_rows, val_rows, pass, all_train) = rows(cfg)?;
-    let ignored = all_train - train_rows.len();
+    let Rows {
+        good: train_rows,
+        val: val_rows,
+        pass,
+        ignored,
+        missing,
+    } = rows(cfg)?;
     if ignored > 0 {
         tracing::info!(
             "anomaly mode: {ignored} defect images of the training split are ignored (it learns \
              from good parts only)"
         );
     }
-    let mut labels: Vec<String> = train_rows
+    let labels: Vec<String> = train_rows
         .iter()
         .chain(&val_rows)
         .map(|s| s.label.clone())
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    labels.dedup();
     let mut skipped = Vec::new();
     let train_set = load_split(&train_rows, &labels, &mut skipped);
     if train_set.images.len() < MIN_GOOD_IMAGES {
@@ -343,54 +346,18 @@ pub fn train(
         first_epoch: 1,
     });
 
-    // 1. Features of the good training images.
+    // 1. Features of the good training images and of the val images.
     let t_extract = Instant::now();
-    let mut engine = kernels::Engine::new(
-        &gpu.device,
-        &gpu.queue,
+    let (train_f, val_f, extracted) = train_head::extract_splits(
         &probe,
-        EXTRACT_BATCH as u32,
-        gpu.describe(),
-    )?;
-    let cache = FeatureCache::new(&weights_path, &probe_spec, lf);
-    let n_train = train_set.images.len();
-    let n_all = n_train + val_set.images.len();
-    let (train_f, new_train) = train_head::extract(
-        &mut engine,
         lf,
-        &probe_spec,
-        &train_set.images,
-        &train_set.files,
-        &cache,
+        &weights_path,
+        &gpu,
+        &train_set,
+        &val_set,
         cancel,
-        |done| {
-            progress(Progress::Step {
-                epoch: 0,
-                step: done,
-                steps: n_all,
-                loss: f64::NAN,
-            })
-        },
+        progress,
     )?;
-    let (val_f, new_val) = train_head::extract(
-        &mut engine,
-        lf,
-        &probe_spec,
-        &val_set.images,
-        &val_set.files,
-        &cache,
-        cancel,
-        |done| {
-            progress(Progress::Step {
-                epoch: 0,
-                step: n_train + done,
-                steps: n_all,
-                loss: f64::NAN,
-            })
-        },
-    )?;
-    let extracted = new_train + new_val;
-    drop(engine);
     let extract_s = t_extract.elapsed().as_secs_f64();
 
     // 2. Candidates: every valid position of every good image.
@@ -421,7 +388,6 @@ pub fn train(
 
     // 3. Greedy k-center coreset on the projection.
     let t_bank = Instant::now();
-    let projected = project(&candidates, d, cfg.seed ^ 0x9e37_79b9);
     let chosen = {
         let mut tick = |k: usize| {
             progress(Progress::Step {
@@ -433,6 +399,7 @@ pub fn train(
         };
         match cfg.coreset {
             CoresetKind::Greedy => {
+                let projected = project(&candidates, d, cfg.seed ^ 0x9e37_79b9);
                 greedy_coreset(&projected, PROJECTION_DIM, m, cfg.seed, cancel, &mut tick)?
             }
             CoresetKind::Random => {
@@ -448,16 +415,12 @@ pub fn train(
             }
         }
     };
-    drop(projected);
     let m = chosen.len();
     let mut bank = Vec::with_capacity(m * d);
     for &i in &chosen {
         bank.extend_from_slice(&candidates[i * d..(i + 1) * d]);
     }
-    let norm = (candidates
-        .chunks_exact(d)
-        .map(|r| dist2(r, &vec![0.0; d]) as f64)
-        .sum::<f64>()
+    let norm = (candidates.iter().map(|&x| x as f64 * x as f64).sum::<f64>()
         / n_cand.max(1) as f64)
         .sqrt();
     drop(candidates);
@@ -514,12 +477,12 @@ pub fn train(
         spread_of(if good.len() >= 2 { &good } else { &scores }).max(1e-6 * norm.max(1e-3));
     let threshold = if !def.is_empty() {
         def.sort_by(f64::total_cmp);
-        let allowed = (cfg.max_miss_rate * def.len() as f64 + 1e-9).floor() as usize;
+        let allowed = metrics::allowed_count(cfg.max_miss_rate, def.len());
         def[allowed.min(def.len() - 1)] - 1e-4 * spread
     } else {
         let mut g = good.clone();
         g.sort_by(|a, b| b.total_cmp(a));
-        let allowed = (cfg.max_false_reject * g.len() as f64 + 1e-9).floor() as usize;
+        let allowed = metrics::allowed_count(cfg.max_false_reject, g.len());
         match g.get(allowed) {
             // Just above the highest good score that must pass.
             Some(&s) => s + 1e-4 * spread,
@@ -567,7 +530,7 @@ pub fn train(
         train_images: train_set.images.len(),
         val_images: val_set.images.len(),
         skipped: skipped.len(),
-        missing: 0,
+        missing,
         best_epoch: 1,
         epochs_run: 1,
         val_accuracy: vm.confusion.accuracy(),

@@ -36,7 +36,8 @@ use kernels::{InputSpec, Layer, LayerWeights, Model, ModelSpec, Resize};
 use crate::dataset::DecodedImage;
 use crate::metrics;
 use crate::train::{
-    EpochRecord, Progress, TrainConfig, TrainSummary, load_split, prepare, tensor_vec, val_metrics,
+    EpochRecord, Progress, Split, TrainConfig, TrainSummary, load_split, prepare, tensor_vec,
+    val_metrics,
 };
 
 /// Where the backbone weights ship, relative to the install.
@@ -46,7 +47,7 @@ pub const HIDDEN: u32 = 128;
 /// Stages whose outputs make the local features.
 const FEATURE_STAGES: [usize; 3] = [2, 3, 4];
 /// Images per engine call during extraction.
-pub(crate) const EXTRACT_BATCH: usize = 8;
+const EXTRACT_BATCH: usize = 8;
 /// Position rows per optimisation step.
 const ROWS_PER_STEP: usize = 2048;
 
@@ -67,7 +68,7 @@ pub fn feature_cache_dir() -> Option<PathBuf> {
 /// only on its bytes and the frozen network, so the key is the image's path, size and
 /// modification time plus a hash of the backbone weights and the input geometry. A changed
 /// image, preset or backbone gets a new key; stale files are simply never read again.
-pub(crate) struct FeatureCache {
+struct FeatureCache {
     dir: Option<PathBuf>,
     network: u64,
 }
@@ -82,7 +83,7 @@ fn hash_of(parts: &[&[u8]]) -> u64 {
 }
 
 impl FeatureCache {
-    pub(crate) fn new(weights: &Path, spec: &ModelSpec, layer: usize) -> Self {
+    fn new(weights: &Path, spec: &ModelSpec, layer: usize) -> Self {
         let dir = feature_cache_dir();
         let wbytes = std::fs::read(weights).unwrap_or_default();
         let geometry = serde_json::to_vec(&(&spec.input, &spec.layers[..=layer], CACHE_VERSION))
@@ -241,7 +242,7 @@ impl Features {
 /// Features of `images` (`files[i]` is image `i`'s file, for the cache), from the cache where
 /// it has them, else from the engine. Also returns how many were extracted.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn extract(
+fn extract(
     engine: &mut kernels::Engine,
     layer: usize,
     spec: &ModelSpec,
@@ -291,6 +292,69 @@ pub(crate) fn extract(
         },
         todo.len(),
     ))
+}
+
+/// Features of a run's training and val images (`probe`: the run's network, its head weights
+/// placeholders), through the inspection engine on `gpu`, from the cache where it has them;
+/// progress is phase 0 over both splits. Returns them and how many images were extracted.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn extract_splits(
+    probe: &Model,
+    lf: usize,
+    weights_path: &Path,
+    gpu: &kernels::GpuContext,
+    train: &Split,
+    val: &Split,
+    cancel: &AtomicBool,
+    progress: &mut dyn FnMut(Progress),
+) -> anyhow::Result<(Features, Features, usize)> {
+    let t = Instant::now();
+    let mut engine = kernels::Engine::new(
+        &gpu.device,
+        &gpu.queue,
+        probe,
+        EXTRACT_BATCH as u32,
+        gpu.describe(),
+    )?;
+    let total = train.images.len() + val.images.len();
+    let mut report = |done: usize| {
+        progress(Progress::Step {
+            epoch: 0,
+            step: done,
+            steps: total,
+            loss: f64::NAN,
+        })
+    };
+    let spec = &probe.spec;
+    let cache = FeatureCache::new(weights_path, spec, lf);
+    let (train_f, new_train) = extract(
+        &mut engine,
+        lf,
+        spec,
+        &train.images,
+        &train.files,
+        &cache,
+        cancel,
+        &mut report,
+    )?;
+    let n_train = train.images.len();
+    let (val_f, new_val) = extract(
+        &mut engine,
+        lf,
+        spec,
+        &val.images,
+        &val.files,
+        &cache,
+        cancel,
+        |d| report(n_train + d),
+    )?;
+    let extracted = new_train + new_val;
+    tracing::info!(
+        "features of {total} images in {:.1} s ({extracted} extracted, {} from the cache)",
+        t.elapsed().as_secs_f64(),
+        total - extracted
+    );
+    Ok((train_f, val_f, extracted))
 }
 
 /// Which valid cells of an image hold defect pixels of its mask (row-major over valid cells).
@@ -714,13 +778,6 @@ pub fn train(
     }
     debug_assert_eq!(probe_weights.len(), n_layers);
     let probe = Model::new(spec.clone(), probe_weights)?;
-    let mut engine = kernels::Engine::new(
-        &gpu.device,
-        &gpu.queue,
-        &probe,
-        EXTRACT_BATCH as u32,
-        gpu.describe(),
-    )?;
     progress(Progress::Started {
         train: train_set.images.len(),
         val: val_set.images.len(),
@@ -733,43 +790,18 @@ pub fn train(
     });
     let total_images = train_set.images.len() + val_set.images.len();
     let t_extract = Instant::now();
-    let mut report = |done: usize| {
-        progress(Progress::Step {
-            epoch: 0,
-            step: done,
-            steps: total_images,
-            loss: f64::NAN,
-        })
-    };
-    let cache = FeatureCache::new(&weights_path, &spec, lf);
-    let (train_f, new_train) = extract(
-        &mut engine,
+    let (train_f, val_f, extracted) = extract_splits(
+        &probe,
         lf,
-        &spec,
-        &train_set.images,
-        &train_set.files,
-        &cache,
+        &weights_path,
+        &gpu,
+        &train_set,
+        &val_set,
         cancel,
-        &mut report,
+        progress,
     )?;
-    let n_train = train_set.images.len();
-    let (val_f, new_val) = extract(
-        &mut engine,
-        lf,
-        &spec,
-        &val_set.images,
-        &val_set.files,
-        &cache,
-        cancel,
-        |d| report(n_train + d),
-    )?;
-    drop(engine);
     let extract_s = t_extract.elapsed().as_secs_f64();
-    let extracted = new_train + new_val;
-    tracing::info!(
-        "features of {total_images} images in {extract_s:.1} s ({extracted} extracted, {} from the cache)",
-        total_images - extracted
-    );
+    let n_train = train_set.images.len();
 
     let primary_pass = (0..k)
         .filter(|&c| is_pass[c])
