@@ -53,15 +53,18 @@ pub struct BenchArgs {
 /// `entries` random good-part features): what the station runs in anomaly mode.
 pub fn anomaly_model(entries: u32) -> anyhow::Result<Model> {
     use kernels::Resize;
-    let (b, _) =
-        crate::train_head::feature_network(&crate::train_head::backbone_path(), 256, Resize::Fit)?;
-    let features = crate::train_head::feature_channels(&b);
-    let spec = crate::train_anomaly::anomaly_spec(
+    let (b, _) = crate::training::features::feature_network(
+        &crate::training::features::backbone_path(),
+        256,
+        Resize::Fit,
+    )?;
+    let features = crate::training::features::feature_channels(&b);
+    let spec = crate::training::anomaly::anomaly_spec(
         &format!("anomaly-256-bank{entries}"),
         &b,
         features,
         entries,
-        crate::train_anomaly::NEIGHBORS,
+        crate::training::types::NEIGHBORS,
         "good",
     )?;
     let mut rng = SplitMix64::new(9);
@@ -162,9 +165,12 @@ fn anomaly_bench(
 /// head weights): what the station runs.
 pub fn lite0_model() -> anyhow::Result<(Model, ModelSpec)> {
     use kernels::Resize;
-    let (b, _) =
-        crate::train_head::feature_network(&crate::train_head::backbone_path(), 256, Resize::Fit)?;
-    let spec = crate::train_head::head_spec(
+    let (b, _) = crate::training::features::feature_network(
+        &crate::training::features::backbone_path(),
+        256,
+        Resize::Fit,
+    )?;
+    let spec = crate::training::head::head_spec(
         "lite0-256",
         &b,
         vec!["good".into(), "defect".into()],
@@ -192,7 +198,7 @@ type Rows = Vec<(&'static str, u32, Timing)>;
 fn measure(
     model: &Model,
     engine: &mut Engine,
-    burn_model: Option<&crate::nn::BurnModel>,
+    burn_model: Option<&crate::training::nn::BurnModel>,
     burn_device: Option<&burn::tensor::Device>,
     args: &BenchArgs,
     iters: usize,
@@ -236,7 +242,7 @@ fn measure(
             // buffer limit and fails; it runs such batches 8 images at a time.
             let chunk = if heavy { batch.min(8) } else { batch } as usize;
             let brn = time(if heavy { 1 } else { 3 }, iters, || {
-                crate::train::predict(bm, device, &inputs, &model.spec.input, chunk).map(|_| ())
+                crate::training::predict(bm, device, &inputs, &model.spec.input, chunk).map(|_| ())
             })?;
             out.push(("burn", batch, summarize(brn, batch, flops)));
         }
@@ -313,7 +319,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let (burn_device, shared) = if args.no_burn && args.own_device {
         (None, None)
     } else {
-        let (d, g) = crate::nn::shared_gpu()?;
+        let (d, g) = crate::training::nn::shared_gpu()?;
         (Some(d), Some(g))
     };
     let gpu = match (&shared, args.own_device) {
@@ -327,7 +333,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let max_batch = args.batches.iter().copied().max().unwrap_or(1);
     let mut engine = Engine::new(&gpu.device, &gpu.queue, &model, max_batch, gpu.describe())?;
     let burn_model = match (&burn_device, args.no_burn) {
-        (Some(d), false) => Some(crate::nn::BurnModel::from_model(&model, d)?),
+        (Some(d), false) => Some(crate::training::nn::BurnModel::from_model(&model, d)?),
         _ => None,
     };
 
@@ -396,7 +402,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let lmax = args.batches.iter().copied().max().unwrap_or(1);
         let mut leng = Engine::new(&gpu.device, &gpu.queue, &bm, lmax, gpu.describe())?;
         let lburn = match (&burn_device, args.no_burn) {
-            (Some(d), false) => Some(crate::nn::BurnModel::from_model(&bm, d)?),
+            (Some(d), false) => Some(crate::training::nn::BurnModel::from_model(&bm, d)?),
             _ => None,
         };
         let liters = (args.iters / 5).max(3);
@@ -553,7 +559,7 @@ pub fn backbone_check(args: &BackboneCheckArgs) -> anyhow::Result<()> {
     let mut engine = Engine::new(&gpu.device, &gpu.queue, &model, 1, gpu.describe())?;
     println!("adapter: {}", gpu.describe());
     for path in &args.images {
-        let img = crate::dataset::decode_image(path)
+        let img = crate::data::dataset::decode_image(path)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let out = engine.infer(&[img.frame()])?.remove(0);
         let mut order: Vec<usize> = (0..out.probabilities.len()).collect();

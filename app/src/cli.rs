@@ -62,19 +62,19 @@ pub struct TrainArgs {
     #[arg(long, default_value = "val")]
     pub split_val: String,
     /// Model preset.
-    #[arg(long, default_value = crate::train::DEFAULT_PRESET)]
+    #[arg(long, default_value = crate::training::DEFAULT_PRESET)]
     pub preset: String,
     /// Epochs.
-    #[arg(long, default_value_t = crate::train::DEFAULT_EPOCHS)]
+    #[arg(long, default_value_t = crate::training::DEFAULT_EPOCHS)]
     pub epochs: usize,
     /// Images per step.
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
     /// Optimizer.
-    #[arg(long, value_enum, default_value_t = crate::train::DEFAULT_OPTIMIZER)]
-    pub optimizer: crate::train::OptimizerKind,
+    #[arg(long, value_enum, default_value_t = crate::training::DEFAULT_OPTIMIZER)]
+    pub optimizer: crate::training::OptimizerKind,
     /// Peak learning rate.
-    #[arg(long, default_value_t = crate::train::DEFAULT_LR)]
+    #[arg(long, default_value_t = crate::training::DEFAULT_LR)]
     pub lr: f64,
     /// Seed.
     #[arg(long, default_value_t = 42)]
@@ -84,7 +84,7 @@ pub struct TrainArgs {
     pub pass: Vec<String>,
     /// Backend: wgpu, cpu, or auto (CPU backend when the only GPU is a CPU rasteriser).
     #[arg(long, value_enum, default_value = "auto")]
-    pub backend: crate::train::BackendKind,
+    pub backend: crate::training::BackendKind,
     /// Stop after this many epochs without val improvement (0 = never).
     #[arg(long, default_value_t = 10)]
     pub patience: usize,
@@ -100,7 +100,7 @@ pub struct TrainArgs {
     /// What to train: a defect classifier (labelled good and defective images), or an anomaly
     /// model from the good (PASS) training images only, for a product with no labelled defects.
     #[arg(long, value_enum, default_value = "classifier")]
-    pub mode: crate::train::TrainMode,
+    pub mode: crate::training::TrainMode,
     /// Anomaly mode: memory-bank entries (default: 10 % of the good images' positions, at most
     /// 4,096; the budget is 64 MiB, 72,315 entries of the lite0 features).
     #[arg(long)]
@@ -111,9 +111,9 @@ pub struct TrainArgs {
     pub max_false_reject: f64,
     /// Anomaly mode: how the bank is chosen (greedy k-center coreset, or a random sample).
     #[arg(long, value_enum, default_value = "greedy")]
-    pub coreset: crate::train::CoresetKind,
+    pub coreset: crate::training::CoresetKind,
     /// Anomaly mode: support size of the score reweighting, 1..=16 (1: the nearest distance).
-    #[arg(long, default_value_t = crate::train_anomaly::NEIGHBORS)]
+    #[arg(long, default_value_t = crate::training::types::NEIGHBORS)]
     pub neighbors: u32,
     /// Print a one-line JSON summary on stdout at the end.
     #[arg(long)]
@@ -162,11 +162,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::BackboneCheck(args)) => crate::bench::backbone_check(&args),
         Some(Command::Train(args)) => train(args),
         Some(Command::Eval(args)) => {
-            let report = crate::eval::evaluate(&args.model, &args.data, &args.split)?;
+            let report = crate::evaluation::eval::evaluate(&args.model, &args.data, &args.split)?;
             if args.json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
-                crate::eval::print(&report);
+                crate::evaluation::eval::print(&report);
             }
             Ok(())
         }
@@ -180,7 +180,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn train(args: TrainArgs) -> anyhow::Result<()> {
-    use crate::train::{Progress, TrainConfig};
+    use crate::training::{Progress, TrainConfig};
     let mut cfg = TrainConfig::new(args.data, args.out);
     cfg.split_train = args.split_train;
     cfg.split_val = args.split_val;
@@ -200,11 +200,11 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     cfg.max_false_reject = args.max_false_reject;
     cfg.coreset = args.coreset;
     cfg.neighbors = args.neighbors;
-    if cfg.mode == crate::train::TrainMode::Anomaly {
+    if cfg.mode == crate::training::TrainMode::Anomaly {
         cfg.epochs = 1; // one pass: features, coreset, threshold
     }
     if args.no_augment {
-        cfg.augment = crate::augment::AugmentConfig::off();
+        cfg.augment = crate::training::augment::AugmentConfig::off();
     }
     let style = indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}")
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
@@ -214,7 +214,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     let cancel = std::sync::atomic::AtomicBool::new(false);
     let epochs = cfg.epochs;
     let mode = cfg.mode;
-    let summary = crate::train::train(
+    let summary = crate::training::train(
         &cfg,
         &mut |p| match p {
             Progress::Started {
@@ -307,11 +307,11 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
 }
 
 /// The progress bar's label: the epoch, or for anomaly training its phase.
-fn phase_name(mode: crate::train::TrainMode, epoch: usize, epochs: usize) -> String {
+fn phase_name(mode: crate::training::TrainMode, epoch: usize, epochs: usize) -> String {
     match (mode, epoch) {
         (_, 0) => "features".into(),
-        (crate::train::TrainMode::Anomaly, 1) => "memory bank".into(),
-        (crate::train::TrainMode::Anomaly, _) => "scoring val".into(),
+        (crate::training::TrainMode::Anomaly, 1) => "memory bank".into(),
+        (crate::training::TrainMode::Anomaly, _) => "scoring val".into(),
         _ => format!("epoch {epoch}/{epochs}"),
     }
 }

@@ -7,34 +7,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde_json::json;
 
-use crate::history::{self, Filter, Recorder, RecorderOptions, RecorderSink, Store};
-use crate::pipeline::{self, Event, Pipeline, PipelineOptions, SourceStatus};
-use crate::source::SourceSpec;
-
-/// The bundled default model, relative to the repository / install root.
-pub const DEFAULT_MODEL: &str = "assets/models/default.safetensors";
-/// The bundled demo images.
-pub const DEMO_DATASET: &str = "datasets/magnetic-tile-demo";
-
-/// Finds a bundled file: next to the executable's ancestors, then the working directory, then
-/// the source tree this binary was built from.
-pub fn bundled(rel: &str) -> PathBuf {
-    let mut candidates = Vec::new();
-    if let Ok(exe) = std::env::current_exe() {
-        candidates.extend(exe.ancestors().skip(1).map(|a| a.join(rel)));
-    }
-    candidates.push(PathBuf::from(rel));
-    candidates.push(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("..")
-            .join(rel),
-    );
-    candidates
-        .iter()
-        .find(|p| p.exists())
-        .cloned()
-        .unwrap_or_else(|| PathBuf::from(rel))
-}
+use crate::records::history::{self, Filter, Recorder, RecorderOptions, RecorderSink, Store};
+use crate::station::pipeline::{self, Event, Pipeline, PipelineOptions, SourceStatus};
+use crate::station::source::SourceSpec;
 
 /// Options of `inspector inspect`.
 #[derive(Debug, clap::Args)]
@@ -287,7 +262,7 @@ pub struct CamerasArgs {
 
 /// Runs `inspector cameras`.
 pub fn cameras(args: CamerasArgs) -> anyhow::Result<()> {
-    let cams = crate::source::list_cameras().map_err(anyhow::Error::msg)?;
+    let cams = crate::station::source::list_cameras().map_err(anyhow::Error::msg)?;
     if args.json {
         println!("{}", serde_json::to_string(&cams)?);
     } else if cams.is_empty() {

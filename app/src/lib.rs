@@ -1,33 +1,21 @@
 //! Defect Inspector: the library behind the `inspector` binary (the window and the CLI).
 //!
-//! - [`ui`]: the eframe app (Inspect, Label, Train, History, Settings tabs).
-//! - [`labeling`], [`versions`]: editable datasets and masks; saved model versions.
-//! - [`source`] → [`pipeline`]: frame sources, capture and inference workers.
-//! - [`history`]: the SQLite verdict store and its writer thread; [`display`]: pixels for people.
-//! - [`headless`]: `inspector inspect`, `cameras`, `history`.
-//! - [`cli`]: argument parsing and dispatch.
-//! - [`bench`]: `inspector bench`, the engine vs burn vs CPU benchmark.
-//! - [`nn`]: burn modules built from a `kernels::ModelSpec`.
-//! - [`dataset`], [`augment`], [`train`], [`train_head`], [`head_checkpoint`], [`metrics`]:
-//!   datasets, training (and resuming it) and evaluation.
+//! Three jobs, in layers (each imports only the layers below it; see ARCHITECTURE.md):
+//!
+//! - [`data`]: datasets, labelling, image files, bundled assets (the bottom layer);
+//! - [`evaluation`]: metrics and `inspector eval`;
+//! - [`station`]: frame sources, the inspection pipeline, display helpers;
+//! - [`training`]: whole-image, head and anomaly training behind one [`training::train`];
+//! - [`records`]: the verdict history, model versions, settings;
+//! - the top: [`ui`] (the eframe app), [`headless`] (`inspector inspect`, `cameras`,
+//!   `history`), [`bench`] (`inspector bench`) and [`cli`] (argument parsing and dispatch).
 
-pub mod augment;
 pub mod bench;
 pub mod cli;
-pub mod dataset;
-pub mod display;
-pub mod eval;
-pub mod head_checkpoint;
+pub mod data;
+pub mod evaluation;
 pub mod headless;
-pub mod history;
-pub mod labeling;
-pub mod metrics;
-pub mod nn;
-pub mod pipeline;
-pub mod settings;
-pub mod source;
-pub mod train;
-pub mod train_anomaly;
-pub mod train_head;
+pub mod records;
+pub mod station;
+pub mod training;
 pub mod ui;
-pub mod versions;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use inspector::history::{Filter, Store};
+use inspector::records::history::{Filter, Store};
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_inspector"));

@@ -8,8 +8,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use inspector::pipeline::{self, Event, Pipeline, PipelineOptions, SourceStatus};
-use inspector::source::SourceSpec;
+use inspector::station::pipeline::{self, Event, Pipeline, PipelineOptions, SourceStatus};
+use inspector::station::source::SourceSpec;
 
 fn default_model() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/models/default.safetensors")

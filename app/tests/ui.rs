@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable as _;
-use inspector::settings::Settings;
+use inspector::records::settings::Settings;
 use inspector::ui::{InspectorApp, Tab};
 
 mod common;
@@ -258,7 +258,8 @@ fn inspect_tab_shows_changing_verdicts_pause_stops_them_and_bad_models_are_refus
     // by a helper thread); picking one fills the field.
     h.get_by_label("Models nearby").click();
     let link = |p: std::path::PathBuf| p.display().to_string();
-    let bundled = link(inspector::headless::bundled("assets/models").join("default.safetensors"));
+    let bundled =
+        link(inspector::data::assets::bundled("assets/models").join("default.safetensors"));
     let mut listed = false;
     for _ in 0..200 {
         h.step();

@@ -13,21 +13,12 @@ use std::time::Duration;
 use egui::accesskit::Role;
 use egui_kittest::Harness;
 use egui_kittest::kittest::{By, NodeT as _, Queryable as _};
-use inspector::settings::Settings;
+use inspector::records::settings::Settings;
 use inspector::ui::file_dialog::{DialogBackend, DialogKind, DialogRequest, FileDialogs, Outcome};
 use inspector::ui::{InspectorApp, Tab};
 
 mod common;
-use common::step_until;
-
-fn harness(dir: &Path) -> Harness<'static, InspectorApp> {
-    let settings = Settings {
-        db_path: Some(dir.join("h.sqlite")),
-        ..Settings::default()
-    };
-    let versions = dir.join("versions");
-    common::harness(settings, |app| app.train.versions_dir = versions)
-}
+use common::{harness_in as harness, step_until, tiny_dataset};
 
 /// A file dialog that answers from a script and remembers what it was asked.
 #[derive(Default)]
@@ -66,27 +57,6 @@ fn browse(h: &mut Harness<'static, InspectorApp>, n: usize) {
         "the dialog's answer never arrived"
     );
     h.run_steps(2);
-}
-
-/// Two classes of 64×64 gray parts: plain ("good") and with a dark blob ("bad").
-fn tiny_dataset(root: &Path, per_class: usize) {
-    let mut manifest = String::from("path,label,split\n");
-    for i in 0..per_class {
-        for (label, spot) in [("good", false), ("bad", true)] {
-            let img = image::GrayImage::from_fn(64, 64, |x, y| {
-                let base = 150 + ((x * 7 + y * 3 + i as u32 * 11) % 30) as u8;
-                let (cx, cy) = (16 + (i as u32 * 13) % 32, 20 + (i as u32 * 7) % 24);
-                let d = (x as i32 - cx as i32).pow(2) + (y as i32 - cy as i32).pow(2);
-                image::Luma([if spot && d < 64 { 30 } else { base }])
-            });
-            let rel = format!("{label}/{i}.png");
-            std::fs::create_dir_all(root.join(label)).unwrap();
-            img.save(root.join(&rel)).unwrap();
-            let split = if i % 4 == 3 { "val" } else { "train" };
-            manifest.push_str(&format!("{rel},{label},{split}\n"));
-        }
-    }
-    std::fs::write(root.join("manifest.csv"), manifest).unwrap();
 }
 
 #[test]
@@ -250,7 +220,7 @@ fn train_form_labels_are_whole_and_loss_and_accuracy_have_their_own_axes() {
             .map(|i| [i as f64 / 10.0, 2.4 - i as f64 * 0.05])
             .collect();
         t.history = (1..=4)
-            .map(|e| inspector::train::EpochRecord {
+            .map(|e| inspector::training::EpochRecord {
                 epoch: e,
                 train_loss: 1.0,
                 train_accuracy: 0.5 + 0.1 * e as f64,
@@ -270,8 +240,8 @@ fn train_form_labels_are_whole_and_loss_and_accuracy_have_their_own_axes() {
             .map(|m| *m.bounds())
             .unwrap()
     };
-    let loss = bounds(inspector::ui::train_tab::loss_plot_id());
-    let acc = bounds(inspector::ui::train_tab::accuracy_plot_id());
+    let loss = bounds(inspector::ui::train::loss_plot_id());
+    let acc = bounds(inspector::ui::train::accuracy_plot_id());
     assert!(loss.max()[1] >= 2.4, "loss axis {loss:?}");
     assert!(
         acc.max()[1] <= 1.1 && acc.min()[1] <= 0.0 + 1e-9,
@@ -295,7 +265,7 @@ fn cancel_keeps_the_last_finished_epoch_and_resume_continues_from_it() {
         t.preset = "tiny".into();
         t.epochs = 300;
         t.lr = 0.05;
-        t.backend = inspector::train::BackendKind::Cpu;
+        t.backend = inspector::training::BackendKind::Cpu;
     }
     h.get_by_label("Start training").click();
     assert!(

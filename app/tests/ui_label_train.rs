@@ -10,53 +10,17 @@ use std::time::{Duration, Instant};
 use egui::accesskit::Role;
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable as _;
-use inspector::settings::Settings;
+use inspector::records::settings::Settings;
 use inspector::ui::{InspectorApp, Tab};
 
 mod common;
-use common::step_until;
+use common::{harness_in as harness, step_until, tiny_dataset};
 
-fn harness(dir: &Path) -> Harness<'static, InspectorApp> {
-    let settings = Settings {
-        db_path: Some(dir.join("h.sqlite")),
-        ..Settings::default()
-    };
-    let versions = dir.join("versions");
-    common::harness(settings, |app| app.train.versions_dir = versions)
-}
-
+/// [`common::type_into`], then leaves the field so number keys label images again.
 fn type_into(h: &mut Harness<'static, InspectorApp>, label: &str, text: &str) {
-    h.get_by_role_and_label(Role::TextInput, label).focus();
-    h.step();
-    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::A);
-    h.step();
-    h.get_by_role_and_label(Role::TextInput, label)
-        .type_text(text);
-    h.step();
-    // Leave the field so number keys label images again.
+    common::type_into(h, label, text);
     h.key_press(egui::Key::Escape);
     h.step();
-}
-
-/// Two classes of 64×64 gray parts: plain ("good") and with a dark blob ("bad").
-fn tiny_dataset(root: &Path, per_class: usize) {
-    let mut manifest = String::from("path,label,split\n");
-    for i in 0..per_class {
-        for (label, spot) in [("good", false), ("bad", true)] {
-            let img = image::GrayImage::from_fn(64, 64, |x, y| {
-                let base = 150 + ((x * 7 + y * 3 + i as u32 * 11) % 30) as u8;
-                let (cx, cy) = (16 + (i as u32 * 13) % 32, 20 + (i as u32 * 7) % 24);
-                let d = (x as i32 - cx as i32).pow(2) + (y as i32 - cy as i32).pow(2);
-                image::Luma([if spot && d < 64 { 30 } else { base }])
-            });
-            let rel = format!("{label}/{i}.png");
-            std::fs::create_dir_all(root.join(label)).unwrap();
-            img.save(root.join(&rel)).unwrap();
-            let split = if i % 4 == 3 { "val" } else { "train" };
-            manifest.push_str(&format!("{rel},{label},{split}\n"));
-        }
-    }
-    std::fs::write(root.join("manifest.csv"), manifest).unwrap();
 }
 
 #[test]
@@ -286,7 +250,7 @@ fn train_tab_trains_an_anomaly_model_from_good_parts_only() {
     assert!(h.state().train.anomaly);
     assert_eq!(
         h.state().train.preset,
-        inspector::train::DEFAULT_PRESET,
+        inspector::training::DEFAULT_PRESET,
         "a whole-image preset gives way to the backbone"
     );
     h.state_mut().train.preset = "lite0-tiny".into();

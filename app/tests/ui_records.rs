@@ -11,22 +11,12 @@ use std::time::Duration;
 use egui::accesskit::Role;
 use egui_kittest::Harness;
 use egui_kittest::kittest::{NodeT as _, Queryable as _};
-use inspector::history::{Filter, InspectionRow, Op, Store};
-use inspector::settings::Settings;
+use inspector::records::history::{Filter, InspectionRow, Op, Store};
+use inspector::records::settings::Settings;
 use inspector::ui::{InspectorApp, Tab};
 
 mod common;
-use common::step_until;
-
-fn type_into(h: &mut Harness<'static, InspectorApp>, label: &str, text: &str) {
-    h.get_by_role_and_label(Role::TextInput, label).focus();
-    h.step();
-    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::A);
-    h.step();
-    h.get_by_role_and_label(Role::TextInput, label)
-        .type_text(text);
-    h.step();
-}
+use common::{step_until, type_into};
 
 /// Defect 1: the override form is opened on one frame; while the reason is typed the live view
 /// moves on; Save must record the override on the frame the form was opened on.
@@ -217,7 +207,7 @@ fn row(i: usize, origin: &str, ts_ms: i64) -> InspectionRow {
         id: 0,
         run_id: "earlier-run".into(),
         seq: i as u64,
-        ts: inspector::history::rfc3339(ts),
+        ts: inspector::records::history::rfc3339(ts),
         ts_ms,
         station: "station-1".into(),
         source: "folder:line".into(),
@@ -272,7 +262,7 @@ fn history_click_opens_the_row_pressed_while_new_rows_arrive() {
     std::fs::create_dir(&empty).unwrap();
     let settings = Settings {
         db_path: Some(db.clone()),
-        source: Some(inspector::source::SourceSpec::Folder {
+        source: Some(inspector::station::source::SourceSpec::Folder {
             dir: empty,
             looping: false,
         }),
@@ -374,7 +364,7 @@ fn model_activation_shows_figures_warns_asks_the_threshold_and_is_saved_at_once(
     let settings_file = dir.path().join("config/settings.json");
     let candidate = dir.path().join("candidate.safetensors");
     std::fs::copy(
-        inspector::headless::bundled(inspector::headless::DEFAULT_MODEL),
+        inspector::data::assets::bundled(inspector::data::assets::DEFAULT_MODEL),
         &candidate,
     )
     .unwrap();
@@ -464,7 +454,7 @@ fn model_activation_shows_figures_warns_asks_the_threshold_and_is_saved_at_once(
     // Saved at once (no eframe autosave in this test), for the next start.
     assert!(
         step_until(&mut h, Duration::from_secs(10), |_| {
-            inspector::settings::load_file(&settings_file).is_some_and(|s| {
+            inspector::records::settings::load_file(&settings_file).is_some_and(|s| {
                 s.model_path.as_deref() == Some(candidate.as_path()) && s.threshold == Some(0.3)
             })
         }),
@@ -500,7 +490,8 @@ fn model_activation_shows_figures_warns_asks_the_threshold_and_is_saved_at_once(
         h.state().settings.threshold
     );
     assert!(step_until(&mut h, Duration::from_secs(10), |_| {
-        inspector::settings::load_file(&settings_file).is_some_and(|s| s.threshold.is_none())
+        inspector::records::settings::load_file(&settings_file)
+            .is_some_and(|s| s.threshold.is_none())
     }));
     assert!(step_until(&mut h, Duration::from_secs(30), |_| {
         events(&db, "model_activation_confirmed")
@@ -569,7 +560,7 @@ fn a_failed_source_shows_stopped_instead_of_a_verdict() {
     let dir = tempfile::tempdir().unwrap();
     let settings = Settings {
         db_path: Some(dir.path().join("h.sqlite")),
-        source: Some(inspector::source::SourceSpec::Folder {
+        source: Some(inspector::station::source::SourceSpec::Folder {
             dir: dir.path().join("no-such-folder"),
             looping: false,
         }),
@@ -579,7 +570,7 @@ fn a_failed_source_shows_stopped_instead_of_a_verdict() {
     assert!(
         step_until(&mut h, Duration::from_secs(60), |a| matches!(
             a.source_status,
-            Some(inspector::pipeline::SourceStatus::Failed(_))
+            Some(inspector::station::pipeline::SourceStatus::Failed(_))
         )),
         "the missing folder was not reported"
     );

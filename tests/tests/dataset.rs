@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use inspector::dataset::{Dataset, DatasetError, Layout, decode_image};
+use inspector::data::dataset::{Dataset, DatasetError, Layout, decode_image};
 use integration_tests::{synthetic_manifest, write_synthetic};
 
 fn write(root: &Path, rel: &str, bytes: &[u8]) {
@@ -205,7 +205,7 @@ fn bad_data_gets_defined_answers() {
 fn a_missing_split_is_named_with_the_splits_that_exist() {
     let dir = tempfile::tempdir().expect("tmp");
     integration_tests::synthetic_manifest(dir.path(), 3, 2, 9);
-    let ds = inspector::dataset::Dataset::open(dir.path()).expect("open");
+    let ds = inspector::data::dataset::Dataset::open(dir.path()).expect("open");
     assert_eq!(ds.split_names(), "train, val");
     let e = ds
         .train_val("nope", "val", 0.2, 1)
@@ -217,7 +217,7 @@ fn a_missing_split_is_named_with_the_splits_that_exist() {
     );
     let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../assets/models/default.safetensors");
-    let e = inspector::eval::evaluate(&model, dir.path(), "test")
+    let e = inspector::evaluation::eval::evaluate(&model, dir.path(), "test")
         .expect_err("no test split")
         .to_string();
     assert!(

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::AtomicBool;
 
-use inspector::train::{self, BackendKind, Progress, TrainConfig};
+use inspector::training::{self, BackendKind, Progress, TrainConfig};
 use integration_tests::synthetic_manifest;
 use kernels::{Engine, GpuContext, Model};
 
@@ -16,10 +16,33 @@ fn config(root: &std::path::Path, out: &std::path::Path, epochs: usize) -> Train
     cfg.epochs = epochs;
     cfg.batch_size = 8;
     cfg.lr = 0.05;
-    cfg.optimizer = train::OptimizerKind::Momentum;
+    cfg.optimizer = training::OptimizerKind::Momentum;
     cfg.backend = BackendKind::Cpu;
     cfg.patience = 0;
     cfg
+}
+
+/// Trains `cfg` to the end, logging each epoch and the time taken; returns the summary and how
+/// many epochs were reported.
+fn train_logged(cfg: &TrainConfig) -> (training::TrainSummary, usize) {
+    let t = std::time::Instant::now();
+    let mut epochs = 0;
+    let summary = training::train(
+        cfg,
+        &mut |p| {
+            if let Progress::Epoch(r) = p {
+                epochs += 1;
+                eprintln!(
+                    "epoch {} loss {:.3} val acc {:.3} auroc {:?}",
+                    r.epoch, r.train_loss, r.val_accuracy, r.val_auroc
+                );
+            }
+        },
+        &AtomicBool::new(false),
+    )
+    .expect("train");
+    eprintln!("trained in {:?}: {summary:?}", t.elapsed());
+    (summary, epochs)
 }
 
 #[test]
@@ -29,23 +52,7 @@ fn tiny_dataset_trains_well_above_chance_and_engine_agrees_with_burn() {
     synthetic_manifest(data.path(), 16, 6, 11);
     let out_dir = tempfile::tempdir().expect("tmp");
     let out = out_dir.path().join("m.safetensors");
-    let t = std::time::Instant::now();
-    let mut epochs_seen = 0;
-    let summary = train::train(
-        &config(data.path(), &out, 8),
-        &mut |p| {
-            if let Progress::Epoch(r) = p {
-                epochs_seen += 1;
-                eprintln!(
-                    "epoch {} loss {:.3} val acc {:.3}",
-                    r.epoch, r.train_loss, r.val_accuracy
-                );
-            }
-        },
-        &AtomicBool::new(false),
-    )
-    .expect("train");
-    eprintln!("trained in {:?}: {summary:?}", t.elapsed());
+    let (summary, epochs_seen) = train_logged(&config(data.path(), &out, 8));
     assert_eq!(epochs_seen, 8);
     assert!(
         summary.val_accuracy >= 0.8,
@@ -71,7 +78,7 @@ fn tiny_dataset_trains_well_above_chance_and_engine_agrees_with_burn() {
     assert!(max_diff <= 1e-4, "engine and burn disagree by {max_diff}");
 
     // eval through the engine gives the documented JSON keys and agrees with training's val.
-    let report = inspector::eval::evaluate(&out, data.path(), "val").expect("eval");
+    let report = inspector::evaluation::eval::evaluate(&out, data.path(), "val").expect("eval");
     let json = serde_json::to_value(&report).expect("json");
     for key in [
         "images",
@@ -112,7 +119,7 @@ fn same_seed_same_model_and_resume_and_cancel() {
         let mut cfg = config(data.path(), &out, epochs);
         cfg.resume = resume;
         let mut first = 0;
-        let s = train::train(
+        let s = training::train(
             &cfg,
             &mut |p| {
                 if let Progress::Started { first_epoch, .. } = p {
@@ -137,8 +144,8 @@ fn same_seed_same_model_and_resume_and_cancel() {
         dir.path().join("c.safetensors"),
     )
     .expect("copy");
-    let ckpt_a = train::checkpoint_dir(&dir.path().join("a.safetensors"));
-    let ckpt_c = train::checkpoint_dir(&dir.path().join("c.safetensors"));
+    let ckpt_a = training::checkpoint_dir(&dir.path().join("a.safetensors"));
+    let ckpt_c = training::checkpoint_dir(&dir.path().join("c.safetensors"));
     std::fs::create_dir_all(&ckpt_c).expect("mkdir");
     for f in ["state.json", "last.safetensors", "best.safetensors"] {
         std::fs::copy(ckpt_a.join(f), ckpt_c.join(f)).expect("copy ckpt");
@@ -149,8 +156,8 @@ fn same_seed_same_model_and_resume_and_cancel() {
 
     // Cancel: stops before the first step and says how to resume.
     let cfg = config(data.path(), &dir.path().join("d.safetensors"), 2);
-    let e = train::train(&cfg, &mut |_| {}, &AtomicBool::new(true)).expect_err("cancelled");
-    assert!(e.downcast_ref::<train::Cancelled>().is_some(), "{e}");
+    let e = training::train(&cfg, &mut |_| {}, &AtomicBool::new(true)).expect_err("cancelled");
+    assert!(e.downcast_ref::<training::Cancelled>().is_some(), "{e}");
     assert!(e.to_string().contains("--resume"));
 }
 
@@ -166,9 +173,9 @@ fn mask_supervised_head_learns_and_its_heatmap_finds_the_defect() {
     let out = out_dir.path().join("seg.safetensors");
     let mut cfg = config(data.path(), &out, 8);
     cfg.preset = "tiny-seg".into();
-    cfg.optimizer = train::OptimizerKind::Adam;
+    cfg.optimizer = training::OptimizerKind::Adam;
     cfg.lr = 0.01;
-    let summary = train::train(&cfg, &mut |_| {}, &AtomicBool::new(false)).expect("train");
+    let summary = training::train(&cfg, &mut |_| {}, &AtomicBool::new(false)).expect("train");
     eprintln!("{summary:?}");
     assert!(
         summary.val_accuracy >= 0.8,
@@ -193,8 +200,9 @@ fn mask_supervised_head_learns_and_its_heatmap_finds_the_defect() {
         }
         defective += 1;
         let mask =
-            inspector::dataset::decode_image(s.mask.as_deref().expect("mask")).expect("mask");
-        let near = inspector::eval::heatmap_hits_mask(&inf.heatmap, &mask).expect("non-empty mask");
+            inspector::data::dataset::decode_image(s.mask.as_deref().expect("mask")).expect("mask");
+        let near = inspector::evaluation::eval::heatmap_hits_mask(&inf.heatmap, &mask)
+            .expect("non-empty mask");
         on_defect += near as usize;
     });
     eprintln!("max |engine − burn| = {max_diff:e}; heatmap on the defect {on_defect}/{defective}");
@@ -212,24 +220,24 @@ fn engine_vs_burn(
     model: &Model,
     out: &std::path::Path,
     data: &std::path::Path,
-    mut each: impl FnMut(&inspector::dataset::Sample, &kernels::Inference),
+    mut each: impl FnMut(&inspector::data::dataset::Sample, &kernels::Inference),
 ) -> f32 {
     let device = burn::tensor::Device::flex();
-    let burn_model = train::load_best(&model.spec, out, &device).expect("best checkpoint");
+    let burn_model = training::load_best(&model.spec, out, &device).expect("best checkpoint");
     let gpu = GpuContext::headless().expect("gpu");
     let mut engine =
         Engine::new(&gpu.device, &gpu.queue, model, 4, gpu.describe()).expect("engine");
-    let ds = inspector::dataset::Dataset::open(data).expect("dataset");
+    let ds = inspector::data::dataset::Dataset::open(data).expect("dataset");
     let mut max_diff = 0f32;
     for s in ds.split("val") {
-        let img = inspector::dataset::decode_image(&s.path).expect("decode");
+        let img = inspector::data::dataset::decode_image(&s.path).expect("decode");
         let inf = engine.infer(&[img.frame()]).expect("infer").remove(0);
         let x: Vec<f32> = kernels::reference::preprocess(model, &img.frame())
             .expect("pre")
             .into_iter()
             .map(|v| v as f32)
             .collect();
-        let burn_p = train::predict(&burn_model, &device, &[x], &model.spec.input, 1)
+        let burn_p = training::predict(&burn_model, &device, &[x], &model.spec.input, 1)
             .expect("burn")
             .remove(0);
         for (a, b) in inf.probabilities.iter().zip(&burn_p) {
@@ -252,23 +260,7 @@ fn backbone_head_learns_from_masks_and_engine_agrees_with_burn() {
     let out = out_dir.path().join("lite0.safetensors");
     let mut cfg = TrainConfig::new(data.path().to_owned(), out.clone());
     cfg.preset = "lite0-tiny".into();
-    let t = std::time::Instant::now();
-    let mut epochs = 0;
-    let summary = train::train(
-        &cfg,
-        &mut |p| {
-            if let Progress::Epoch(r) = p {
-                epochs += 1;
-                eprintln!(
-                    "epoch {} val acc {:.3} auroc {:?}",
-                    r.epoch, r.val_accuracy, r.val_auroc
-                );
-            }
-        },
-        &AtomicBool::new(false),
-    )
-    .expect("train");
-    eprintln!("trained in {:?}: {summary:?}", t.elapsed());
+    let (summary, epochs) = train_logged(&cfg);
     assert_eq!(epochs, cfg.epochs);
     assert!(summary.val_auroc.expect("both kinds") >= 0.9, "{summary:?}");
     assert!(summary.val_accuracy >= 0.8, "{summary:?}");
@@ -285,15 +277,16 @@ fn backbone_head_learns_from_masks_and_engine_agrees_with_burn() {
 
     // Engine vs burn (from the exported file) on every val image, letterbox padding included.
     let device = burn::tensor::Device::flex();
-    let burn_model = inspector::nn::BurnModel::from_model(&model, &device).expect("burn model");
+    let burn_model =
+        inspector::training::nn::BurnModel::from_model(&model, &device).expect("burn model");
     let gpu = GpuContext::headless().expect("gpu");
     let mut engine =
         Engine::new(&gpu.device, &gpu.queue, &model, 4, gpu.describe()).expect("engine");
-    let ds = inspector::dataset::Dataset::open(data.path()).expect("dataset");
+    let ds = inspector::data::dataset::Dataset::open(data.path()).expect("dataset");
     let (mut max_diff, mut on_defect, mut defective) = (0f32, 0, 0);
     let inp = &model.spec.input;
     for s in ds.split("val") {
-        let img = inspector::dataset::decode_image(&s.path).expect("decode");
+        let img = inspector::data::dataset::decode_image(&s.path).expect("decode");
         let inf = engine.infer(&[img.frame()]).expect("infer").remove(0);
         let x: Vec<f32> = kernels::reference::preprocess(&model, &img.frame())
             .expect("pre")
@@ -315,9 +308,9 @@ fn backbone_head_learns_from_masks_and_engine_agrees_with_burn() {
         }
         if s.label != "good" {
             defective += 1;
-            let mask =
-                inspector::dataset::decode_image(s.mask.as_deref().expect("mask")).expect("mask");
-            on_defect += inspector::eval::heatmap_hits_mask(&inf.heatmap, &mask)
+            let mask = inspector::data::dataset::decode_image(s.mask.as_deref().expect("mask"))
+                .expect("mask");
+            on_defect += inspector::evaluation::eval::heatmap_hits_mask(&inf.heatmap, &mask)
                 .expect("non-empty mask") as usize;
         }
     }
@@ -329,7 +322,7 @@ fn backbone_head_learns_from_masks_and_engine_agrees_with_burn() {
     );
 
     // eval through the engine: per-class AUROC, per-part figures and the disagreements.
-    let report = inspector::eval::evaluate(&out, data.path(), "val").expect("eval");
+    let report = inspector::evaluation::eval::evaluate(&out, data.path(), "val").expect("eval");
     let json = serde_json::to_value(&report).expect("json");
     assert!(
         json["per_class"]["scratch"]["auroc"].as_f64().is_some(),
@@ -362,7 +355,7 @@ fn backbone_head_resumes_from_the_last_finished_epoch_after_cancel() {
         let cancel = AtomicBool::new(false);
         let mut steps: Steps = Vec::new();
         let mut first = 0;
-        let r = train::train(
+        let r = training::train(
             cfg,
             &mut |p| match p {
                 Progress::Started { first_epoch, .. } => first = first_epoch,
@@ -385,8 +378,8 @@ fn backbone_head_resumes_from_the_last_finished_epoch_after_cancel() {
     let cut = cfg_for("cut.safetensors");
     let (r, _, _) = run(&cut, Some(2));
     let e = r.expect_err("cancelled");
-    assert!(e.downcast_ref::<train::Cancelled>().is_some(), "{e:#}");
-    assert_eq!(train::checkpoint_epoch(&cut.out), Some(2));
+    assert!(e.downcast_ref::<training::Cancelled>().is_some(), "{e:#}");
+    assert_eq!(training::checkpoint_epoch(&cut.out), Some(2));
 
     let mut resumed = cut.clone();
     resumed.resume = true;
@@ -412,7 +405,7 @@ fn backbone_head_resumes_from_the_last_finished_epoch_after_cancel() {
     // A checkpoint of another preset is refused, not silently used.
     let mut other = resumed.clone();
     other.preset = "lite0-stretch".into();
-    let e = train::train(&other, &mut |_| {}, &AtomicBool::new(false)).expect_err("refused");
+    let e = training::train(&other, &mut |_| {}, &AtomicBool::new(false)).expect_err("refused");
     assert!(e.to_string().contains("another dataset or preset"), "{e:#}");
 }
 
@@ -440,7 +433,7 @@ fn backbone_head_trains_on_colour_tiny_and_maskless_images() {
     let out = out_dir.path().join("lite0.safetensors");
     let mut cfg = TrainConfig::new(data.path().to_owned(), out.clone());
     cfg.preset = "lite0-tiny".into();
-    let summary = train::train(&cfg, &mut |_| {}, &AtomicBool::new(false)).expect("train");
+    let summary = training::train(&cfg, &mut |_| {}, &AtomicBool::new(false)).expect("train");
     eprintln!("{summary:?}");
     assert!(
         summary.val_auroc.expect("both kinds") >= 0.75,
@@ -466,7 +459,7 @@ fn feature_cache_is_reused_and_invalidated_by_image_preset_and_backbone() {
         let mut cfg = TrainConfig::new(data.path().to_owned(), out.clone());
         cfg.preset = preset.into();
         cfg.epochs = 1;
-        train::train(&cfg, &mut |_| {}, &AtomicBool::new(false)).expect("train");
+        training::train(&cfg, &mut |_| {}, &AtomicBool::new(false)).expect("train");
         let m = Model::load(&out).expect("model");
         (
             m.spec.training["features_extracted"]
@@ -532,9 +525,9 @@ fn anomaly_model_from_good_images_ranks_painted_defects_above_good_ones() {
     let out = out_dir.path().join("anomaly.safetensors");
     let mut cfg = TrainConfig::new(data.path().to_owned(), out.clone());
     cfg.preset = "lite0-tiny".into();
-    cfg.mode = train::TrainMode::Anomaly;
+    cfg.mode = training::TrainMode::Anomaly;
     let mut phases = std::collections::BTreeSet::new();
-    let summary = train::train(
+    let summary = training::train(
         &cfg,
         &mut |p| {
             if let Progress::Step { epoch, .. } = p {
@@ -560,7 +553,7 @@ fn anomaly_model_from_good_images_ranks_painted_defects_above_good_ones() {
     assert!(model.spec.is_anomaly());
     assert_eq!(model.spec.classes, ["good", "anomaly"]);
     // `eval` runs it unchanged: defect labels count as the anomaly class.
-    let report = inspector::eval::evaluate(&out, data.path(), "val").expect("eval");
+    let report = inspector::evaluation::eval::evaluate(&out, data.path(), "val").expect("eval");
     assert_eq!(report.images, 18);
     assert!(report.auroc.expect("auroc") >= 0.9, "{report:?}");
     // Training scores val on the CPU from cached features; the engine reproduces its figures.
@@ -603,7 +596,7 @@ fn anomaly_model_from_good_images_ranks_painted_defects_above_good_ones() {
     let mut g = cfg.clone();
     g.data = good_only.path().to_owned();
     g.out = out_dir.path().join("good-only.safetensors");
-    let s = train::train(&g, &mut |_| {}, &AtomicBool::new(false)).expect("good only");
+    let s = training::train(&g, &mut |_| {}, &AtomicBool::new(false)).expect("good only");
     assert!(
         s.threshold_rule.contains("false-reject rate ≤ 1.0 %"),
         "{s:?}"
@@ -619,7 +612,7 @@ fn anomaly_model_from_good_images_ranks_painted_defects_above_good_ones() {
     integration_tests::synthetic_manifest(few.path(), 5, 2, 3);
     let mut f = cfg.clone();
     f.data = few.path().to_owned();
-    let e = train::train(&f, &mut |_| {}, &AtomicBool::new(false))
+    let e = training::train(&f, &mut |_| {}, &AtomicBool::new(false))
         .expect_err("5 good images")
         .to_string();
     assert!(
@@ -630,7 +623,7 @@ fn anomaly_model_from_good_images_ranks_painted_defects_above_good_ones() {
     big.bank = Some(100_000);
     let e = format!(
         "{:#}",
-        train::train(&big, &mut |_| {}, &AtomicBool::new(false)).expect_err("budget")
+        training::train(&big, &mut |_| {}, &AtomicBool::new(false)).expect_err("budget")
     );
     assert!(
         e.contains("over the 64 MiB budget") && e.contains("--bank 72315"),
@@ -640,7 +633,7 @@ fn anomaly_model_from_good_images_ranks_painted_defects_above_good_ones() {
     classic.preset = "tiny".into();
     let e = format!(
         "{:#}",
-        train::train(&classic, &mut |_| {}, &AtomicBool::new(false)).expect_err("preset")
+        training::train(&classic, &mut |_| {}, &AtomicBool::new(false)).expect_err("preset")
     );
     assert!(e.contains("pretrained-backbone preset"), "{e}");
 }

@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::dataset::{self, Dataset, Layout};
+use crate::data::dataset::{self, Dataset, Layout};
 
 /// One image of a dataset being labelled.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,7 +88,7 @@ impl LabelSet {
                     .collect(),
                 _ => {
                     let mut files = Vec::new();
-                    crate::source::list_images(root, &mut files);
+                    crate::data::files::list_images(root, &mut files);
                     files.sort();
                     files
                         .iter()
@@ -174,7 +174,7 @@ impl LabelSet {
     pub fn fingerprint(&self) -> String {
         format!(
             "{:016x}",
-            crate::pipeline::fnv1a(manifest_text(&self.rows).as_bytes())
+            crate::data::files::fnv1a(manifest_text(&self.rows).as_bytes())
         )
     }
 }

@@ -9,8 +9,8 @@ use anyhow::Context as _;
 use kernels::{Engine, GpuContext, Model};
 use serde::Serialize;
 
-use crate::dataset::{self, Dataset};
-use crate::metrics::{self, ClassMetrics, Confusion};
+use crate::data::dataset::{self, Dataset};
+use crate::evaluation::metrics::{self, ClassMetrics, Confusion};
 
 /// The report `--json` prints.
 #[derive(Clone, Debug, Serialize)]
@@ -217,7 +217,7 @@ pub fn evaluate_samples(
         !probs.is_empty(),
         "no readable images with labels the model knows"
     );
-    let vm = crate::train::val_metrics(spec, &probs, &labels);
+    let vm = crate::evaluation::metrics::val_metrics(spec, &probs, &labels);
     let rates = metrics::rates_at(&vm.scores, &vm.defective, spec.threshold);
     latencies.sort_by(f64::total_cmp);
     let is_pass: Vec<bool> = spec

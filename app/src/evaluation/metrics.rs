@@ -5,6 +5,7 @@
 //! least the threshold. *Miss rate* = defective images passed / defective images;
 //! *false-reject rate* = good images failed / good images.
 
+use kernels::ModelSpec;
 use serde::Serialize;
 
 /// Precision, recall, F1 and support of one class.
@@ -200,6 +201,39 @@ pub fn allowed_count(rate: f64, n: usize) -> usize {
 /// to ~1e-7 (measured), so 1e-4 covers them while moving the false-reject rate only for good
 /// images scored within 1e-4 of a defective one.
 pub const THRESHOLD_MARGIN: f32 = 1e-4;
+
+/// Val metrics from probabilities.
+pub struct ValMetrics {
+    /// Confusion matrix.
+    pub confusion: Confusion,
+    /// FAIL scores.
+    pub scores: Vec<f32>,
+    /// Whether each image is defective.
+    pub defective: Vec<bool>,
+    /// AUROC.
+    pub auroc: Option<f64>,
+}
+
+/// Metrics of probabilities against labels.
+pub fn val_metrics(spec: &ModelSpec, probs: &[Vec<f32>], labels: &[usize]) -> ValMetrics {
+    let pairs = probs
+        .iter()
+        .zip(labels)
+        .map(|(p, &t)| (t, argmax(p).unwrap_or(0)));
+    let confusion = Confusion::new(spec.classes.clone(), pairs);
+    let scores: Vec<f32> = probs.iter().map(|p| spec.fail_score(p)).collect();
+    let defective: Vec<bool> = labels
+        .iter()
+        .map(|&t| !spec.pass_classes.contains(&spec.classes[t]))
+        .collect();
+    let auroc = auroc(&scores, &defective);
+    ValMetrics {
+        confusion,
+        scores,
+        defective,
+        auroc,
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::source::SourceSpec;
+use crate::station::source::SourceSpec;
 
 /// The eframe storage key.
 pub const STORAGE_KEY: &str = "defect-inspector-settings";
@@ -134,7 +134,7 @@ impl SettingsSaver {
                 while let Ok(s) = rx2.recv() {
                     let r = serde_json::to_vec_pretty(&s)
                         .map_err(|e| e.to_string())
-                        .and_then(|bytes| crate::labeling::write_atomic(&p, &bytes));
+                        .and_then(|bytes| crate::data::labeling::write_atomic(&p, &bytes));
                     match r {
                         Ok(()) => {
                             w.fetch_add(1, std::sync::atomic::Ordering::SeqCst);

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::eval::EvalReport;
+use crate::evaluation::eval::EvalReport;
 
 /// A saved version.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -38,7 +38,7 @@ pub struct VersionInfo {
 
 /// Where versions live by default.
 pub fn default_dir() -> PathBuf {
-    crate::history::default_db_path()
+    crate::records::history::default_db_path()
         .parent()
         .map(|p| p.join("models"))
         .unwrap_or_else(|| PathBuf::from("models"))
@@ -78,7 +78,7 @@ pub fn save(
     let info = VersionInfo {
         name: name.into(),
         notes: notes.into(),
-        created: crate::history::rfc3339(chrono::Utc::now()),
+        created: crate::records::history::rfc3339(chrono::Utc::now()),
         dataset: dataset.display().to_string(),
         dataset_fingerprint: fingerprint.into(),
         threshold,
@@ -99,9 +99,9 @@ pub fn save(
         m.spec.training = serde_json::json!({ "version": info });
     }
     let bytes = m.to_bytes().map_err(|e| e.to_string())?;
-    crate::labeling::write_atomic(&path, &bytes)?;
+    crate::data::labeling::write_atomic(&path, &bytes)?;
     let json = serde_json::to_vec_pretty(&info).map_err(|e| e.to_string())?;
-    crate::labeling::write_atomic(&dir.join(format!("{name}.json")), &json)?;
+    crate::data::labeling::write_atomic(&dir.join(format!("{name}.json")), &json)?;
     Ok(info)
 }
 

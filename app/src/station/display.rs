@@ -3,7 +3,7 @@
 
 use kernels::{Heatmap, PixelFormat};
 
-use crate::dataset::DecodedImage;
+use crate::data::dataset::DecodedImage;
 
 /// Heatmap values scaled to 0..=1 by the largest positive value (negative evidence is 0).
 ///

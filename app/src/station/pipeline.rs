@@ -1,4 +1,4 @@
-//! The inspection pipeline: a capture thread (owns the [`crate::source`]) → an inference worker
+//! The inspection pipeline: a capture thread (owns the [`crate::station::source`]) → an inference worker
 //! (owns the `kernels` engine on the shared wgpu device) → whoever consumes [`Event`]s (the app,
 //! or `inspector inspect`). Every hop is a bounded channel; nothing here runs on the UI thread.
 //!
@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, bounded, select};
 use kernels::{Engine, Heatmap, Model, Roi};
 
-use crate::dataset::DecodedImage;
-use crate::source::{CapturedFrame, Pull, SourceSpec};
+use crate::data::dataset::DecodedImage;
+use crate::station::source::{CapturedFrame, Pull, SourceSpec};
 
 /// A loaded model and where it came from.
 #[derive(Clone, Debug)]
@@ -50,7 +50,7 @@ pub fn load_model(path: &Path) -> Result<(Model, ModelInfo), String> {
         std::fs::read(path).map_err(|e| format!("cannot read model {}: {e}", path.display()))?;
     let model =
         Model::from_bytes(&bytes).map_err(|e| format!("model {} refused: {e}", path.display()))?;
-    let hash = format!("{:016x}", fnv1a(&bytes));
+    let hash = format!("{:016x}", crate::data::files::fnv1a(&bytes));
     let spec = &model.spec;
     let name = if spec.name.is_empty() {
         path.file_stem()
@@ -73,16 +73,6 @@ pub fn load_model(path: &Path) -> Result<(Model, ModelInfo), String> {
         ),
     };
     Ok((model, info))
-}
-
-/// FNV-1a, 64 bit: a content fingerprint (not a security hash).
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
 }
 
 /// What the model decided about one frame.
@@ -865,11 +855,11 @@ impl Worker {
         let display = self.display.then(|| {
             let thumb = fail.then(|| {
                 let crop = crop(&f.image, roi);
-                crate::display::frame_image(&crop, Prepared::THUMB_SIDE)
+                crate::station::display::frame_image(&crop, Prepared::THUMB_SIDE)
             });
             Arc::new(Prepared {
-                frame: crate::display::frame_image(&f.image, Prepared::MAX_SIDE),
-                heat: crate::display::heatmap_image(&out.heatmap, fail),
+                frame: crate::station::display::frame_image(&f.image, Prepared::MAX_SIDE),
+                heat: crate::station::display::heatmap_image(&out.heatmap, fail),
                 thumb,
             })
         });

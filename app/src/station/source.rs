@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::dataset::{self, DecodedImage};
+use crate::data::dataset::{self, DecodedImage};
+use crate::data::files::{IMAGE_EXTENSIONS, list_images};
 
 /// How to open a source; parsed from `folder:<DIR>`, `camera:<N>` or `synthetic`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -153,9 +154,6 @@ pub trait FrameSource {
     }
 }
 
-/// Image file extensions a folder replay picks up.
-pub const IMAGE_EXTENSIONS: [&str; 7] = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "gif"];
-
 /// Replays the images of a folder.
 pub struct FolderSource {
     root: PathBuf,
@@ -196,32 +194,6 @@ impl FolderSource {
             next: 0,
             looping,
         })
-    }
-}
-
-/// Every image file below `dir` (8 levels deep at most), unsorted.
-pub fn list_images(dir: &Path, out: &mut Vec<PathBuf>) {
-    walk_images(dir, out, 0)
-}
-
-fn walk_images(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) {
-    if depth > 8 {
-        return;
-    }
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            walk_images(&p, out, depth + 1);
-        } else if p
-            .extension()
-            .and_then(|x| x.to_str())
-            .is_some_and(|x| IMAGE_EXTENSIONS.contains(&x.to_ascii_lowercase().as_str()))
-        {
-            out.push(p);
-        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! new product before any defect has been seen.
 //!
 //! - Features: the frozen backbone's local features, the same ones the classifier's head reads
-//!   (`train_head::feature_network`: stages 2–4, 3×3 local average, stride 16, 232 channels),
+//!   (`features::feature_network`: stages 2–4, 3×3 local average, stride 16, 232 channels),
 //!   extracted by the kernels engine and shared with the classifier through the feature cache.
 //! - Memory bank: every valid position of the good training images is a candidate; greedy
 //!   k-center coreset subsampling (on a seeded sparse random projection, as anomalib does) keeps
@@ -23,12 +23,12 @@ use std::time::Instant;
 use anyhow::{Context as _, bail};
 use kernels::{Layer, LayerWeights, Model, ModelSpec, Resize};
 
-use crate::dataset::{Dataset, Sample};
-use crate::metrics;
-use crate::train::{
-    CoresetKind, EpochRecord, Progress, TrainConfig, TrainSummary, load_split, val_metrics,
-};
-use crate::train_head::{self, Features};
+use super::features::{self, Features};
+use super::splits::load_split;
+use super::types::{CoresetKind, EpochRecord, Progress, TrainConfig, TrainSummary};
+use crate::data::dataset::{Dataset, Sample};
+use crate::evaluation::metrics;
+use crate::evaluation::metrics::val_metrics;
 
 /// Fewest readable good training images an anomaly model is built from.
 pub const MIN_GOOD_IMAGES: usize = 10;
@@ -43,8 +43,7 @@ pub const DEFAULT_CORESET_RATIO: f64 = 0.1;
 /// 12,680 entries gave val AUROC 0.823 / 0.813 / 0.840 (20 val parts: within their noise),
 /// while training time and the station's time per frame grow with the bank.
 pub const DEFAULT_MAX_BANK: usize = 4096;
-/// Support size of the score reweighting (anomalib's `num_neighbors`).
-pub const NEIGHBORS: u32 = 9;
+use super::types::NEIGHBORS;
 /// Dimensions of the random projection the coreset is selected on.
 pub const PROJECTION_DIM: usize = 64;
 /// The name of the FAIL class of every anomaly model.
@@ -322,9 +321,9 @@ pub fn train(
         pass.join("+")
     };
 
-    let weights_path = train_head::backbone_path();
-    let (b, lf) = train_head::feature_network(&weights_path, side, resize)?;
-    let features = train_head::feature_channels(&b);
+    let weights_path = features::backbone_path();
+    let (b, lf) = features::feature_network(&weights_path, side, resize)?;
+    let features = features::feature_channels(&b);
     let d = features as usize;
     let probe_spec = anomaly_spec(&cfg.preset, &b, features, 1, 1, &pass_name)?;
     let mut probe_weights = b.weights.clone();
@@ -333,7 +332,7 @@ pub fn train(
         bias: vec![0.0, 1.0],
     }));
     let probe = Model::new(probe_spec.clone(), probe_weights)?;
-    let (_, gpu) = crate::nn::shared_gpu()?;
+    let (_, gpu) = super::nn::shared_gpu()?;
     let backend = format!(
         "features: kernels engine on {}; coreset and val scores: cpu",
         gpu.describe()
@@ -348,7 +347,7 @@ pub fn train(
 
     // 1. Features of the good training images and of the val images.
     let t_extract = Instant::now();
-    let (train_f, val_f, extracted) = train_head::extract_splits(
+    let (train_f, val_f, extracted) = features::extract_splits(
         &probe,
         lf,
         &weights_path,

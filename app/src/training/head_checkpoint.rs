@@ -14,11 +14,11 @@ use anyhow::{Context as _, bail};
 use burn::module::Param;
 use burn::tensor::{Device, Tensor, TensorData};
 
-use crate::train::{EpochRecord, TrainConfig, tensor_vec};
-use crate::train_head::{HIDDEN, PositionHead};
+use super::checkpoint::HEAD_CHECKPOINT;
+use super::nn::{HIDDEN, PositionHead};
+use super::tensor_io::{read_tensor, save_tensors, tensor_vec};
+use super::types::{EpochRecord, TrainConfig};
 
-/// The state file in the checkpoint folder.
-pub const HEAD_CHECKPOINT: &str = "head.json";
 /// The weights file beside it.
 const HEAD_WEIGHTS: &str = "head.safetensors";
 /// The head's tensors in checkpoint order.
@@ -112,7 +112,7 @@ fn head_tensors(head: &PositionHead) -> anyhow::Result<Vec<(String, Vec<usize>, 
 pub(crate) fn save(dir: &Path, head: &PositionHead, state: &HeadCheckpoint) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("creating checkpoint folder {}", dir.display()))?;
-    crate::train::save_tensors(&dir.join(HEAD_WEIGHTS), &head_tensors(head)?)?;
+    save_tensors(&dir.join(HEAD_WEIGHTS), &head_tensors(head)?)?;
     let tmp = dir.join("head.json.tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(state)?)
         .with_context(|| format!("writing checkpoint {}", tmp.display()))?;
@@ -148,7 +148,7 @@ pub(crate) fn load(
     let st = safetensors::SafeTensors::deserialize(&file).with_context(damaged)?;
     let weights = NAMES
         .iter()
-        .map(|n| crate::train::read_tensor(&st, n))
+        .map(|n| read_tensor(&st, n))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let epochs = state.epoch;
     Ok(Some((state, HeadStart { epochs, weights })))

@@ -11,7 +11,7 @@ use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{AvgPool2d, AvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d, Relu};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData, activation};
 use kernels::{GpuContext, Layer, ModelSpec};
 
 /// A convolution, optionally followed by batch-norm (training only; folded at export).
@@ -420,6 +420,24 @@ impl BurnModel {
             x.reshape([n, c * h * w])
         });
         (logits, map)
+    }
+}
+
+/// Hidden width of the per-position head.
+pub const HIDDEN: u32 = 128;
+/// The per-position head as burn trains it: rows of standardised features → class scores.
+#[derive(Module, Debug)]
+pub struct PositionHead {
+    /// 232 → 128.
+    pub hidden: Linear,
+    /// 128 → classes.
+    pub out: Linear,
+}
+
+impl PositionHead {
+    /// Class scores `[rows, classes]` of feature rows `[rows, features]`.
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        self.out.forward(activation::relu(self.hidden.forward(x)))
     }
 }
 

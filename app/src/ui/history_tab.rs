@@ -10,7 +10,7 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 use egui::{Color32, RichText, vec2};
 
 use super::{InspectorApp, Level};
-use crate::history::{self, Filter, HourBucket, InspectionRow, Store};
+use crate::records::history::{self, Filter, HourBucket, InspectionRow, Store};
 
 /// Rows per page.
 pub const PAGE: u64 = 50;
@@ -327,8 +327,8 @@ fn query_loop(db: &Path, rx: Receiver<Request>, tx: Sender<Reply>, ctx: egui::Co
                         .iter()
                         .filter_map(|r| {
                             let p = archive.join(r.image_path.as_ref()?);
-                            let img = crate::dataset::decode_image(&p).ok()?;
-                            Some((r.id, crate::display::frame_image(&img, 64)))
+                            let img = crate::data::dataset::decode_image(&p).ok()?;
+                            Some((r.id, crate::station::display::frame_image(&img, 64)))
                         })
                         .collect();
                     Ok(PageResult {
@@ -355,9 +355,9 @@ fn query_loop(db: &Path, rx: Receiver<Request>, tx: Sender<Reply>, ctx: egui::Co
             Request::Detail(row) => {
                 let load = |rel: &Option<String>| {
                     let p = archive.join(rel.as_ref()?);
-                    let img = crate::dataset::decode_image(&p).ok()?;
+                    let img = crate::data::dataset::decode_image(&p).ok()?;
                     Some((
-                        crate::display::frame_image(&img, 1024),
+                        crate::station::display::frame_image(&img, 1024),
                         img.width,
                         img.height,
                     ))
@@ -857,7 +857,7 @@ pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
             .collect::<String>();
         let rel = format!("inbox/{name}");
         if !set.rows.iter().any(|r| r.path == rel) {
-            set.rows.push(crate::labeling::LabelRow {
+            set.rows.push(crate::data::labeling::LabelRow {
                 path: rel.clone(),
                 label: None,
                 split: None,
@@ -893,7 +893,7 @@ pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
     if let Some((verdict, reason)) = override_req
         && let Some(sel) = h.selected.clone()
     {
-        let op = crate::history::Op::Override(crate::history::Override {
+        let op = crate::records::history::Op::Override(crate::records::history::Override {
             run_id: sel.run_id.clone(),
             seq: sel.seq,
             from: sel.final_verdict().to_string(),

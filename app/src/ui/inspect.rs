@@ -46,7 +46,7 @@ pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
             .model
             .as_ref()
             .map(|m| {
-                let default = crate::headless::bundled(crate::headless::DEFAULT_MODEL);
+                let default = crate::data::assets::bundled(crate::data::assets::DEFAULT_MODEL);
                 if m.path == default {
                     format!("the default model ({})", m.id)
                 } else {
@@ -160,13 +160,13 @@ fn side_panel(app: &mut InspectorApp, ui: &mut egui::Ui) {
 /// so an old PASS/FAIL never looks live.
 pub fn station_state(app: &InspectorApp) -> Option<(&'static str, String)> {
     match &app.source_status {
-        Some(crate::pipeline::SourceStatus::Failed(e)) => {
+        Some(crate::station::pipeline::SourceStatus::Failed(e)) => {
             Some(("STOPPED", format!("the source failed: {e}")))
         }
-        Some(crate::pipeline::SourceStatus::Lost(e)) => {
+        Some(crate::station::pipeline::SourceStatus::Lost(e)) => {
             Some(("NO SIGNAL", format!("{e} — retrying")))
         }
-        Some(crate::pipeline::SourceStatus::Ended(d)) => {
+        Some(crate::station::pipeline::SourceStatus::Ended(d)) => {
             Some(("STOPPED", format!("{d}: replay finished")))
         }
         _ if app.is_paused() => Some(("PAUSED", "inspection paused — press Resume".into())),

@@ -13,7 +13,7 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 use egui::{Color32, RichText, Sense, vec2};
 
 use super::InspectorApp;
-use crate::labeling::{self, LabelRow, LabelSet};
+use crate::data::labeling::{self, LabelRow, LabelSet};
 
 const THUMB: u32 = 96;
 const GRID_PAGE: usize = 60;
@@ -214,12 +214,12 @@ impl LabelView {
                             }
                             Load::Thumb(key, p) => Loaded::Thumb(
                                 key,
-                                crate::dataset::decode_image(&p)
+                                crate::data::dataset::decode_image(&p)
                                     .ok()
-                                    .map(|i| crate::display::frame_image(&i, THUMB)),
+                                    .map(|i| crate::station::display::frame_image(&i, THUMB)),
                             ),
                             Load::Full { row, image, mask } => {
-                                let img = crate::dataset::decode_image(&image);
+                                let img = crate::data::dataset::decode_image(&image);
                                 let mask = match (&img, mask) {
                                     (Ok(i), Some(m)) => labeling::read_mask(&m, i.width, i.height),
                                     _ => None,
@@ -227,7 +227,11 @@ impl LabelView {
                                 Loaded::Full {
                                     row,
                                     image: img.map(|i| {
-                                        (crate::display::frame_image(&i, 1024), i.width, i.height)
+                                        (
+                                            crate::station::display::frame_image(&i, 1024),
+                                            i.width,
+                                            i.height,
+                                        )
                                     }),
                                     mask,
                                 }
@@ -521,7 +525,7 @@ fn predict(
     cancel: &AtomicBool,
     progress: impl Fn(usize, usize),
 ) -> Result<(HashMap<String, Prediction>, bool), String> {
-    let (m, _) = crate::pipeline::load_model(model)?;
+    let (m, _) = crate::station::pipeline::load_model(model)?;
     let mut engine = kernels::Engine::new(&gpu.device, &gpu.queue, &m, 1, gpu.label.clone())
         .map_err(|e| e.to_string())?;
     let mut out = HashMap::new();
@@ -530,14 +534,14 @@ fn predict(
             return Ok((out, true));
         }
         progress(done, rows.len());
-        let Ok(img) = crate::dataset::decode_image(p) else {
+        let Ok(img) = crate::data::dataset::decode_image(p) else {
             continue;
         };
         let Ok(r) = engine.infer(&[img.frame()]) else {
             continue;
         };
         if let Some(r) = r.first()
-            && let Some(best) = crate::metrics::argmax(&r.probabilities)
+            && let Some(best) = crate::evaluation::metrics::argmax(&r.probabilities)
         {
             out.insert(
                 key.clone(),
@@ -553,7 +557,7 @@ fn predict(
                     pass_labels: m
                         .spec
                         .is_anomaly()
-                        .then(|| crate::eval::pass_labels(&m.spec)),
+                        .then(|| crate::evaluation::eval::pass_labels(&m.spec)),
                 },
             );
         }

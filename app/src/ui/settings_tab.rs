@@ -7,8 +7,8 @@ use egui::RichText;
 
 use super::file_dialog::{DialogKind, DialogRequest, Target};
 use super::{InspectorApp, Level};
-use crate::settings::Settings;
-use crate::source::SourceSpec;
+use crate::records::settings::Settings;
+use crate::station::source::SourceSpec;
 
 /// The source being edited, applied with a button.
 #[derive(Clone, Debug, PartialEq)]
@@ -433,7 +433,7 @@ fn use_database(app: &mut InspectorApp) {
 
 /// `.safetensors` files in the folder of `current` and in the bundled models folder.
 fn list_models(current: &str) -> Vec<PathBuf> {
-    let mut dirs = vec![crate::headless::bundled("assets/models")];
+    let mut dirs = vec![crate::data::assets::bundled("assets/models")];
     let p = PathBuf::from(current.trim());
     if p.is_dir() {
         dirs.push(p);

@@ -2,10 +2,13 @@
 
 #![allow(dead_code, clippy::unwrap_used)] // each test binary uses its own subset
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use egui::accesskit::Role;
 use egui_kittest::Harness;
-use inspector::settings::Settings;
+use egui_kittest::kittest::Queryable as _;
+use inspector::records::settings::Settings;
 use inspector::ui::{Gpu, InspectorApp};
 
 /// The app on a headless device (lavapipe in CI), drawn by a kittest harness.
@@ -63,4 +66,46 @@ pub fn wait_until_drained(h: &mut Harness<'static, InspectorApp>, timeout: Durat
         std::thread::sleep(Duration::from_millis(20));
     }
     false
+}
+
+/// The app with its history database and model versions inside `dir` (a test's temp folder).
+pub fn harness_in(dir: &Path) -> Harness<'static, InspectorApp> {
+    let settings = Settings {
+        db_path: Some(dir.join("h.sqlite")),
+        ..Settings::default()
+    };
+    let versions = dir.join("versions");
+    harness(settings, |app| app.train.versions_dir = versions)
+}
+
+/// Replaces the text of the text field labelled `label` with `text`.
+pub fn type_into(h: &mut Harness<'static, InspectorApp>, label: &str, text: &str) {
+    h.get_by_role_and_label(Role::TextInput, label).focus();
+    h.step();
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::A);
+    h.step();
+    h.get_by_role_and_label(Role::TextInput, label)
+        .type_text(text);
+    h.step();
+}
+
+/// Two classes of 64×64 gray parts: plain ("good") and with a dark blob ("bad").
+pub fn tiny_dataset(root: &Path, per_class: usize) {
+    let mut manifest = String::from("path,label,split\n");
+    for i in 0..per_class {
+        for (label, spot) in [("good", false), ("bad", true)] {
+            let img = image::GrayImage::from_fn(64, 64, |x, y| {
+                let base = 150 + ((x * 7 + y * 3 + i as u32 * 11) % 30) as u8;
+                let (cx, cy) = (16 + (i as u32 * 13) % 32, 20 + (i as u32 * 7) % 24);
+                let d = (x as i32 - cx as i32).pow(2) + (y as i32 - cy as i32).pow(2);
+                image::Luma([if spot && d < 64 { 30 } else { base }])
+            });
+            let rel = format!("{label}/{i}.png");
+            std::fs::create_dir_all(root.join(label)).unwrap();
+            img.save(root.join(&rel)).unwrap();
+            let split = if i % 4 == 3 { "val" } else { "train" };
+            manifest.push_str(&format!("{rel},{label},{split}\n"));
+        }
+    }
+    std::fs::write(root.join("manifest.csv"), manifest).unwrap();
 }

@@ -1,0 +1,328 @@
+//! The database file: its errors, versioned schema (migrations), the rows as stored, and
+//! opening a [`Store`] (one connection per thread). Reading is in [`super::queries`],
+//! writing in [`super::writer`].
+
+use crate::data::dataset::DecodedImage;
+use crate::station::pipeline::{Verdict, VerdictSink};
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use rusqlite::{Connection, OptionalExtension as _, params};
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Errors of the history store.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    /// SQLite failed.
+    #[error("history database {path}: {source}")]
+    Sql {
+        /// The database.
+        path: String,
+        /// The cause.
+        source: rusqlite::Error,
+    },
+    /// The folder could not be created.
+    #[error("cannot create the history folder {path}: {source}")]
+    Io {
+        /// The folder.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The database was written by a newer version of the app.
+    #[error(
+        "history database {path} has schema version {found}, newer than this app's {supported}: update the app or use another --db"
+    )]
+    TooNew {
+        /// The database.
+        path: String,
+        /// Its version.
+        found: i64,
+        /// Ours.
+        supported: i64,
+    },
+}
+
+/// Schema migrations; `PRAGMA user_version` is the number applied.
+pub(super) const MIGRATIONS: &[&str] = &[
+    // 1: inspections and events.
+    "CREATE TABLE inspections (
+        id INTEGER PRIMARY KEY,
+        run_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        ts TEXT NOT NULL,
+        ts_ms INTEGER NOT NULL,
+        station TEXT NOT NULL,
+        source TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        model_id TEXT NOT NULL,
+        model_hash TEXT NOT NULL,
+        verdict TEXT NOT NULL CHECK (verdict IN ('pass', 'fail')),
+        class TEXT NOT NULL,
+        confidence REAL NOT NULL,
+        score REAL NOT NULL,
+        threshold REAL NOT NULL,
+        latency_ms REAL NOT NULL,
+        image_path TEXT,
+        heatmap_path TEXT,
+        override_verdict TEXT CHECK (override_verdict IN ('pass', 'fail')),
+        override_by TEXT,
+        override_at TEXT,
+        override_reason TEXT,
+        UNIQUE (run_id, seq)
+    );
+    CREATE INDEX inspections_ts ON inspections (ts_ms);
+    CREATE INDEX inspections_verdict_ts ON inspections (verdict, ts_ms);
+    CREATE INDEX inspections_class_ts ON inspections (class, ts_ms);
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        ts TEXT NOT NULL,
+        ts_ms INTEGER NOT NULL,
+        station TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        run_id TEXT,
+        seq INTEGER
+    );
+    CREATE INDEX events_ts ON events (ts_ms);",
+    // 2: per-hour, per-model, per-class totals kept by the writer in the same transactions, so
+    // the History tab's charts stay fast on millions of rows.
+    "CREATE TABLE hourly (
+        hour_ms INTEGER NOT NULL,
+        model_id TEXT NOT NULL,
+        class TEXT NOT NULL,
+        total INTEGER NOT NULL,
+        fails INTEGER NOT NULL,
+        PRIMARY KEY (hour_ms, model_id, class)
+    ) WITHOUT ROWID;
+    INSERT INTO hourly (hour_ms, model_id, class, total, fails)
+        SELECT (ts_ms / 3600000) * 3600000, model_id, class, COUNT(*),
+               SUM(COALESCE(override_verdict, verdict) = 'fail')
+        FROM inspections GROUP BY 1, 2, 3;",
+    // 3: the region of interest the model saw ("x,y,w,h" in frame pixels), so the archived
+    // heatmap can be drawn over the right part of the archived frame.
+    "ALTER TABLE inspections ADD COLUMN roi TEXT;",
+];
+
+/// The default database: `<platform data dir>/history.sqlite`.
+pub fn default_db_path() -> PathBuf {
+    directories::ProjectDirs::from("org", "DefectInspector", "defect-inspector")
+        .map(|d| d.data_dir().join("history.sqlite"))
+        .unwrap_or_else(|| PathBuf::from("defect-inspector-history.sqlite"))
+}
+
+/// One inspected frame as stored.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct InspectionRow {
+    /// Row id (0 before insertion).
+    pub id: i64,
+    /// The run (one start of the app or of `inspector inspect`).
+    pub run_id: String,
+    /// Frame number within the run.
+    pub seq: u64,
+    /// RFC 3339 UTC, milliseconds.
+    pub ts: String,
+    /// Unix ms.
+    pub ts_ms: i64,
+    /// Station name.
+    pub station: String,
+    /// Source (`folder:…`, `camera:0`).
+    pub source: String,
+    /// File or frame within the source.
+    pub origin: String,
+    /// Model name@hash.
+    pub model_id: String,
+    /// Model file FNV hash.
+    pub model_hash: String,
+    /// The model's verdict: "pass" or "fail".
+    pub verdict: String,
+    /// The class reported.
+    pub class: String,
+    /// Its probability.
+    pub confidence: f64,
+    /// Fail score.
+    pub score: f64,
+    /// Threshold used.
+    pub threshold: f64,
+    /// Capture to verdict, ms.
+    pub latency_ms: f64,
+    /// Archived frame, relative to the archive folder.
+    pub image_path: Option<String>,
+    /// Archived heatmap, relative to the archive folder.
+    pub heatmap_path: Option<String>,
+    /// Region of interest the model saw: x, y, width, height in frame pixels.
+    pub roi: Option<[u32; 4]>,
+    /// A person's corrected verdict.
+    pub override_verdict: Option<String>,
+    /// Who corrected it.
+    pub override_by: Option<String>,
+    /// When.
+    pub override_at: Option<String>,
+    /// Why.
+    pub override_reason: Option<String>,
+}
+
+impl InspectionRow {
+    /// The verdict that stands: the override when there is one.
+    pub fn final_verdict(&self) -> &str {
+        self.override_verdict.as_deref().unwrap_or(&self.verdict)
+    }
+}
+
+/// One event as stored.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EventRow {
+    /// RFC 3339 UTC.
+    pub ts: String,
+    /// Unix ms.
+    pub ts_ms: i64,
+    /// Station.
+    pub station: String,
+    /// "model_activated", "threshold_changed", "camera_lost", "camera_found", "alarm",
+    /// "alarm_acknowledged", "override", "source_changed", "archive_error".
+    pub kind: String,
+    /// Human-readable detail.
+    pub detail: String,
+    /// The inspection it concerns, if any.
+    pub run_id: Option<String>,
+    /// Frame within that run.
+    pub seq: Option<u64>,
+}
+
+impl EventRow {
+    /// An event now.
+    pub fn now(station: &str, kind: &str, detail: impl Into<String>) -> Self {
+        let t = chrono::Utc::now();
+        Self {
+            ts: rfc3339(t),
+            ts_ms: t.timestamp_millis(),
+            station: station.into(),
+            kind: kind.into(),
+            detail: detail.into(),
+            run_id: None,
+            seq: None,
+        }
+    }
+}
+
+pub(super) fn parse_roi(s: &str) -> Option<[u32; 4]> {
+    let v: Vec<u32> = s
+        .split(',')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    <[u32; 4]>::try_from(v).ok()
+}
+
+/// RFC 3339 with milliseconds and `Z`.
+pub fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// A person's correction of a verdict.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Override {
+    /// Run of the inspection.
+    pub run_id: String,
+    /// Frame in the run.
+    pub seq: u64,
+    /// The verdict it had.
+    pub from: String,
+    /// The new verdict.
+    pub verdict: String,
+    /// Who.
+    pub by: String,
+    /// When (RFC 3339).
+    pub at: String,
+    /// Why.
+    pub reason: String,
+    /// Station.
+    pub station: String,
+}
+
+/// A connection to the history database (one per thread).
+pub struct Store {
+    pub(super) conn: Connection,
+    pub(super) path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating when missing) and migrates the database; WAL mode.
+    pub fn open(path: &Path) -> Result<Self, HistoryError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| HistoryError::Io {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+        let sql = |source| HistoryError::Sql {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(sql)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(sql)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sql)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(sql)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(sql)?;
+        let supported = MIGRATIONS.len() as i64;
+        if version > supported {
+            return Err(HistoryError::TooNew {
+                path: path.display().to_string(),
+                found: version,
+                supported,
+            });
+        }
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = conn.transaction().map_err(sql)?;
+            tx.execute_batch(m).map_err(sql)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)
+                .map_err(sql)?;
+            tx.commit().map_err(sql)?;
+        }
+        Ok(Self {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The archive folder next to the database.
+    pub fn archive_dir(&self) -> PathBuf {
+        archive_dir_for(&self.path)
+    }
+
+    pub(super) fn err(&self, source: rusqlite::Error) -> HistoryError {
+        HistoryError::Sql {
+            path: self.path.display().to_string(),
+            source,
+        }
+    }
+
+    /// `PRAGMA integrity_check` says "ok".
+    pub fn integrity_ok(&self) -> Result<bool, HistoryError> {
+        let s: String = self
+            .conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        Ok(s == "ok")
+    }
+}
+
+/// The archive folder of a database: `<db stem>-archive/` next to it.
+pub fn archive_dir_for(db: &Path) -> PathBuf {
+    let stem = db
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "history".into());
+    db.with_file_name(format!("{stem}-archive"))
+}

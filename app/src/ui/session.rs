@@ -1,0 +1,440 @@
+//! What the operator does to the running station: start and pause it, load a model and
+//! confirm its activation, change the threshold, source and region, open a reject, override a
+//! verdict, start a shift, acknowledge an alarm, and record it all as events.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, bounded};
+
+use crate::data::assets::{DEFAULT_MODEL, DEMO_DATASET, bundled};
+use crate::records::history::{self, EventRow, Op, Recorder, RecorderOptions, RecorderSink};
+use crate::records::settings::{STORAGE_KEY, Settings, SettingsSaver};
+use crate::station::pipeline::{
+    self, Counters, Event, ModelInfo, Pipeline, PipelineOptions, SourceStatus, Verdict,
+};
+use crate::station::source::SourceSpec;
+
+use super::state::*;
+use super::{file_dialog, history_tab, inspect, label_tab, settings_tab, train};
+
+impl InspectorApp {
+    pub(super) fn start(&mut self) {
+        let (tx, rx) = bounded(1);
+        let gpu = self.gpu.clone();
+        let model_path = self
+            .settings
+            .model_path
+            .clone()
+            .unwrap_or_else(|| bundled(DEFAULT_MODEL));
+        let source = self.source();
+        let options = PipelineOptions {
+            fps: self.settings.replay_fps,
+            limit: None,
+            lossless_events: false,
+            roi: self.settings.roi(),
+            threshold: self.settings.threshold,
+            display: true,
+            stop_on_roi_refused: false,
+        };
+        let db = self.db_path();
+        let want_recorder = self.recorder.is_none();
+        let budget = self.settings.archive_budget_mib << 20;
+        let station = self.settings.station.clone();
+        let pass_sample = self.settings.pass_sample;
+        let run_id = self.run_id.clone();
+        let existing = self.recorder.clone();
+        let ctx = self.ctx.clone();
+        let spawned = std::thread::Builder::new()
+            .name("pipeline-start".into())
+            .spawn(move || {
+                let recorder = want_recorder.then(|| {
+                    Recorder::start(
+                        &db,
+                        RecorderOptions {
+                            archive_budget_bytes: budget,
+                            ..RecorderOptions::default()
+                        },
+                    )
+                    .map_err(|e| e.to_string())
+                });
+                let rec = existing.or_else(|| recorder.clone().and_then(|r| r.ok()));
+                let mut fallback = None;
+                let model = pipeline::load_model(&model_path).or_else(|e| {
+                    let default = bundled(DEFAULT_MODEL);
+                    if model_path == default {
+                        return Err(e);
+                    }
+                    fallback = Some(format!("{e}; using the bundled model instead"));
+                    pipeline::load_model(&default)
+                });
+                let sink = rec.map(|r| {
+                    let mut s = RecorderSink::new(r, &station, pass_sample);
+                    s.run_id = run_id;
+                    Box::new(s) as Box<dyn pipeline::VerdictSink>
+                });
+                let wake_ctx = ctx.clone();
+                let pipeline = model.and_then(|m| {
+                    Pipeline::start(
+                        gpu.device,
+                        gpu.queue,
+                        gpu.label,
+                        m,
+                        source,
+                        options,
+                        sink,
+                        // Coalesce: at most ~20 repaints a second however fast verdicts come (rendering on a
+                        // CPU rasteriser competes with inference for the same cores).
+                        Arc::new(move || wake_ctx.request_repaint_after(Duration::from_millis(50))),
+                    )
+                });
+                let _ = tx.send(Started {
+                    pipeline,
+                    recorder,
+                    fallback,
+                });
+                ctx.request_repaint();
+            });
+        match spawned {
+            Ok(_) => self.starting = Some(rx),
+            Err(e) => self.notify(Level::Error, format!("cannot start inspection: {e}")),
+        }
+    }
+
+    /// Pauses or resumes inspection.
+    pub fn set_paused(&mut self, paused: bool) {
+        if let Some(p) = &self.pipeline {
+            p.set_paused(paused);
+            self.record_event(
+                if paused { "paused" } else { "resumed" },
+                format!("by {}", self.operator()),
+            );
+        }
+    }
+
+    pub(super) fn operator(&self) -> String {
+        if self.settings.operator.trim().is_empty() {
+            "unnamed operator".into()
+        } else {
+            self.settings.operator.clone()
+        }
+    }
+
+    /// Opens the override form on the newest verdict: that frame is the form's target until
+    /// the override is saved or cancelled, however many frames are inspected meanwhile.
+    pub fn open_override(&mut self) {
+        let Some(v) = self.last.clone() else {
+            self.notify(Level::Warning, "there is no verdict to override yet");
+            return;
+        };
+        self.open_override_for(v);
+    }
+
+    /// Opens a reject from the "Last rejects" strip: its frame, heatmap and verdict in a window
+    /// of their own, while inspection goes on.
+    pub fn open_reject(&mut self, v: Arc<Verdict>) {
+        let opts = egui::TextureOptions::LINEAR;
+        let (frame, heat) = match v.display.as_ref() {
+            Some(d) => (
+                Some(
+                    self.ctx
+                        .load_texture(format!("reject-{}", v.seq), d.frame.clone(), opts),
+                ),
+                Some(
+                    self.ctx
+                        .load_texture(format!("reject-heat-{}", v.seq), d.heat.clone(), opts),
+                ),
+            ),
+            None => (None, None),
+        };
+        self.opened_reject = Some(OpenedReject {
+            verdict: v,
+            frame,
+            heat,
+        });
+    }
+
+    /// The reject open in its window (sequence number), if any.
+    pub fn opened_reject(&self) -> Option<u64> {
+        self.opened_reject.as_ref().map(|r| r.verdict.seq)
+    }
+
+    /// Opens the override form on verdict `v` (captured now: later frames do not change it).
+    pub fn open_override_for(&mut self, v: Arc<Verdict>) {
+        let thumb = v.display.as_ref().map(|d| {
+            let img = d.thumb.clone().unwrap_or_else(|| d.frame.clone());
+            self.ctx.load_texture(
+                format!("override-{}", v.seq),
+                img,
+                egui::TextureOptions::LINEAR,
+            )
+        });
+        self.override_reason.clear();
+        self.override_target = Some(OverrideTarget { verdict: v, thumb });
+    }
+
+    /// Closes the override form without saving.
+    pub fn cancel_override(&mut self) {
+        self.override_target = None;
+    }
+
+    /// The frame the open override form acts on (sequence number and origin).
+    pub fn override_target(&self) -> Option<(u64, &str)> {
+        self.override_target
+            .as_ref()
+            .map(|t| (t.verdict.seq, t.verdict.origin.as_str()))
+    }
+
+    /// Saves the open form's override with `reason` on the frame the form was opened on;
+    /// recorded in the history.
+    pub fn save_override(&mut self, reason: &str) -> Result<(), String> {
+        let Some(v) = self.override_target.as_ref().map(|t| t.verdict.clone()) else {
+            return Err("open the override form on a frame first".into());
+        };
+        self.override_frame(&v, reason)?;
+        self.override_target = None;
+        self.override_reason.clear();
+        Ok(())
+    }
+
+    /// Overrides the verdict on frame `v` (named by its sequence number in this run) with
+    /// `reason`; recorded in the history.
+    pub(super) fn override_frame(&mut self, v: &Verdict, reason: &str) -> Result<(), String> {
+        let reason = reason.trim();
+        if reason.is_empty() {
+            return Err("give a reason for the override".into());
+        }
+        let from = self
+            .overridden
+            .get(&v.seq)
+            .cloned()
+            .unwrap_or_else(|| v.word().to_string());
+        let to = if from == "fail" { "pass" } else { "fail" }.to_string();
+        self.pending_ops.push_back(Op::Override(history::Override {
+            run_id: self.run_id.clone(),
+            seq: v.seq,
+            from: from.clone(),
+            verdict: to.clone(),
+            by: self.operator(),
+            at: history::rfc3339(chrono::Utc::now()),
+            reason: reason.into(),
+            station: self.settings.station.clone(),
+        }));
+        let what = if to == "pass" {
+            "false reject"
+        } else {
+            "missed defect"
+        };
+        self.notify(
+            Level::Info,
+            format!(
+                "{} (frame {}) overridden as {what} ({from} to {to}): {reason}",
+                v.origin, v.seq
+            ),
+        );
+        self.overridden.insert(v.seq, to);
+        Ok(())
+    }
+
+    /// Writes the settings to `path` at once on every change that alters what the station
+    /// does (model, threshold, source, ROI), on a helper thread.
+    pub fn set_settings_file(&mut self, path: PathBuf) {
+        let saver = SettingsSaver::start(path);
+        saver.save(&self.settings);
+        self.settings_saver = Some(saver);
+    }
+
+    /// Completed writes of the settings file (0 without one).
+    pub fn settings_written(&self) -> u64 {
+        self.settings_saver.as_ref().map_or(0, |s| s.written())
+    }
+
+    /// Saves the settings now (queued to the saver thread; never waits).
+    pub(super) fn settings_changed(&mut self) {
+        if let Some(s) = &self.settings_saver {
+            s.save(&self.settings);
+        }
+    }
+
+    /// Asks to activate another model: a helper thread reads the file and its validation
+    /// figures, then a dialog asks for confirmation (and the threshold to use) before the
+    /// worker swaps it in. A bad file is refused and the current model stays.
+    pub fn load_model(&mut self, path: PathBuf) {
+        if self.pipeline.is_none() {
+            self.notify(
+                Level::Warning,
+                "inspection has not started yet; try again in a moment",
+            );
+            return;
+        }
+        let (tx, rx) = bounded(1);
+        let ctx = self.ctx.clone();
+        let spawned = std::thread::Builder::new()
+            .name("model-read".into())
+            .spawn(move || {
+                let r = pipeline::load_model(&path).map(|(m, info)| Candidate {
+                    figures: ModelFigures::from_training(&m.spec.training),
+                    info,
+                    keep_threshold: false,
+                });
+                let _ = tx.send(r);
+                ctx.request_repaint();
+            });
+        match spawned {
+            Ok(_) => {
+                self.candidate = None;
+                self.candidate_rx = Some(rx);
+            }
+            Err(e) => self.notify(Level::Error, format!("cannot read the model: {e}")),
+        }
+    }
+
+    /// The threshold in use now (the engineer's, or the model's own).
+    pub fn threshold_in_use(&self) -> Option<f32> {
+        self.settings
+            .threshold
+            .or(self.model.as_ref().map(|m| m.threshold))
+    }
+
+    /// Activates the confirmed candidate with the chosen threshold; the choice and the
+    /// figures it was made on are recorded as an event.
+    pub fn confirm_activation(&mut self) {
+        let Some(c) = self.candidate.take() else {
+            return;
+        };
+        let current = self.threshold_in_use();
+        let threshold = if c.keep_threshold { current } else { None };
+        let shortfalls = c.figures.shortfalls(&self.settings);
+        let detail = format!(
+            "{} from {}: {} at its threshold {:.3}; {}; threshold: {}; by {}",
+            c.info.id,
+            c.info.path.display(),
+            c.figures.words(),
+            c.info.threshold,
+            if shortfalls.is_empty() {
+                "meets the station minimum".to_string()
+            } else {
+                format!("BELOW the station minimum: {}", shortfalls.join("; "))
+            },
+            match threshold {
+                Some(t) => format!("kept the current {t:.3}"),
+                None => format!("took the model's {:.3}", c.info.threshold),
+            },
+            self.operator()
+        );
+        self.record_event("model_activation_confirmed", detail);
+        if let Some(p) = &self.pipeline {
+            p.load_model_with_threshold(c.info.path.clone(), threshold);
+            self.activation = Some(Activation {
+                path: c.info.path.clone(),
+                hash: c.info.hash.clone(),
+                threshold,
+            });
+        }
+    }
+
+    /// The model file confirmed for activation that the worker has not reported in use yet.
+    pub fn activation_pending(&self) -> Option<&std::path::Path> {
+        self.activation.as_ref().map(|a| a.path.as_path())
+    }
+
+    /// Closes the activation dialog; the model in use stays.
+    pub fn cancel_activation(&mut self) {
+        if let Some(c) = self.candidate.take() {
+            self.record_event(
+                "model_activation_cancelled",
+                format!(
+                    "{} from {} by {}",
+                    c.info.id,
+                    c.info.path.display(),
+                    self.operator()
+                ),
+            );
+        }
+    }
+
+    /// Sets (or clears) the threshold override; logged as an event.
+    pub fn set_threshold(&mut self, t: Option<f32>) {
+        let before = self
+            .settings
+            .threshold
+            .or(self.model.as_ref().map(|m| m.threshold));
+        self.settings.threshold = t;
+        self.settings_changed();
+        if let Some(p) = &self.pipeline {
+            p.set_threshold(t);
+        }
+        let after = t.or(self.model.as_ref().map(|m| m.threshold));
+        self.record_event(
+            "threshold_changed",
+            format!(
+                "{} to {}{} by {}",
+                before.map(|b| format!("{b:.3}")).unwrap_or_default(),
+                after.map(|b| format!("{b:.3}")).unwrap_or_default(),
+                if t.is_none() { " (model's own)" } else { "" },
+                self.operator()
+            ),
+        );
+    }
+
+    /// Switches the frame source (None = the demo images).
+    pub fn set_source(&mut self, source: Option<SourceSpec>) {
+        self.settings.source = source;
+        self.settings_changed();
+        let s = self.source();
+        if let Some(p) = &mut self.pipeline {
+            p.set_fps(self.settings.replay_fps);
+            p.set_source(s.clone());
+        }
+        self.source_status = None;
+        self.record_event("source_changed", s.uri());
+    }
+
+    /// Sets the region of interest (frame pixels). One outside the live frame is refused: the
+    /// previous one stays, and the operator is told.
+    pub fn set_roi(&mut self, roi: Option<[u32; 4]>) {
+        if let (Some([x, y, w, h]), Some(v)) = (roi, &self.last) {
+            let r = kernels::Roi {
+                x,
+                y,
+                width: w,
+                height: h,
+            };
+            if !pipeline::roi_fits(r, v.image.width, v.image.height) {
+                let text = format!(
+                    "{}; keeping the previous one ({})",
+                    Event::roi_refused_text(r, &v.origin, v.image.width, v.image.height),
+                    roi_words(self.settings.roi)
+                );
+                self.notify(Level::Warning, text);
+                return;
+            }
+        }
+        self.settings.roi = roi;
+        self.settings_changed();
+        if let Some(p) = &self.pipeline {
+            p.set_roi(self.settings.roi());
+        }
+        self.record_event("roi_changed", roi_words(roi));
+    }
+
+    /// Starts counting again (a new shift).
+    pub fn new_shift(&mut self) {
+        if let Some(p) = &self.pipeline {
+            p.reset_counters();
+        }
+        self.record_event("shift_started", format!("by {}", self.operator()));
+    }
+
+    /// Acknowledges the alarm.
+    pub fn acknowledge_alarm(&mut self) {
+        if let Some(a) = self.alarm.take() {
+            self.record_event(
+                "alarm_acknowledged",
+                format!("{} — by {}", a.text, self.operator()),
+            );
+        }
+    }
+}
