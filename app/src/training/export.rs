@@ -67,7 +67,7 @@ pub fn export_weights(
     Ok(out)
 }
 
-fn model_tensors(model: &BurnModel) -> anyhow::Result<NamedTensors> {
+pub(crate) fn model_tensors(model: &BurnModel) -> anyhow::Result<NamedTensors> {
     let mut v = Vec::new();
     for (i, b) in model.blocks.iter().enumerate() {
         match b {
@@ -128,7 +128,11 @@ fn model_tensors(model: &BurnModel) -> anyhow::Result<NamedTensors> {
     Ok(v)
 }
 
-fn load_tensors(model: BurnModel, path: &Path, device: &Device) -> anyhow::Result<BurnModel> {
+pub(crate) fn load_tensors(
+    model: BurnModel,
+    path: &Path,
+    device: &Device,
+) -> anyhow::Result<BurnModel> {
     let bytes =
         std::fs::read(path).with_context(|| format!("reading checkpoint {}", path.display()))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)

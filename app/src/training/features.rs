@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 use kernels::backbone::{self, Extent};
@@ -17,11 +18,11 @@ use crate::data::dataset::DecodedImage;
 /// Where the backbone weights ship, relative to the install.
 pub const BACKBONE_ASSET: &str = "assets/backbones/efficientnet-lite0-s16.safetensors";
 /// Stages whose outputs make the local features.
-const FEATURE_STAGES: [usize; 3] = [2, 3, 4];
+pub(crate) const FEATURE_STAGES: [usize; 3] = [2, 3, 4];
 /// Images per engine call during extraction.
-const EXTRACT_BATCH: usize = 8;
+pub(crate) const EXTRACT_BATCH: usize = 8;
 /// Bumped whenever extraction changes in a way the cache key does not see.
-const CACHE_VERSION: u32 = 1;
+pub(crate) const CACHE_VERSION: u32 = 1;
 
 /// Where cached features live: `DEFECT_INSPECTOR_CACHE` if set, else the platform cache folder
 /// (`~/.cache/defect-inspector/features` on Linux). `None` when there is none.
@@ -37,12 +38,12 @@ pub fn feature_cache_dir() -> Option<PathBuf> {
 /// only on its bytes and the frozen network, so the key is the image's path, size and
 /// modification time plus a hash of the backbone weights and the input geometry. A changed
 /// image, preset or backbone gets a new key; stale files are simply never read again.
-struct FeatureCache {
-    dir: Option<PathBuf>,
-    network: u64,
+pub(crate) struct FeatureCache {
+    pub(crate) dir: Option<PathBuf>,
+    pub(crate) network: u64,
 }
 
-fn hash_of(parts: &[&[u8]]) -> u64 {
+pub(crate) fn hash_of(parts: &[&[u8]]) -> u64 {
     use std::hash::{Hash as _, Hasher as _};
     let mut h = std::hash::DefaultHasher::new();
     for p in parts {
@@ -52,7 +53,7 @@ fn hash_of(parts: &[&[u8]]) -> u64 {
 }
 
 impl FeatureCache {
-    fn new(weights: &Path, spec: &ModelSpec, layer: usize) -> Self {
+    pub(crate) fn new(weights: &Path, spec: &ModelSpec, layer: usize) -> Self {
         let dir = feature_cache_dir();
         let wbytes = std::fs::read(weights).unwrap_or_default();
         let geometry = serde_json::to_vec(&(&spec.input, &spec.layers[..=layer], CACHE_VERSION))
@@ -63,7 +64,7 @@ impl FeatureCache {
         }
     }
 
-    fn file(&self, image: &Path) -> Option<PathBuf> {
+    pub(crate) fn file(&self, image: &Path) -> Option<PathBuf> {
         let dir = self.dir.as_ref()?;
         let meta = std::fs::metadata(image).ok()?;
         let mtime = meta
@@ -82,7 +83,7 @@ impl FeatureCache {
         Some(dir.join(format!("{key:016x}.f32")))
     }
 
-    fn read(&self, image: &Path, len: usize) -> Option<Vec<f32>> {
+    pub(crate) fn read(&self, image: &Path, len: usize) -> Option<Vec<f32>> {
         let bytes = std::fs::read(self.file(image)?).ok()?;
         (bytes.len() == len * 4).then(|| {
             bytes
@@ -93,7 +94,7 @@ impl FeatureCache {
     }
 
     /// Best effort: a cache that cannot be written (read-only home, full disk) only costs time.
-    fn write(&self, image: &Path, values: &[f32]) {
+    pub(crate) fn write(&self, image: &Path, values: &[f32]) {
         let Some(file) = self.file(image) else { return };
         let Some(dir) = file.parent() else { return };
         if std::fs::create_dir_all(dir).is_err() {
@@ -170,7 +171,7 @@ impl Features {
 /// Features of `images` (`files[i]` is image `i`'s file, for the cache), from the cache where
 /// it has them, else from the engine. Also returns how many were extracted.
 #[allow(clippy::too_many_arguments)]
-fn extract(
+pub(crate) fn extract(
     engine: &mut kernels::Engine,
     layer: usize,
     spec: &ModelSpec,

@@ -2,15 +2,19 @@
 //! mask, the score map is trained position by position (defect inside, PASS outside), on
 //! patches taken around the defect.
 
+use burn::module::Param;
 use burn::tensor::{Device, Int, Tensor, TensorData, activation};
-use kernels::Roi;
+use kernels::{Layer, ModelSpec, Roi};
 
+use super::augment;
+use super::nn::{Block, BurnModel};
+use super::tensor_io::tensor_vec;
 use crate::data::dataset::DecodedImage;
 
 /// A random `p`×`p` patch of a `[c, h, w]` tensor and its `[h, w]` mask. With a mask, 4 in 5
 /// patches are placed over a random defect pixel (anywhere within the patch), so defects are
 /// seen often; the rest, and every patch of a clean image, are placed at random.
-fn take_patch(
+pub(crate) fn take_patch(
     x: Vec<f32>,
     mask: Option<Vec<f32>>,
     c: usize,
@@ -61,7 +65,7 @@ fn take_patch(
 
 /// What a cell of the score map is trained towards.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Cell {
+pub(crate) enum Cell {
     /// Defect-free surface.
     Background,
     /// A defect of this class (index into the classes).
@@ -78,20 +82,20 @@ enum Cell {
 /// At each position the PASS classes share one fixed logit 0 and each FAIL class `k` has the
 /// score `z_k`; the max pool then judges an image by `max z_k`, the evidence of its most
 /// defect-like position, and the linear layer after it starts as the identity on FAIL classes.
-struct MaskSupervision {
-    is_pass: Vec<bool>,
+pub(crate) struct MaskSupervision {
+    pub(crate) is_pass: Vec<bool>,
     /// FAIL class indices, in order; position `r` of this list is channel `1 + r` of the
     /// per-position log-probabilities.
-    fail: Vec<usize>,
+    pub(crate) fail: Vec<usize>,
     /// Score map size.
-    map_h: usize,
-    map_w: usize,
+    pub(crate) map_h: usize,
+    pub(crate) map_w: usize,
 }
 
 impl MaskSupervision {
     /// The supervision for `spec`, if its head is a scoring conv + global max pool, for training
     /// inputs of `patch`×`patch` pixels (0: the spec's input size).
-    fn of(spec: &ModelSpec, patch: u32) -> anyhow::Result<Option<Self>> {
+    pub(crate) fn of(spec: &ModelSpec, patch: u32) -> anyhow::Result<Option<Self>> {
         let mut spec = spec.clone();
         if patch > 0 {
             spec.input.width = patch;
@@ -115,7 +119,7 @@ impl MaskSupervision {
     }
 
     /// The linear calibration starts as the identity on FAIL scores and 0 for PASS classes.
-    fn init_calibration(&self, mut model: BurnModel, device: &Device) -> BurnModel {
+    pub(crate) fn init_calibration(&self, mut model: BurnModel, device: &Device) -> BurnModel {
         let k = self.is_pass.len();
         if let Some(Block::Linear(l)) = model.blocks.last_mut() {
             let mut w = vec![0f32; k * k]; // burn layout [in, out]
@@ -131,7 +135,7 @@ impl MaskSupervision {
     /// Refits the last linear layer (the calibration from max-pooled class scores to class
     /// logits) on `feats` by class-weighted cross-entropy, full batch, starting from its current
     /// weights and held near them by a small L2 pull.
-    fn refit_calibration(
+    pub(crate) fn refit_calibration(
         &self,
         mut model: BurnModel,
         feats: &[Vec<f32>],
@@ -198,7 +202,13 @@ impl MaskSupervision {
 
     /// The cell targets of one image of class `label` from its augmented mask plane
     /// (`[h, w]` at the input size), if it has one.
-    fn cell_labels(&self, label: usize, mask: Option<&[f32]>, h: usize, w: usize) -> Vec<Cell> {
+    pub(crate) fn cell_labels(
+        &self,
+        label: usize,
+        mask: Option<&[f32]>,
+        h: usize,
+        w: usize,
+    ) -> Vec<Cell> {
         let n = self.map_h * self.map_w;
         if self.is_pass[label] {
             return vec![Cell::Background; n];
@@ -220,7 +230,7 @@ impl MaskSupervision {
 
     /// Pixel loss of a batch: mean cross-entropy over background cells plus the class-weighted
     /// mean over defect cells (defects cover a few percent of an image; both halves count alike).
-    fn loss(
+    pub(crate) fn loss(
         &self,
         map: Tensor<4>,
         cells: &[Vec<Cell>],

@@ -55,7 +55,7 @@ pub(crate) fn prepare(cfg: &TrainConfig) -> anyhow::Result<Prepared> {
 }
 
 /// Decoded images in parallel (2 workers); unreadable ones come back as errors.
-fn decode_all(samples: &[Sample]) -> Vec<Result<DecodedImage, String>> {
+pub(crate) fn decode_all(samples: &[Sample]) -> Vec<Result<DecodedImage, String>> {
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
@@ -96,7 +96,7 @@ pub(crate) struct Split {
 
 /// The mask at `path` and the bounding box of its bright pixels, when it matches the image size
 /// and is not empty.
-fn load_mask(path: &Path, width: u32, height: u32) -> Option<(DecodedImage, Roi)> {
+pub(crate) fn load_mask(path: &Path, width: u32, height: u32) -> Option<(DecodedImage, Roi)> {
     let m = dataset::decode_image(path).ok()?;
     if m.width != width || m.height != height {
         tracing::warn!(

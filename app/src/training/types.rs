@@ -119,11 +119,11 @@ pub enum CoresetKind {
     Random,
 }
 
-fn default_neighbors() -> u32 {
+pub(crate) fn default_neighbors() -> u32 {
     NEIGHBORS
 }
 
-fn default_max_false_reject() -> f64 {
+pub(crate) fn default_max_false_reject() -> f64 {
     0.01
 }
 
