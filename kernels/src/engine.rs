@@ -27,6 +27,7 @@ enum Params {
     Preprocess(ops::preprocess::Params),
     Conv(ops::conv2d::Params),
     Pointwise(ops::conv2d::Params),
+    Gemm(ops::pointwise_gemm::Params),
     Depthwise(ops::depthwise::Params),
     MaxPool(ops::max_pool::Params),
     Relu {
@@ -48,8 +49,24 @@ enum Params {
     BankDistance {
         p: ops::bank::DistanceParams,
         per_image: u32,
+        split: ops::bank::BankSplit,
     },
-    BankScore(ops::bank::ScoreParams),
+    BankReduce {
+        p: ops::bank::ReduceParams,
+        per_image: u32,
+        split: ops::bank::BankSplit,
+        entries: u32,
+    },
+    BankSelect(ops::bank::ScoreParams, ops::bank::BankSplit),
+    BankSupport(ops::bank::ScoreParams, ops::bank::BankSplit),
+    BankFinish(ops::bank::ScoreParams, ops::bank::BankSplit),
+}
+
+/// The slices a memory bank is cut into for `n` images, and what `bank_select` scans.
+fn bank_slices(split: ops::bank::BankSplit, entries: u32, positions: u32) -> (u32, u32, u32) {
+    let (slices, len) = split.slicing(entries, positions);
+    let scan = if split.reduces() { 1 } else { slices };
+    (slices, len, scan)
 }
 
 impl Params {
@@ -57,6 +74,7 @@ impl Params {
         match self {
             Self::Preprocess(p) => p.batch = n,
             Self::Conv(p) | Self::Pointwise(p) => p.batch = n,
+            Self::Gemm(p) => p.batch = n,
             Self::Depthwise(p) => p.batch = n,
             Self::MaxPool(p) => p.batch = n,
             Self::Relu { p, per_image } | Self::Relu6 { p, per_image } => p.len = n * *per_image,
@@ -73,10 +91,32 @@ impl Params {
                 p.batch = n;
                 p.out_offset = n * classes;
             }
-            Self::BankDistance { p, per_image } => p.positions = n * *per_image,
-            Self::BankScore(p) => {
+            Self::BankDistance {
+                p,
+                per_image,
+                split,
+            } => {
+                p.positions = n * *per_image;
+                (p.slices, p.slice_len, _) = bank_slices(*split, p.entries, p.positions);
+            }
+            Self::BankReduce {
+                p,
+                per_image,
+                split,
+                entries,
+            } => {
+                p.positions = n * *per_image;
+                (p.slices, _, _) = bank_slices(*split, *entries, p.positions);
+                p.stride = p.slices;
+            }
+            Self::BankSelect(p, split)
+            | Self::BankSupport(p, split)
+            | Self::BankFinish(p, split) => {
                 p.batch = n;
                 p.heat_offset = n * classes;
+                let (slices, _, scan) = bank_slices(*split, p.entries, n * p.h * p.w);
+                p.stride = slices;
+                p.slices = scan;
             }
         }
     }
@@ -85,6 +125,7 @@ impl Params {
         match self {
             Self::Preprocess(p) => bytemuck::bytes_of(p),
             Self::Conv(p) | Self::Pointwise(p) => bytemuck::bytes_of(p),
+            Self::Gemm(p) => bytemuck::bytes_of(p),
             Self::Depthwise(p) => bytemuck::bytes_of(p),
             Self::MaxPool(p) => bytemuck::bytes_of(p),
             Self::Relu { p, .. } | Self::Relu6 { p, .. } => bytemuck::bytes_of(p),
@@ -96,15 +137,22 @@ impl Params {
             Self::Softmax(p) => bytemuck::bytes_of(p),
             Self::Cam(p) => bytemuck::bytes_of(p),
             Self::BankDistance { p, .. } => bytemuck::bytes_of(p),
-            Self::BankScore(p) => bytemuck::bytes_of(p),
+            Self::BankReduce { p, .. } => bytemuck::bytes_of(p),
+            Self::BankSelect(p, _) | Self::BankSupport(p, _) | Self::BankFinish(p, _) => {
+                bytemuck::bytes_of(p)
+            }
         }
     }
 
-    fn workgroups(&self, tile: ops::conv2d::Tile, pointwise: ops::conv2d::Tile) -> [u32; 3] {
+    fn workgroups(&self, k: &Kernels) -> [u32; 3] {
         match self {
             Self::Preprocess(p) => ops::preprocess::workgroups(p),
-            Self::Conv(p) => ops::conv2d::workgroups(p, tile),
-            Self::Pointwise(p) => ops::conv2d::workgroups(p, pointwise),
+            Self::Conv(p) => ops::conv2d::workgroups(p, k.conv_tile),
+            Self::Pointwise(p) => ops::conv2d::workgroups(p, k.pointwise_tile),
+            Self::Gemm(p) => match k.config.pointwise {
+                ops::tuning::Pointwise::Gemm(t) => ops::pointwise_gemm::workgroups(p, t),
+                ops::tuning::Pointwise::Direct(_) => unreachable!("a GEMM step needs a GEMM tile"),
+            },
             Self::Depthwise(p) => ops::depthwise::workgroups(p),
             Self::MaxPool(p) => ops::max_pool::workgroups(p),
             Self::Relu { p, .. } | Self::Relu6 { p, .. } => ops::relu::workgroups(p),
@@ -116,7 +164,9 @@ impl Params {
             Self::Softmax(p) => ops::softmax::workgroups(p),
             Self::Cam(p) => ops::cam_heatmap::workgroups(p),
             Self::BankDistance { p, .. } => ops::bank::distance_workgroups(p),
-            Self::BankScore(p) => ops::bank::score_workgroups(p),
+            Self::BankReduce { p, .. } => ops::bank::reduce_workgroups(p),
+            Self::BankSelect(p, _) | Self::BankFinish(p, _) => ops::bank::score_workgroups(p),
+            Self::BankSupport(p, _) => ops::bank::support_workgroups(p),
         }
     }
 
@@ -125,6 +175,10 @@ impl Params {
             Self::Preprocess(_) => &k.preprocess,
             Self::Conv(_) => &k.conv2d,
             Self::Pointwise(_) => &k.pointwise,
+            Self::Gemm(_) => k
+                .pointwise_gemm
+                .as_ref()
+                .unwrap_or_else(|| unreachable!("a GEMM step needs the GEMM kernel")),
             Self::Depthwise(p) => ops::depthwise::SPECIALISED
                 .iter()
                 .position(|&f| f == (p.kernel, p.stride))
@@ -142,7 +196,10 @@ impl Params {
             Self::Softmax(_) => &k.softmax,
             Self::Cam(_) => &k.cam_heatmap,
             Self::BankDistance { .. } => &k.bank_distance,
-            Self::BankScore(_) => &k.bank_score,
+            Self::BankReduce { .. } => &k.bank_reduce,
+            Self::BankSelect(..) => &k.bank_select,
+            Self::BankSupport(..) => &k.bank_support,
+            Self::BankFinish(..) => &k.bank_finish,
         }
     }
 }
@@ -161,6 +218,8 @@ enum Bind {
     Output,
     HeatClass,
     Scratch,
+    BankSel,
+    BankCand,
 }
 
 /// One dispatch: its parameters, their uniform buffer, what it binds and its bind group.
@@ -176,9 +235,7 @@ struct Step {
 impl Step {
     /// Records this step's dispatch into `pass`.
     fn record(&self, pass: &mut wgpu::ComputePass<'_>, kernels: &Kernels) {
-        let [x, y, z] = self
-            .params
-            .workgroups(kernels.conv_tile, kernels.pointwise_tile);
+        let [x, y, z] = self.params.workgroups(kernels);
         pass.set_pipeline(&self.params.kernel(kernels).pipeline);
         pass.set_bind_group(0, self.bind_group.as_ref(), &[]);
         pass.dispatch_workgroups(x, y, z);
@@ -198,6 +255,8 @@ struct Buffers<'a> {
     output: &'a wgpu::Buffer,
     heat_class: &'a wgpu::Buffer,
     scratch: &'a wgpu::Buffer,
+    bank_sel: &'a wgpu::Buffer,
+    bank_cand: &'a wgpu::Buffer,
 }
 
 impl Buffers<'_> {
@@ -214,6 +273,8 @@ impl Buffers<'_> {
             Bind::Output => self.output,
             Bind::HeatClass => self.heat_class,
             Bind::Scratch => self.scratch,
+            Bind::BankSel => self.bank_sel,
+            Bind::BankCand => self.bank_cand,
         }
     }
 
@@ -251,6 +312,28 @@ pub struct DispatchStats {
     pub dispatches: usize,
     /// Submissions per call.
     pub submissions: usize,
+}
+
+/// One dispatch's time in [`Engine::profile_detail`].
+#[derive(Clone, Debug)]
+pub struct OpTime {
+    /// The step's label (layer kind and index, e.g. `conv2d12`).
+    pub label: String,
+    /// The op kind, for grouping (`"conv 1×1"`, `"depthwise"`, `"memory bank"`, …).
+    pub kind: &'static str,
+    /// Seconds: GPU time where `gpu_timestamps`, else host time of its own submission.
+    pub seconds: f64,
+}
+
+/// What [`Engine::profile_detail`] measured.
+#[derive(Clone, Debug)]
+pub struct Profile {
+    /// Whether the times are the GPU's own (timestamp queries) or the host's.
+    pub gpu_timestamps: bool,
+    /// Host wall time of the profiled submission(s), readback included.
+    pub host_seconds: f64,
+    /// One entry per dispatch, in order.
+    pub ops: Vec<OpTime>,
 }
 
 /// A model loaded onto a GPU device, ready to inspect frames.
@@ -347,13 +430,13 @@ impl Engine {
         max_batch: u32,
         adapter_label: impl Into<String>,
     ) -> Result<Self, EngineError> {
-        Self::with_conv_tile(
+        Self::with_config(
             device,
             queue,
             model,
             max_batch,
             adapter_label,
-            ops::conv2d::Tile::from_env(),
+            ops::tuning::KernelConfig::for_device(device),
         )
     }
 
@@ -366,13 +449,29 @@ impl Engine {
         adapter_label: impl Into<String>,
         tile: ops::conv2d::Tile,
     ) -> Result<Self, EngineError> {
+        let mut config = ops::tuning::KernelConfig::for_device(device);
+        config.conv_tile = tile;
+        Self::with_config(device, queue, model, max_batch, adapter_label, config)
+    }
+
+    /// [`Self::new`] with explicit kernel choices (the adapter table's other entries, for
+    /// tuning and for the tests that check every variant on any adapter).
+    pub fn with_config(
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        model: &Model,
+        max_batch: u32,
+        adapter_label: impl Into<String>,
+        config: ops::tuning::KernelConfig,
+    ) -> Result<Self, EngineError> {
+        let config = config.checked(&device.limits());
         let label = adapter_label.into();
         let requested = max_batch.max(1);
         let mut batch = requested;
         loop {
             let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
             let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-            let built = Self::build(device, queue, model, batch, label.clone(), tile);
+            let built = Self::build(device, queue, model, batch, label.clone(), config);
             let oom_err = pollster::block_on(oom.pop());
             let val_err = pollster::block_on(scope.pop());
             if let Some(e) = oom_err.or(val_err) {
@@ -400,7 +499,7 @@ impl Engine {
         model: &Model,
         max_batch: u32,
         adapter_label: String,
-        tile: ops::conv2d::Tile,
+        config: ops::tuning::KernelConfig,
     ) -> Result<Self, EngineError> {
         let plan = model.spec.validate()?;
         let max_batch = max_batch.max(1);
@@ -409,7 +508,7 @@ impl Engine {
             .max_storage_buffer_binding_size
             .min(limits.max_buffer_size);
         let spec = model.spec.clone();
-        let kernels = Kernels::new(device, tile);
+        let kernels = Kernels::new(device, config);
         let layers = &spec.layers;
         let uniform = |label: &str, params: &Params| {
             use wgpu::util::DeviceExt as _;
@@ -498,6 +597,8 @@ impl Engine {
         let mut heat_features: Option<usize> = None;
         let mut defect_pool = false;
         let mut scratch: Option<wgpu::Buffer> = None;
+        let mut bank_sel: Option<wgpu::Buffer> = None;
+        let mut bank_cand: Option<wgpu::Buffer> = None;
         let mut bank_head = false;
         for (i, layer) in layers.iter().enumerate() {
             let cur = layer_act.last().copied().unwrap_or(0);
@@ -516,6 +617,23 @@ impl Engine {
                         Some(Layer::Relu) => 1,
                         Some(Layer::Relu6) => 2,
                         _ => 0,
+                    };
+                    // A 1×1, stride-1, unpadded convolution runs as a GEMM where the adapter
+                    // table says so; the residual add right after it fuses into its epilogue.
+                    let gemm = match kernels.config.pointwise {
+                        ops::tuning::Pointwise::Gemm(t)
+                            if kernel == 1
+                                && stride == 1
+                                && groups == 1
+                                && layer.conv_pads() == [0; 4] =>
+                        {
+                            Some(t)
+                        }
+                        _ => None,
+                    };
+                    let fuse_add = match (gemm, layers.get(i + 1)) {
+                        (Some(_), Some(&Layer::Add { from })) => Some(from),
+                        _ => None,
                     };
                     let out = new_act(
                         format!("kernels::act::{i}"),
@@ -555,6 +673,34 @@ impl Engine {
                             off_x,
                             act,
                             x_groups: out.w.div_ceil(kernels.depthwise_px),
+                            _pad: [0; 2],
+                        });
+                        (p, wi, bi)
+                    } else if let Some(t) = gemm {
+                        let padded = t.padded_out_channels(out_channels as usize);
+                        let packed = ops::conv2d::pack_weights(
+                            &w.weight,
+                            out_channels as usize,
+                            in_channels as usize,
+                            1,
+                            padded,
+                        );
+                        let mut bias = w.bias.clone();
+                        bias.resize(padded, 0.0);
+                        let wi = add_weights(device, format!("kernels::{label}::weights"), &packed);
+                        let bi = add_weights(device, format!("kernels::{label}::bias"), &bias);
+                        let res_border = fuse_add.map_or(0, |f| acts[layer_act[f]].border);
+                        let p = Params::Gemm(ops::pointwise_gemm::Params {
+                            batch: max_batch,
+                            h: out.h,
+                            w: out.w,
+                            in_c4: src.c4,
+                            out_c4: out.c4,
+                            in_border: src.border,
+                            out_border: out.border,
+                            act,
+                            res: fuse_add.is_some() as u32,
+                            res_border,
                             _pad: [0; 2],
                         });
                         (p, wi, bi)
@@ -602,16 +748,21 @@ impl Engine {
                         (p, wi, bi)
                     };
                     acts.push(out);
+                    let mut binds = vec![
+                        Bind::Act(cur),
+                        Bind::Weights(wi),
+                        Bind::Weights(bi),
+                        Bind::Act(acts.len() - 1),
+                    ];
+                    if matches!(params, Params::Gemm(_)) {
+                        // The residual (or, unfused, the input again: never read).
+                        binds.push(Bind::Act(fuse_add.map_or(cur, |f| layer_act[f])));
+                    }
                     steps.push(Step {
                         uniform: uniform(&format!("kernels::{label}::params"), &params),
                         label,
                         params,
-                        binds: vec![
-                            Bind::Act(cur),
-                            Bind::Weights(wi),
-                            Bind::Weights(bi),
-                            Bind::Act(acts.len() - 1),
-                        ],
+                        binds,
                         bind_group: None,
                     });
                     layer_act.push(acts.len() - 1);
@@ -637,6 +788,14 @@ impl Engine {
                             bind_group: None,
                         });
                     }
+                    layer_act.push(cur);
+                }
+                Layer::Add { .. }
+                    if steps
+                        .last()
+                        .is_some_and(|s| matches!(s.params, Params::Gemm(p) if p.res == 1)) =>
+                {
+                    // Fused into the GEMM epilogue of the 1×1 convolution before it.
                     layer_act.push(cur);
                 }
                 Layer::Add { from } => {
@@ -811,11 +970,32 @@ impl Engine {
                     }
                     let wi = add_weights(device, format!("kernels::{label}::bank"), &packed);
                     let bi = add_weights(device, format!("kernels::{label}::calibration"), &w.bias);
-                    let (slices, slice_len) = ops::bank::slicing(entries);
+                    let split = kernels.config.bank;
+                    let (slices, slice_len, scan) = bank_slices(split, entries, max_batch * hw);
+                    // The partial buffer holds every call size's slices (fewer images: more).
+                    let partial_len = (1..=max_batch)
+                        .map(|n| {
+                            n as u64 * hw as u64 * bank_slices(split, entries, n * hw).0 as u64
+                        })
+                        .max()
+                        .unwrap_or(1);
                     scratch = Some(storage(
                         device,
                         "kernels::bank_partial",
-                        max_batch as u64 * hw as u64 * slices as u64 * 8,
+                        partial_len * 8,
+                        limit,
+                    )?);
+                    let groups = split.support_groups(entries);
+                    bank_sel = Some(storage(
+                        device,
+                        "kernels::bank_select",
+                        max_batch as u64 * 16,
+                        limit,
+                    )?);
+                    bank_cand = Some(storage(
+                        device,
+                        "kernels::bank_support",
+                        max_batch as u64 * groups as u64 * ops::bank::SUPPORT_K as u64 * 8,
                         limit,
                     )?);
                     features = Some(storage(device, "kernels::features", 16, limit)?);
@@ -844,6 +1024,7 @@ impl Engine {
                             _pad: [0; 3],
                         },
                         per_image: hw,
+                        split,
                     };
                     steps.push(Step {
                         uniform: uniform(&format!("kernels::{label}.distance::params"), &dist),
@@ -857,34 +1038,79 @@ impl Engine {
                         ],
                         bind_group: None,
                     });
-                    let score = Params::BankScore(ops::bank::ScoreParams {
+                    if split.reduces() {
+                        let red = Params::BankReduce {
+                            p: ops::bank::ReduceParams {
+                                positions: max_batch * hw,
+                                slices,
+                                stride: slices,
+                                _pad: 0,
+                            },
+                            per_image: hw,
+                            split,
+                            entries,
+                        };
+                        steps.push(Step {
+                            uniform: uniform(&format!("kernels::{label}.reduce::params"), &red),
+                            label: format!("{label}.reduce"),
+                            params: red,
+                            binds: vec![Bind::Scratch],
+                            bind_group: None,
+                        });
+                    }
+                    let sp = ops::bank::ScoreParams {
                         batch: max_batch,
                         h: a.h,
                         w: a.w,
                         c4: a.c4,
                         entries,
-                        slices,
+                        slices: scan,
                         neighbors,
                         heat_offset: max_batch * classes,
                         in_w: inp.width,
                         in_h: inp.height,
-                        _pad: [0; 2],
-                    });
-                    steps.push(Step {
-                        uniform: uniform(&format!("kernels::{label}.score::params"), &score),
-                        label: format!("{label}.score"),
-                        params: score,
-                        binds: vec![
-                            Bind::Act(cur),
-                            Bind::Weights(wi),
-                            Bind::Scratch,
-                            Bind::Content,
-                            Bind::Weights(bi),
-                            Bind::Logits,
-                            Bind::Output,
-                        ],
-                        bind_group: None,
-                    });
+                        stride: slices,
+                        groups,
+                    };
+                    let stages = [
+                        (
+                            "select",
+                            Params::BankSelect(sp, split),
+                            vec![
+                                Bind::Scratch,
+                                Bind::Content,
+                                Bind::Weights(bi),
+                                Bind::Output,
+                                Bind::BankSel,
+                            ],
+                        ),
+                        (
+                            "support",
+                            Params::BankSupport(sp, split),
+                            vec![Bind::Weights(wi), Bind::BankSel, Bind::BankCand],
+                        ),
+                        (
+                            "finish",
+                            Params::BankFinish(sp, split),
+                            vec![
+                                Bind::Act(cur),
+                                Bind::Weights(wi),
+                                Bind::BankSel,
+                                Bind::BankCand,
+                                Bind::Weights(bi),
+                                Bind::Logits,
+                            ],
+                        ),
+                    ];
+                    for (stage, params, binds) in stages {
+                        steps.push(Step {
+                            uniform: uniform(&format!("kernels::{label}.{stage}::params"), &params),
+                            label: format!("{label}.{stage}"),
+                            params,
+                            binds,
+                            bind_group: None,
+                        });
+                    }
                     layer_act.push(cur);
                 }
                 Layer::Linear {
@@ -952,6 +1178,14 @@ impl Engine {
             Some(b) => b,
             None => storage(device, "kernels::scratch", 16, limit)?,
         };
+        let bank_sel = match bank_sel {
+            Some(b) => b,
+            None => storage(device, "kernels::bank_select", 16, limit)?,
+        };
+        let bank_cand = match bank_cand {
+            Some(b) => b,
+            None => storage(device, "kernels::bank_support", 16, limit)?,
+        };
         let heat_class = storage(device, "kernels::heat_class", max_batch as u64 * 4, limit)?;
         let readback = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("kernels::readback"),
@@ -1008,6 +1242,8 @@ impl Engine {
             output: &output,
             heat_class: &heat_class,
             scratch: &scratch,
+            bank_sel: &bank_sel,
+            bank_cand: &bank_cand,
         };
         for step in &mut steps {
             step.bind_group = Some(buffers.bind(device, &kernels, step));
@@ -1064,31 +1300,139 @@ impl Engine {
         }
     }
 
-    /// Runs `frames` once more with every dispatch in its own submission, waiting for each, and
-    /// returns (op kind, seconds) per dispatch: where the time goes, for `inspector bench`.
-    /// Much slower than [`Self::infer`] in total; compare shares, not sums.
+    /// Where the time of one call goes, per dispatch: [`Self::profile_detail`] summed by op
+    /// kind, as (op kind, seconds) per dispatch.
     pub fn profile(&mut self, frames: &[Frame<'_>]) -> Result<Vec<(String, f64)>, EngineError> {
+        Ok(self
+            .profile_detail(frames)?
+            .ops
+            .into_iter()
+            .map(|o| (o.kind.to_owned(), o.seconds))
+            .collect())
+    }
+
+    /// Runs `frames` once more and times every dispatch. Where the device has timestamp
+    /// queries (`Features::TIMESTAMP_QUERY`), each dispatch runs in its own compute pass of one
+    /// submission with GPU timestamps at its start and end: the GPU's own time per dispatch,
+    /// beside the host's wall time for the whole submission and its readback. Elsewhere
+    /// (lavapipe has none) every dispatch is its own submission, waited for: host time, much
+    /// slower in total than [`Self::infer`]; compare shares, not sums.
+    pub fn profile_detail(&mut self, frames: &[Frame<'_>]) -> Result<Profile, EngineError> {
         let frames = &frames[..frames.len().min(self.max_batch as usize)];
         self.infer(frames)?;
-        let mut out = Vec::with_capacity(self.steps.len());
-        for step in &self.steps {
-            let kind = match &step.params {
-                Params::Preprocess(_) => "preprocess",
-                Params::Conv(_) => "conv k×k",
-                Params::Pointwise(_) => "conv 1×1",
-                Params::Depthwise(_) => "depthwise",
-                Params::MaxPool(_) => "max_pool",
-                Params::Relu { .. } | Params::Relu6 { .. } => "relu",
-                Params::Add(_) => "residual add",
-                Params::LocalFeatures(_) => "local_features",
-                Params::GlobalAvgPool(_)
-                | Params::GlobalMaxPool(_)
-                | Params::DefectPool(_)
-                | Params::Linear(_)
-                | Params::Softmax(_)
-                | Params::Cam(_) => "pool + classifier",
-                Params::BankDistance { .. } | Params::BankScore(_) => "memory bank",
+        let kind_of = |p: &Params| match p {
+            Params::Preprocess(_) => "preprocess",
+            Params::Conv(_) => "conv k×k",
+            Params::Pointwise(_) | Params::Gemm(_) => "conv 1×1",
+            Params::Depthwise(_) => "depthwise",
+            Params::MaxPool(_) => "max_pool",
+            Params::Relu { .. } | Params::Relu6 { .. } => "relu",
+            Params::Add(_) => "residual add",
+            Params::LocalFeatures(_) => "local_features",
+            Params::GlobalAvgPool(_)
+            | Params::GlobalMaxPool(_)
+            | Params::DefectPool(_)
+            | Params::Linear(_)
+            | Params::Softmax(_)
+            | Params::Cam(_) => "pool + classifier",
+            Params::BankDistance { .. }
+            | Params::BankReduce { .. }
+            | Params::BankSelect(..)
+            | Params::BankSupport(..)
+            | Params::BankFinish(..) => "memory bank",
+        };
+        let wait = |device: &wgpu::Device, index| {
+            device
+                .poll(wgpu::PollType::Wait {
+                    submission_index: Some(index),
+                    timeout: None,
+                })
+                .map_err(|e| EngineError::Gpu(e.to_string()))
+        };
+        if self
+            .device
+            .features()
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
+        {
+            let count = 2 * self.steps.len() as u32;
+            let query_set = self.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("kernels::profile"),
+                ty: wgpu::QueryType::Timestamp,
+                count,
+            });
+            let bytes = count as u64 * 8;
+            let resolve = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("kernels::profile::resolve"),
+                size: bytes,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+            let read = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("kernels::profile::read"),
+                size: bytes,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            let t = std::time::Instant::now();
+            let mut encoder = self
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("kernels::profile"),
+                });
+            for (i, step) in self.steps.iter().enumerate() {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("kernels::profile"),
+                    timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                        query_set: &query_set,
+                        beginning_of_pass_write_index: Some(2 * i as u32),
+                        end_of_pass_write_index: Some(2 * i as u32 + 1),
+                    }),
+                });
+                step.record(&mut pass, &self.kernels);
+            }
+            encoder.resolve_query_set(&query_set, 0..count, &resolve, 0);
+            encoder.copy_buffer_to_buffer(&resolve, 0, &read, 0, Some(bytes));
+            let index = self.queue.submit([encoder.finish()]);
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            read.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+                let _ = tx.send(r);
+            });
+            wait(&self.device, index)?;
+            match rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(EngineError::Gpu(e.to_string())),
+                Err(_) => return Err(EngineError::Gpu("timestamps were never mapped".into())),
+            }
+            let host = t.elapsed().as_secs_f64();
+            let period_ns = self.queue.get_timestamp_period() as f64;
+            let ops = {
+                let view = read
+                    .slice(..)
+                    .get_mapped_range()
+                    .map_err(|e| EngineError::Gpu(e.to_string()))?;
+                let ticks: &[u64] = bytemuck::cast_slice(&view);
+                self.steps
+                    .iter()
+                    .enumerate()
+                    .map(|(i, step)| OpTime {
+                        label: step.label.clone(),
+                        kind: kind_of(&step.params),
+                        seconds: ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64
+                            * period_ns
+                            * 1e-9,
+                    })
+                    .collect()
             };
+            read.unmap();
+            return Ok(Profile {
+                gpu_timestamps: true,
+                host_seconds: host,
+                ops,
+            });
+        }
+        let mut ops = Vec::with_capacity(self.steps.len());
+        let all = std::time::Instant::now();
+        for step in &self.steps {
             let t = std::time::Instant::now();
             let mut encoder = self
                 .device
@@ -1103,15 +1447,23 @@ impl Engine {
                 step.record(&mut pass, &self.kernels);
             }
             let index = self.queue.submit([encoder.finish()]);
-            self.device
-                .poll(wgpu::PollType::Wait {
-                    submission_index: Some(index),
-                    timeout: None,
-                })
-                .map_err(|e| EngineError::Gpu(e.to_string()))?;
-            out.push((kind.to_owned(), t.elapsed().as_secs_f64()));
+            wait(&self.device, index)?;
+            ops.push(OpTime {
+                label: step.label.clone(),
+                kind: kind_of(&step.params),
+                seconds: t.elapsed().as_secs_f64(),
+            });
         }
-        Ok(out)
+        Ok(Profile {
+            gpu_timestamps: false,
+            host_seconds: all.elapsed().as_secs_f64(),
+            ops,
+        })
+    }
+
+    /// The kernel variants and tiles this engine runs (see [`ops::tuning`]).
+    pub fn kernel_config(&self) -> ops::tuning::KernelConfig {
+        self.kernels.config
     }
 
     /// Runs the model on up to [`Self::max_batch`] frames: one result per frame, in order.

@@ -32,9 +32,12 @@ impl GpuContext {
             detail: e.to_string(),
         })?;
         let info = adapter.get_info();
+        // Timestamp queries where the adapter has them: `Engine::profile_detail` then reports
+        // the GPU's own time per dispatch.
+        let optional = wgpu::Features::TIMESTAMP_QUERY;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("kernels::GpuContext"),
-            required_features: wgpu::Features::empty(),
+            required_features: adapter.features() & optional,
             required_limits: adapter.limits(),
             ..Default::default()
         }))

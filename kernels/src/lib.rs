@@ -19,7 +19,7 @@ pub mod reference;
 pub mod rng;
 mod spec;
 
-pub use engine::{DispatchStats, Engine, crop_heatmap};
+pub use engine::{DispatchStats, Engine, OpTime, Profile, crop_heatmap};
 pub use error::{EngineError, ModelError, SpecError};
 pub use frame::{Frame, MAX_FRAME_SIDE, PixelFormat, Roi};
 pub use gpu::GpuContext;

@@ -149,6 +149,113 @@ fn depthwise_pointwise_relu6_residual_local_features_match_the_reference() {
     }
 }
 
+/// Both rows of the adapter table (direct register tiles; the workgroup-memory GEMM with the
+/// residual add fused) and GEMM tiles of awkward shapes, whatever this adapter is.
+#[test]
+fn every_pointwise_variant_matches_the_reference() {
+    use kernels::ops::pointwise_gemm::GemmTile;
+    use kernels::ops::tuning::{KernelConfig, Pointwise};
+    let mut rng = SplitMix64::new(seed("pointwise_variants"));
+    let g = gpu();
+    let tiles = [
+        GemmTile::DEFAULT,
+        GemmTile {
+            tm: 4,
+            tn: 16,
+            rm: 2,
+            rn: 1,
+            bk: 8,
+        },
+        GemmTile {
+            tm: 16,
+            tn: 4,
+            rm: 1,
+            rn: 3,
+            bk: 4,
+        },
+        GemmTile {
+            tm: 8,
+            tn: 4,
+            rm: 3,
+            rn: 1,
+            bk: 8,
+        },
+    ];
+    let configs = std::iter::once(KernelConfig::CPU).chain(tiles.iter().map(|&t| KernelConfig {
+        pointwise: Pointwise::Gemm(t),
+        ..KernelConfig::GPU
+    }));
+    for (round, config) in configs.enumerate() {
+        let h = 9 + rng.below(40) as u32;
+        let w = 9 + rng.below(40) as u32;
+        let classes = 2 + rng.below(5) as usize;
+        let spec = block_spec(h, w, classes, round % 2 == 1, Resize::Stretch, 3);
+        let model = Model::random(spec, rng.next_u64()).expect("model");
+        let mut engine = Engine::with_config(&g.device, &g.queue, &model, 5, g.describe(), config)
+            .expect("engine");
+        assert_eq!(
+            engine.kernel_config(),
+            config,
+            "the tile fits lavapipe's limits"
+        );
+        for n in [5usize, 2] {
+            let cases = random_frames(&mut rng, n);
+            check(
+                TOLERANCE,
+                &model,
+                &mut engine,
+                &frames_of(&cases),
+                &format!("{} {h}×{w} batch {n}", config.describe()),
+            );
+        }
+    }
+}
+
+/// The imported Lite0 at a realistic size through the GEMM path matches the direct path (both
+/// are checked against the reference elsewhere; here the fused residuals of every block).
+#[test]
+fn lite0_blocks_agree_between_the_direct_and_gemm_paths() {
+    use kernels::ops::tuning::KernelConfig;
+    let mut rng = SplitMix64::new(seed("lite0_paths"));
+    let g = gpu();
+    let (layers, h, w) = (0..3).fold((Vec::new(), 37u32, 29u32), |(mut l, h, w), b| {
+        let c = [10u32, 14, 14][b];
+        let o = [14u32, 14, 14][b];
+        let (dw, _, _) = same_conv(h, w, c * 4, c * 4, 3, 1, c * 4);
+        if b == 0 {
+            let (stem, _, _) = same_conv(h, w, 3, c, 3, 1, 1);
+            l.push(stem);
+            l.push(Layer::Relu6);
+        }
+        let input = l.len() - 1;
+        l.push(Layer::conv(c, c * 4, 1, 1, 0));
+        l.push(Layer::Relu6);
+        l.push(dw);
+        l.push(Layer::Relu6);
+        l.push(Layer::conv(c * 4, o, 1, 1, 0));
+        if c == o {
+            l.push(Layer::Add { from: input });
+        }
+        (l, h, w)
+    });
+    let mut layers = layers;
+    layers.push(Layer::conv(14, 3, 1, 1, 0));
+    let spec = spec(3, h, w, layers, 3, 3);
+    let model = Model::random(spec, rng.next_u64()).expect("model");
+    for config in [KernelConfig::CPU, KernelConfig::GPU] {
+        let mut engine = Engine::with_config(&g.device, &g.queue, &model, 4, g.describe(), config)
+            .expect("engine");
+        let cases = random_frames(&mut rng, 4);
+        check(
+            TOLERANCE,
+            &model,
+            &mut engine,
+            &frames_of(&cases),
+            &config.describe(),
+        );
+    }
+}
+
 #[test]
 fn fit_keeps_the_aspect_ratio_and_the_pool_ignores_the_padding() {
     let spec = block_spec(32, 32, 3, true, Resize::Fit, 5);

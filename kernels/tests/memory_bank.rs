@@ -12,6 +12,8 @@
 mod common;
 
 use common::*;
+use kernels::ops::bank::BankSplit;
+use kernels::ops::tuning::KernelConfig;
 use kernels::rng::SplitMix64;
 use kernels::{
     Engine, Frame, InputSpec, Layer, Model, ModelError, ModelSpec, PixelFormat, Resize, reference,
@@ -193,10 +195,18 @@ fn memory_bank_matches_the_reference_on_odd_banks_and_shapes() {
         let fr = frames(&cases);
         let spec = bank_spec(h, w, entries, neighbors, resize);
         let model = calibrated(&mut rng, spec, &fr);
+        // Both rows of the adapter table, whatever this adapter is: few long slices (CPU) and
+        // many short ones folded by bank_reduce with the support search spread out (GPU).
+        for split in [BankSplit::CPU, BankSplit::GPU, TINY_SPLIT] {
+            let mut engine = with_split(&model, 5, split);
+            let what =
+                format!("bank {entries} support {neighbors} input {h}×{w} {resize:?} {split:?}");
+            check_bank(&model, &mut engine, &fr, &format!("{what} batch 5"));
+            check_bank(&model, &mut engine, &fr[2..3], &format!("{what} batch 1"));
+            check_bank(&model, &mut engine, &fr[..3], &format!("{what} batch 3"));
+        }
         let mut engine = Engine::new(&g.device, &g.queue, &model, 5, g.describe()).expect("engine");
         let what = format!("bank {entries} support {neighbors} input {h}×{w} {resize:?}");
-        check_bank(&model, &mut engine, &fr, &format!("{what} batch 5"));
-        check_bank(&model, &mut engine, &fr[2..3], &format!("{what} batch 1"));
         let got = engine.infer(&fr).expect("infer");
         let p: Vec<f32> = got.iter().map(|r| r.probabilities[1]).collect();
         assert_eq!(
@@ -232,6 +242,21 @@ fn far_from_square_frames_match_the_reference_around_skipped_tiles() {
     let mut engine = Engine::new(&g.device, &g.queue, &model, 4, g.describe()).expect("engine");
     check_bank(&model, &mut engine, &fr, "letterboxed batch of 4");
     check_bank(&model, &mut engine, &fr[..1], "one wide frame");
+    for split in [BankSplit::CPU, BankSplit::GPU, TINY_SPLIT] {
+        let mut engine = with_split(&model, 4, split);
+        check_bank(
+            &model,
+            &mut engine,
+            &fr,
+            &format!("letterboxed batch of 4, {split:?}"),
+        );
+        check_bank(
+            &model,
+            &mut engine,
+            &fr[..1],
+            &format!("one wide frame, {split:?}"),
+        );
+    }
 }
 
 #[test]
@@ -377,6 +402,49 @@ fn memory_bank_spec_rules_and_model_file() {
         e.contains("\"memory_bank_v2\"") && e.contains("update the app"),
         "{e}"
     );
+}
+
+/// A split finer than any adapter's: slices of 32 entries, support groups of 16 entries, so
+/// small test banks still cross many slices and groups.
+const TINY_SPLIT: BankSplit = BankSplit {
+    min_slice: 32,
+    max_slices: 4096,
+    target_groups: 1 << 20,
+    support_len: 16,
+    max_support_groups: 512,
+};
+
+fn with_split(model: &Model, max_batch: u32, split: BankSplit) -> Engine {
+    let g = gpu();
+    let mut config = KernelConfig::for_device(&g.device);
+    config.bank = split;
+    let engine = Engine::with_config(&g.device, &g.queue, model, max_batch, g.describe(), config)
+        .expect("engine");
+    assert_eq!(engine.kernel_config().bank, split);
+    engine
+}
+
+#[test]
+fn every_bank_split_cuts_every_entry_once() {
+    for split in [BankSplit::CPU, BankSplit::GPU, TINY_SPLIT] {
+        for entries in [1, 31, 32, 33, 255, 256, 257, 4099, 16_384, 65_536, 100_003] {
+            for positions in [1, 169, 256, 256 * 32] {
+                let (slices, len) = split.slicing(entries, positions);
+                assert_eq!(len % kernels::ops::bank::TILE_ENTRIES, 0);
+                assert!(slices * len >= entries, "{entries}: {slices} × {len}");
+                assert!(
+                    (slices - 1) * len < entries,
+                    "{entries}: an empty last slice"
+                );
+                assert!(slices <= split.max_slices.max(1));
+            }
+            let groups = split.support_groups(entries);
+            assert!(groups >= 1 && groups <= split.max_support_groups);
+        }
+    }
+    // On a GPU a 64k bank at batch 1 (256 positions, 8 tiles) fills thousands of workgroups.
+    let (slices, _) = BankSplit::GPU.slicing(65_536, 256);
+    assert!(slices * 8 >= 4096, "{slices}");
 }
 
 #[test]

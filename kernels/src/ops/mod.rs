@@ -13,9 +13,11 @@ pub mod global_pool;
 pub mod linear;
 pub mod local_features;
 pub mod max_pool;
+pub mod pointwise_gemm;
 pub mod preprocess;
 pub mod relu;
 pub mod softmax;
+pub mod tuning;
 
 /// Every shader: `(file name, source)`. The naga validation test walks this list.
 pub const SHADERS: &[(&str, &str)] = &[
@@ -32,7 +34,11 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("local_features.wgsl", local_features::SOURCE),
     ("defect_pool.wgsl", defect_pool::SOURCE),
     ("bank_distance.wgsl", bank::DISTANCE_SOURCE),
-    ("bank_score.wgsl", bank::SCORE_SOURCE),
+    ("bank_reduce.wgsl", bank::REDUCE_SOURCE),
+    ("bank_select.wgsl", bank::SELECT_SOURCE),
+    ("bank_support.wgsl", bank::SUPPORT_SOURCE),
+    ("bank_finish.wgsl", bank::FINISH_SOURCE),
+    ("pointwise_gemm.wgsl", pointwise_gemm::SOURCE),
 ];
 
 /// Invocations per workgroup of the 1-D kernels (`@workgroup_size(64)` in the shaders).
@@ -176,8 +182,16 @@ pub struct Kernels {
     pub defect_pool: Kernel,
     /// `Layer::MemoryBank`, part 1: nearest entry per position and bank slice.
     pub bank_distance: Kernel,
-    /// `Layer::MemoryBank`, part 2: per image score, heatmap and reweighting.
-    pub bank_score: Kernel,
+    /// `Layer::MemoryBank`, part 1b: folds many slices into one.
+    pub bank_reduce: Kernel,
+    /// `Layer::MemoryBank`, part 2: per image score map, heatmap, winning position and entry.
+    pub bank_select: Kernel,
+    /// `Layer::MemoryBank`, part 3: the winning entry's nearest others, over many workgroups.
+    pub bank_support: Kernel,
+    /// `Layer::MemoryBank`, part 4: merge, reweighting, logits.
+    pub bank_finish: Kernel,
+    /// pointwise_gemm.wgsl for the configured tile, where the configuration uses it.
+    pub pointwise_gemm: Option<Kernel>,
     /// max_pool.wgsl
     pub max_pool: Kernel,
     /// relu.wgsl
@@ -196,17 +210,26 @@ pub struct Kernels {
     pub conv_tile: conv2d::Tile,
     /// The tile the pointwise (1×1) pipeline was compiled for (`KERNELS_POINTWISE_TILE`).
     pub pointwise_tile: conv2d::Tile,
+    /// The configuration these kernels were compiled for.
+    pub config: tuning::KernelConfig,
 }
 
 impl Kernels {
-    /// Compiles every kernel on `device`, `conv2d` for `conv_tile`.
-    pub fn new(device: &wgpu::Device, conv_tile: conv2d::Tile) -> Self {
-        let pointwise_tile =
-            conv2d::Tile::from_env_var("KERNELS_POINTWISE_TILE", conv2d::Tile::POINTWISE);
+    /// Compiles every kernel on `device` for `config`.
+    pub fn new(device: &wgpu::Device, config: tuning::KernelConfig) -> Self {
+        let conv_tile = config.conv_tile;
+        let pointwise_tile = config.pointwise_tile;
         let depthwise_px = depthwise::px_from_env();
         Self {
             conv_tile,
             pointwise_tile,
+            config,
+            pointwise_gemm: match config.pointwise {
+                tuning::Pointwise::Gemm(t) => {
+                    Some(Kernel::new(device, "kernels::pointwise_gemm", &t.source()))
+                }
+                tuning::Pointwise::Direct(_) => None,
+            },
             preprocess: Kernel::new(device, "kernels::preprocess", preprocess::SOURCE),
             conv2d: Kernel::new_unchecked(device, "kernels::conv2d", &conv_tile.source()),
             pointwise: Kernel::new_unchecked(
@@ -235,7 +258,10 @@ impl Kernels {
             local_features: Kernel::new(device, "kernels::local_features", local_features::SOURCE),
             defect_pool: Kernel::new(device, "kernels::defect_pool", defect_pool::SOURCE),
             bank_distance: Kernel::new(device, "kernels::bank_distance", bank::DISTANCE_SOURCE),
-            bank_score: Kernel::new(device, "kernels::bank_score", bank::SCORE_SOURCE),
+            bank_reduce: Kernel::new(device, "kernels::bank_reduce", bank::REDUCE_SOURCE),
+            bank_select: Kernel::new(device, "kernels::bank_select", bank::SELECT_SOURCE),
+            bank_support: Kernel::new(device, "kernels::bank_support", bank::SUPPORT_SOURCE),
+            bank_finish: Kernel::new(device, "kernels::bank_finish", bank::FINISH_SOURCE),
             max_pool: Kernel::new(device, "kernels::max_pool", max_pool::SOURCE),
             relu: Kernel::new(device, "kernels::relu", relu::SOURCE),
             global_avg_pool: Kernel::new(device, "kernels::global_avg_pool", global_pool::SOURCE),

@@ -1,0 +1,142 @@
+//! Which kernel variants and tile sizes an adapter gets: a small table keyed by the adapter's
+//! device type and vendor, checked against its limits.
+//!
+//! | adapter | 1×1 convolutions | k×k conv tile | memory bank |
+//! |---|---|---|---|
+//! | CPU rasteriser (lavapipe, WARP, SwiftShader) | direct register tiles, `conv2d::Tile::POINTWISE` | `Tile::DEFAULT` | [`BankSplit::CPU`] |
+//! | any GPU (NVIDIA measured on an H200; others take the same entry until measured) | [`GemmTile::DEFAULT`] in workgroup memory, residual add fused | `Tile::DEFAULT` | [`BankSplit::GPU`] |
+//!
+//! Why: on a CPU rasteriser every invocation's load is a gather and workgroup barriers are
+//! costly, so register tiles that maximise FMAs per load win (measured there, see
+//! `conv2d::Tile`); a GPU wants coalesced loads shared through workgroup memory and thousands
+//! of workgroups in flight. A tile the device's limits cannot hold falls back to the direct
+//! kernel. Environment overrides for tuning on a new adapter: `KERNELS_POINTWISE=direct|gemm`
+//! or `gemm:TMxTNxRMxRNxBK`, `KERNELS_BANK=cpu|gpu` (and `KERNELS_CONV_TILE`,
+//! `KERNELS_POINTWISE_TILE`, `KERNELS_DEPTHWISE_PX` for the direct kernels).
+
+use super::bank::BankSplit;
+use super::conv2d::Tile;
+use super::pointwise_gemm::GemmTile;
+
+/// How the 1×1 convolutions run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pointwise {
+    /// `conv2d.wgsl` with the kernel side fixed to 1, register tiles.
+    Direct(Tile),
+    /// `pointwise_gemm.wgsl`, workgroup-memory tiles (stride-1 unpadded 1×1 convolutions; others
+    /// run the direct kernel).
+    Gemm(GemmTile),
+}
+
+/// The kernel choices of one engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelConfig {
+    /// The tile of the k×k convolution kernel.
+    pub conv_tile: Tile,
+    /// The direct 1×1 tile (also the fallback where the GEMM does not apply).
+    pub pointwise_tile: Tile,
+    /// How 1×1 convolutions run.
+    pub pointwise: Pointwise,
+    /// How the memory bank is cut.
+    pub bank: BankSplit,
+}
+
+impl KernelConfig {
+    /// The table's entry for a CPU rasteriser.
+    pub const CPU: Self = Self {
+        conv_tile: Tile::DEFAULT,
+        pointwise_tile: Tile::POINTWISE,
+        pointwise: Pointwise::Direct(Tile::POINTWISE),
+        bank: BankSplit::CPU,
+    };
+    /// The table's entry for a GPU.
+    pub const GPU: Self = Self {
+        conv_tile: Tile::DEFAULT,
+        pointwise_tile: Tile::POINTWISE,
+        pointwise: Pointwise::Gemm(GemmTile::DEFAULT),
+        bank: BankSplit::GPU,
+    };
+
+    /// The table's entry for `info`, checked against `limits`, without environment overrides.
+    pub fn for_adapter(info: &wgpu::AdapterInfo, limits: &wgpu::Limits) -> Self {
+        let base = match info.device_type {
+            wgpu::DeviceType::Cpu => Self::CPU,
+            // Lavapipe reports itself as a CPU; an unknown software adapter named so too.
+            _ if info.name.contains("llvmpipe") || info.name.contains("SwiftShader") => Self::CPU,
+            _ => Self::GPU,
+        };
+        base.checked(limits)
+    }
+
+    /// The configuration for `device`: its adapter's table entry, then the environment
+    /// overrides (for tuning on a new adapter).
+    pub fn for_device(device: &wgpu::Device) -> Self {
+        let limits = device.limits();
+        let mut c = Self::for_adapter(&device.adapter_info(), &limits);
+        c.conv_tile = Tile::from_env_var("KERNELS_CONV_TILE", c.conv_tile);
+        c.pointwise_tile = Tile::from_env_var("KERNELS_POINTWISE_TILE", c.pointwise_tile);
+        if let Ok(v) = std::env::var("KERNELS_POINTWISE") {
+            let v = v.trim();
+            if v == "direct" {
+                c.pointwise = Pointwise::Direct(c.pointwise_tile);
+            } else if v == "gemm" {
+                c.pointwise = Pointwise::Gemm(GemmTile::DEFAULT);
+            } else if let Some(t) = v.strip_prefix("gemm:").and_then(parse_gemm) {
+                c.pointwise = Pointwise::Gemm(t);
+            }
+        }
+        match std::env::var("KERNELS_BANK").as_deref().map(str::trim) {
+            Ok("cpu") => c.bank = BankSplit::CPU,
+            Ok("gpu") => c.bank = BankSplit::GPU,
+            _ => {}
+        }
+        if let Pointwise::Direct(_) = c.pointwise {
+            c.pointwise = Pointwise::Direct(c.pointwise_tile);
+        }
+        c.checked(&limits)
+    }
+
+    /// This configuration with a GEMM tile the device cannot hold replaced by the direct kernel.
+    pub fn checked(mut self, limits: &wgpu::Limits) -> Self {
+        if let Pointwise::Gemm(t) = self.pointwise
+            && !t.fits(limits)
+        {
+            tracing::warn!(
+                ?t,
+                "the pointwise GEMM tile does not fit this device; using the direct kernel"
+            );
+            self.pointwise = Pointwise::Direct(self.pointwise_tile);
+        }
+        self
+    }
+
+    /// A short description for reports: `"pointwise gemm 8x8x4x2x8, bank gpu"`.
+    pub fn describe(&self) -> String {
+        let pw = match self.pointwise {
+            Pointwise::Direct(t) => format!("direct {}x{}", t.px, t.ocb),
+            Pointwise::Gemm(t) => format!("gemm {}x{}x{}x{}x{}", t.tm, t.tn, t.rm, t.rn, t.bk),
+        };
+        let bank = if self.bank == BankSplit::CPU {
+            "cpu".to_owned()
+        } else if self.bank == BankSplit::GPU {
+            "gpu".to_owned()
+        } else {
+            format!("{:?}", self.bank)
+        };
+        format!(
+            "conv {}x{}, pointwise {pw}, bank {bank}",
+            self.conv_tile.px, self.conv_tile.ocb
+        )
+    }
+}
+
+fn parse_gemm(s: &str) -> Option<GemmTile> {
+    let v: Vec<u32> = s
+        .split('x')
+        .map(|p| p.trim().parse().ok())
+        .collect::<Option<_>>()?;
+    match v[..] {
+        [tm, tn, rm, rn, bk] => Some(GemmTile { tm, tn, rm, rn, bk }),
+        _ => None,
+    }
+}
