@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde_json::json;
 
+use crate::data::assets::{DEFAULT_MODEL, bundled};
 use crate::records::history::{self, Filter, Recorder, RecorderOptions, RecorderSink, Store};
 use crate::station::pipeline::{self, Event, Pipeline, PipelineOptions, SourceStatus};
 use crate::station::source::SourceSpec;

@@ -42,6 +42,17 @@ fn image_folder(dir: &Path) -> usize {
     3
 }
 
+/// Runs `cmd` to its end and fails the test, with its stderr, unless it succeeded.
+fn succeeds(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 fn json_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(stdout)
         .lines()
@@ -56,19 +67,14 @@ fn inspect_folder_json_records_every_verdict() {
     std::fs::create_dir(&images).unwrap();
     let readable = image_folder(&images);
     let db = dir.path().join("h.sqlite");
-    let out = bin()
-        .args(["inspect", "--json", "--model"])
-        .arg(default_model())
-        .arg("--source")
-        .arg(format!("folder:{}", images.display()))
-        .arg("--db")
-        .arg(&db)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = succeeds(
+        bin()
+            .args(["inspect", "--json", "--model"])
+            .arg(default_model())
+            .arg("--source")
+            .arg(format!("folder:{}", images.display()))
+            .arg("--db")
+            .arg(&db),
     );
     let lines = json_lines(&out.stdout);
     let verdicts: Vec<_> = lines.iter().filter(|l| l["verdict"].is_string()).collect();
@@ -116,16 +122,7 @@ fn inspect_folder_json_records_every_verdict() {
     let fails = verdicts.iter().filter(|v| v["verdict"] == "fail").count();
 
     // `inspector history` prints them.
-    let out = bin()
-        .args(["history", "--format", "json", "--db"])
-        .arg(&db)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = succeeds(bin().args(["history", "--format", "json", "--db"]).arg(&db));
     assert_eq!(json_lines(&out.stdout).len(), readable);
     let out = bin()
         .args(["history", "--verdict", "fail", "--since", "1h", "--db"])
@@ -178,15 +175,7 @@ fn bad_model_or_source_exits_nonzero_with_a_message() {
 
 #[test]
 fn synthetic_limit_and_cameras() {
-    let out = bin()
-        .args(["inspect", "--source", "synthetic", "--limit", "5", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = succeeds(bin().args(["inspect", "--source", "synthetic", "--limit", "5", "--json"]));
     let lines = json_lines(&out.stdout);
     assert_eq!(lines.len(), 6);
     assert_eq!(lines[5]["summary"]["frames"], 5);
@@ -275,15 +264,10 @@ fn truncated_images_are_unreadable_never_inspected() {
         let b = std::fs::read(&whole).unwrap();
         std::fs::write(images.join(format!("c-cut.{ext}")), &b[..b.len() * 2 / 3]).unwrap();
     }
-    let out = bin()
-        .args(["inspect", "--json", "--source"])
-        .arg(format!("folder:{}", images.display()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = succeeds(
+        bin()
+            .args(["inspect", "--json", "--source"])
+            .arg(format!("folder:{}", images.display())),
     );
     let lines = json_lines(&out.stdout);
     let verdicts: Vec<&str> = lines
@@ -351,26 +335,21 @@ fn roi_outside_the_frame_is_refused() {
         .unwrap();
     assert!(rows.is_empty(), "{} rows recorded", rows.len());
     // Inside the frame it is taken.
-    let out = bin()
-        .args([
-            "inspect",
-            "--json",
-            "--limit",
-            "2",
-            "--roi",
-            "10,10,100,100",
-            "--source",
-        ])
-        .arg(format!(
-            "folder:{}",
-            root().join("datasets/magnetic-tile-demo").display()
-        ))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeeds(
+        bin()
+            .args([
+                "inspect",
+                "--json",
+                "--limit",
+                "2",
+                "--roi",
+                "10,10,100,100",
+                "--source",
+            ])
+            .arg(format!(
+                "folder:{}",
+                root().join("datasets/magnetic-tile-demo").display()
+            )),
     );
 }
 

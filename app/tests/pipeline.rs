@@ -15,6 +15,33 @@ fn default_model() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/models/default.safetensors")
 }
 
+/// The pipeline over `source` with the default model on a headless device, no sink.
+fn start(source: SourceSpec, options: PipelineOptions) -> Pipeline {
+    let gpu = kernels::GpuContext::headless().unwrap();
+    let model = pipeline::load_model(&default_model()).unwrap();
+    let label = gpu.describe();
+    Pipeline::start(
+        gpu.device,
+        gpu.queue,
+        label,
+        model,
+        source,
+        options,
+        None,
+        Arc::new(|| {}),
+    )
+    .unwrap()
+}
+
+fn roi(x: u32, y: u32, width: u32, height: u32) -> kernels::Roi {
+    kernels::Roi {
+        x,
+        y,
+        width,
+        height,
+    }
+}
+
 fn run_to_end(p: &Pipeline) -> Vec<Event> {
     let mut events = Vec::new();
     while let Some(e) = p.next_event(Duration::from_secs(120)) {
@@ -49,31 +76,16 @@ fn folder_replay_gives_one_verdict_per_readable_image() {
         b"\x89PNG\r\n\x1a\nbroken",
     )
     .unwrap();
-    let gpu = kernels::GpuContext::headless().unwrap();
-    let model = pipeline::load_model(&default_model()).unwrap();
-    let label = gpu.describe();
-    let p = Pipeline::start(
-        gpu.device,
-        gpu.queue,
-        label,
-        model,
+    let p = start(
         SourceSpec::Folder {
             dir: dir.path().to_path_buf(),
             looping: false,
         },
         PipelineOptions {
-            roi: Some(kernels::Roi {
-                x: 10,
-                y: 5,
-                width: 50,
-                height: 50,
-            }),
+            roi: Some(roi(10, 5, 50, 50)),
             ..PipelineOptions::default()
         },
-        None,
-        Arc::new(|| {}),
-    )
-    .unwrap();
+    );
     let events = run_to_end(&p);
     let verdicts: Vec<_> = events
         .iter()
@@ -111,33 +123,18 @@ fn damaged_model_is_refused_mid_stream_and_inspection_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.safetensors");
     std::fs::write(&bad, b"not a model").unwrap();
-    let gpu = kernels::GpuContext::headless().unwrap();
-    let model = pipeline::load_model(&default_model()).unwrap();
-    let id = model.1.id.clone();
-    let label = gpu.describe();
-    let p = Pipeline::start(
-        gpu.device,
-        gpu.queue,
-        label,
-        model,
+    let id = pipeline::load_model(&default_model()).unwrap().1.id;
+    let p = start(
         SourceSpec::Synthetic {
             size: (96, 80),
             seed: 3,
         },
         PipelineOptions {
             limit: Some(12),
-            roi: Some(kernels::Roi {
-                x: 500,
-                y: 500,
-                width: 10,
-                height: 10,
-            }),
+            roi: Some(roi(500, 500, 10, 10)),
             ..PipelineOptions::default()
         },
-        None,
-        Arc::new(|| {}),
-    )
-    .unwrap();
+    );
     p.load_model(bad.clone());
     let events = run_to_end(&p);
     let rejected = events
@@ -179,17 +176,10 @@ fn classifier_and_anomaly_models_hot_swap_mid_stream() {
         .unwrap()
         .save(&anomaly)
         .unwrap();
-    let gpu = kernels::GpuContext::headless().unwrap();
-    let model = pipeline::load_model(&default_model()).unwrap();
-    let classifier_id = model.1.id.clone();
-    let classifier_classes = model.1.classes.clone();
+    let classifier = pipeline::load_model(&default_model()).unwrap().1;
+    let (classifier_id, classifier_classes) = (classifier.id, classifier.classes);
     let anomaly_id = pipeline::load_model(&anomaly).unwrap().1.id;
-    let label = gpu.describe();
-    let p = Pipeline::start(
-        gpu.device,
-        gpu.queue,
-        label,
-        model,
+    let p = start(
         SourceSpec::Synthetic {
             size: (120, 90),
             seed: 5,
@@ -198,10 +188,7 @@ fn classifier_and_anomaly_models_hot_swap_mid_stream() {
             limit: Some(9),
             ..PipelineOptions::default()
         },
-        None,
-        Arc::new(|| {}),
-    )
-    .unwrap();
+    );
     let mut events = Vec::new();
     let mut swapped = 0;
     while let Some(e) = p.next_event(Duration::from_secs(120)) {

@@ -6,19 +6,17 @@
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 use std::collections::VecDeque;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use egui::accesskit::Role;
 use egui_kittest::Harness;
 use egui_kittest::kittest::{By, NodeT as _, Queryable as _};
-use inspector::records::settings::Settings;
 use inspector::ui::file_dialog::{DialogBackend, DialogKind, DialogRequest, FileDialogs, Outcome};
 use inspector::ui::{InspectorApp, Tab};
 
 mod common;
-use common::{harness_in as harness, step_until, tiny_dataset};
+use common::{harness_in as harness, harness_on, step_until, tiny_dataset};
 
 /// A file dialog that answers from a script and remembers what it was asked.
 #[derive(Default)]
@@ -256,9 +254,7 @@ fn cancel_keeps_the_last_finished_epoch_and_resume_continues_from_it() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("tiny");
     tiny_dataset(&data, 12);
-    let mut h = harness(dir.path());
-    h.state_mut().tab = Tab::Train;
-    h.step();
+    let mut h = harness_on(dir.path(), Tab::Train);
     {
         let t = &mut h.state_mut().train;
         t.data = data.display().to_string();
@@ -384,9 +380,7 @@ fn a_drag_paints_a_continuous_stroke_and_undo_restores_the_mask_exactly() {
         "path,label,split,mask,group\npart.png,crack,,masks/part.png.png,\n",
     )
     .unwrap();
-    let mut h = harness(dir.path());
-    h.state_mut().tab = Tab::Label;
-    h.step();
+    let mut h = harness_on(dir.path(), Tab::Label);
     h.state_mut().label.folder = data.display().to_string();
     h.step();
     h.get_by_label("Open").click();

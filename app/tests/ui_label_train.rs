@@ -4,23 +4,30 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use egui::accesskit::Role;
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable as _;
-use inspector::records::settings::Settings;
 use inspector::ui::{InspectorApp, Tab};
 
 mod common;
-use common::{harness_in as harness, step_until, tiny_dataset};
+use common::{harness_in as harness, harness_on, step_until, tiny_dataset};
 
 /// [`common::type_into`], then leaves the field so number keys label images again.
 fn type_into(h: &mut Harness<'static, InspectorApp>, label: &str, text: &str) {
     common::type_into(h, label, text);
     h.key_press(egui::Key::Escape);
     h.step();
+}
+
+/// Opens `folder` in the Label tab (typed into its field, then Open) and waits until it is open.
+fn open_dataset(h: &mut Harness<'static, InspectorApp>, folder: &std::path::Path) {
+    type_into(h, "Dataset folder", &folder.display().to_string());
+    h.get_by_label("Open").click();
+    assert!(step_until(h, Duration::from_secs(10), |a| a
+        .label
+        .set
+        .is_some()));
 }
 
 #[test]
@@ -33,15 +40,8 @@ fn label_three_images_with_the_keyboard_and_paint_a_mask() {
             .save(data.join(format!("img{i}.png")))
             .unwrap();
     }
-    let mut h = harness(dir.path());
-    h.state_mut().tab = Tab::Label;
-    h.step();
-    type_into(&mut h, "Dataset folder", &data.display().to_string());
-    h.get_by_label("Open").click();
-    assert!(step_until(&mut h, Duration::from_secs(10), |a| a
-        .label
-        .set
-        .is_some()));
+    let mut h = harness_on(dir.path(), Tab::Label);
+    open_dataset(&mut h, &data);
     assert_eq!(h.state().label.set.as_ref().unwrap().rows.len(), 4);
     for class in ["good", "crack"] {
         type_into(&mut h, "New class", class);
@@ -124,9 +124,7 @@ fn train_tab_trains_saves_a_version_and_cancels() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("tiny");
     tiny_dataset(&data, 12);
-    let mut h = harness(dir.path());
-    h.state_mut().tab = Tab::Train;
-    h.step();
+    let mut h = harness_on(dir.path(), Tab::Train);
     type_into(&mut h, "Dataset folder", &data.display().to_string());
     {
         let t = &mut h.state_mut().train;
@@ -201,12 +199,7 @@ fn predict_with_the_active_model_shows_progress_and_cancels() {
         .is_some()));
     h.state_mut().tab = Tab::Label;
     h.step();
-    type_into(&mut h, "Dataset folder", &data.display().to_string());
-    h.get_by_label("Open").click();
-    assert!(step_until(&mut h, Duration::from_secs(10), |a| a
-        .label
-        .set
-        .is_some()));
+    open_dataset(&mut h, &data);
     h.run_steps(2);
     // Cancel at once: the run stops early and says what it kept.
     h.get_by_label("Predict with active model").click();

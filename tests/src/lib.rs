@@ -114,3 +114,16 @@ fn synthetic_dataset(root: &Path, train: usize, val: usize, seed: u64, masks: bo
     std::fs::write(root.join("manifest.csv"), rows.join("\n") + "\n").expect("write manifest");
     rows
 }
+
+/// A fresh temp folder with [`synthetic_manifest`] in it (with `masks`,
+/// [`synthetic_manifest_with_masks`]); the folder and the manifest's rows.
+pub fn synthetic_dir(
+    train: usize,
+    val: usize,
+    seed: u64,
+    masks: bool,
+) -> (tempfile::TempDir, Vec<String>) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let rows = synthetic_dataset(dir.path(), train, val, seed, masks);
+    (dir, rows)
+}

@@ -4,11 +4,24 @@
 use std::sync::atomic::AtomicBool;
 
 use inspector::training::{self, BackendKind, Progress, TrainConfig};
-use integration_tests::synthetic_manifest;
+use integration_tests::synthetic_dir;
 use kernels::{Engine, GpuContext, Model};
 
 /// burn's devices share global state (its RNG, the flex thread pool): run one training at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// One training at a time (see [`SERIAL`]); a test that panicked does not stop the others.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The `lite0-tiny` preset (pretrained backbone, small head) on `root`, writing `out`; the rest
+/// at its defaults.
+fn lite0_config(root: &std::path::Path, out: &std::path::Path) -> TrainConfig {
+    let mut cfg = TrainConfig::new(root.to_owned(), out.to_owned());
+    cfg.preset = "lite0-tiny".into();
+    cfg
+}
 
 fn config(root: &std::path::Path, out: &std::path::Path, epochs: usize) -> TrainConfig {
     let mut cfg = TrainConfig::new(root.to_owned(), out.to_owned());
@@ -47,9 +60,8 @@ fn train_logged(cfg: &TrainConfig) -> (training::TrainSummary, usize) {
 
 #[test]
 fn tiny_dataset_trains_well_above_chance_and_engine_agrees_with_burn() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let data = tempfile::tempdir().expect("tmp");
-    synthetic_manifest(data.path(), 16, 6, 11);
+    let _serial = serial();
+    let (data, _) = synthetic_dir(16, 6, 11, false);
     let out_dir = tempfile::tempdir().expect("tmp");
     let out = out_dir.path().join("m.safetensors");
     let (summary, epochs_seen) = train_logged(&config(data.path(), &out, 8));
@@ -110,9 +122,8 @@ fn tiny_dataset_trains_well_above_chance_and_engine_agrees_with_burn() {
 
 #[test]
 fn same_seed_same_model_and_resume_and_cancel() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let data = tempfile::tempdir().expect("tmp");
-    synthetic_manifest(data.path(), 6, 2, 5);
+    let _serial = serial();
+    let (data, _) = synthetic_dir(6, 2, 5, false);
     let dir = tempfile::tempdir().expect("tmp");
     let run = |name: &str, epochs: usize, resume: bool| {
         let out = dir.path().join(name);
@@ -166,9 +177,8 @@ fn same_seed_same_model_and_resume_and_cancel() {
 /// defect: on most defective val images its hottest cell lies on or next to the mask.
 #[test]
 fn mask_supervised_head_learns_and_its_heatmap_finds_the_defect() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let data = tempfile::tempdir().expect("tmp");
-    integration_tests::synthetic_manifest_with_masks(data.path(), 16, 6, 23);
+    let _serial = serial();
+    let (data, _) = synthetic_dir(16, 6, 23, true);
     let out_dir = tempfile::tempdir().expect("tmp");
     let out = out_dir.path().join("seg.safetensors");
     let mut cfg = config(data.path(), &out, 8);
@@ -253,13 +263,11 @@ fn engine_vs_burn(
 /// them, and the exported model gives the same probabilities in the engine and in burn.
 #[test]
 fn backbone_head_learns_from_masks_and_engine_agrees_with_burn() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let data = tempfile::tempdir().expect("tmp");
-    integration_tests::synthetic_manifest_with_masks(data.path(), 16, 6, 31);
+    let _serial = serial();
+    let (data, _) = synthetic_dir(16, 6, 31, true);
     let out_dir = tempfile::tempdir().expect("tmp");
     let out = out_dir.path().join("lite0.safetensors");
-    let mut cfg = TrainConfig::new(data.path().to_owned(), out.clone());
-    cfg.preset = "lite0-tiny".into();
+    let cfg = lite0_config(data.path(), &out);
     let (summary, epochs) = train_logged(&cfg);
     assert_eq!(epochs, cfg.epochs);
     assert!(summary.val_auroc.expect("both kinds") >= 0.9, "{summary:?}");
@@ -339,9 +347,8 @@ fn backbone_head_learns_from_masks_and_engine_agrees_with_burn() {
 /// exactly the loss an uninterrupted run sees there, and the history runs 1..=epochs.
 #[test]
 fn backbone_head_resumes_from_the_last_finished_epoch_after_cancel() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let data = tempfile::tempdir().expect("tmp");
-    integration_tests::synthetic_manifest_with_masks(data.path(), 8, 4, 17);
+    let _serial = serial();
+    let (data, _) = synthetic_dir(8, 4, 17, true);
     let dir = tempfile::tempdir().expect("tmp");
     let cfg_for = |name: &str| {
         let mut cfg = TrainConfig::new(data.path().to_owned(), dir.path().join(name));
@@ -413,9 +420,8 @@ fn backbone_head_resumes_from_the_last_finished_epoch_after_cancel() {
 /// all train (defective images then train through their most defect-like position).
 #[test]
 fn backbone_head_trains_on_colour_tiny_and_maskless_images() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let data = tempfile::tempdir().expect("tmp");
-    let rows = synthetic_manifest(data.path(), 12, 4, 47);
+    let _serial = serial();
+    let (data, rows) = synthetic_dir(12, 4, 47, false);
     for (i, row) in rows.iter().skip(1).enumerate() {
         let rel = row.split(',').next().expect("path");
         let path = data.path().join(rel);
@@ -431,8 +437,7 @@ fn backbone_head_trains_on_colour_tiny_and_maskless_images() {
     }
     let out_dir = tempfile::tempdir().expect("tmp");
     let out = out_dir.path().join("lite0.safetensors");
-    let mut cfg = TrainConfig::new(data.path().to_owned(), out.clone());
-    cfg.preset = "lite0-tiny".into();
+    let cfg = lite0_config(data.path(), &out);
     let summary = training::train(&cfg, &mut |_| {}, &AtomicBool::new(false)).expect("train");
     eprintln!("{summary:?}");
     assert!(
@@ -447,11 +452,10 @@ fn backbone_head_trains_on_colour_tiny_and_maskless_images() {
 /// is extracted again, and another preset (input geometry) or backbone file misses the cache.
 #[test]
 fn feature_cache_is_reused_and_invalidated_by_image_preset_and_backbone() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = serial();
     let cache = tempfile::tempdir().expect("tmp");
     unsafe_env_set("DEFECT_INSPECTOR_CACHE", cache.path());
-    let data = tempfile::tempdir().expect("tmp");
-    let rows = synthetic_manifest(data.path(), 6, 3, 53);
+    let (data, rows) = synthetic_dir(6, 3, 53, false);
     let images = rows.len() - 1;
     let out_dir = tempfile::tempdir().expect("tmp");
     let out = out_dir.path().join("m.safetensors");
@@ -518,13 +522,11 @@ fn unsafe_env_remove(key: &str) {
 /// message.
 #[test]
 fn anomaly_model_from_good_images_ranks_painted_defects_above_good_ones() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let data = tempfile::tempdir().expect("tmp");
-    integration_tests::synthetic_manifest_with_masks(data.path(), 16, 6, 71);
+    let _serial = serial();
+    let (data, _) = synthetic_dir(16, 6, 71, true);
     let out_dir = tempfile::tempdir().expect("tmp");
     let out = out_dir.path().join("anomaly.safetensors");
-    let mut cfg = TrainConfig::new(data.path().to_owned(), out.clone());
-    cfg.preset = "lite0-tiny".into();
+    let mut cfg = lite0_config(data.path(), &out);
     cfg.mode = training::TrainMode::Anomaly;
     let mut phases = std::collections::BTreeSet::new();
     let summary = training::train(

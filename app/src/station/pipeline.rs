@@ -9,6 +9,11 @@
 //!   what it has room for (the app: display is newest-wins, counters live in [`Counters`], kept
 //!   by the worker, so the UI can never slow inspection down).
 //! - Verdicts go to an optional [`VerdictSink`] (the history database) before they are reported.
+//!
+//! Over 800 lines as one piece: the capture loop, the inference worker and the [`Pipeline`]
+//! handle share the private channel protocol (`Command`, `Captured`) and the counters' updates,
+//! and are read together. The types it reports (`ModelInfo` to `percentile`, about 300 lines)
+//! are the cut to make next, into their own module, once the line-I/O work here has landed.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};

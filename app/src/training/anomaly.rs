@@ -16,6 +16,11 @@
 //! - Calibration: P(anomaly) = sigmoid((score − threshold) / σ), σ the spread of the good val
 //!   scores, so the chosen threshold is P = 0.5 and the station's threshold slider works as for
 //!   a classifier.
+//!
+//! One file of about 810 lines, 65 of them tests: the coreset, the CPU scoring rule (which must
+//! match the kernels' `memory_bank` layer), the threshold and calibration are one algorithm
+//! that `train` runs top to bottom and that is read together; the pieces it shares with the
+//! head trainer are already in [`super::features`] and [`super::splits`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -43,7 +48,6 @@ pub const DEFAULT_CORESET_RATIO: f64 = 0.1;
 /// 12,680 entries gave val AUROC 0.823 / 0.813 / 0.840 (20 val parts: within their noise),
 /// while training time and the station's time per frame grow with the bank.
 pub const DEFAULT_MAX_BANK: usize = 4096;
-use super::types::NEIGHBORS;
 /// Dimensions of the random projection the coreset is selected on.
 pub const PROJECTION_DIM: usize = 64;
 /// The name of the FAIL class of every anomaly model.

@@ -3,12 +3,15 @@
 
 use std::path::Path;
 
-use burn::module::{Module, Param};
+use anyhow::Context as _;
+use burn::module::Module;
+use burn::module::Param;
 use burn::tensor::{Device, Tensor, TensorData};
 use kernels::{Layer, LayerWeights, ModelSpec};
 
+use super::checkpoint::checkpoint_dir;
 use super::nn::{Block, BurnModel};
-use super::tensor_io::{NamedTensors, read_tensor, save_tensors, tensor_vec};
+use super::tensor_io::{NamedTensors, tensor_vec};
 
 /// Exports a trained burn model to kernels weights, folding batch-norm into the convolutions.
 pub fn export_weights(

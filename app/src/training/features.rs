@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 use kernels::backbone::{self, Extent};
-use kernels::{InputSpec, Layer, LayerWeights, Model, ModelSpec, Resize};
+use kernels::{Layer, Model, ModelSpec, Resize};
 
 use super::splits::Split;
 use super::types::Progress;

@@ -20,24 +20,24 @@
 //! Input standardisation of the features is folded into the first head convolution at export,
 //! so the exported model is plain `ModelSpec` layers that the engine runs as one network.
 
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 use burn::module::Module;
+use burn::nn::LinearConfig;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::nn::{Linear, LinearConfig};
 use burn::optim::{AdamConfig, GradientsParams};
-use burn::tensor::{Device, Int, Tensor, TensorData, activation};
-use kernels::backbone::{self, Extent};
-use kernels::{InputSpec, Layer, LayerWeights, Model, ModelSpec, Resize};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use kernels::{InputSpec, Layer, LayerWeights, Model, ModelSpec, Resize, backbone};
 
 use super::checkpoint::checkpoint_dir;
-use super::features::{Features, backbone_path, extract_splits, feature_channels, feature_network};
-use super::head_checkpoint::{self, HeadCheckpoint, HeadStart};
+use super::features::{
+    Features, backbone_path, extract_splits, feature_channels, feature_network, hash_of,
+};
+use super::head_checkpoint;
 use super::nn::{HIDDEN, PositionHead};
-use super::splits::{Split, load_split, prepare};
+use super::splits::{load_split, prepare};
 use super::tensor_io::tensor_vec;
 use super::types::{Cancelled, EpochRecord, Progress, TrainConfig, TrainSummary, miss_rule};
 use crate::data::dataset::DecodedImage;

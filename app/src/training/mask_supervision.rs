@@ -4,12 +4,11 @@
 
 use burn::module::Param;
 use burn::tensor::{Device, Int, Tensor, TensorData, activation};
-use kernels::{Layer, ModelSpec, Roi};
+use kernels::{Layer, ModelSpec};
 
 use super::augment;
 use super::nn::{Block, BurnModel};
 use super::tensor_io::tensor_vec;
-use crate::data::dataset::DecodedImage;
 
 /// A random `p`×`p` patch of a `[c, h, w]` tensor and its `[h, w]` mask. With a mask, 4 in 5
 /// patches are placed over a random defect pixel (anywhere within the patch), so defects are

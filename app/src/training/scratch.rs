@@ -1,38 +1,42 @@
-//! Training defect classifiers with burn: presets built from `ModelSpec`, class-weighted loss,
-//! seeded augmentation, SGD / momentum / Adam(W), cosine learning-rate schedule with warm-up,
-//! early stopping on val, the best epoch kept, checkpoints to resume from, and export to the
-//! `kernels` model file with batch-norm folded and the decision threshold chosen on val.
+//! The from-scratch trainer: a whole-image CNN (the presets without a backbone) trained by burn,
+//! with class-weighted loss, the per-position mask loss of the max-score presets
+//! ([`super::mask_supervision`]), seeded augmentation, SGD / momentum / Adam(W), a cosine
+//! learning-rate schedule with warm-up, early stopping on val, the best epoch kept, checkpoints
+//! to resume from, cancel, and a calibration refit; [`predict`] gives a burn model's
+//! probabilities (also for the benchmark and the tests). The presets and their `ModelSpec`s are
+//! in [`super::presets`], the export with batch-norm folded in [`super::export`], the threshold
+//! chosen on val by [`crate::evaluation::metrics`].
 //!
 //! The loop is written by hand (no burn-train) so the CLI and the app's Train tab can drive it
-//! through one [`Progress`] callback and one cancel flag.
+//! through one [`Progress`] callback and one cancel flag; [`super::train`] is the one entry point.
 
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context as _, bail};
-use burn::module::{Module, Param};
+use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
-use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, SgdConfig, decay::WeightDecayConfig};
+use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, SgdConfig};
 use burn::tensor::{Device, Int, Tensor, TensorData, activation};
-use kernels::{InputSpec, Layer, LayerWeights, Model, ModelSpec, Resize, Roi};
+use kernels::{InputSpec, Model, ModelSpec};
 use serde::{Deserialize, Serialize};
 
-use super::augment::{self, AugmentConfig};
+use super::augment;
 use super::checkpoint::checkpoint_dir;
-use super::export::{export_weights, load_tensors, model_tensors};
+use super::export::{export_weights, load_best, load_tensors, model_tensors};
 use super::mask_supervision::{Cell, MaskSupervision, take_patch};
-use super::nn::{Block, BurnModel};
+use super::nn::BurnModel;
 use super::presets::{PRESETS, preset_spec};
 use super::splits::{Prepared, load_split, prepare};
-use super::tensor_io::tensor_vec;
+use super::tensor_io::{save_tensors, tensor_vec};
 use super::types::{
     BackendKind, Cancelled, EpochRecord, OptimizerKind, Progress, TrainConfig, TrainSummary,
     miss_rule,
 };
-use crate::data::dataset::{self, Dataset, DecodedImage, Sample};
-use crate::evaluation::metrics::{self, Confusion, val_metrics};
+use crate::data::dataset::DecodedImage;
+use crate::evaluation::metrics::{self, val_metrics};
 
 #[derive(Serialize, Deserialize)]
 struct CheckpointState {
@@ -575,6 +579,7 @@ pub fn train(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::training::nn::Block;
 
     /// One optimisation step must move every trainable tensor (conv weights and biases,
     /// batch-norm scale and shift, classifier), or part of the network never learns.

@@ -1,41 +1,37 @@
-//! The eframe app: a tab bar (Inspect, History, Settings), a status bar, and the state shared
-//! by the tabs. The UI thread only reads channels and shared counters and uploads textures: the
-//! pipeline, the history writer and the history queries run in their own threads.
+//! The eframe app: a tab bar (Inspect, Label, Train, History, Settings), a status bar, and the
+//! state shared by the tabs. The UI thread only reads channels and shared counters and uploads
+//! textures: the pipeline, the history writer and the history queries run in their own threads.
 //!
 //! - [`state`]: [`InspectorApp`] and the types it holds; `session`: what the operator does to the
 //!   running station; `shell`: the per-frame poll and the tab bar and status bar;
-//! - the tabs: `inspect`, [`label_tab`], [`train`], [`history_tab`], `settings_tab`;
-//!   [`file_dialog`]: the scripted-or-native file dialogs they share.
+//! - the tabs: `inspect`, [`label_tab`], [`train`], [`history_tab`], `settings_tab` (with its
+//!   form's state in `source_draft`); [`file_dialog`]: the scripted-or-native file dialogs they
+//!   share; `gpu`: the device everything draws and inspects on ([`Gpu`]).
 //!
 //! The tabs draw parts of [`InspectorApp`] and take it by `&mut`; the app holds each tab's
-//! state. This file only declares the modules, re-exports the app's public surface and starts
-//! the window ([`run`]).
+//! state, whose type lives low in the tab's own module and never names the app, so there is no
+//! import cycle. This file only declares the modules, re-exports the app's public surface and
+//! starts the window ([`run`]).
 
 pub mod file_dialog;
+mod gpu;
 pub mod history_tab;
 mod inspect;
 pub mod label_tab;
 mod session;
 mod settings_tab;
 mod shell;
+mod source_draft;
 pub mod state;
 pub mod train;
 
+pub use gpu::Gpu;
 pub use state::*;
 
-use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crossbeam_channel::{Receiver, bounded};
-
-use crate::data::assets::{DEFAULT_MODEL, DEMO_DATASET, bundled};
-use crate::records::history::{self, EventRow, Op, Recorder, RecorderOptions, RecorderSink};
-use crate::records::settings::{STORAGE_KEY, Settings, SettingsSaver};
-use crate::station::pipeline::{
-    self, Counters, Event, ModelInfo, Pipeline, PipelineOptions, SourceStatus, Verdict,
-};
+use crate::records::settings::{STORAGE_KEY, Settings};
 use crate::station::source::SourceSpec;
 
 /// Options of `inspector app` (and of `inspector` with no arguments).

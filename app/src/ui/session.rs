@@ -2,23 +2,18 @@
 //! confirm its activation, change the threshold, source and region, open a reject, override a
 //! verdict, start a shift, acknowledge an alarm, and record it all as events.
 
-use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crossbeam_channel::{Receiver, bounded};
-
-use crate::data::assets::{DEFAULT_MODEL, DEMO_DATASET, bundled};
-use crate::records::history::{self, EventRow, Op, Recorder, RecorderOptions, RecorderSink};
-use crate::records::settings::{STORAGE_KEY, Settings, SettingsSaver};
-use crate::station::pipeline::{
-    self, Counters, Event, ModelInfo, Pipeline, PipelineOptions, SourceStatus, Verdict,
-};
-use crate::station::source::SourceSpec;
+use crossbeam_channel::bounded;
 
 use super::state::*;
-use super::{file_dialog, history_tab, inspect, label_tab, settings_tab, train};
+use crate::data::assets::{DEFAULT_MODEL, bundled};
+use crate::records::history::{self, Op, Recorder, RecorderOptions, RecorderSink};
+use crate::records::settings::SettingsSaver;
+use crate::station::pipeline::{self, Event, Pipeline, PipelineOptions, Verdict};
+use crate::station::source::SourceSpec;
 
 impl InspectorApp {
     pub(super) fn start(&mut self) {

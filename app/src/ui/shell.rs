@@ -1,23 +1,17 @@
 //! The app shell: each frame polls the pipeline, the writer and the dialogs, checks alarms,
 //! then draws the tab bar, the open tab, the activation dialog and the status bar.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::path::PathBuf;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, bounded};
-
-use crate::data::assets::{DEFAULT_MODEL, DEMO_DATASET, bundled};
-use crate::records::history::{self, EventRow, Op, Recorder, RecorderOptions, RecorderSink};
-use crate::records::settings::{STORAGE_KEY, Settings, SettingsSaver};
-use crate::station::pipeline::{
-    self, Counters, Event, ModelInfo, Pipeline, PipelineOptions, SourceStatus, Verdict,
-};
-use crate::station::source::SourceSpec;
+use crossbeam_channel::bounded;
 
 use super::state::*;
 use super::{file_dialog, history_tab, inspect, label_tab, settings_tab, train};
+use crate::records::history;
+use crate::records::settings::STORAGE_KEY;
+use crate::station::pipeline::{self, Event, SourceStatus, Verdict};
 
 impl InspectorApp {
     /// Puts what the file dialogs chose into their fields (and opens, loads or exports where

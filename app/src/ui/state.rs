@@ -7,17 +7,19 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, bounded};
+use crossbeam_channel::Receiver;
 
+use super::file_dialog::FileDialogs;
+use super::gpu::Gpu;
+use super::history_tab::HistoryView;
+use super::label_tab::LabelView;
+use super::source_draft::SourceDraft;
+use super::train::TrainView;
 use crate::data::assets::{DEFAULT_MODEL, DEMO_DATASET, bundled};
-use crate::records::history::{self, EventRow, Op, Recorder, RecorderOptions, RecorderSink};
-use crate::records::settings::{STORAGE_KEY, Settings, SettingsSaver};
-use crate::station::pipeline::{
-    self, Counters, Event, ModelInfo, Pipeline, PipelineOptions, SourceStatus, Verdict,
-};
+use crate::records::history::{self, EventRow, Op, Recorder};
+use crate::records::settings::{Settings, SettingsSaver};
+use crate::station::pipeline::{Counters, ModelInfo, Pipeline, SourceStatus, Verdict};
 use crate::station::source::SourceSpec;
-
-use super::{file_dialog, history_tab, inspect, label_tab, settings_tab, train};
 
 /// Tabs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,17 +178,6 @@ pub(super) struct Started {
     pub(super) fallback: Option<String>,
 }
 
-/// The wgpu device the app renders with and inspects on.
-#[derive(Clone)]
-pub struct Gpu {
-    /// Device.
-    pub device: wgpu::Device,
-    /// Queue.
-    pub queue: wgpu::Queue,
-    /// "llvmpipe (Vulkan)".
-    pub label: String,
-}
-
 /// The app's state.
 pub struct InspectorApp {
     /// Saved settings.
@@ -241,7 +232,7 @@ pub struct InspectorApp {
     pub candidate: Option<Candidate>,
     pub(super) activation: Option<Activation>,
     pub(super) settings_saver: Option<SettingsSaver>,
-    pub(super) source_draft: settings_tab::SourceDraft,
+    pub(super) source_draft: SourceDraft,
     pub(super) cameras: Option<Receiver<Result<Vec<crate::station::source::CameraDesc>, String>>>,
     pub(super) camera_list: Option<Result<Vec<crate::station::source::CameraDesc>, String>>,
     pub(super) ui_times: VecDeque<f64>,
@@ -249,14 +240,14 @@ pub struct InspectorApp {
     pub(super) started_at: Instant,
     pub(super) quit_after: Option<Duration>,
     /// The History tab's state.
-    pub history: history_tab::HistoryView,
+    pub history: HistoryView,
     /// The Label tab's state.
-    pub label: label_tab::LabelView,
+    pub label: LabelView,
     /// The Train tab's state.
-    pub train: train::TrainView,
+    pub train: TrainView,
     pub(super) seen_unreadable: HashSet<String>,
     /// The platform file dialogs (one at a time, on a worker thread).
-    pub dialogs: file_dialog::FileDialogs,
+    pub dialogs: FileDialogs,
     /// The text in the Settings tab's database field.
     pub db_path_input: String,
     pub(super) db_at_start: PathBuf,
@@ -277,7 +268,7 @@ impl InspectorApp {
             .unwrap_or_else(|| bundled(DEFAULT_MODEL))
             .display()
             .to_string();
-        let source_draft = settings_tab::SourceDraft::from_settings(&settings);
+        let source_draft = SourceDraft::from_settings(&settings);
         let db_at_start = settings
             .db_path
             .clone()
@@ -327,11 +318,11 @@ impl InspectorApp {
             last_log: Instant::now(),
             started_at: Instant::now(),
             quit_after: None,
-            history: history_tab::HistoryView::default(),
-            label: label_tab::LabelView::default(),
-            train: train::TrainView::default(),
+            history: HistoryView::default(),
+            label: LabelView::default(),
+            train: TrainView::default(),
             seen_unreadable: HashSet::new(),
-            dialogs: file_dialog::FileDialogs::default(),
+            dialogs: FileDialogs::default(),
             db_path_input,
             db_at_start,
         };

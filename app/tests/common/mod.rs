@@ -9,7 +9,7 @@ use egui::accesskit::Role;
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable as _;
 use inspector::records::settings::Settings;
-use inspector::ui::{Gpu, InspectorApp};
+use inspector::ui::{Gpu, InspectorApp, Tab};
 
 /// The app on a headless device (lavapipe in CI), drawn by a kittest harness.
 pub fn harness(
@@ -108,4 +108,12 @@ pub fn tiny_dataset(root: &Path, per_class: usize) {
         }
     }
     std::fs::write(root.join("manifest.csv"), manifest).unwrap();
+}
+
+/// The app in `dir` (see [`harness_in`]) open on `tab`, drawn once.
+pub fn harness_on(dir: &Path, tab: Tab) -> Harness<'static, InspectorApp> {
+    let mut h = harness_in(dir);
+    h.state_mut().tab = tab;
+    h.step();
+    h
 }

@@ -1,18 +1,12 @@
 //! Rejected frames archived as PNG files next to the database, kept under a disk budget by
 //! deleting the oldest first.
 
-use crate::data::dataset::DecodedImage;
-use crate::station::pipeline::{Verdict, VerdictSink};
-use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
-use rusqlite::{Connection, OptionalExtension as _, params};
-use serde::Serialize;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
-use std::time::Duration;
+use std::sync::Arc;
 
 use super::schema::*;
+use crate::data::dataset::DecodedImage;
 
 /// Pixels to archive with a row.
 #[derive(Clone, Debug)]

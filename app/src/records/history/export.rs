@@ -1,16 +1,5 @@
 //! Exports of the history: rows as CSV, control-chart limits.
 
-use crate::data::dataset::DecodedImage;
-use crate::station::pipeline::{Verdict, VerdictSink};
-use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
-use rusqlite::{Connection, OptionalExtension as _, params};
-use serde::Serialize;
-use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
-use std::time::Duration;
-
 use super::schema::*;
 
 /// Writes rows as CSV (header included).

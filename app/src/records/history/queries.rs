@@ -1,16 +1,7 @@
 //! Reading the history: filters, the filtered rows, counts, hourly buckets, the Pareto of
 //! reject classes, distinct values and the event log.
 
-use crate::data::dataset::DecodedImage;
-use crate::station::pipeline::{Verdict, VerdictSink};
-use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
-use rusqlite::{Connection, OptionalExtension as _, params};
 use serde::Serialize;
-use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
-use std::time::Duration;
 
 use super::schema::*;
 

@@ -2,16 +2,11 @@
 //! opening a [`Store`] (one connection per thread). Reading is in [`super::queries`],
 //! writing in [`super::writer`].
 
-use crate::data::dataset::DecodedImage;
-use crate::station::pipeline::{Verdict, VerdictSink};
-use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
-use rusqlite::{Connection, OptionalExtension as _, params};
-use serde::Serialize;
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
+
+use rusqlite::Connection;
+use serde::Serialize;
 
 /// Errors of the history store.
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,12 @@
 //! Tests of the history store, writer and archive.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use rusqlite::Connection;
+
 use super::*;
+use crate::data::dataset::DecodedImage;
 
 /// Submits `n` FAIL rows (seq 1..=n), each with `img` and `heat` to archive; returns the
 /// last ticket.

@@ -2,16 +2,15 @@
 //! transactions retried until they succeed), the [`RecorderSink`] the pipeline feeds, and the
 //! batch write itself.
 
-use crate::data::dataset::DecodedImage;
-use crate::station::pipeline::{Verdict, VerdictSink};
-use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
-use rusqlite::{Connection, OptionalExtension as _, params};
-use serde::Serialize;
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use rusqlite::{OptionalExtension as _, params};
+
+use crate::station::pipeline::{Verdict, VerdictSink};
 
 use super::archive::*;
 use super::schema::*;

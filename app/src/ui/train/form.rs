@@ -1,22 +1,11 @@
 //! The Train tab's form: data, preset, optimizer, schedule, augmentation and anomaly
 //! settings, with the CLI's option names.
 
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use egui::{RichText, vec2};
 
-use crossbeam_channel::{Receiver, bounded};
-use egui::{Color32, RichText, vec2};
-
-use crate::evaluation::eval::{Detailed, EvalReport};
-use crate::records::versions::{self, VersionInfo};
-use crate::training::{self, BackendKind, EpochRecord, OptimizerKind, TrainConfig, TrainSummary};
+use crate::training::{self, BackendKind, OptimizerKind};
 use crate::ui::file_dialog::{DialogKind, DialogRequest, Target};
-use crate::ui::state::{InspectorApp, Level};
-
-use super::view::*;
-use super::{form, results, run};
+use crate::ui::state::InspectorApp;
 
 /// Width of the settings column (the form's labels and controls fit in it whole).
 pub const SETTINGS_WIDTH: f32 = 360.0;
@@ -345,4 +334,14 @@ pub fn for_the_form(e: &str) -> String {
     .replace("--pass ", "PASS class ")
     .replace("(pass: ", "(PASS classes typed: ")
     .replace("lower --lr", "lower the learning rate")
+}
+
+/// "42 s", "3 min 5 s".
+pub(in crate::ui) fn seconds(s: f64) -> String {
+    let s = s.round() as u64;
+    if s < 60 {
+        format!("{s} s")
+    } else {
+        format!("{} min {} s", s / 60, s % 60)
+    }
 }

@@ -4,29 +4,32 @@
 //! histograms, and model versions (save, list, compare, activate).
 //!
 //! - [`view`]: the tab's state; `form`: the settings form; `run`: the worker, progress and
-//!   curves; `results`: the val evaluation, threshold tuning and model versions.
+//!   curves; `results`: the val evaluation, threshold tuning and model versions; `tab`: the
+//!   tab drawn from those parts.
 //!
-//! `view` is the bottom; `form`, `run` and `results` each import it and call one another's
-//! drawing functions; this file declares them and re-exports the tab's public items.
+//! Lowest first: `view` ← `form` ← `run`, `view` ← `results`, and `tab` on top; this file
+//! declares them and re-exports the tab's public items.
 
 mod form;
 mod results;
 mod run;
+mod tab;
 pub mod view;
 
-pub(in crate::ui) use run::show;
 pub use run::{accuracy_plot_id, loss_plot_id};
+pub(in crate::ui) use tab::show;
 pub use view::*;
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
+    use super::form::*;
     use super::run::*;
     use super::view::*;
-    use super::*;
+    use crate::training::{self, BackendKind, EpochRecord, TrainConfig};
     use std::path::Path;
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     fn step(epoch: usize, step: usize, steps: usize) -> training::Progress {
         training::Progress::Step {

@@ -3,21 +3,12 @@
 //! activate).
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
 
-use crossbeam_channel::{Receiver, bounded};
 use egui::{Color32, RichText, vec2};
 
-use crate::evaluation::eval::{Detailed, EvalReport};
-use crate::records::versions::{self, VersionInfo};
-use crate::training::{self, BackendKind, EpochRecord, OptimizerKind, TrainConfig, TrainSummary};
-use crate::ui::file_dialog::{DialogKind, DialogRequest, Target};
-use crate::ui::state::{InspectorApp, Level};
-
 use super::view::*;
-use super::{form, results, run};
+use crate::records::versions::{self, VersionInfo};
+use crate::ui::state::{InspectorApp, Level};
 
 /// The false-reject rate above which a model is not fit for a line at its miss target.
 pub const USEFUL_FALSE_REJECT: f64 = 0.40;

@@ -6,17 +6,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use crossbeam_channel::{Receiver, bounded};
-use egui::{Color32, RichText, vec2};
+use crossbeam_channel::bounded;
+use egui::{Color32, RichText};
 
-use crate::evaluation::eval::{Detailed, EvalReport};
-use crate::records::versions::{self, VersionInfo};
-use crate::training::{self, BackendKind, EpochRecord, OptimizerKind, TrainConfig, TrainSummary};
-use crate::ui::file_dialog::{DialogKind, DialogRequest, Target};
-use crate::ui::state::{InspectorApp, Level};
+use crate::records::versions;
+use crate::training::{self, EpochRecord, TrainConfig, TrainSummary};
 
+use super::form::{about_four_labels, for_the_form, pass_list, seconds};
 use super::view::*;
-use super::{form, results, run};
 
 impl TrainView {
     /// Whether a run is going.
@@ -292,116 +289,12 @@ impl TrainView {
     }
 }
 
-pub(in crate::ui) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
-    let ctx = ui.ctx().clone();
-    if app.train.data.is_empty() {
-        app.train.data = app
-            .label
-            .set
-            .as_ref()
-            .map(|s| s.root.display().to_string())
-            .unwrap_or_else(|| {
-                crate::data::assets::bundled(crate::data::assets::DEMO_DATASET)
-                    .display()
-                    .to_string()
-            });
-    }
-    if app.train.versions.is_none() {
-        app.train.refresh_versions(&ctx);
-    }
-    // Messages.
-    let mut msgs: Vec<Msg> = app
-        .train
-        .rx
-        .as_ref()
-        .map(|r| r.try_iter().collect())
-        .unwrap_or_default();
-    msgs.extend(app.train.side_rx.try_iter());
-    for m in msgs {
-        let t = &mut app.train;
-        match m {
-            Msg::Progress(p) => t.on_progress(p, Instant::now()),
-            Msg::Done(r) => {
-                t.cancel = None;
-                t.rx = None;
-                match r {
-                    Ok(res) => {
-                        t.status = format!(
-                            "finished: best epoch {}, val accuracy {:.3}, {:.0} s",
-                            res.summary.best_epoch,
-                            res.summary.val_accuracy,
-                            res.summary.train_seconds
-                        );
-                        t.threshold = res.summary.threshold;
-                        t.gallery = res
-                            .gallery
-                            .iter()
-                            .enumerate()
-                            .map(|(i, (img, label))| {
-                                (
-                                    ctx.load_texture(
-                                        format!("gallery-{i}"),
-                                        img.clone(),
-                                        egui::TextureOptions::LINEAR,
-                                    ),
-                                    label.clone(),
-                                )
-                            })
-                            .collect();
-                        if t.version_name.is_empty() {
-                            t.version_name =
-                                format!("model-{}", chrono::Local::now().format("%Y%m%d-%H%M"));
-                        }
-                        t.result = Some(*res);
-                    }
-                    Err(f) => t.on_failure(f),
-                }
-            }
-            Msg::Saved(r) => match r {
-                Ok(v) => {
-                    t.status = format!("saved version {} ({})", v.name, v.path.display());
-                    t.refresh_versions(&ctx);
-                }
-                Err(e) => t.status = format!("ERROR: {e}"),
-            },
-            Msg::Versions(v) => t.versions = Some(v),
-            Msg::Compared(c) => t.comparison = Some(c),
-        }
-    }
-    egui::Panel::left("train-settings")
-        .resizable(false)
-        .exact_size(SETTINGS_WIDTH)
-        .show(ui, |ui| settings(app, ui, &ctx));
-    egui::CentralPanel::default().show(ui, |ui| {
-        egui::ScrollArea::vertical()
-            .id_salt("train-main")
-            .show(ui, |ui| {
-                curves(&app.train, ui);
-                if app.train.result.is_some() {
-                    results(app, ui, &ctx);
-                }
-                ui.separator();
-                versions_ui(app, ui, &ctx);
-            });
-    });
-}
-
 /// Seconds left when the share `from` of the work was done at `at` and `done` is done `now`:
 /// the rate since `at` applied to the rest (None until there is progress to measure).
 pub fn eta_from(at: Instant, from: f64, now: Instant, done: f64) -> Option<f64> {
     let secs = now.checked_duration_since(at)?.as_secs_f64();
     let progress = done - from;
     (progress > 1e-9 && secs > 0.0).then(|| secs / progress * (1.0 - done).max(0.0))
-}
-
-/// "42 s", "3 min 5 s".
-pub(in crate::ui) fn seconds(s: f64) -> String {
-    let s = s.round() as u64;
-    if s < 60 {
-        format!("{s} s")
-    } else {
-        format!("{} min {} s", s / 60, s % 60)
-    }
 }
 
 /// "0.25", "0.5", "1": as many decimals as the value needs (egui_plot's default writes 0.5 as

@@ -3,17 +3,14 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, bounded};
-use egui::{Color32, RichText, vec2};
 
 use crate::evaluation::eval::{Detailed, EvalReport};
 use crate::records::versions::{self, VersionInfo};
 use crate::training::{self, BackendKind, EpochRecord, OptimizerKind, TrainConfig, TrainSummary};
-use crate::ui::file_dialog::{DialogKind, DialogRequest, Target};
-use crate::ui::state::{InspectorApp, Level};
 
 /// A finished run and its val evaluation through the engine.
 pub struct TrainResult {
