@@ -4,7 +4,9 @@
 // smallest valid margin), and heat_class is the FAIL class that wins at the chosen position.
 //   src:  [n][h][w][c4] (no border), one channel per class
 //   content: [n][2] = the input pixels the image fills (width, height), from preprocess
-// One invocation per image. Mirrors `Layer::DefectMaxPool` in reference.rs.
+// One workgroup per image: each invocation scans every 64th position, then a tree reduction
+// (ties to the lower position, as the reference's row-major first maximum). Mirrors
+// `Layer::DefectMaxPool` in reference.rs.
 // Rust side: src/ops/defect_pool.rs.
 
 struct Params {
@@ -30,11 +32,18 @@ fn valid_cells(c: u32, cells: u32, side: u32) -> u32 {
     return clamp((c * cells + side - 1u) / side, 1u, cells);
 }
 
+const WG: u32 = 64u;
+
+var<workgroup> sh_m: array<f32, 64>;
+var<workgroup> sh_p: array<u32, 64>;
+var<workgroup> sh_k: array<u32, 64>;
+var<workgroup> sh_low: array<f32, 64>;
+
 @compute @workgroup_size(64, 1, 1)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let n = gid.x;
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+    let n = wg.x;
     if n >= p.batch {
-        return;
+        return;   // uniform across the workgroup
     }
     let vw = valid_cells(content[2u * n], p.w, p.in_w);
     let vh = valid_cells(content[2u * n + 1u], p.h, p.in_h);
@@ -42,46 +51,64 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let stride = p.c4 * 4u;
     let heat = p.heat_offset + n * hw;
     var best = -3.4e38;
-    var best_p = 0u;
+    var best_p = 0xffffffffu;
     var best_k = 0u;
     var lowest = 3.4e38;
-    for (var y = 0u; y < vh; y++) {
-        for (var x = 0u; x < vw; x++) {
-            let pos = y * p.w + x;
-            let base = (n * hw + pos) * stride;
-            var best_fail = -3.4e38;
-            var fail_k = 0u;
-            var best_pass = -3.4e38;
-            for (var k = 0u; k < p.classes; k++) {
-                let v = src[base + k];
-                if is_pass[k] != 0u {
-                    best_pass = max(best_pass, v);
-                } else if v > best_fail {
-                    best_fail = v;
-                    fail_k = k;
-                }
-            }
-            let m = best_fail - best_pass;
-            out[heat + pos] = m;
-            lowest = min(lowest, m);
-            if m > best {
-                best = m;
-                best_p = pos;
-                best_k = fail_k;
+    for (var i = t; i < vw * vh; i += WG) {
+        let pos = (i / vw) * p.w + i % vw;
+        let base = (n * hw + pos) * stride;
+        var best_fail = -3.4e38;
+        var fail_k = 0u;
+        var best_pass = -3.4e38;
+        for (var k = 0u; k < p.classes; k++) {
+            let v = src[base + k];
+            if is_pass[k] != 0u {
+                best_pass = max(best_pass, v);
+            } else if v > best_fail {
+                best_fail = v;
+                fail_k = k;
             }
         }
-    }
-    for (var y = 0u; y < p.h; y++) {
-        for (var x = 0u; x < p.w; x++) {
-            if y >= vh || x >= vw {
-                out[heat + y * p.w + x] = lowest;
-            }
+        let m = best_fail - best_pass;
+        out[heat + pos] = m;
+        lowest = min(lowest, m);
+        // Positions ascend within an invocation: strictly greater keeps the first maximum.
+        if m > best {
+            best = m;
+            best_p = pos;
+            best_k = fail_k;
         }
     }
-    let at = (n * hw + best_p) * p.c4;
-    for (var c = 0u; c < p.c4; c++) {
-        dst[n * p.c4 + c] = vec4<f32>(src[(at + c) * 4u], src[(at + c) * 4u + 1u],
-                                      src[(at + c) * 4u + 2u], src[(at + c) * 4u + 3u]);
+    sh_m[t] = best;
+    sh_p[t] = best_p;
+    sh_k[t] = best_k;
+    sh_low[t] = lowest;
+    workgroupBarrier();
+    for (var half = WG / 2u; half > 0u; half /= 2u) {
+        if t < half {
+            let m2 = sh_m[t + half];
+            let p2 = sh_p[t + half];
+            if m2 > sh_m[t] || (m2 == sh_m[t] && p2 < sh_p[t]) {
+                sh_m[t] = m2;
+                sh_p[t] = p2;
+                sh_k[t] = sh_k[t + half];
+            }
+            sh_low[t] = min(sh_low[t], sh_low[t + half]);
+        }
+        workgroupBarrier();
     }
-    heat_class[n] = best_k;
+    let low = sh_low[0];
+    for (var pos = t; pos < hw; pos += WG) {
+        if pos / p.w >= vh || pos % p.w >= vw {
+            out[heat + pos] = low;
+        }
+    }
+    if t == 0u {
+        let at = (n * hw + select(sh_p[0], 0u, sh_p[0] >= hw)) * p.c4;
+        for (var c = 0u; c < p.c4; c++) {
+            dst[n * p.c4 + c] = vec4<f32>(src[(at + c) * 4u], src[(at + c) * 4u + 1u],
+                                          src[(at + c) * 4u + 2u], src[(at + c) * 4u + 3u]);
+        }
+        heat_class[n] = sh_k[0];
+    }
 }

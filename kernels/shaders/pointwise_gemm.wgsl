@@ -50,9 +50,14 @@ const BK: u32 = 8u;     // input vec4s per step
 const WG: u32 = TM * TN;
 const BM: u32 = TM * RM;
 const BN4: u32 = TN * RN;
+// Row strides in workgroup memory, one vec4 longer than a row: the invocations that read
+// different rows in the same step then hit different banks (a power-of-two stride puts them
+// all on the same ones).
+const XS: u32 = BK + 1u;
+const WS: u32 = BK * 4u + 1u;
 
-var<workgroup> xs: array<vec4<f32>, BM * BK>;        // [pixel][k]
-var<workgroup> ws: array<vec4<f32>, BN4 * BK * 4u>;  // [oc4][k][column]
+var<workgroup> xs: array<vec4<f32>, BM * XS>;   // [pixel][k]
+var<workgroup> ws: array<vec4<f32>, BN4 * WS>;  // [oc4][k][column]
 
 // Index of the first vec4 of pixel m in an NHWC4 tensor with border b and `c4` vec4s per pixel.
 fn pixel_base(m: u32, b: u32, c4: u32) -> u32 {
@@ -104,7 +109,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
             if x_ok[s] && kx < p.in_c4 {
                 v = src[x_base[s] + kx];
             }
-            xs[li + s * WG] = v;
+            let idx = li + s * WG;
+            xs[(idx / BK) * XS + idx % BK] = v;
         }
         for (var s = 0u; s < WL; s++) {
             let idx = li + s * WG;
@@ -115,16 +121,16 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
             if kk < p.in_c4 {
                 v = weights[((n40 + o) * p.in_c4 + kk) * 4u + rem % 4u];
             }
-            ws[idx] = v;
+            ws[o * WS + rem] = v;
         }
         workgroupBarrier();
         for (var c = 0u; c < BK; c++) {
             var x: array<vec4<f32>, RM>;
             for (var i = 0u; i < RM; i++) {
-                x[i] = xs[(tm + i * TM) * BK + c];
+                x[i] = xs[(tm + i * TM) * XS + c];
             }
             for (var j = 0u; j < RN; j++) {
-                let wb = ((tn + j * TN) * BK + c) * 4u;
+                let wb = (tn + j * TN) * WS + c * 4u;
                 let w = mat4x4<f32>(ws[wb], ws[wb + 1u], ws[wb + 2u], ws[wb + 3u]);
                 for (var i = 0u; i < RM; i++) {
                     acc[j * RM + i] += w * x[i];

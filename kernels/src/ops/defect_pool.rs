@@ -27,7 +27,7 @@ pub struct Params {
     pub heat_offset: u32,
 }
 
-/// One invocation per image.
+/// One workgroup per image.
 pub fn workgroups(p: &Params) -> [u32; 3] {
-    [p.batch.div_ceil(super::WORKGROUP).max(1), 1, 1]
+    [p.batch.max(1), 1, 1]
 }

@@ -82,7 +82,7 @@ impl Kernel {
 
     /// A kernel compiled without wgpu's runtime bounds checks.
     ///
-    /// Only for `conv2d` and the specialised depthwise pipelines: their checks clamp every index of the per-invocation register arrays,
+    /// Only for `conv2d`, the pointwise GEMM and the specialised depthwise pipelines: their checks clamp every index of the per-invocation register arrays,
     /// which keeps LLVM (lavapipe) from holding them in registers and nearly halves its speed
     /// (measured on ref-cnn, batch 32, 2 cores: 316 ms unchecked vs 540–600 ms checked).
     fn new_unchecked(device: &wgpu::Device, label: &str, source: &str) -> Self {
@@ -108,8 +108,16 @@ impl Kernel {
         // `i·stride + kx < (PX − 1)·stride + k ≤ SPAN` (SPAN is sized for stride ≤ 2, k ≤ 7, and
         // only k ∈ {3, 5}, stride ∈ {1, 2} are specialised); stores are guarded by `ox < out_w`;
         // `weights`/`bias` are packed for the padded tile (`Tile::padded_out_channels`); `dst`
-        // writes are guarded by `ox < out_w` and `oc4 < out_c4`. The engine-vs-reference tests
-        // (poisoned outputs, awkward shapes, every tile) check this on every run.
+        // writes are guarded by `ox < out_w` and `oc4 < out_c4`. pointwise_gemm.wgsl: its
+        // workgroup arrays are indexed by rows below BM / BN4 (`tm + i·TM`, `tn + j·TN`, loop
+        // counters below the constant RM / RN) times their stride plus a column below that
+        // stride, and the cooperative loads by `li + s·WG < BM·BK` (`GemmTile::fits` requires
+        // whole rounds); its register arrays by loop counters below their constant sizes; `src`
+        // is read only for pixels `m < total` (row base from `m`'s own (n, y, x)) and vec4s
+        // `k < in_c4`; `weights` / `bias` are padded to whole output tiles
+        // (`GemmTile::padded_out_channels`); `dst` / `res` only for `m < total`, `oc4 < out_c4`.
+        // The engine-vs-reference tests (poisoned outputs, awkward shapes, every tile and
+        // every GEMM tile of backbone_ops.rs) check this on every run.
         let module = unsafe {
             device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
         };
@@ -225,9 +233,11 @@ impl Kernels {
             pointwise_tile,
             config,
             pointwise_gemm: match config.pointwise {
-                tuning::Pointwise::Gemm(t) => {
-                    Some(Kernel::new(device, "kernels::pointwise_gemm", &t.source()))
-                }
+                tuning::Pointwise::Gemm(t) => Some(Kernel::new_unchecked(
+                    device,
+                    "kernels::pointwise_gemm",
+                    &t.source(),
+                )),
                 tuning::Pointwise::Direct(_) => None,
             },
             preprocess: Kernel::new(device, "kernels::preprocess", preprocess::SOURCE),

@@ -25,13 +25,19 @@ pub struct GemmTile {
 
 impl GemmTile {
     /// 8×8 invocations, 4 pixels × 2 output vec4s each: a 32-pixel × 64-channel tile, K in
-    /// steps of 32 channels (12 KiB of workgroup memory).
+    /// steps of 16 channels (6.5 KiB of workgroup memory). Measured on an NVIDIA H200 (Vulkan,
+    /// lite0-256 through `kernels/examples/engine_bench.rs`, one run, batch 1 ms / batch 32
+    /// images/s / batch 128 images/s), TMxTNxRMxRNxBK: 8x8x4x2x4 0.915 / 10.2k / 12.0k;
+    /// 16x8x4x2x8 0.932 / 10.0k / 11.6k; 8x8x4x2x8 0.968 / 8.7k / 10.0k; 8x8x2x2x8
+    /// 0.871 / 7.7k / 8.8k; 8x8x4x4x4 1.18 / 9.3k / 11.0k; 8x16x4x2x8 1.02 / 9.0k / 10.0k;
+    /// 16x16x4x2x8 0.976 / 8.6k / 10.1k; 8x8x4x4x8 1.35 / 6.6k / 7.5k; 16x16x4x4x4
+    /// 1.47 / 7.2k / 7.8k; the direct 8×2 register tile 1.54 / 6.3k / 6.6k.
     pub const DEFAULT: Self = Self {
         tm: 8,
         tn: 8,
         rm: 4,
         rn: 2,
-        bk: 8,
+        bk: 4,
     };
 
     /// Invocations per workgroup.
@@ -51,7 +57,7 @@ impl GemmTile {
 
     /// Bytes of workgroup memory the shader declares.
     pub fn workgroup_bytes(self) -> u32 {
-        (self.bm() * self.bk + self.bn4() * self.bk * 4) * 16
+        (self.bm() * (self.bk + 1) + self.bn4() * (self.bk * 4 + 1)) * 16
     }
 
     /// Whether the shader can be built for this tile on a device with `limits`: the
