@@ -126,11 +126,25 @@ fn anomaly_bench(
         let mut wide_ms = Vec::new();
         let mut square_ms = Vec::new();
         let mut ops = Vec::new();
+        let mut detail = None;
         for _ in 0..3 {
-            ops = engine.profile(&frame)?;
+            let d = engine.profile_detail(&frame)?;
+            ops = d
+                .ops
+                .iter()
+                .map(|o| (o.kind.to_owned(), o.seconds))
+                .collect();
+            detail = Some(d);
             wide_ms.push(bank_of(&ops) * 1e3);
             square_ms.push(bank_of(&engine.profile(&square)?) * 1e3);
         }
+        // The bank's own dispatches (distance, reduce, select, support, finish), last run.
+        let stages: Vec<(String, f64)> = detail
+            .iter()
+            .flat_map(|d| d.ops.iter())
+            .filter(|o| o.kind == "memory bank")
+            .map(|o| (o.label.clone(), o.seconds * 1e3))
+            .collect();
         wide_ms.sort_by(f64::total_cmp);
         square_ms.sort_by(f64::total_cmp);
         let total: f64 = ops.iter().map(|(_, t)| t).sum();
@@ -146,6 +160,15 @@ fn anomaly_bench(
                 wide_ms[1],
                 square_ms[1]
             );
+            println!(
+                "{:>8} bank dispatches: {}",
+                "",
+                stages
+                    .iter()
+                    .map(|(l, ms)| format!("{l} {ms:.3} ms"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
         }
         out.insert(
             format!("bank_{entries}"),
@@ -155,10 +178,23 @@ fn anomaly_bench(
                 "memory_bank_share": bank / total,
                 "memory_bank_ms_alone": wide_ms[1],
                 "memory_bank_ms_alone_square_frame": square_ms[1],
+                "memory_bank_dispatch_ms": stages
+                    .iter()
+                    .map(|(l, ms)| (l.clone(), serde_json::json!(ms)))
+                    .collect::<serde_json::Map<_, _>>(),
+                "op_timing": timing_kind(detail.as_ref()),
             }),
         );
     }
     Ok(serde_json::Value::Object(out))
+}
+
+/// How a profile's times were taken, for the report.
+fn timing_kind(p: Option<&kernels::Profile>) -> &'static str {
+    match p {
+        Some(p) if p.gpu_timestamps => "GPU timestamps per dispatch, one submission",
+        _ => "host time, one submission per dispatch",
+    }
 }
 
 /// The default backbone model (EfficientNet-Lite0 stages 0-4 + the per-position head, random
@@ -437,9 +473,37 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             .map(|d| Frame::new(d, side, side, PixelFormat::Gray8))
             .collect();
         let mut shares: Vec<(String, f64)> = Vec::new();
+        let mut detail = None;
         for _ in 0..2 {
-            shares = leng.profile(&frames)?;
+            let d = leng.profile_detail(&frames)?;
+            shares = d
+                .ops
+                .iter()
+                .map(|o| (o.kind.to_owned(), o.seconds))
+                .collect();
+            detail = Some(d);
         }
+        // Batch 1 dispatch by dispatch: where a single frame's latency goes (GPU time per
+        // dispatch with timestamp queries; their sum against the host's wall time for the
+        // same submission shows the launch and readback overhead).
+        let mut one = leng.profile_detail(&frames[..1])?;
+        for _ in 0..4 {
+            let d = leng.profile_detail(&frames[..1])?;
+            if d.host_seconds < one.host_seconds {
+                one = d;
+            }
+        }
+        let one_sum: f64 = one.ops.iter().map(|o| o.seconds).sum();
+        entry["kernel_config"] = leng.kernel_config().describe().into();
+        entry["op_timing"] = timing_kind(detail.as_ref()).into();
+        entry["profile_batch_1"] = serde_json::json!({
+            "gpu_timestamps": one.gpu_timestamps,
+            "dispatch_sum_ms": one_sum * 1e3,
+            "host_ms": one.host_seconds * 1e3,
+            "dispatches": one.ops.iter().map(|o| serde_json::json!({
+                "label": o.label, "kind": o.kind, "ms": o.seconds * 1e3,
+            })).collect::<Vec<_>>(),
+        });
         let total: f64 = shares.iter().map(|(_, t)| t).sum();
         let mut by_kind: Vec<(String, f64)> = Vec::new();
         for (kind, t) in shares {
@@ -480,11 +544,29 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 );
             }
             println!(
-                "engine time per op kind at batch {} (one sub-batch; dispatches timed one by one):",
-                leng.sub_batch().min(lmax)
+                "kernels: {}; engine time per op kind at batch {} ({}):",
+                leng.kernel_config().describe(),
+                leng.sub_batch().min(lmax),
+                timing_kind(detail.as_ref())
             );
             for (k, t) in &by_kind {
                 println!("  {k:<16} {:>9.2} ms {:>6.1} %", t * 1e3, 100.0 * t / total);
+            }
+            let mut top: Vec<_> = one.ops.iter().collect();
+            top.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+            println!(
+                "batch 1: {} dispatches sum to {:.3} ms, host wall time of the submission {:.3} ms; slowest:",
+                one.ops.len(),
+                one_sum * 1e3,
+                one.host_seconds * 1e3
+            );
+            for o in top.iter().take(8) {
+                println!(
+                    "  {:<20} {:<16} {:>9.3} ms",
+                    o.label,
+                    o.kind,
+                    o.seconds * 1e3
+                );
             }
         }
     }
