@@ -78,9 +78,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut w = b.weights.clone();
     w.extend(random_weights(&mut rng, &spec, trunk));
     let model = Model::new(spec, w)?;
-    let batches = [1u32, 32, 128];
-    let mut engine = Engine::new(&g.device, &g.queue, &model, 128, g.describe())?;
-    let pix: Vec<Vec<u8>> = (0..128)
+    // `EB_BATCHES=1,8`, `EB_BANKS=4096`, `EB_ITERS=5` shorten the run on a CPU rasteriser.
+    let list = |var: &str, default: &[u32]| -> Vec<u32> {
+        std::env::var(var)
+            .ok()
+            .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+            .unwrap_or_else(|| default.to_vec())
+    };
+    let batches = list("EB_BATCHES", &[1, 32, 128]);
+    let max = batches.iter().copied().max().unwrap_or(1).max(32);
+    let mut engine = Engine::new(&g.device, &g.queue, &model, max, g.describe())?;
+    let pix: Vec<Vec<u8>> = (0..max)
         .map(|_| rng.bytes((side * side) as usize))
         .collect();
     let frames: Vec<Frame<'_>> = pix
@@ -95,7 +103,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for _ in 0..3 {
             engine.infer(f)?;
         }
-        let iters = if n == 1 { 60 } else { 15 };
+        let iters = std::env::var("EB_ITERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(if n == 1 { 60 } else { 15 });
         let t: Vec<f64> = (0..iters)
             .map(|_| {
                 let t = Instant::now();
@@ -121,7 +132,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .join(", ")
             .into(),
     );
-    let prof = engine.profile_detail(&frames[..32])?;
+    let prof = engine.profile_detail(&frames[..32.min(frames.len())])?;
     let mut kinds: Vec<(&str, f64)> = Vec::new();
     for o in &prof.ops {
         match kinds.iter_mut().find(|(k, _)| *k == o.kind) {
@@ -133,7 +144,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     drop(engine);
 
     // The anomaly model at 64k entries, batch 1.
-    for entries in [4096u32, 65_536] {
+    for entries in list("EB_BANKS", &[4096, 65_536]) {
         let mut layers = b.layers.clone();
         layers.push(Layer::MemoryBank {
             entries,
@@ -159,7 +170,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for _ in 0..3 {
             e.infer(&frames[..1])?;
         }
-        let t: Vec<f64> = (0..30)
+        let t: Vec<f64> = (0..std::env::var("EB_ITERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(30))
             .map(|_| {
                 let t = Instant::now();
                 e.infer(&frames[..1])

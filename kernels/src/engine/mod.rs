@@ -383,7 +383,19 @@ impl Engine {
                 ],
             ));
         }
-        for (f, d) in frames.iter().zip(descs) {
+        // One staging buffer for the whole batch, the frames copied straight into it (each at
+        // its 4-byte aligned offset; the alignment gaps are never read).
+        let mut staged = false;
+        if let Some(size) = wgpu::BufferSize::new(pixel_bytes)
+            && let Some(mut view) = self.queue.write_buffer_with(&self.pixels, 0, size)
+        {
+            for (f, d) in frames.iter().zip(descs) {
+                let at = d.offset as usize;
+                view.slice(at..at + f.data.len()).copy_from_slice(f.data);
+            }
+            staged = true;
+        }
+        for (f, d) in frames.iter().zip(descs).filter(|_| !staged) {
             let whole = f.data.len() / 4 * 4;
             if whole > 0 {
                 self.queue
