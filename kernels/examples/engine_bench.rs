@@ -166,7 +166,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             bias: vec![1.0, 0.5],
         }));
         let model = Model::new(spec, w)?;
-        let mut e = Engine::new(&g.device, &g.queue, &model, 1, g.describe())?;
+        // `EB_SUPPORT_GROUPS=1` searches the support in one workgroup per image (as before the
+        // search was spread out), for comparing on one adapter.
+        let mut config = kernels::ops::tuning::KernelConfig::for_device(&g.device);
+        if let Some(n) = std::env::var("EB_SUPPORT_GROUPS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            config.bank.max_support_groups = n;
+        }
+        let mut e = Engine::with_config(&g.device, &g.queue, &model, 1, g.describe(), config)?;
         for _ in 0..3 {
             e.infer(&frames[..1])?;
         }

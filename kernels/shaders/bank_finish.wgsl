@@ -6,41 +6,14 @@
 // Ties go to the lower entry index, as in the reference (reference.rs).
 //   feats: [n][h][w][c4] vec4; bank: [entries][c4] vec4; sel: [n] = (raw score, position, m*, 0)
 //   cand: [n][groups][15]; calib: [center, scale]; logits: [n][2]
-// Rust side: src/ops/bank.rs.
+// Rust side: src/ops/bank.rs (prepends bank_common.wgsl: Params, the lists and their merge).
 
-struct Params {
-    batch: u32,
-    h: u32,
-    w: u32,
-    c4: u32,
-    entries: u32,
-    slices: u32,
-    neighbors: u32,
-    heat_offset: u32,
-    in_w: u32,
-    in_h: u32,
-    stride: u32,
-    groups: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> feats: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> bank: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> sel: array<vec4<u32>>;
 @group(0) @binding(4) var<storage, read> cand: array<vec2<u32>>;
 @group(0) @binding(5) var<storage, read> calib: array<f32>;
 @group(0) @binding(6) var<storage, read_write> logits: array<f32>;
-
-const WG: u32 = 64u;
-const K: u32 = 15u;
-const BIG: f32 = 3.4e38;
-
-var<workgroup> cand_d: array<f32, 960>;   // [64 invocations][K]
-var<workgroup> cand_i: array<u32, 960>;
-
-fn before(d: f32, i: u32, d2: f32, i2: u32) -> bool {
-    return d < d2 || (d == d2 && i < i2);
-}
 
 @compute @workgroup_size(64, 1, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -60,38 +33,21 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     // This invocation's merge of groups t, t + 64, …
     var ld: array<f32, 15>;
     var li: array<u32, 15>;
-    for (var r = 0u; r < K; r++) {
-        ld[r] = BIG;
-        li[r] = 0xffffffffu;
-    }
+    empty_list(&ld, &li);
     if k > 0u {
         for (var g = t; g < p.groups; g += WG) {
             let base = (n * p.groups + g) * K;
             for (var q = 0u; q < k; q++) {
                 let c = cand[base + q];
                 let d = bitcast<f32>(c.x);
-                let e = c.y;
-                if e == 0xffffffffu || !before(d, e, ld[k - 1u], li[k - 1u]) {
+                if c.y == 0xffffffffu || !before(d, c.y, ld[k - 1u], li[k - 1u]) {
                     break;   // each group's list is sorted
                 }
-                var r = k - 1u;
-                loop {
-                    if r == 0u || !before(d, e, ld[r - 1u], li[r - 1u]) {
-                        break;
-                    }
-                    ld[r] = ld[r - 1u];
-                    li[r] = li[r - 1u];
-                    r -= 1u;
-                }
-                ld[r] = d;
-                li[r] = e;
+                insert(&ld, &li, k, d, c.y);
             }
         }
     }
-    for (var r = 0u; r < K; r++) {
-        cand_d[t * K + r] = ld[r];
-        cand_i[t * K + r] = li[r];
-    }
+    publish(t, &ld, &li);
     workgroupBarrier();
 
     if t == 0u {
@@ -103,24 +59,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
         var used = 1u;
         dists[0] = best_s;
         for (var r = 0u; r < k; r++) {
-            var bj = WG;
-            var bd = BIG;
-            var bi = 0xffffffffu;
-            for (var j = 0u; j < WG; j++) {
-                if head[j] < k {
-                    let d = cand_d[j * K + head[j]];
-                    let i = cand_i[j * K + head[j]];
-                    if i != 0xffffffffu && before(d, i, bd, bi) {
-                        bd = d;
-                        bi = i;
-                        bj = j;
-                    }
-                }
-            }
-            if bj == WG {
+            let c = pop_smallest(&head, k);
+            if c.y == 0xffffffffu {
                 break;
             }
-            head[bj] += 1u;
+            let bi = c.y;
             var e2 = 0.0;
             for (var c = 0u; c < p.c4; c++) {
                 let v = feats[x + c] - bank[bi * p.c4 + c];

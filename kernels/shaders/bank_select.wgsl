@@ -7,32 +7,13 @@
 // Ties go to the lower position / entry index, as in the reference (reference.rs).
 //   partial: [n·h·w][stride]; calib: [center, scale]; out: heatmaps from heat_offset, [n][h][w]
 //   sel: [n] = (bitcast raw score, position, entry, 0)
-// Rust side: src/ops/bank.rs.
+// Rust side: src/ops/bank.rs (prepends bank_common.wgsl: Params and the tie rule).
 
-struct Params {
-    batch: u32,
-    h: u32,
-    w: u32,
-    c4: u32,
-    entries: u32,
-    slices: u32,        // slices to scan per position
-    neighbors: u32,     // support size, 1..=16 (1: no reweighting)
-    heat_offset: u32,   // where the heatmaps start in `out` (batch × classes)
-    in_w: u32,          // model input width / height in pixels
-    in_h: u32,
-    stride: u32,        // slices per position in `partial`
-    groups: u32,        // workgroups per image of bank_support
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> partial: array<vec2<u32>>;
 @group(0) @binding(2) var<storage, read> content: array<u32>;
 @group(0) @binding(3) var<storage, read> calib: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 @group(0) @binding(5) var<storage, read_write> sel: array<vec4<u32>>;
-
-const WG: u32 = 64u;
-const BIG: f32 = 3.4e38;
 
 var<workgroup> sh_s: array<f32, 64>;
 var<workgroup> sh_p: array<u32, 64>;
@@ -41,11 +22,6 @@ var<workgroup> sh_low: array<f32, 64>;
 
 fn valid_cells(c: u32, cells: u32, side: u32) -> u32 {
     return clamp((c * cells + side - 1u) / side, 1u, cells);
-}
-
-// (d, i) before (d2, i2): the smaller distance, ties to the lower index.
-fn before(d: f32, i: u32, d2: f32, i2: u32) -> bool {
-    return d < d2 || (d == d2 && i < i2);
 }
 
 @compute @workgroup_size(64, 1, 1)

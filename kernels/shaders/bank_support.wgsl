@@ -5,38 +5,11 @@
 // in the single-workgroup form, so the merged list is the same. Ties go to the lower index.
 //   bank: [entries][c4] vec4; sel: [n] = (raw score, position, m*, 0)
 //   cand: [n][groups][15] = (bitcast squared distance, entry) (0xffffffff: none)
-// Rust side: src/ops/bank.rs.
+// Rust side: src/ops/bank.rs (prepends bank_common.wgsl: Params, the lists and their merge).
 
-struct Params {
-    batch: u32,
-    h: u32,
-    w: u32,
-    c4: u32,
-    entries: u32,
-    slices: u32,
-    neighbors: u32,
-    heat_offset: u32,
-    in_w: u32,
-    in_h: u32,
-    stride: u32,
-    groups: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> bank: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> sel: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read_write> cand: array<vec2<u32>>;
-
-const WG: u32 = 64u;
-const K: u32 = 15u;
-const BIG: f32 = 3.4e38;
-
-var<workgroup> cand_d: array<f32, 960>;   // [64 invocations][K]
-var<workgroup> cand_i: array<u32, 960>;
-
-fn before(d: f32, i: u32, d2: f32, i2: u32) -> bool {
-    return d < d2 || (d == d2 && i < i2);
-}
 
 @compute @workgroup_size(64, 1, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -54,10 +27,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     let end = min(start + len, p.entries);
     var ld: array<f32, 15>;
     var li: array<u32, 15>;
-    for (var r = 0u; r < K; r++) {
-        ld[r] = BIG;
-        li[r] = 0xffffffffu;
-    }
+    empty_list(&ld, &li);
     for (var e = start + t; e < end; e += WG) {
         if e == best_i {
             continue;
@@ -67,24 +37,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
             let v = bank[m + c] - bank[e * p.c4 + c];
             d += dot(v, v);
         }
-        if before(d, e, ld[k - 1u], li[k - 1u]) {
-            var r = k - 1u;
-            loop {
-                if r == 0u || !before(d, e, ld[r - 1u], li[r - 1u]) {
-                    break;
-                }
-                ld[r] = ld[r - 1u];
-                li[r] = li[r - 1u];
-                r -= 1u;
-            }
-            ld[r] = d;
-            li[r] = e;
-        }
+        insert(&ld, &li, k, d, e);
     }
-    for (var r = 0u; r < K; r++) {
-        cand_d[t * K + r] = ld[r];
-        cand_i[t * K + r] = li[r];
-    }
+    publish(t, &ld, &li);
     workgroupBarrier();
     if t == 0u {
         var head: array<u32, 64>;
@@ -93,26 +48,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
         }
         let base = (n * p.groups + g) * K;
         for (var r = 0u; r < K; r++) {
-            var bj = WG;
-            var bd = BIG;
-            var bi = 0xffffffffu;
+            var c = vec2<u32>(bitcast<u32>(BIG), 0xffffffffu);
             if r < k {
-                for (var j = 0u; j < WG; j++) {
-                    if head[j] < k {
-                        let d = cand_d[j * K + head[j]];
-                        let i = cand_i[j * K + head[j]];
-                        if i != 0xffffffffu && before(d, i, bd, bi) {
-                            bd = d;
-                            bi = i;
-                            bj = j;
-                        }
-                    }
-                }
+                c = pop_smallest(&head, k);
             }
-            if bj < WG {
-                head[bj] += 1u;
-            }
-            cand[base + r] = vec2<u32>(bitcast<u32>(bd), bi);
+            cand[base + r] = c;
         }
     }
 }

@@ -12,11 +12,20 @@ pub const DISTANCE_SOURCE: &str = include_str!("../../shaders/bank_distance.wgsl
 /// The slice-reduction kernel's source.
 pub const REDUCE_SOURCE: &str = include_str!("../../shaders/bank_reduce.wgsl");
 /// The per-image selection kernel's source.
-pub const SELECT_SOURCE: &str = include_str!("../../shaders/bank_select.wgsl");
+pub const SELECT_SOURCE: &str = concat!(
+    include_str!("../../shaders/bank_common.wgsl"),
+    include_str!("../../shaders/bank_select.wgsl")
+);
 /// The support-search kernel's source.
-pub const SUPPORT_SOURCE: &str = include_str!("../../shaders/bank_support.wgsl");
+pub const SUPPORT_SOURCE: &str = concat!(
+    include_str!("../../shaders/bank_common.wgsl"),
+    include_str!("../../shaders/bank_support.wgsl")
+);
 /// The merge-and-reweight kernel's source.
-pub const FINISH_SOURCE: &str = include_str!("../../shaders/bank_finish.wgsl");
+pub const FINISH_SOURCE: &str = concat!(
+    include_str!("../../shaders/bank_common.wgsl"),
+    include_str!("../../shaders/bank_finish.wgsl")
+);
 /// Candidates each support workgroup keeps (`K` in the shaders).
 pub const SUPPORT_K: u32 = 15;
 
