@@ -195,41 +195,16 @@ impl Engine {
                             _pad: [0; 2],
                         });
                         (p, wi, bi)
-                    } else if let Some(t) = gemm {
-                        let padded = t.padded_out_channels(out_channels as usize);
-                        let packed = ops::conv2d::pack_weights(
-                            &w.weight,
-                            out_channels as usize,
-                            in_channels as usize,
-                            1,
-                            padded,
-                        );
-                        let mut bias = w.bias.clone();
-                        bias.resize(padded, 0.0);
-                        let wi = add_weights(device, format!("kernels::{label}::weights"), &packed);
-                        let bi = add_weights(device, format!("kernels::{label}::bias"), &bias);
-                        let res_border = fuse_add.map_or(0, |f| acts[layer_act[f]].border);
-                        let p = Params::Gemm(ops::pointwise_gemm::Params {
-                            batch: max_batch,
-                            h: out.h,
-                            w: out.w,
-                            in_c4: src.c4,
-                            out_c4: out.c4,
-                            in_border: src.border,
-                            out_border: out.border,
-                            act,
-                            res: fuse_add.is_some() as u32,
-                            res_border,
-                            _pad: [0; 2],
-                        });
-                        (p, wi, bi)
                     } else {
-                        let tile = if kernel == 1 {
-                            kernels.pointwise_tile
-                        } else {
-                            kernels.conv_tile
+                        // Dense: the direct kernel or (1×1 on a GPU) the GEMM; one weight
+                        // layout, padded to the chosen kernel's output tile.
+                        let padded = match gemm {
+                            Some(t) => t.padded_out_channels(out_channels as usize),
+                            None if kernel == 1 => kernels
+                                .pointwise_tile
+                                .padded_out_channels(out_channels as usize),
+                            None => kernels.conv_tile.padded_out_channels(out_channels as usize),
                         };
-                        let padded = tile.padded_out_channels(out_channels as usize);
                         let packed = ops::conv2d::pack_weights(
                             &w.weight,
                             out_channels as usize,
@@ -241,30 +216,53 @@ impl Engine {
                         bias.resize(padded, 0.0);
                         let wi = add_weights(device, format!("kernels::{label}::weights"), &packed);
                         let bi = add_weights(device, format!("kernels::{label}::bias"), &bias);
-                        let cp = ops::conv2d::Params {
-                            batch: max_batch,
-                            in_h: src.h,
-                            in_w: src.w,
-                            in_c4: src.c4,
-                            out_h: out.h,
-                            out_w: out.w,
-                            out_c4: out.c4,
-                            out_border: out.border,
-                            kernel,
-                            stride,
-                            in_border: src.border,
-                            act,
-                            x_groups: out.w.div_ceil(tile.px),
-                            off_y,
-                            off_x,
-                            _pad: 0,
-                        };
-                        let p = if kernel == 1 {
-                            Params::Pointwise(cp)
+                        if gemm.is_some() {
+                            let res_border = fuse_add.map_or(0, |f| acts[layer_act[f]].border);
+                            let p = Params::Gemm(ops::pointwise_gemm::Params {
+                                batch: max_batch,
+                                h: out.h,
+                                w: out.w,
+                                in_c4: src.c4,
+                                out_c4: out.c4,
+                                in_border: src.border,
+                                out_border: out.border,
+                                act,
+                                res: fuse_add.is_some() as u32,
+                                res_border,
+                                _pad: [0; 2],
+                            });
+                            (p, wi, bi)
                         } else {
-                            Params::Conv(cp)
-                        };
-                        (p, wi, bi)
+                            let tile = if kernel == 1 {
+                                kernels.pointwise_tile
+                            } else {
+                                kernels.conv_tile
+                            };
+                            let cp = ops::conv2d::Params {
+                                batch: max_batch,
+                                in_h: src.h,
+                                in_w: src.w,
+                                in_c4: src.c4,
+                                out_h: out.h,
+                                out_w: out.w,
+                                out_c4: out.c4,
+                                out_border: out.border,
+                                kernel,
+                                stride,
+                                in_border: src.border,
+                                act,
+                                x_groups: out.w.div_ceil(tile.px),
+                                off_y,
+                                off_x,
+                                _pad: 0,
+                            };
+                            let p = if kernel == 1 {
+                                Params::Pointwise(cp)
+                            } else {
+                                Params::Conv(cp)
+                            };
+                            (p, wi, bi)
+                        }
                     };
                     acts.push(out);
                     let mut binds = vec![
