@@ -13,6 +13,33 @@ use crate::station::source::SourceSpec;
 /// The eframe storage key.
 pub const STORAGE_KEY: &str = "defect-inspector-settings";
 
+/// Where a threshold set instead of the model's came from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ThresholdSet {
+    /// How: "set by hand", "kept from the previous model on activating …".
+    pub how: String,
+    /// Local time, "YYYY-MM-DD HH:MM:SS".
+    pub at: String,
+    /// The operator.
+    pub by: String,
+}
+
+impl ThresholdSet {
+    /// `how`, now, by `by`.
+    pub fn now(how: impl Into<String>, by: impl Into<String>) -> Self {
+        Self {
+            how: how.into(),
+            at: chrono::Local::now().format("%Y-%m-%d %H:%M:%S").to_string(),
+            by: by.into(),
+        }
+    }
+
+    /// "set by hand at 2026-11-27 14:02:11 by alice".
+    pub fn words(&self) -> String {
+        format!("{} at {} by {}", self.how, self.at, self.by)
+    }
+}
+
 /// Saved app settings. Unknown or missing fields fall back to defaults, so old files still load.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -27,6 +54,9 @@ pub struct Settings {
     pub model_path: Option<PathBuf>,
     /// Threshold set by an engineer instead of the model's.
     pub threshold: Option<f32>,
+    /// Who set [`Self::threshold`], when and how (None with the model's own, or from a file
+    /// written before this was kept).
+    pub threshold_set: Option<ThresholdSet>,
     /// Who is at the station (stored with overrides).
     pub operator: String,
     /// Station name (stored with every verdict).
@@ -55,6 +85,8 @@ pub struct Settings {
     /// The station's maximum validation false-reject rate (good parts failed) at the model's
     /// threshold.
     pub max_false_reject_rate: f64,
+    /// The Train tab's dataset folder; None = the Label tab's dataset, else the demo set.
+    pub train_data: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -65,6 +97,7 @@ impl Default for Settings {
             roi: None,
             model_path: None,
             threshold: None,
+            threshold_set: None,
             operator: String::new(),
             station: "station-1".into(),
             dark: true,
@@ -78,6 +111,7 @@ impl Default for Settings {
             min_auroc: 0.95,
             max_miss_rate: 0.01,
             max_false_reject_rate: 0.10,
+            train_data: None,
         }
     }
 }

@@ -313,6 +313,51 @@ impl FrameSource for SyntheticSource {
     }
 }
 
+/// Watches a source's failures to read: after [`ReadWatch::FAILURES`] in a row, or failures
+/// for [`ReadWatch::SPAN`] without a frame between them, the source counts as lost (NO SIGNAL,
+/// as for an unplugged camera) until the next frame is read. A folder renamed or removed in
+/// the middle of a replay is the case it is for: each pull is still counted as unreadable, but
+/// the station no longer looks live.
+#[derive(Debug, Default)]
+pub struct ReadWatch {
+    streak: u32,
+    since: Option<Instant>,
+}
+
+impl ReadWatch {
+    /// Failures in a row that make the source lost.
+    pub const FAILURES: u32 = 3;
+    /// How long failures in a row may last before the source is lost (with at least two).
+    pub const SPAN: Duration = Duration::from_secs(1);
+
+    /// A frame was read: the streak ends.
+    pub fn read(&mut self) {
+        self.streak = 0;
+        self.since = None;
+    }
+
+    /// `origin` of `spec` could not be read (`error`). Some(why) when the streak makes the
+    /// source lost (on this failure and every later one until [`Self::read`]).
+    pub fn failed(&mut self, spec: &SourceSpec, origin: &str, error: &str) -> Option<String> {
+        self.streak += 1;
+        let since = *self.since.get_or_insert_with(Instant::now);
+        if self.streak < Self::FAILURES && (self.streak < 2 || since.elapsed() < Self::SPAN) {
+            return None;
+        }
+        let n = self.streak;
+        Some(match spec {
+            SourceSpec::Folder { dir, .. } if !dir.is_dir() => format!(
+                "image folder {} is gone (renamed or removed?): {n} frames in a row could not be read",
+                dir.display()
+            ),
+            _ => format!(
+                "{} delivers nothing readable: {n} frames in a row could not be read (last: {origin}: {error})",
+                spec.describe()
+            ),
+        })
+    }
+}
+
 /// A camera through nokhwa. When the camera fails (unplugged), pulls report [`Pull::Lost`] and
 /// try to reopen it every [`CameraSource::RETRY`].
 pub struct CameraSource {

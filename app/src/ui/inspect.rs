@@ -3,7 +3,10 @@
 
 use egui::{Color32, RichText, Sense, Stroke, StrokeKind, pos2, vec2};
 
+use std::sync::Arc;
+
 use super::{InspectorApp, Level};
+use crate::station::pipeline::Verdict;
 
 const PASS_GREEN: Color32 = Color32::from_rgb(0x1b, 0x8a, 0x3a);
 const FAIL_RED: Color32 = Color32::from_rgb(0xc6, 0x28, 0x28);
@@ -131,6 +134,7 @@ fn side_panel(app: &mut InspectorApp, ui: &mut egui::Ui) {
         if let Some(m) = &app.model {
             ui.label(format!("Model {} ({})", m.id, m.input));
             ui.label(format!("Classes: {}", m.classes.join(", ")));
+            ui.label(format!("Threshold: {}", app.threshold_words()));
         }
         // The platform's file dialog; the chosen file goes to the activation dialog. Without a
         // file dialog, Settings › Model file says so and takes a typed path.
@@ -254,13 +258,17 @@ fn banner(app: &InspectorApp, ui: &mut egui::Ui) {
     };
     banner_frame(ui, fill, (word, 72.0), (detail, 26.0), |ui| {
         if let Some(v) = &app.last {
-            let own = app.settings.threshold.is_none();
+            // The threshold this verdict used, and where the one in force came from.
+            let origin = match app.threshold_in_use() {
+                Some(t) if (t - v.threshold).abs() > 5e-4 => {
+                    format!("now {t:.3}: {}", app.threshold_origin())
+                }
+                _ => app.threshold_origin(),
+            };
             ui.label(
                 RichText::new(format!(
-                    "score {:.3} · threshold {:.3} ({})",
-                    v.score,
-                    v.threshold,
-                    if own { "model's" } else { "set by engineer" }
+                    "score {:.3} · threshold {:.3} ({origin})",
+                    v.score, v.threshold,
                 ))
                 .size(16.0)
                 .color(Color32::WHITE),
@@ -393,19 +401,72 @@ fn counters(app: &mut InspectorApp, ui: &mut egui::Ui) {
     });
 }
 
+/// The "Last rejects" strip as held on screen: while the pointer is over the strip (or a press
+/// that began on it is still down) the strip does not change, so what is under the pointer
+/// stays there; newer rejects wait behind "N new — show". Thumbnails are held with it.
+#[derive(Clone, Default)]
+struct HeldRejects {
+    items: Vec<(Arc<Verdict>, Option<egui::TextureHandle>)>,
+    /// The reject under the pointer when it was pressed: what a click opens.
+    pressed: Option<u64>,
+}
+
 fn reject_strip(app: &mut InspectorApp, ui: &mut egui::Ui) {
-    ui.label(RichText::new("Last rejects").strong());
+    let id = ui.scope_id().with("held-rejects");
+    let area = ui.max_rect();
+    let (hover, any_down, press) = ui.input(|i| {
+        (
+            i.pointer.hover_pos(),
+            i.pointer.any_down(),
+            i.pointer.press_origin(),
+        )
+    });
+    let live = || -> Vec<(Arc<Verdict>, Option<egui::TextureHandle>)> {
+        app.counters
+            .last_rejects
+            .iter()
+            .rev()
+            .map(|v| (v.clone(), app.thumbs.get(&v.seq).cloned()))
+            .collect()
+    };
+    let mut held: Option<HeldRejects> = ui.data(|d| d.get_temp(id));
+    let pressed_here = any_down && press.is_some_and(|p| area.contains(p));
+    let over = hover.is_some_and(|p| area.contains(p)) || pressed_here;
+    if !over {
+        held = None;
+    }
+    let mut strip = held.unwrap_or_else(|| HeldRejects {
+        items: live(),
+        pressed: None,
+    });
+    if !any_down {
+        strip.pressed = None;
+    }
+    let newest_shown = strip.items.first().map(|(v, _)| v.seq).unwrap_or(0);
+    let waiting = app
+        .counters
+        .last_rejects
+        .iter()
+        .filter(|v| v.seq > newest_shown)
+        .count();
+    ui.horizontal(|ui| {
+        ui.label(RichText::new("Last rejects").strong());
+        if over && waiting > 0 && ui.button(format!("{waiting} new — show")).clicked() {
+            strip.items = live();
+        }
+    });
+    let mut open = None;
     egui::ScrollArea::horizontal().show(ui, |ui| {
         ui.horizontal(|ui| {
-            if app.counters.last_rejects.is_empty() {
+            if strip.items.is_empty() {
                 ui.label("none yet");
             }
-            let mut open = None;
-            for v in app.counters.last_rejects.iter().rev() {
-                let clicked = ui
-                    .vertical(|ui| {
+            for (v, thumb) in &strip.items {
+                // One id per reject: a click is never given to another reject that took its place.
+                let r = ui.push_id(v.seq, |ui| {
+                    ui.vertical(|ui| {
                         let mut clicked = false;
-                        if let Some(t) = app.thumbs.get(&v.seq) {
+                        if let Some(t) = thumb {
                             clicked |= ui
                                 .add(
                                     egui::Image::new(t)
@@ -435,16 +496,32 @@ fn reject_strip(app: &mut InspectorApp, ui: &mut egui::Ui) {
                             .clicked();
                         clicked
                     })
-                    .inner;
-                if clicked {
-                    open = Some(v.clone());
+                    .inner
+                });
+                let (clicked, rect) = (r.inner, r.response.rect);
+                if any_down && strip.pressed.is_none() && press.is_some_and(|p| rect.contains(p)) {
+                    strip.pressed = Some(v.seq);
                 }
-            }
-            if let Some(v) = open {
-                app.open_reject(v);
+                if clicked {
+                    // What was under the pointer when it went down, whatever is there now.
+                    let target = strip.pressed.unwrap_or(v.seq);
+                    open = strip
+                        .items
+                        .iter()
+                        .find(|(w, _)| w.seq == target)
+                        .map(|(w, _)| w.clone());
+                }
             }
         });
     });
+    if let Some(v) = open {
+        app.open_reject(v);
+    }
+    if over {
+        ui.data_mut(|d| d.insert_temp(id, strip));
+    } else {
+        ui.data_mut(|d| d.remove::<HeldRejects>(id));
+    }
 }
 
 fn live_view(app: &mut InspectorApp, ui: &mut egui::Ui) {

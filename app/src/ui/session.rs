@@ -293,6 +293,23 @@ impl InspectorApp {
             .or(self.model.as_ref().map(|m| m.threshold))
     }
 
+    /// Where the threshold in use came from: "the model's own", "set by hand at … by …".
+    pub fn threshold_origin(&self) -> String {
+        match (&self.settings.threshold, &self.settings.threshold_set) {
+            (None, _) => "the model's own".into(),
+            (Some(_), Some(s)) => s.words(),
+            (Some(_), None) => "set by hand (when and by whom not recorded)".into(),
+        }
+    }
+
+    /// The threshold in force and where it came from, in words: "0.200 (set by hand at … by …)".
+    pub fn threshold_words(&self) -> String {
+        match self.threshold_in_use() {
+            Some(t) => format!("{t:.3} ({})", self.threshold_origin()),
+            None => "— (no model loaded yet)".into(),
+        }
+    }
+
     /// Activates the confirmed candidate with the chosen threshold; the choice and the
     /// figures it was made on are recorded as an event.
     pub fn confirm_activation(&mut self) {
@@ -357,6 +374,8 @@ impl InspectorApp {
             .threshold
             .or(self.model.as_ref().map(|m| m.threshold));
         self.settings.threshold = t;
+        self.settings.threshold_set =
+            t.map(|_| crate::records::settings::ThresholdSet::now("set by hand", self.operator()));
         self.settings_changed();
         if let Some(p) = &self.pipeline {
             p.set_threshold(t);

@@ -226,14 +226,16 @@ fn source(app: &mut InspectorApp, ui: &mut egui::Ui) {
 
 fn model(app: &mut InspectorApp, ui: &mut egui::Ui) {
     if let Some(m) = &app.model {
+        // The threshold the station applies, not the model file's (they differ when one was
+        // set by hand or kept on activation).
         ui.label(format!(
-            "In use: {} — {} — input {} — classes {} (PASS: {}) — threshold {:.3}",
+            "In use: {} — {} — input {} — classes {} (PASS: {}) — threshold {}",
             m.id,
             m.path.display(),
             m.input,
             m.classes.join(", "),
             m.pass_classes.join(", "),
-            m.threshold
+            app.threshold_words()
         ));
     }
     ui.horizontal(|ui| {
@@ -362,7 +364,12 @@ fn list_models(current: &str) -> Vec<PathBuf> {
 fn threshold(app: &mut InspectorApp, ui: &mut egui::Ui) {
     let model_t = app.model.as_ref().map(|m| m.threshold).unwrap_or(0.5);
     let mut own = app.settings.threshold.is_none();
-    let mut t = app.settings.threshold.unwrap_or(model_t);
+    // While the slider is dragged its value waits here: the station applies it (and the
+    // settings say so) only when the pointer lets go.
+    let drag_id = ui.scope_id().with("threshold-drag");
+    let dragging: Option<f32> = ui.data(|d| d.get_temp(drag_id));
+    let mut t = dragging.unwrap_or(app.settings.threshold.unwrap_or(model_t));
+    ui.label(format!("Threshold in force: {}", app.threshold_words()));
     ui.horizontal(|ui| {
         let before = own;
         ui.checkbox(
@@ -375,11 +382,17 @@ fn threshold(app: &mut InspectorApp, ui: &mut egui::Ui) {
     });
     if !own {
         let r = ui.add(egui::Slider::new(&mut t, 0.0..=1.0).text("FAIL when score >="));
-        // Log the change once, when the operator lets go of the slider.
+        // Applied and logged once, when the operator lets go of the slider.
         if r.drag_stopped() || (r.changed() && !r.dragged()) {
+            ui.data_mut(|d| d.remove::<f32>(drag_id));
             app.set_threshold(Some(t));
-        } else if r.changed() {
-            app.settings.threshold = Some(t);
+        } else if r.changed() || dragging.is_some() && r.dragged() {
+            ui.data_mut(|d| d.insert_temp(drag_id, t));
+        }
+        if r.dragged() {
+            ui.label(format!("{t:.3} applies when you let go"));
+        } else if dragging.is_some() && !r.dragged() {
+            ui.data_mut(|d| d.remove::<f32>(drag_id));
         }
     }
 }

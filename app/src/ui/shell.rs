@@ -105,14 +105,27 @@ impl InspectorApp {
                         }
                         SourceStatus::Lost(e) => {
                             if !matches!(self.source_status, Some(SourceStatus::Lost(_))) {
-                                self.notify(Level::Error, e.clone());
-                                self.record_event("camera_lost", e.clone());
+                                // No signal is an alarm: the station judges nothing.
+                                let camera = self.source_is_camera();
+                                self.record_event(
+                                    if camera { "camera_lost" } else { "source_lost" },
+                                    e.clone(),
+                                );
+                                self.raise_alarm(format!("NO SIGNAL: {e}"));
                             }
                         }
                         SourceStatus::Running(d) => {
                             if matches!(self.source_status, Some(SourceStatus::Lost(_))) {
                                 self.notify(Level::Info, format!("{d} is back"));
-                                self.record_event("camera_found", d.clone());
+                                let camera = self.source_is_camera();
+                                self.record_event(
+                                    if camera {
+                                        "camera_found"
+                                    } else {
+                                        "source_found"
+                                    },
+                                    d.clone(),
+                                );
                             }
                         }
                         SourceStatus::Ended(d) => {
@@ -142,7 +155,22 @@ impl InspectorApp {
                             );
                         }
                         self.settings.model_path = Some(info.path.clone());
-                        self.settings.threshold = confirmed.and_then(|a| a.threshold);
+                        let kept = confirmed.and_then(|a| a.threshold);
+                        if kept.is_none() {
+                            self.settings.threshold_set = None;
+                        } else if self.settings.threshold.is_none() {
+                            // The previous model's own threshold, kept: now set by hand.
+                            self.settings.threshold_set =
+                                Some(crate::records::settings::ThresholdSet::now(
+                                    format!(
+                                        "kept from model {} on activating {}",
+                                        self.model.as_ref().map(|m| m.id.as_str()).unwrap_or("?"),
+                                        info.id
+                                    ),
+                                    self.operator(),
+                                ));
+                        }
+                        self.settings.threshold = kept;
                         self.settings_changed();
                         self.notify(Level::Info, format!("model {} now in use", info.id));
                     }
@@ -277,13 +305,26 @@ impl InspectorApp {
             }
         }
         if let Some(text) = raised {
-            self.record_event("alarm", text.clone());
-            self.notify(Level::Warning, format!("ALARM: {text}"));
-            self.alarm = Some(Alarm {
-                text,
-                at: chrono::Local::now(),
-            });
+            self.raise_alarm(text);
         }
+    }
+
+    /// Raises an alarm: recorded, told, and shown until acknowledged.
+    pub(super) fn raise_alarm(&mut self, text: String) {
+        self.record_event("alarm", text.clone());
+        self.notify(Level::Warning, format!("ALARM: {text}"));
+        self.alarm = Some(Alarm {
+            text,
+            at: chrono::Local::now(),
+        });
+    }
+
+    /// Whether the source in use is a camera (else a folder or synthetic parts).
+    fn source_is_camera(&self) -> bool {
+        matches!(
+            self.settings.source,
+            Some(crate::station::source::SourceSpec::Camera { .. })
+        )
     }
 
     /// Requests the camera list in the background.
@@ -438,7 +479,7 @@ impl InspectorApp {
                     ui.label(format!("source: {s}"));
                 }
                 Some(SourceStatus::Lost(e)) => {
-                    ui.colored_label(ui.visuals().error_fg_color, format!("camera lost — {e}"));
+                    ui.colored_label(ui.visuals().error_fg_color, format!("no signal — {e}"));
                 }
                 Some(SourceStatus::Failed(e)) => {
                     ui.colored_label(ui.visuals().error_fg_color, e);

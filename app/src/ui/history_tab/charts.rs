@@ -17,13 +17,15 @@ pub(super) fn charts(ui: &mut egui::Ui, res: &PageResult) {
         0.0
     };
     let t0 = res.hourly.first().map(|b| b.hour_ms).unwrap_or(0);
+    // x in hours from the first hour's start; each hour's point at its middle, so one hour of
+    // data spans its own hour on the axis (from its start to its end).
     let hours = |ms: i64| (ms - t0) as f64 / 3_600_000.0;
     let rate: Vec<[f64; 2]> = res
         .hourly
         .iter()
         .map(|b| {
             [
-                hours(b.hour_ms),
+                hours(b.hour_ms) + 0.5,
                 100.0 * b.fails as f64 / b.total.max(1) as f64,
             ]
         })
@@ -37,16 +39,25 @@ pub(super) fn charts(ui: &mut egui::Ui, res: &PageResult) {
                 let (l, u) = history::p_chart_limits(pbar, b.total);
                 let y = 100.0 * if lower { l } else { u };
                 let x = hours(b.hour_ms);
-                [[x - 0.45, y], [x + 0.45, y]]
+                [[x + 0.05, y], [x + 0.95, y]]
             })
             .collect()
     };
     let (ucl, lcl) = (steps(false), steps(true));
     let span = (
-        rate.first().map_or(0.0, |p| p[0]) - 0.5,
-        rate.last().map_or(0.0, |p| p[0]) + 0.5,
+        0.0,
+        res.hourly.last().map_or(1.0, |b| hours(b.hour_ms) + 1.0),
     );
     let centre = vec![[span.0, 100.0 * pbar], [span.1, 100.0 * pbar]];
+    // Room above the highest point or limit: nothing sits on the top edge.
+    let top = rate
+        .iter()
+        .chain(ucl.iter())
+        .map(|p| p[1])
+        .fold(100.0 * pbar, f64::max);
+    let (y_max, y_step) = y_axis(top);
+    let x_step = x_step(span.1 - span.0);
+    let multi_day = span.1 - span.0 > 24.0;
     let out_of_control = res
         .hourly
         .iter()
@@ -54,15 +65,34 @@ pub(super) fn charts(ui: &mut egui::Ui, res: &PageResult) {
             (b.fails as f64 / b.total.max(1) as f64) > history::p_chart_limits(pbar, b.total).1
         })
         .count();
+    let red = Color32::from_rgb(0xe5, 0x39, 0x35);
+    // The legend above the plot, never over the data (the current hour is at the right).
+    ui.horizontal_wrapped(|ui| {
+        ui.colored_label(red, "reject % of the hour (points)");
+        ui.colored_label(Color32::LIGHT_BLUE, "centre line");
+        ui.colored_label(Color32::GRAY, "upper limit (3 sigma)");
+        ui.colored_label(Color32::DARK_GRAY, "lower limit");
+    });
     Plot::new("reject-rate")
-        .height(160.0)
+        .height(170.0)
         .allow_scroll(false)
-        .legend(egui_plot::Legend::default())
-        .x_axis_label("hour (local time)")
+        .x_axis_label("time (local)")
         .y_axis_label("reject %")
         .include_x(span.0)
         .include_x(span.1)
-        .include_y(0.0)
+        .default_y_bounds(0.0, y_max)
+        .y_axis_min_width(36.0)
+        .y_grid_spacer(move |input| marks(input.bounds, y_step))
+        .x_grid_spacer(move |input| marks(input.bounds, x_step))
+        .y_axis_formatter(|mark, _| {
+            if mark.value < -1e-9 {
+                String::new()
+            } else if mark.step_size < 1.0 {
+                format!("{:.1} %", mark.value)
+            } else {
+                format!("{:.0} %", mark.value)
+            }
+        })
         .x_axis_formatter(move |mark, _| {
             let i = mark.value.round();
             if (mark.value - i).abs() > 1e-6 {
@@ -71,14 +101,16 @@ pub(super) fn charts(ui: &mut egui::Ui, res: &PageResult) {
             let ms = t0 + (i as i64) * 3_600_000;
             chrono::DateTime::from_timestamp_millis(ms)
                 .map(|t| {
-                    t.with_timezone(&chrono::Local)
-                        .format("%d %H:00")
-                        .to_string()
+                    let t = t.with_timezone(&chrono::Local);
+                    if multi_day {
+                        t.format("%d %H:%M").to_string()
+                    } else {
+                        t.format("%H:%M").to_string()
+                    }
                 })
                 .unwrap_or_default()
         })
         .show(ui, |p| {
-            let red = Color32::from_rgb(0xe5, 0x39, 0x35);
             p.points(
                 Points::new("reject %", PlotPoints::from(rate.clone()))
                     .radius(3.0)
@@ -217,4 +249,73 @@ pub fn yield_per_shift(hourly: &[HourBucket]) -> Vec<(String, f64)> {
         .into_iter()
         .map(|(n, t, f)| (n, 100.0 * (t - f) as f64 / t.max(1) as f64))
         .collect()
+}
+
+/// The reject-% axis for data reaching `top` %: its upper end (room above the highest point)
+/// and the step between its labelled ticks.
+pub(super) fn y_axis(top: f64) -> (f64, f64) {
+    let y_max = (top * 1.25).clamp(1.0, 100.0).max(top + 0.5);
+    (y_max, nice_step(y_max / 4.0))
+}
+
+/// Hours between labelled ticks on a time axis `span` hours long (at most about six labels).
+pub(super) fn x_step(span: f64) -> f64 {
+    [1.0, 2.0, 3.0, 6.0, 12.0, 24.0, 48.0, 168.0]
+        .into_iter()
+        .find(|s| span / s <= 6.0)
+        .unwrap_or(336.0)
+}
+
+/// A round step near `raw` (1, 2 or 5 times a power of ten).
+pub(super) fn nice_step(raw: f64) -> f64 {
+    if raw.is_nan() || raw <= 0.0 {
+        return 1.0;
+    }
+    let p = 10f64.powf(raw.log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * p)
+        .find(|s| *s >= raw)
+        .unwrap_or(10.0 * p)
+}
+
+/// Grid marks every `step` within `bounds` (one thickness: every mark is labelled).
+pub(super) fn marks(bounds: (f64, f64), step: f64) -> Vec<egui_plot::GridMark> {
+    let first = (bounds.0 / step).ceil() as i64;
+    let last = (bounds.1 / step).floor() as i64;
+    (first..=last.min(first + 200))
+        .map(|i| egui_plot::GridMark {
+            value: i as f64 * step,
+            step_size: step,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn p_chart_axes_have_labelled_ticks_and_room_above_the_data() {
+        // One hour at 3 % rejects (upper limit 6 %): ticks every 2 %, the top above 6 %.
+        let (y_max, step) = y_axis(6.0);
+        assert!(y_max > 6.0 * 1.1, "{y_max}");
+        let ticks: Vec<f64> = marks((0.0, y_max), step).iter().map(|m| m.value).collect();
+        assert!(ticks.len() >= 3, "{ticks:?}");
+        assert_eq!(ticks[0], 0.0);
+        // Nothing failed: still ticks above 0.
+        let (y_max, step) = y_axis(0.0);
+        assert!(marks((0.0, y_max), step).len() >= 3);
+        // All failed: 100 % is not the top edge.
+        assert!(y_axis(100.0).0 > 100.0);
+        // One hour of data: ticks at its start and end; a week: at most about six.
+        assert_eq!(
+            marks((0.0, 1.0), x_step(1.0))
+                .iter()
+                .map(|m| m.value)
+                .collect::<Vec<_>>(),
+            [0.0, 1.0]
+        );
+        assert!(marks((0.0, 168.0), x_step(168.0)).len() <= 8);
+    }
 }

@@ -481,20 +481,25 @@ fn rows_table(
                 }
                 ui.end_row();
                 for r in rows {
+                    // The row's cells, unioned: the whole row opens it (not only the frame
+                    // name). Labels are not selectable, so a press on one is a click.
+                    let mut row_rect = egui::Rect::NOTHING;
+                    let cell = |ui: &mut egui::Ui, text: RichText| {
+                        ui.add(egui::Label::new(text).selectable(false)).rect
+                    };
                     // Every row is as tall as a thumbnail, with or without one: rows never
                     // change height (and overlap) when thumbnails arrive.
-                    match thumbs.get(&r.id) {
-                        Some(t) => {
-                            ui.add_sized(
+                    row_rect = row_rect.union(
+                        match thumbs.get(&r.id) {
+                            Some(t) => ui.add_sized(
                                 vec2(48.0, 48.0),
                                 egui::Image::new(t).max_size(vec2(48.0, 48.0)),
-                            );
+                            ),
+                            None => ui.allocate_response(vec2(48.0, 48.0), egui::Sense::hover()),
                         }
-                        None => {
-                            ui.allocate_space(vec2(48.0, 48.0));
-                        }
-                    }
-                    ui.label(local_time(&r.ts));
+                        .rect,
+                    );
+                    row_rect = row_rect.union(cell(ui, RichText::new(local_time(&r.ts))));
                     let fin = r.final_verdict();
                     let color = if fin == "fail" {
                         Color32::from_rgb(0xe5, 0x39, 0x35)
@@ -506,22 +511,41 @@ fn rows_table(
                     } else {
                         fin.to_uppercase()
                     };
-                    ui.colored_label(color, word);
-                    ui.label(&r.class);
-                    ui.label(format!("{:.0}%", 100.0 * r.confidence));
-                    ui.label(&r.model_id);
-                    // The row's widget is named by the row id alone, not by its place in
+                    row_rect = row_rect.union(cell(ui, RichText::new(word).color(color)));
+                    row_rect = row_rect.union(cell(ui, RichText::new(&r.class)));
+                    row_rect = row_rect.union(cell(
+                        ui,
+                        RichText::new(format!("{:.0}%", 100.0 * r.confidence)),
+                    ));
+                    row_rect = row_rect.union(cell(ui, RichText::new(&r.model_id)));
+                    // The row's widgets are named by the row id alone, not by its place in
                     // the table or by what was drawn above it: a click opens the row that
                     // was pressed, even when rows or the "N new" button appear meanwhile.
                     let row_scope =
                         egui::UiBuilder::new().scope_id(egui::Id::unique(("history-row", r.id)));
-                    let chosen = ui
+                    let name = ui
                         .scope_builder(row_scope, |ui| {
                             ui.selectable_label(selected_id == Some(r.id), &r.origin)
                         })
-                        .inner
-                        .clicked();
-                    if chosen {
+                        .inner;
+                    row_rect = row_rect.union(name.rect);
+                    // Over the whole row, on top of its cells (the name button included).
+                    let row = ui
+                        .interact(
+                            row_rect,
+                            egui::Id::unique(("history-row-click", r.id)),
+                            egui::Sense::click(),
+                        )
+                        .on_hover_cursor(egui::CursorIcon::PointingHand);
+                    if row.hovered() {
+                        ui.painter().rect_stroke(
+                            row_rect.expand(1.0),
+                            2.0,
+                            ui.visuals().widgets.hovered.bg_stroke,
+                            egui::StrokeKind::Outside,
+                        );
+                    }
+                    if name.clicked() || row.clicked() {
                         open = Some(r.id);
                     }
                     ui.end_row();
