@@ -129,9 +129,10 @@ pub struct EvalArgs {
     /// Dataset folder.
     #[arg(long)]
     pub data: std::path::PathBuf,
-    /// Split to evaluate.
-    #[arg(long, default_value = "test")]
-    pub split: String,
+    /// Split to evaluate (default: `test`, else `val`, else every row; the one used is named on
+    /// stderr and in the report).
+    #[arg(long)]
+    pub split: Option<String>,
     /// Print exactly one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -162,7 +163,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::BackboneCheck(args)) => crate::bench::backbone_check(&args),
         Some(Command::Train(args)) => train(args),
         Some(Command::Eval(args)) => {
-            let report = crate::evaluation::eval::evaluate(&args.model, &args.data, &args.split)?;
+            let report =
+                crate::evaluation::eval::evaluate(&args.model, &args.data, args.split.as_deref())?;
             if args.json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {

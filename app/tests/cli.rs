@@ -353,6 +353,27 @@ fn roi_outside_the_frame_is_refused() {
     );
 }
 
+/// `inspector eval` without `--split` on the demo set (whose only split is "demo") evaluates
+/// every row and says so on stderr and in the JSON (it used to fail: no rows in split "test").
+#[test]
+fn eval_without_a_split_uses_the_split_that_exists() {
+    let out = succeeds(
+        bin()
+            // Nor does it complain about a missing XDG_RUNTIME_DIR (libwayland did, 2–6 times).
+            .env_remove("XDG_RUNTIME_DIR")
+            .args(["eval", "--json", "--model"])
+            .arg(default_model())
+            .arg("--data")
+            .arg(root().join("datasets/magnetic-tile-demo")),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("evaluating split \"all\""), "{err}");
+    assert!(!err.contains("XDG_RUNTIME_DIR"), "{err}");
+    let report = &json_lines(&out.stdout)[0];
+    assert_eq!(report["split"], "all");
+    assert!(report["images"].as_u64().unwrap() > 0, "{report}");
+}
+
 /// `inspector --db X` (the README's form, no subcommand) opens the window: without a display
 /// that fails on the display, not on the arguments.
 #[test]

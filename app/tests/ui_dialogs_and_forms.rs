@@ -456,3 +456,34 @@ fn a_drag_paints_a_continuous_stroke_and_undo_restores_the_mask_exactly() {
         "the file on disk is not the mask before the stroke"
     );
 }
+
+/// The Train tab's dataset field comes back after a restart (it used to reset to the demo set):
+/// it is written to the settings file with the other settings.
+#[test]
+fn the_train_dataset_field_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config/settings.json");
+    let f = file.clone();
+    let mut h = common::harness(
+        inspector::records::settings::Settings::default(),
+        move |app| app.set_settings_file(f),
+    );
+    h.state_mut().tab = Tab::Train;
+    h.step();
+    let data = dir.path().join("my-tiles").display().to_string();
+    common::type_into(&mut h, "Dataset folder", &data);
+    let want = Some(std::path::PathBuf::from(&data));
+    assert!(
+        step_until(&mut h, Duration::from_secs(10), |_| {
+            inspector::records::settings::load_file(&file).is_some_and(|s| s.train_data == want)
+        }),
+        "not in the settings file: {:?}",
+        std::fs::read_to_string(&file)
+    );
+    drop(h);
+    let saved = inspector::records::settings::load_file(&file).unwrap();
+    let mut h = common::harness(saved, |_| {});
+    h.state_mut().tab = Tab::Train;
+    h.step();
+    assert_eq!(h.state().train.data, data);
+}

@@ -249,14 +249,33 @@ fn train_tab_trains_an_anomaly_model_from_good_parts_only() {
     h.state_mut().train.preset = "lite0-tiny".into();
     h.step();
     h.get_by_label("Start training").click();
+    let clicked = Instant::now();
     h.step();
     assert!(
         step_until(&mut h, Duration::from_secs(600), |a| !a.train.running()),
         "training did not finish"
     );
+    let waited = clicked.elapsed().as_secs_f64();
     let t = &h.state().train;
     assert!(t.status.starts_with("finished"), "{}", t.status);
+    // An anomaly run in its own words, not "best epoch 1".
+    assert!(
+        t.status.contains("anomaly model, memory bank of")
+            && t.status.contains("val miss")
+            && !t.status.contains("epoch"),
+        "{}",
+        t.status
+    );
     let res = t.result.as_ref().unwrap();
+    // The time reported is the time waited, the final evaluation included.
+    assert!(
+        res.wall_s <= waited
+            && res.wall_s >= waited - 2.0
+            && res.wall_s >= res.summary.train_seconds,
+        "reported {} s, waited {waited} s, training loop {} s",
+        res.wall_s,
+        res.summary.train_seconds
+    );
     assert_eq!(
         res.summary.train_images, 12,
         "the good training images only"
@@ -274,4 +293,19 @@ fn train_tab_trains_an_anomaly_model_from_good_parts_only() {
         .is_some()
     );
     assert!(h.query_by_label_contains("a memory bank of").is_some());
+    // The threshold line lies on the histogram's axis, wherever the scores are.
+    let threshold = h.state().train.threshold as f64;
+    let ctx = h.ctx.clone();
+    let mem = egui_plot::PlotMemory::load(&ctx, inspector::ui::train::threshold_plot_id()).unwrap();
+    let b = *mem.bounds();
+    assert!(
+        b.min()[0] <= threshold && threshold <= b.max()[0],
+        "threshold {threshold} off the axis {b:?}"
+    );
+    // Neither the histogram nor anything else reaches past the window's right edge.
+    let frame = *mem.transform().frame();
+    assert!(
+        frame.right() <= ctx.content_rect().right(),
+        "histogram {frame:?} clipped"
+    );
 }

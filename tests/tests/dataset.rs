@@ -217,7 +217,7 @@ fn a_missing_split_is_named_with_the_splits_that_exist() {
     );
     let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../assets/models/default.safetensors");
-    let e = inspector::evaluation::eval::evaluate(&model, dir.path(), "test")
+    let e = inspector::evaluation::eval::evaluate(&model, dir.path(), Some("test"))
         .expect_err("no test split")
         .to_string();
     assert!(

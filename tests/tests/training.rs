@@ -90,7 +90,8 @@ fn tiny_dataset_trains_well_above_chance_and_engine_agrees_with_burn() {
     assert!(max_diff <= 1e-4, "engine and burn disagree by {max_diff}");
 
     // eval through the engine gives the documented JSON keys and agrees with training's val.
-    let report = inspector::evaluation::eval::evaluate(&out, data.path(), "val").expect("eval");
+    let report =
+        inspector::evaluation::eval::evaluate(&out, data.path(), Some("val")).expect("eval");
     let json = serde_json::to_value(&report).expect("json");
     for key in [
         "images",
@@ -330,7 +331,8 @@ fn backbone_head_learns_from_masks_and_engine_agrees_with_burn() {
     );
 
     // eval through the engine: per-class AUROC, per-part figures and the disagreements.
-    let report = inspector::evaluation::eval::evaluate(&out, data.path(), "val").expect("eval");
+    let report =
+        inspector::evaluation::eval::evaluate(&out, data.path(), Some("val")).expect("eval");
     let json = serde_json::to_value(&report).expect("json");
     assert!(
         json["per_class"]["scratch"]["auroc"].as_f64().is_some(),
@@ -555,7 +557,8 @@ fn anomaly_model_from_good_images_ranks_painted_defects_above_good_ones() {
     assert!(model.spec.is_anomaly());
     assert_eq!(model.spec.classes, ["good", "anomaly"]);
     // `eval` runs it unchanged: defect labels count as the anomaly class.
-    let report = inspector::evaluation::eval::evaluate(&out, data.path(), "val").expect("eval");
+    let report =
+        inspector::evaluation::eval::evaluate(&out, data.path(), Some("val")).expect("eval");
     assert_eq!(report.images, 18);
     assert!(report.auroc.expect("auroc") >= 0.9, "{report:?}");
     // Training scores val on the CPU from cached features; the engine reproduces its figures.

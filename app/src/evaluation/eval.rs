@@ -15,6 +15,9 @@ use crate::evaluation::metrics::{self, ClassMetrics, Confusion};
 /// The report `--json` prints.
 #[derive(Clone, Debug, Serialize)]
 pub struct EvalReport {
+    /// The split evaluated (`"all"` for every row of the dataset); null where the rows were
+    /// chosen by the caller (the Train tab).
+    pub split: Option<String>,
     /// Images evaluated.
     pub images: usize,
     /// Unreadable images skipped.
@@ -130,25 +133,51 @@ pub struct Detailed {
     pub images: Vec<ImageResult>,
 }
 
-/// Evaluates `model_path` on `split` of the dataset at `data` (all rows when the dataset has no
-/// splits). Labels unknown to the model are skipped with a warning.
-pub fn evaluate(model_path: &Path, data: &Path, split: &str) -> anyhow::Result<EvalReport> {
+/// Evaluates `model_path` on `split` of the dataset at `data`; without a split asked for, on the
+/// split that exists (see [`choose_split`]). Labels unknown to the model are skipped with a
+/// warning. The report names the split used.
+pub fn evaluate(model_path: &Path, data: &Path, split: Option<&str>) -> anyhow::Result<EvalReport> {
     let model = Model::load(model_path)?;
     let ds = Dataset::open(data)?;
+    let (used, rows) = choose_split(&ds, split)?;
+    if split.is_none() {
+        eprintln!(
+            "evaluating split {used:?} ({} rows; the dataset has: {})",
+            rows.len(),
+            ds.split_names()
+        );
+    }
+    let gpu = GpuContext::headless()?;
+    let mut report =
+        evaluate_samples(&model, &rows, &gpu.device, &gpu.queue, &gpu.describe())?.report;
+    report.split = Some(used);
+    Ok(report)
+}
+
+/// The rows to evaluate and the split's name: the split asked for (all rows, named `"all"`,
+/// when the dataset has no splits), else `test`, else `val`, else all rows. An asked-for split
+/// without rows is an error naming the splits there are.
+pub fn choose_split(
+    ds: &Dataset,
+    requested: Option<&str>,
+) -> anyhow::Result<(String, Vec<dataset::Sample>)> {
     let has_splits = ds.samples.iter().any(|s| s.split.is_some());
-    let rows = if has_splits {
-        ds.split(split)
-    } else {
-        ds.samples.clone()
+    let (name, rows) = match requested {
+        Some(split) if has_splits => (split.to_string(), ds.split(split)),
+        Some(_) => ("all".to_string(), ds.samples.clone()),
+        None => ["test", "val"]
+            .into_iter()
+            .map(|n| (n.to_string(), ds.split(n)))
+            .find(|(_, rows)| !rows.is_empty())
+            .unwrap_or_else(|| ("all".to_string(), ds.samples.clone())),
     };
     anyhow::ensure!(
         !rows.is_empty(),
-        "dataset {} has no rows in split {split:?}; the dataset has: {}",
-        data.display(),
+        "dataset {} has no rows in split {name:?}; the dataset has: {}",
+        ds.root.display(),
         ds.split_names()
     );
-    let gpu = GpuContext::headless()?;
-    Ok(evaluate_samples(&model, &rows, &gpu.device, &gpu.queue, &gpu.describe())?.report)
+    Ok((name, rows))
 }
 
 /// The dataset labels an anomaly model counts as PASS (its training record's `pass_labels`);
@@ -168,6 +197,18 @@ pub fn evaluate_samples(
     queue: &wgpu::Queue,
     adapter: &str,
 ) -> anyhow::Result<Detailed> {
+    evaluate_samples_with(model, rows, device, queue, adapter, &mut |_, _| {})
+}
+
+/// [`evaluate_samples`], telling `progress` (rows done, rows) after each row.
+pub fn evaluate_samples_with(
+    model: &Model,
+    rows: &[dataset::Sample],
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    adapter: &str,
+    progress: &mut dyn FnMut(usize, usize),
+) -> anyhow::Result<Detailed> {
     let mut engine = Engine::new(device, queue, model, 1, adapter)?;
     let spec = &model.spec;
     let pass_labels = pass_labels(spec);
@@ -175,7 +216,8 @@ pub fn evaluate_samples(
     let (mut probs, mut labels, mut latencies) = (Vec::new(), Vec::new(), Vec::new());
     let mut hits: Vec<bool> = Vec::new();
     let mut kept = Vec::new();
-    for s in rows {
+    for (done, s) in rows.iter().enumerate() {
+        progress(done, rows.len());
         let Some(label) = spec.class_of_label(&s.label, &pass_labels) else {
             tracing::warn!(
                 "{}: label {:?} is not a class of the model; skipped",
@@ -213,6 +255,7 @@ pub fn evaluate_samples(
         labels.push(label);
         kept.push(s);
     }
+    progress(rows.len(), rows.len());
     anyhow::ensure!(
         !probs.is_empty(),
         "no readable images with labels the model knows"
@@ -274,6 +317,7 @@ pub fn evaluate_samples(
         .collect();
     Ok(Detailed {
         report: EvalReport {
+            split: None,
             images: probs.len(),
             skipped,
             accuracy: vm.confusion.accuracy(),
@@ -320,6 +364,9 @@ pub fn heatmap_hits_mask(heatmap: &kernels::Heatmap, mask: &dataset::DecodedImag
 
 /// Prints the report as a table.
 pub fn print(report: &EvalReport) {
+    if let Some(split) = &report.split {
+        println!("split {split}");
+    }
     println!("images {}  skipped {}", report.images, report.skipped);
     println!(
         "accuracy {:.4}  macro F1 {:.4}",
@@ -392,4 +439,48 @@ pub fn print(report: &EvalReport) {
         }
     }
     println!("latency p50 {:.2} ms per image", report.latency_ms_p50);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::dataset::{Layout, Sample};
+
+    fn ds(splits: &[Option<&str>]) -> Dataset {
+        let samples = splits
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Sample {
+                path: format!("/d/{i}.png").into(),
+                rel_path: format!("{i}.png"),
+                label: "Free".into(),
+                split: s.map(str::to_string),
+                mask: None,
+                group: None,
+            })
+            .collect();
+        Dataset {
+            root: "/d".into(),
+            samples,
+            missing: vec![],
+            unlabelled: vec![],
+            layout: Layout::Manifest,
+        }
+    }
+
+    /// Without `--split`: test, else val, else every row (the demo set's only split is "demo").
+    #[test]
+    fn eval_without_a_split_takes_the_split_that_exists() {
+        let (n, r) = choose_split(&ds(&[Some("train"), Some("test"), Some("val")]), None).unwrap();
+        assert_eq!((n.as_str(), r.len()), ("test", 1));
+        let (n, r) = choose_split(&ds(&[Some("train"), Some("val"), Some("val")]), None).unwrap();
+        assert_eq!((n.as_str(), r.len()), ("val", 2));
+        let (n, r) = choose_split(&ds(&[Some("demo"), Some("demo")]), None).unwrap();
+        assert_eq!((n.as_str(), r.len()), ("all", 2));
+        let (n, r) = choose_split(&ds(&[None, None, None]), None).unwrap();
+        assert_eq!((n.as_str(), r.len()), ("all", 3));
+        // Asked for and absent: an error naming the splits there are.
+        let e = choose_split(&ds(&[Some("demo")]), Some("test")).unwrap_err();
+        assert!(e.to_string().contains("demo"), "{e}");
+    }
 }

@@ -81,7 +81,7 @@ pub(super) fn big_view(v: &mut LabelView, ui: &mut egui::Ui) {
                         .predictions
                         .as_ref()
                         .and_then(|p| p.get(&o.path))
-                        .map(|p| format!(" → {}", p.class))
+                        .map(|p| format!("{PREDICTED_AS}{}", p.class))
                         .unwrap_or_default();
                     ui.label(
                         RichText::new(format!(
@@ -239,9 +239,27 @@ fn stamp(data: &mut [u8], w: u32, h: u32, cx: f32, cy: f32, rad: f32, value: u8)
     }
 }
 
+/// Between a caption's label and the model's prediction: egui's default fonts have no "→"
+/// (it drew as a missing-glyph box), so plain ASCII.
+pub const PREDICTED_AS: &str = " -> ";
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every glyph of the caption separator is in the default font (no missing-glyph box).
+    #[test]
+    fn the_caption_separator_is_in_the_default_font() {
+        let ctx = egui::Context::default();
+        let mut out = ctx.run_ui(Default::default(), |_| {});
+        out.textures_delta.clear();
+        let font = egui::FontId::proportional(10.0);
+        assert!(ctx.fonts_mut(|f| f.has_glyphs(&font, PREDICTED_AS)));
+        assert!(
+            !ctx.fonts_mut(|f| f.has_glyph(&font, '→')),
+            "the default font has → now: it could come back"
+        );
+    }
 
     /// A stroke from one side to the other paints a continuous line, not separate dots.
     #[test]

@@ -176,25 +176,40 @@ pub(in crate::ui) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
             egui::Key::Num8,
             egui::Key::Num9,
         ];
-        let (pressed, next, prev, undo) = ctx.input(|i| {
-            (
-                keys.iter().position(|k| i.key_pressed(*k)),
-                i.key_pressed(egui::Key::ArrowRight) || i.key_pressed(egui::Key::ArrowDown),
-                i.key_pressed(egui::Key::ArrowLeft) || i.key_pressed(egui::Key::ArrowUp),
-                i.modifiers.command && i.key_pressed(egui::Key::Z),
-            )
+        // Every key of the frame, in the order pressed: three class keys typed faster than a
+        // frame label three images (one each), not one.
+        let actions: Vec<KeyAction> = ctx.input(|i| {
+            i.events
+                .iter()
+                .filter_map(|e| match e {
+                    egui::Event::Key {
+                        key,
+                        pressed: true,
+                        modifiers,
+                        ..
+                    } => {
+                        if let Some(k) = keys.iter().position(|c| c == key) {
+                            Some(KeyAction::Assign(k))
+                        } else if matches!(key, egui::Key::ArrowRight | egui::Key::ArrowDown) {
+                            Some(KeyAction::Step(1))
+                        } else if matches!(key, egui::Key::ArrowLeft | egui::Key::ArrowUp) {
+                            Some(KeyAction::Step(-1))
+                        } else if modifiers.command && *key == egui::Key::Z {
+                            Some(KeyAction::Undo)
+                        } else {
+                            None
+                        }
+                    }
+                    _ => None,
+                })
+                .collect()
         });
-        if let Some(k) = pressed {
-            v.assign(k);
-        }
-        if next {
-            v.step(1);
-        }
-        if prev {
-            v.step(-1);
-        }
-        if undo {
-            v.undo();
+        for a in actions {
+            match a {
+                KeyAction::Assign(k) => v.assign(k),
+                KeyAction::Step(d) => v.step(d),
+                KeyAction::Undo => v.undo(),
+            }
         }
     }
     // Classes and filters.
@@ -380,4 +395,14 @@ fn grid(v: &mut LabelView, ui: &mut egui::Ui, visible: &[usize]) {
         v.flush_mask();
         v.selected = Some(i);
     }
+}
+
+/// A key of the Label tab, in the order pressed.
+enum KeyAction {
+    /// Label with class index.
+    Assign(usize),
+    /// Move the selection.
+    Step(isize),
+    /// Undo the last label or mask.
+    Undo,
 }

@@ -16,6 +16,8 @@ mod run;
 mod tab;
 pub mod view;
 
+pub use results::threshold_plot_id;
+pub use run::finished_line;
 pub use run::{accuracy_plot_id, loss_plot_id};
 pub(in crate::ui) use tab::show;
 pub use view::*;
@@ -84,6 +86,49 @@ mod tests {
         // The first epoch step starts a new measurement.
         t.on_progress(step(1, 1, 5), t0 + Duration::from_secs(3));
         assert_eq!(t.eta_s, None);
+    }
+
+    /// The time left includes the final evaluation through the engine: never "0 s" while it
+    /// runs, estimated from the feature extraction's rate, then from its own progress.
+    #[test]
+    fn the_eta_includes_the_final_evaluation() {
+        let mut t = TrainView::default();
+        t.run = Some(TrainConfig::new("d".into(), "m".into()));
+        t.run.as_mut().unwrap().epochs = 1;
+        let t0 = Instant::now();
+        t.on_progress(started(1), t0); // 4 val images
+        // Extraction: 20 images in 2 s = 0.1 s per image.
+        t.on_progress(step(0, 10, 100), t0);
+        t.on_progress(step(0, 30, 100), t0 + Duration::from_secs(2));
+        // Epoch 1: half of it in 1 s → 0.8 s of training left + 4 × 0.1 s of evaluation.
+        t.on_progress(step(1, 1, 10), t0 + Duration::from_secs(3));
+        t.on_progress(step(1, 6, 10), t0 + Duration::from_secs(4));
+        assert!((t.eta_s.unwrap() - 1.2).abs() < 1e-6, "{:?}", t.eta_s);
+        // The last epoch ends: the evaluation is what is left, not 0 s.
+        let rec = EpochRecord {
+            epoch: 1,
+            train_loss: 0.1,
+            train_accuracy: 0.9,
+            val_accuracy: 0.8,
+            val_macro_f1: 0.8,
+            val_auroc: None,
+            lr: 0.01,
+            elapsed_s: 1.0,
+            eta_s: 0.0,
+        };
+        t.on_progress(training::Progress::Epoch(rec), t0 + Duration::from_secs(5));
+        assert!((t.eta_s.unwrap() - 0.4).abs() < 1e-6, "{:?}", t.eta_s);
+        // Its own progress: 1 of 4 in 10 s (slower than estimated) → 30 s left.
+        t.on_evaluating(0, 4, t0 + Duration::from_secs(5));
+        t.on_evaluating(1, 4, t0 + Duration::from_secs(15));
+        assert!((t.eta_s.unwrap() - 30.0).abs() < 1e-6, "{:?}", t.eta_s);
+        assert!(
+            t.status.starts_with(
+                "evaluating on val through the inspection engine: 1/4 images, ETA 30 s"
+            ),
+            "{}",
+            t.status
+        );
     }
 
     #[test]

@@ -13,11 +13,19 @@ use crate::ui::state::{InspectorApp, Level};
 /// The false-reject rate above which a model is not fit for a line at its miss target.
 pub const USEFUL_FALSE_REJECT: f64 = 0.40;
 
+/// The val score histogram's id (its `egui_plot::PlotMemory` holds the bounds it shows).
+pub fn threshold_plot_id() -> egui::Id {
+    egui::Id::unique("train-threshold")
+}
+
 pub(in crate::ui) fn results(app: &mut InspectorApp, ui: &mut egui::Ui, ctx: &egui::Context) {
     let t = &mut app.train;
     let Some(res) = &t.result else { return };
     let r = &res.detailed.report;
     ui.separator();
+    // What the panel shows: the confusion grid beside the per-class table may widen the layout
+    // beyond it, so the strip and the histogram are held to this width.
+    let visible = (ui.clip_rect().right() - ui.cursor().left() - 8.0).max(200.0);
     ui.heading("Validation (through the inspection engine)");
     ui.label(format!(
         "{} images · accuracy {:.3} · macro F1 {:.3} · PASS/FAIL AUROC {}",
@@ -102,13 +110,17 @@ pub(in crate::ui) fn results(app: &mut InspectorApp, ui: &mut egui::Ui, ctx: &eg
         ))
         .strong(),
     );
-    ui.horizontal_wrapped(|ui| {
-        for (tex, label) in &t.gallery {
-            ui.vertical(|ui| {
-                ui.add(egui::Image::new(tex).max_size(vec2(96.0, 96.0)));
-                ui.label(RichText::new(label).size(10.0));
-            });
-        }
+    ui.allocate_ui(vec2(visible, 0.0), |ui| {
+        ui.set_max_width(visible);
+        ui.horizontal_wrapped(|ui| {
+            for (tex, label) in &t.gallery {
+                ui.vertical(|ui| {
+                    ui.set_max_width(110.0);
+                    ui.add(egui::Image::new(tex).max_size(vec2(96.0, 96.0)));
+                    ui.add(egui::Label::new(RichText::new(label).size(10.0)).wrap());
+                });
+            }
+        });
     });
     // Threshold tuning.
     ui.separator();
@@ -137,7 +149,13 @@ pub(in crate::ui) fn results(app: &mut InspectorApp, ui: &mut egui::Ui, ctx: &eg
     };
     let mut threshold = t.threshold;
     let resp = egui_plot::Plot::new("threshold")
+        .id(threshold_plot_id())
+        .width(visible)
         .height(180.0)
+        // The threshold line lies on the axis wherever the scores are (an anomaly model's
+        // scores may all sit below its threshold).
+        .include_x(0.0)
+        .include_x((threshold as f64 + 0.05).max(0.5))
         .allow_drag(false)
         .allow_zoom(false)
         .allow_scroll(false)

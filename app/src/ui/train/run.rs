@@ -85,6 +85,7 @@ impl TrainView {
         let spawned = std::thread::Builder::new()
             .name("training".into())
             .spawn(move || {
+                let t0 = Instant::now();
                 let tx2 = tx.clone();
                 let ctx2 = ctx.clone();
                 let mut progress = move |p: training::Progress| {
@@ -96,8 +97,19 @@ impl TrainView {
                     }
                     ctx2.request_repaint();
                 };
+                let tx3 = tx.clone();
+                let ctx3 = ctx.clone();
+                let mut evaluating = move |done: usize, total: usize| {
+                    let _ = tx3.try_send(Msg::Evaluating { done, total });
+                    ctx3.request_repaint();
+                };
                 let result = match training::train(&cfg, &mut progress, &flag) {
-                    Ok(summary) => finish(&cfg, summary, &gpu).map_err(Failure::Error),
+                    Ok(summary) => finish(&cfg, summary, &gpu, &mut evaluating)
+                        .map(|mut r| {
+                            r.wall_s = t0.elapsed().as_secs_f64();
+                            r
+                        })
+                        .map_err(Failure::Error),
                     Err(_) if flag.load(Ordering::SeqCst) => Err(Failure::Cancelled {
                         kept_epoch: training::checkpoint_epoch(&cfg.out),
                     }),
@@ -114,6 +126,8 @@ impl TrainView {
                 self.first_epoch = 1;
                 self.eta_anchor = None;
                 self.eta_s = None;
+                self.per_image_s = None;
+                self.val_images = 0;
                 self.run = Some(run);
                 self.result = None;
                 self.gallery.clear();
@@ -141,6 +155,7 @@ impl TrainView {
                 first_epoch,
             } => {
                 self.first_epoch = first_epoch;
+                self.val_images = val;
                 // A resumed run goes on from its checkpoint: keep the curves up to there.
                 self.history.retain(|e| e.epoch < first_epoch);
                 self.steps.retain(|s| s[0] <= (first_epoch - 1) as f64);
@@ -178,11 +193,25 @@ impl TrainView {
                 match self.eta_anchor {
                     Some((at, from, ph)) if ph == phase => {
                         self.eta_s = eta_from(at, from, now, done);
+                        if phase == 0 {
+                            // Seconds per image: the final evaluation's estimate.
+                            let images = (done - from) * steps as f64;
+                            let secs = now.saturating_duration_since(at).as_secs_f64();
+                            if images >= 1.0 && secs > 0.0 {
+                                self.per_image_s = Some(secs / images);
+                            }
+                        }
                     }
                     _ => {
                         self.eta_anchor = Some((now, done, phase));
                         self.eta_s = None;
                     }
+                }
+                // The final evaluation follows the epochs: the time left includes it.
+                if phase > 0 {
+                    self.eta_s = self
+                        .eta_s
+                        .map(|s| s + self.evaluation_estimate().unwrap_or(0.0));
                 }
                 let eta = self
                     .eta_s
@@ -207,7 +236,10 @@ impl TrainView {
             }
             training::Progress::Epoch(e) => {
                 let eta = if e.epoch >= epochs {
-                    self.eta_s = Some(0.0);
+                    // What is left is the evaluation through the engine: estimated from the
+                    // feature extraction's rate until it reports its own progress.
+                    self.eta_s = self.evaluation_estimate();
+                    self.eta_anchor = None;
                     "; evaluating on val through the inspection engine…".to_string()
                 } else {
                     self.eta_s
@@ -227,6 +259,35 @@ impl TrainView {
                 self.history.push(e);
             }
         }
+    }
+
+    /// Seconds the final evaluation should take, from the rate measured while extracting
+    /// features (None without a measurement).
+    fn evaluation_estimate(&self) -> Option<f64> {
+        self.per_image_s.map(|s| s * self.val_images as f64)
+    }
+
+    /// Takes the final evaluation's progress (`done` of `total` val images through the engine)
+    /// at `now`: its own ETA, from its own rate.
+    pub(in crate::ui) fn on_evaluating(&mut self, done: usize, total: usize, now: Instant) {
+        const PHASE: usize = usize::MAX;
+        let total = total.max(1);
+        let share = done as f64 / total as f64;
+        match self.eta_anchor {
+            Some((at, from, PHASE)) => self.eta_s = eta_from(at, from, now, share),
+            _ => {
+                self.eta_anchor = Some((now, share, PHASE));
+                self.eta_s = self
+                    .per_image_s
+                    .map(|s| s * total.saturating_sub(done) as f64);
+            }
+        }
+        let eta = self
+            .eta_s
+            .map(|s| format!(", ETA {}", seconds(s)))
+            .unwrap_or_default();
+        self.status =
+            format!("evaluating on val through the inspection engine: {done}/{total} images{eta}");
     }
 
     /// A run ended without a model.
@@ -376,23 +437,26 @@ pub(in crate::ui) fn curves(t: &TrainView, ui: &mut egui::Ui) {
         });
 }
 
-/// After training: evaluate the best model on the same val rows through the engine.
+/// After training: evaluate the best model on the same val rows through the engine, reporting
+/// each image to `evaluating` (done, total).
 pub(in crate::ui) fn finish(
     cfg: &TrainConfig,
     summary: TrainSummary,
     gpu: &crate::ui::Gpu,
+    evaluating: &mut dyn FnMut(usize, usize),
 ) -> Result<TrainResult, String> {
     let ds = crate::data::dataset::Dataset::open(&cfg.data).map_err(|e| e.to_string())?;
     let (_, val) = ds
         .train_val(&cfg.split_train, &cfg.split_val, cfg.val_fraction, cfg.seed)
         .map_err(|e| e.to_string())?;
     let model = kernels::Model::load(&summary.model).map_err(|e| e.to_string())?;
-    let detailed = crate::evaluation::eval::evaluate_samples(
+    let detailed = crate::evaluation::eval::evaluate_samples_with(
         &model,
         &val,
         &gpu.device,
         &gpu.queue,
         &gpu.label,
+        evaluating,
     )
     .map_err(|e| format!("{e:#}"))?;
     let classes = model.spec.classes.clone();
@@ -420,6 +484,30 @@ pub(in crate::ui) fn finish(
         detailed,
         classes,
         fingerprint,
+        wall_s: 0.0,
         gallery,
     })
+}
+
+/// The line a finished run leaves in the status: what was kept, in the words of its kind (an
+/// anomaly model has no epochs), and the time the person waited.
+pub fn finished_line(res: &TrainResult) -> String {
+    let s = &res.summary;
+    let waited = seconds(res.wall_s);
+    match s.bank_entries {
+        Some(bank) => format!(
+            "finished in {waited}: anomaly model, memory bank of {bank} entries from {} good \
+             images; threshold {:.3} ({}); val miss {:.1} %, false reject {:.1} %, AUROC {}",
+            s.train_images,
+            s.threshold,
+            s.threshold_rule,
+            s.val_miss_rate * 100.0,
+            s.val_false_reject_rate * 100.0,
+            s.val_auroc.map_or("n/a".into(), |a| format!("{a:.3}"))
+        ),
+        None => format!(
+            "finished in {waited}: best epoch {} of {}, val accuracy {:.3}",
+            s.best_epoch, s.epochs_run, s.val_accuracy
+        ),
+    }
 }

@@ -13,10 +13,11 @@ pub(in crate::ui) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
     let ctx = ui.ctx().clone();
     if app.train.data.is_empty() {
         app.train.data = app
-            .label
-            .set
+            .settings
+            .train_data
             .as_ref()
-            .map(|s| s.root.display().to_string())
+            .map(|d| d.display().to_string())
+            .or_else(|| app.label.set.as_ref().map(|s| s.root.display().to_string()))
             .unwrap_or_else(|| {
                 crate::data::assets::bundled(crate::data::assets::DEMO_DATASET)
                     .display()
@@ -38,17 +39,13 @@ pub(in crate::ui) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
         let t = &mut app.train;
         match m {
             Msg::Progress(p) => t.on_progress(p, Instant::now()),
+            Msg::Evaluating { done, total } => t.on_evaluating(done, total, Instant::now()),
             Msg::Done(r) => {
                 t.cancel = None;
                 t.rx = None;
                 match r {
                     Ok(res) => {
-                        t.status = format!(
-                            "finished: best epoch {}, val accuracy {:.3}, {:.0} s",
-                            res.summary.best_epoch,
-                            res.summary.val_accuracy,
-                            res.summary.train_seconds
-                        );
+                        t.status = super::run::finished_line(&res);
                         t.threshold = res.summary.threshold;
                         t.gallery = res
                             .gallery
@@ -89,6 +86,12 @@ pub(in crate::ui) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
         .resizable(false)
         .exact_size(SETTINGS_WIDTH)
         .show(ui, |ui| settings(app, ui, &ctx));
+    // The dataset field is remembered with the other settings.
+    let data = app.train.data.trim();
+    if !data.is_empty() && app.settings.train_data.as_deref() != Some(std::path::Path::new(data)) {
+        app.settings.train_data = Some(data.into());
+        app.settings_changed(); // the saver writes the last of a burst of keystrokes
+    }
     egui::CentralPanel::default().show(ui, |ui| {
         egui::ScrollArea::vertical()
             .id_salt("train-main")

@@ -22,6 +22,9 @@ pub struct TrainResult {
     pub classes: Vec<String>,
     /// Fingerprint of the dataset's labels.
     pub fingerprint: String,
+    /// Seconds the person waited: from Start to the evaluation's end (training, the final
+    /// evaluation through the engine and the gallery), not the training loop's own time.
+    pub wall_s: f64,
     pub(in crate::ui) gallery: Vec<(egui::ColorImage, String)>,
 }
 
@@ -37,6 +40,11 @@ pub(in crate::ui) enum Failure {
 pub(in crate::ui) enum Msg {
     /// What the training loop reports.
     Progress(training::Progress),
+    /// The final evaluation through the engine: images done of all.
+    Evaluating {
+        done: usize,
+        total: usize,
+    },
     Done(Result<Box<TrainResult>, Failure>),
     Saved(Result<VersionInfo, String>),
     Versions(Vec<VersionInfo>),
@@ -94,6 +102,11 @@ pub struct TrainView {
     pub(in crate::ui) eta_anchor: Option<(Instant, f64, usize)>,
     /// Seconds left in the current phase, from the steps so far.
     pub eta_s: Option<f64>,
+    /// Val images of the running run (the final evaluation runs them through the engine).
+    pub(in crate::ui) val_images: usize,
+    /// Seconds per image measured while extracting backbone features: the estimate of the
+    /// final evaluation's time until it reports its own progress.
+    pub(in crate::ui) per_image_s: Option<f64>,
     pub(in crate::ui) cancel: Option<Arc<AtomicBool>>,
     pub(in crate::ui) rx: Option<Receiver<Msg>>,
     pub(in crate::ui) started: Option<Instant>,
@@ -145,6 +158,8 @@ impl Default for TrainView {
             first_epoch: 1,
             eta_anchor: None,
             eta_s: None,
+            val_images: 0,
+            per_image_s: None,
             cancel: None,
             rx: None,
             started: None,
