@@ -3,8 +3,9 @@
 
 # System packages the app and tests need on Debian/Ubuntu. mesa-vulkan-drivers is lavapipe,
 # the Vulkan driver wgpu uses on machines without a GPU (harmless where a GPU driver exists);
-# libclang-dev lets nokhwa generate its V4L2 camera bindings at build time.
-DI_PACKAGES=(mesa-vulkan-drivers libvulkan1 libclang-dev)
+# libclang-dev lets nokhwa generate its V4L2 camera bindings at build time; mosquitto is the
+# MQTT broker the line I/O tests start on a free loopback port (its system service is not used).
+DI_PACKAGES=(mesa-vulkan-drivers libvulkan1 libclang-dev mosquitto)
 
 di_missing_packages() {
   local missing=()

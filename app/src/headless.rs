@@ -45,6 +45,66 @@ pub struct InspectArgs {
     /// Share of PASS frames archived as images (rejects always are).
     #[arg(long, default_value_t = 0.01)]
     pub pass_sample: f64,
+    /// Take triggers from a PLC: modbus:ADDRESS:PORT serves the README's register map over
+    /// Modbus TCP and judges one frame per trigger (a folder: the next image; after the last
+    /// one the registers are served until the station is stopped).
+    #[arg(long, value_name = "modbus:ADDRESS:PORT")]
+    pub trigger: Option<String>,
+    /// Modbus unit id the PLC addresses.
+    #[arg(long, default_value_t = 1)]
+    pub unit_id: u8,
+    /// A trigger with no verdict within this many ms gets a fail-safe FAIL.
+    #[arg(long, default_value_t = 200)]
+    pub response_window_ms: u64,
+    /// Publish every result to mqtt://HOST:PORT/PREFIX (mqtts:// for TLS) on
+    /// PREFIX/STATION/result; needs --db (the history is the outbox). Credentials from
+    /// DI_MQTT_USER and DI_MQTT_PASSWORD.
+    #[arg(long, value_name = "mqtt://HOST:PORT/PREFIX")]
+    pub mqtt: Option<String>,
+}
+
+impl InspectArgs {
+    /// The line I/O these options ask for (None: none).
+    pub fn line_options(&self) -> anyhow::Result<Option<crate::line_station::LineOptions>> {
+        if self.trigger.is_none() && self.mqtt.is_none() {
+            return Ok(None);
+        }
+        anyhow::ensure!(
+            (1..=60_000).contains(&self.response_window_ms),
+            "--response-window-ms {}: must be between 1 and 60000",
+            self.response_window_ms
+        );
+        let modbus = self
+            .trigger
+            .as_deref()
+            .map(|t| {
+                crate::station::line_io::parse_trigger(t).map(|listen| {
+                    crate::station::line_io::ModbusConfig {
+                        listen,
+                        unit: self.unit_id,
+                    }
+                })
+            })
+            .transpose()
+            .map_err(anyhow::Error::msg)?;
+        let mqtt = self
+            .mqtt
+            .as_deref()
+            .map(|u| crate::records::mqtt::MqttConfig::parse(u, &self.station))
+            .transpose()
+            .map_err(anyhow::Error::msg)?
+            .map(|mut c| {
+                c.username = std::env::var("DI_MQTT_USER").ok();
+                c.password = std::env::var("DI_MQTT_PASSWORD").ok();
+                c
+            });
+        Ok(Some(crate::line_station::LineOptions {
+            triggered: modbus.is_some(),
+            modbus,
+            window: Duration::from_millis(self.response_window_ms),
+            mqtt,
+        }))
+    }
 }
 
 /// Parses `x,y,w,h`.
@@ -79,6 +139,7 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
             "--threshold {t}: must be between 0 and 1"
         );
     }
+    let line_options = args.line_options()?;
     let gpu = kernels::GpuContext::headless()?;
     let recorder = match &args.db {
         Some(db) => Some(Recorder::start(db, RecorderOptions::default())?),
@@ -97,7 +158,27 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
     }
     let label = gpu.describe();
-    let pipe = Pipeline::start(
+    let (line, sink) = match &line_options {
+        Some(o) => {
+            let (l, s) = crate::line_station::LineStation::start(o, sink, &model.1, &source.uri())
+                .map_err(anyhow::Error::msg)?;
+            if let Some(s) = &l.server {
+                eprintln!(
+                    "Modbus server on {} (unit {}), {} mode",
+                    s.local_addr(),
+                    args.unit_id,
+                    if l.triggered { "triggered" } else { "free-run" }
+                );
+            }
+            (Some(l), Some(s))
+        }
+        None => (
+            None,
+            sink.map(|s| Box::new(s) as Box<dyn pipeline::VerdictSink>),
+        ),
+    };
+    let stop = crate::line_station::stop_requested();
+    let pipe = Pipeline::start_triggered(
         gpu.device.clone(),
         gpu.queue.clone(),
         label.clone(),
@@ -112,8 +193,9 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
             display: false,
             stop_on_roi_refused: true,
         },
-        sink.map(|s| Box::new(s) as Box<dyn pipeline::VerdictSink>),
+        sink,
         Arc::new(|| {}),
+        line.as_ref().and_then(|l| l.trigger()),
     )
     .map_err(anyhow::Error::msg)?;
     let started = Instant::now();
@@ -121,7 +203,26 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
     let mut latencies = Vec::new();
     let stdout = std::io::stdout();
     let source_name = source.uri();
-    while let Some(ev) = pipe.next_event(Duration::from_secs(3600)) {
+    let serving = line.as_ref().is_some_and(|l| l.triggered);
+    let mut ended = false;
+    let mut last_event = Instant::now();
+    loop {
+        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+            eprintln!("stopping");
+            break;
+        }
+        let asked = Instant::now();
+        let Some(ev) = pipe.next_event(Duration::from_millis(200)) else {
+            // Nothing within the poll (or the pipeline is gone: then at once).
+            if asked.elapsed() < Duration::from_millis(150) || (ended && !serving) {
+                break;
+            }
+            if !serving && last_event.elapsed() > Duration::from_secs(3600) {
+                break;
+            }
+            continue;
+        };
+        last_event = Instant::now();
         let mut out = stdout.lock();
         match ev {
             Event::Verdict(v) => {
@@ -188,7 +289,18 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
             Event::Source(SourceStatus::Failed(e)) => {
                 anyhow::bail!("{e}");
             }
-            Event::Source(SourceStatus::Ended(_)) => break,
+            Event::Source(SourceStatus::Ended(_)) => {
+                if !serving {
+                    break;
+                }
+                if !ended {
+                    eprintln!(
+                        "the replay has ended; serving the Modbus registers until stopped \
+                         (Ctrl-C)"
+                    );
+                }
+                ended = true;
+            }
             Event::Source(SourceStatus::Lost(e)) => eprintln!("{e}"),
             Event::Source(SourceStatus::Running(s)) => {
                 tracing::info!("inspecting {s} on {label}")
@@ -206,6 +318,10 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
             } => {
                 drop(out);
                 drop(pipe);
+                if let Some(l) = &line {
+                    l.io.stop();
+                    l.io.close_store();
+                }
                 if let Some(r) = recorder {
                     r.finish();
                 }
@@ -224,8 +340,19 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
     let p90 = pipeline::percentile(latencies, 0.9);
     let dropped = pipe.counters().dropped;
     drop(pipe);
-    if let Some(r) = recorder {
-        r.finish();
+    // The history first (every result committed), then the broker's acknowledgements.
+    let finish_recorder = move || {
+        if let Some(r) = recorder {
+            r.finish();
+        }
+    };
+    match line {
+        Some(l) => {
+            if let Some(msg) = l.finish(Duration::from_secs(5), finish_recorder) {
+                eprintln!("{msg}");
+            }
+        }
+        None => finish_recorder(),
     }
     if args.json {
         println!(

@@ -8,13 +8,15 @@
 //! - [`training`]: whole-image, head and anomaly training behind one [`training::train`];
 //! - [`records`]: the verdict history, model versions, settings;
 //! - the top: [`ui`] (the eframe app), [`headless`] (`inspector inspect`, `cameras`,
-//!   `history`), [`bench`] (`inspector bench`) and [`cli`] (argument parsing and dispatch).
+//!   `history`), [`bench`] (`inspector bench`), [`line_station`] (the line I/O put together:
+//!   Modbus, fail-safe, MQTT) and [`cli`] (argument parsing and dispatch).
 
 pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod evaluation;
 pub mod headless;
+pub mod line_station;
 pub mod records;
 pub mod station;
 pub mod training;

@@ -27,6 +27,7 @@ use kernels::{Engine, Heatmap, Model, Roi};
 
 use crate::data::dataset::DecodedImage;
 use crate::station::source::{CapturedFrame, Pull, SourceSpec};
+use crate::station::trigger::{Trigger, TriggeredSource};
 
 /// A loaded model and where it came from.
 #[derive(Clone, Debug)]
@@ -151,6 +152,9 @@ impl Verdict {
 pub trait VerdictSink: Send {
     /// Records one verdict; blocks when the recorder is behind (inspection slows, nothing is lost).
     fn record(&mut self, verdict: &Verdict) -> Result<(), String>;
+    /// A frame the model could not judge (the engine failed on it). A sink that owes someone a
+    /// result for that frame (the PLC's trigger) answers now; by default nothing happens.
+    fn not_judged(&mut self, _frame: &CapturedFrame, _error: &str) {}
 }
 
 /// The state of the frame source.
@@ -405,6 +409,7 @@ pub struct Pipeline {
     counters: Arc<Mutex<Counters>>,
     worker: Option<JoinHandle<()>>,
     limit: Option<u64>,
+    trigger: Option<Arc<dyn Trigger>>,
 }
 
 impl Pipeline {
@@ -420,6 +425,33 @@ impl Pipeline {
         options: PipelineOptions,
         sink: Option<Box<dyn VerdictSink>>,
         wake: Arc<dyn Fn() + Send + Sync>,
+    ) -> Result<Self, String> {
+        Self::start_triggered(
+            device,
+            queue,
+            adapter_label,
+            model,
+            source,
+            options,
+            sink,
+            wake,
+            None,
+        )
+    }
+
+    /// [`Self::start`] with a [`Trigger`]: one frame judged per trigger (see
+    /// [`crate::station::trigger`]); None = free-run.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_triggered(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        adapter_label: String,
+        model: (Model, ModelInfo),
+        source: SourceSpec,
+        options: PipelineOptions,
+        sink: Option<Box<dyn VerdictSink>>,
+        wake: Arc<dyn Fn() + Send + Sync>,
+        trigger: Option<Arc<dyn Trigger>>,
     ) -> Result<Self, String> {
         let engine =
             Engine::new(&device, &queue, &model.0, 1, adapter_label.clone()).map_err(|e| {
@@ -467,6 +499,7 @@ impl Pipeline {
             fps.clone(),
             options.limit,
             counters.clone(),
+            trigger.clone(),
         );
         Ok(Self {
             commands: cmd_tx,
@@ -478,6 +511,7 @@ impl Pipeline {
             counters,
             worker: Some(thread),
             limit: options.limit,
+            trigger,
         })
     }
 
@@ -552,6 +586,7 @@ impl Pipeline {
             self.fps.clone(),
             self.limit,
             self.counters.clone(),
+            self.trigger.clone(),
         );
     }
 }
@@ -582,16 +617,18 @@ fn spawn_capture(
     fps: Arc<Mutex<f64>>,
     limit: Option<u64>,
     counters: Arc<Mutex<Counters>>,
+    trigger: Option<Arc<dyn Trigger>>,
 ) -> Capture {
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
     let thread = std::thread::Builder::new()
         .name("capture".into())
-        .spawn(move || capture_loop(source, frames, paused, fps, limit, counters, stop2))
+        .spawn(move || capture_loop(source, frames, paused, fps, limit, counters, stop2, trigger))
         .ok();
     Capture { stop, thread }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn capture_loop(
     spec: SourceSpec,
     frames: Sender<Captured>,
@@ -600,6 +637,7 @@ fn capture_loop(
     limit: Option<u64>,
     counters: Arc<Mutex<Counters>>,
     stop: Arc<AtomicBool>,
+    trigger: Option<Arc<dyn Trigger>>,
 ) {
     let name = spec.uri();
     let source_name: Arc<str> = name.clone().into();
@@ -607,10 +645,16 @@ fn capture_loop(
     let mut source = match spec.open() {
         Ok(s) => s,
         Err(e) => {
+            if let Some(t) = &trigger {
+                t.set_source_live(false, &e);
+            }
             let _ = frames.send(Captured::Status(SourceStatus::Failed(e)));
             return;
         }
     };
+    if let Some(t) = trigger {
+        source = Box::new(TriggeredSource::new(source, t, live, stop.clone()));
+    }
     let _ = frames.send(Captured::Status(SourceStatus::Running(spec.describe())));
     let mut lost = false;
     let mut pulled = 0u64;
@@ -819,6 +863,9 @@ impl Worker {
                 self.emit(Event::Verdict(Box::new(Arc::unwrap_or_clone(v))))
             }
             Err(error) => {
+                if let Some(sink) = self.sink.as_mut() {
+                    sink.not_judged(&f, &error);
+                }
                 if let Ok(mut c) = self.counters.lock() {
                     c.unreadable += 1;
                 }

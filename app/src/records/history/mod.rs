@@ -11,19 +11,22 @@
 //! - [`queries`]: filters and everything the History tab and `inspector history` read;
 //! - [`writer`]: the [`Recorder`] thread and the pipeline's [`RecorderSink`];
 //! - [`archive`]: rejected frames as PNG files under a disk budget;
-//! - [`export`]: CSV and control-chart limits.
+//! - [`export`]: CSV and control-chart limits;
+//! - [`outbox`]: the line I/O's results (inspection number, part number) and the MQTT outbox.
 //!
 //! The submodules import one another downwards only (schema ← queries, archive ← writer,
 //! export); this file only re-exports their public items as `history::…`.
 
 mod archive;
 mod export;
+mod outbox;
 mod queries;
 mod schema;
 mod writer;
 
 pub use archive::*;
 pub use export::*;
+pub use outbox::*;
 pub use queries::*;
 pub use schema::*;
 pub use writer::*;

@@ -100,6 +100,19 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // 3: the region of interest the model saw ("x,y,w,h" in frame pixels), so the archived
     // heatmap can be drawn over the right part of the archived frame.
     "ALTER TABLE inspections ADD COLUMN roi TEXT;",
+    // 4: line I/O — the inspection number the PLC and the plant see, the PLC's part number, the
+    // error code of a fail-safe result, and the MQTT outbox state (NULL: not for MQTT, 0: to
+    // send, 1: acknowledged by the broker).
+    "CREATE TABLE line_results (
+        inspection_id INTEGER PRIMARY KEY,
+        run_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        part_number INTEGER,
+        error_code INTEGER NOT NULL,
+        mqtt_state INTEGER
+    );
+    CREATE INDEX line_results_row ON line_results (run_id, seq);
+    CREATE INDEX line_results_outbox ON line_results (mqtt_state, inspection_id);",
 ];
 
 /// The default database: `<platform data dir>/history.sqlite`.

@@ -24,6 +24,8 @@ pub enum Op {
     Event(EventRow),
     /// A correction of a stored verdict (also stored as an event).
     Override(Override),
+    /// The line I/O's number for an inspection (after the inspection's own op).
+    LineResult(super::outbox::LineResultRow),
 }
 
 /// What the writer has done, for the status bar.
@@ -354,8 +356,25 @@ impl Store {
                      DO UPDATE SET total = total + excluded.total, fails = fails + excluded.fails",
                 )
                 .map_err(sql)?;
+            let mut line = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO line_results (inspection_id, run_id, seq, part_number,
+                     error_code, mqtt_state) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(sql)?;
             for op in ops {
                 match op {
+                    Op::LineResult(l) => {
+                        line.execute(params![
+                            l.inspection_id as i64,
+                            l.run_id,
+                            l.seq as i64,
+                            l.part_number.map(i64::from),
+                            l.error_code as i64,
+                            l.mqtt.then_some(0i64)
+                        ])
+                        .map_err(sql)?;
+                    }
                     Op::Inspection(r, _) => {
                         let inserted = ins
                             .execute(params![
