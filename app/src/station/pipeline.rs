@@ -659,6 +659,8 @@ fn capture_loop(
     let mut lost = false;
     let mut pulled = 0u64;
     let mut next_due = Instant::now();
+    // Failures to read in a row make a stored source lost, as an unplugged camera.
+    let mut watch = crate::station::source::ReadWatch::default();
     while !stop.load(Ordering::SeqCst) {
         if paused.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(20));
@@ -685,6 +687,7 @@ fn capture_loop(
         let msg = match source.pull() {
             Pull::Frame(f) => {
                 pulled += 1;
+                watch.read();
                 if lost {
                     lost = false;
                     let _ = frames.send(Captured::Status(SourceStatus::Running(spec.describe())));
@@ -693,6 +696,12 @@ fn capture_loop(
             }
             Pull::Unreadable { origin, error } => {
                 pulled += 1;
+                if let Some(why) = watch.failed(&spec, &origin, &error)
+                    && !lost
+                {
+                    lost = true;
+                    let _ = frames.send(Captured::Status(SourceStatus::Lost(why)));
+                }
                 Captured::Unreadable { origin, error }
             }
             Pull::End => {
