@@ -353,6 +353,47 @@ fn roi_outside_the_frame_is_refused() {
     );
 }
 
+/// An ROI reaching past the frame's edge is clipped to the frame, and stderr says so once,
+/// naming the given and the clipped region (it used to be accepted without a word).
+#[test]
+fn roi_reaching_past_the_frame_is_clipped_and_said_once() {
+    let out = succeeds(
+        bin()
+            .args([
+                "inspect",
+                "--json",
+                "--limit",
+                "3",
+                "--roi",
+                "0,0,5000,100",
+                "--source",
+            ])
+            .arg(format!(
+                "folder:{}",
+                root().join("datasets/magnetic-tile-demo").display()
+            )),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    let said: Vec<&str> = err.lines().filter(|l| l.contains("clipped")).collect();
+    assert_eq!(said.len(), 1, "said {} times: {err}", said.len());
+    assert!(
+        said[0].contains("x 0, y 0, 5000 × 100") && said[0].contains("clipped to x 0, y 0, "),
+        "{err}"
+    );
+    let clipped_width: u32 = said[0]
+        .rsplit("clipped to x 0, y 0, ")
+        .next()
+        .and_then(|r| r.split(' ').next())
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no clipped width in {err}"));
+    assert!(clipped_width < 5000, "{err}");
+    let verdicts = json_lines(&out.stdout)
+        .iter()
+        .filter(|l| l["verdict"].is_string())
+        .count();
+    assert_eq!(verdicts, 3, "{err}");
+}
+
 /// `inspector eval` without `--split` on the demo set (whose only split is "demo") evaluates
 /// every row and says so on stderr and in the JSON (it used to fail: no rows in split "test").
 #[test]

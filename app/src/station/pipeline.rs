@@ -482,6 +482,7 @@ impl Pipeline {
             wake,
             seq: 0,
             roi_previous: None,
+            roi_clip_told: None,
             stop_on_roi_refused: options.stop_on_roi_refused,
             display: options.display,
         };
@@ -747,6 +748,8 @@ struct Worker {
     seq: u64,
     /// The region in use before the last [`Command::SetRoi`]: what a refused region falls back to.
     roi_previous: Option<Roi>,
+    /// The region last said to be clipped to a frame (said once, not on every frame).
+    roi_clip_told: Option<Roi>,
     stop_on_roi_refused: bool,
     display: bool,
 }
@@ -849,6 +852,22 @@ impl Worker {
                         kept,
                     });
                     if !alive || self.stop_on_roi_refused {
+                        return false;
+                    }
+                }
+                if let Some(roi) = self.roi
+                    && self.roi_clip_told != Some(roi)
+                    && (roi.x.saturating_add(roi.width) > w || roi.y.saturating_add(roi.height) > h)
+                {
+                    // Reaching past the edge: clipped, and said so once.
+                    self.roi_clip_told = Some(roi);
+                    let (cw, ch) = (roi.width.min(w - roi.x), roi.height.min(h - roi.y));
+                    let text = format!(
+                        "region of interest x {}, y {}, {} × {} reaches past the {w}×{h} frame {}: \
+                         clipped to x {}, y {}, {cw} × {ch}",
+                        roi.x, roi.y, roi.width, roi.height, f.origin, roi.x, roi.y
+                    );
+                    if !self.emit(Event::Warning(text)) {
                         return false;
                     }
                 }
