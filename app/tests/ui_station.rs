@@ -51,9 +51,14 @@ fn a_vanished_folder_shows_no_signal_with_the_reason_and_raises_an_alarm() {
             a.source_status,
             Some(SourceStatus::Lost(_))
         )),
-        "the vanished folder was not reported lost; {} unreadable, status {:?}",
+        "the vanished folder was not reported lost; {} unreadable, status {:?}; notices {:?}",
         h.state().counters.unreadable,
-        h.state().source_status
+        h.state().source_status,
+        h.state()
+            .notices
+            .iter()
+            .map(|n| format!("{n:?}"))
+            .collect::<Vec<_>>()
     );
     h.run_steps(2);
     assert!(
