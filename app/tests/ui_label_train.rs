@@ -214,8 +214,23 @@ fn predict_with_the_active_model_shows_progress_and_cancels() {
         "status {:?}",
         h.state().label.status
     );
-    // A whole run.
+    // A whole run: predictions show as they arrive, before it ends (batch by batch).
     h.get_by_label("Predict with active model").click();
+    assert!(
+        step_until(&mut h, Duration::from_secs(120), |a| a
+            .label
+            .predicted()
+            .is_some_and(|n| n > 0)),
+        "status {:?}",
+        h.state().label.status
+    );
+    let so_far = h.state().label.predicted().unwrap();
+    assert!(
+        h.state().label.predicting() && so_far < 60,
+        "{so_far} predicted, still running: {}",
+        h.state().label.predicting()
+    );
+    assert!(h.query_by_label_contains("predicting ").is_some());
     assert!(
         step_until(&mut h, Duration::from_secs(120), |a| a.label.status
             == "predicted 60 images with the active model"),
@@ -223,6 +238,7 @@ fn predict_with_the_active_model_shows_progress_and_cancels() {
         h.state().label.status
     );
     assert!(h.query_by_label_contains("predicting ").is_none());
+    assert_eq!(h.state().label.predicted(), Some(60));
 }
 
 /// The Train tab trains an anomaly model from the good parts only: the kind is chosen in the

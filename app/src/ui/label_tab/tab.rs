@@ -1,6 +1,7 @@
 //! The Label tab drawn: the dataset chooser, prediction with the active model, keyboard
 //! labelling, classes and filters, and the thumbnail grid beside the editor.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -70,10 +71,12 @@ pub(in crate::ui) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
                         Err(e) => v.status = format!("ERROR: {e}"),
                     }
                 }
-                Loaded::PredictProgress(done, total) => {
+                Loaded::PredictProgress(done, total, batch) => {
                     if let Some(p) = &mut v.predict_progress {
                         p.0 = done;
                         p.1 = total;
+                        // Shown as they arrive: the grid and the editor fill while it runs.
+                        v.predictions.get_or_insert_default().extend(batch);
                     }
                 }
             }
@@ -129,6 +132,8 @@ pub(in crate::ui) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
             {
                 v.predict_cancel = cancel;
                 v.predict_progress = Some((0, set.rows.len(), std::time::Instant::now()));
+                // This run's predictions only, from its first batch on.
+                v.predictions = Some(HashMap::new());
                 v.status.clear();
             }
         }

@@ -162,6 +162,16 @@ impl LabelView {
         }
     }
 
+    /// How many images the active model has predicted (so far, while a run goes on).
+    pub fn predicted(&self) -> Option<usize> {
+        self.predictions.as_ref().map(HashMap::len)
+    }
+
+    /// Whether "Predict with active model" is running.
+    pub fn predicting(&self) -> bool {
+        self.predict_progress.is_some()
+    }
+
     /// The mask being edited: (width, height, one byte per pixel, 0 = no defect).
     pub fn mask_pixels(&self) -> Option<(u32, u32, &[u8])> {
         self.mask

@@ -40,8 +40,9 @@ pub(super) enum Loaded {
     },
     /// (predictions, whether the run was cancelled before the end)
     Predictions(Result<(HashMap<String, Prediction>, bool), String>),
-    /// Images predicted so far, of how many.
-    PredictProgress(usize, usize),
+    /// Images predicted so far, of how many, and the predictions of the batch just done (shown
+    /// as they arrive; the final [`Loaded::Predictions`] holds them all).
+    PredictProgress(usize, usize, HashMap<String, Prediction>),
 }
 
 /// Disk writes, in order.
@@ -147,8 +148,8 @@ pub(super) fn spawn_loader(ctx: &egui::Context, gpu: &Gpu) -> (Sender<Load>, Rec
                         rows,
                         cancel,
                     } => {
-                        let progress = |done: usize, total: usize| {
-                            let _ = otx.try_send(Loaded::PredictProgress(done, total));
+                        let progress = |done: usize, total: usize, batch| {
+                            let _ = otx.try_send(Loaded::PredictProgress(done, total, batch));
                             ctx.request_repaint();
                         };
                         Loaded::Predictions(predict(&gpu, &model, &rows, &cancel, progress))
@@ -194,51 +195,83 @@ pub(super) fn spawn_saver(ctx: &egui::Context) -> (Sender<Save>, Receiver<String
     (tx, erx)
 }
 
-/// Runs `rows` through `model`, reporting (done, total) after each image; stops early (keeping
-/// what it has) when `cancel` is set.
+/// Images per engine call once the first results are out (the engine is several times faster
+/// per image at 32 than at 1).
+pub(super) const PREDICT_BATCH: usize = 32;
+/// The first call's size: small, so that the first predictions show within a second or two.
+const FIRST_BATCH: usize = 4;
+
+/// Runs `rows` through `model` in batches, telling `progress` (done, total, the batch's
+/// predictions) after each batch; stops early (keeping what it has) when `cancel` is set.
 fn predict(
     gpu: &Gpu,
     model: &std::path::Path,
     rows: &[(String, PathBuf)],
     cancel: &AtomicBool,
-    progress: impl Fn(usize, usize),
+    progress: impl Fn(usize, usize, HashMap<String, Prediction>),
 ) -> Result<(HashMap<String, Prediction>, bool), String> {
     let (m, _) = crate::station::pipeline::load_model(model)?;
-    let mut engine = kernels::Engine::new(&gpu.device, &gpu.queue, &m, 1, gpu.label.clone())
-        .map_err(|e| e.to_string())?;
+    let mut engine = kernels::Engine::new(
+        &gpu.device,
+        &gpu.queue,
+        &m,
+        PREDICT_BATCH as u32,
+        gpu.label.clone(),
+    )
+    .map_err(|e| e.to_string())?;
+    let pass_labels = m
+        .spec
+        .is_anomaly()
+        .then(|| crate::evaluation::eval::pass_labels(&m.spec));
+    let said = |probabilities: &[f32]| {
+        crate::evaluation::metrics::argmax(probabilities).map(|best| Prediction {
+            class: m.spec.classes[best].clone(),
+            probabilities: m
+                .spec
+                .classes
+                .iter()
+                .cloned()
+                .zip(probabilities.iter().copied())
+                .collect(),
+            pass_labels: pass_labels.clone(),
+        })
+    };
     let mut out = HashMap::new();
-    for (done, (key, p)) in rows.iter().enumerate() {
+    let mut done = 0;
+    progress(0, rows.len(), HashMap::new());
+    while done < rows.len() {
         if cancel.load(Ordering::Relaxed) {
             return Ok((out, true));
         }
-        progress(done, rows.len());
-        let Ok(img) = crate::data::dataset::decode_image(p) else {
-            continue;
+        let n = if done == 0 {
+            FIRST_BATCH
+        } else {
+            PREDICT_BATCH
         };
-        let Ok(r) = engine.infer(&[img.frame()]) else {
-            continue;
+        let chunk = &rows[done..(done + n).min(rows.len())];
+        // Unreadable images are left out (no prediction), as before.
+        let images: Vec<(&String, crate::data::dataset::DecodedImage)> = chunk
+            .iter()
+            .filter_map(|(k, p)| Some((k, crate::data::dataset::decode_image(p).ok()?)))
+            .collect();
+        let frames: Vec<_> = images.iter().map(|(_, i)| i.frame()).collect();
+        let results = match engine.infer(&frames) {
+            Ok(r) => r.into_iter().map(Some).collect(),
+            // One bad image must not cost the batch: one at a time.
+            Err(_) => frames
+                .iter()
+                .map(|f| engine.infer(std::slice::from_ref(f)).ok()?.pop())
+                .collect::<Vec<_>>(),
         };
-        if let Some(r) = r.first()
-            && let Some(best) = crate::evaluation::metrics::argmax(&r.probabilities)
-        {
-            out.insert(
-                key.clone(),
-                Prediction {
-                    class: m.spec.classes[best].clone(),
-                    probabilities: m
-                        .spec
-                        .classes
-                        .iter()
-                        .cloned()
-                        .zip(r.probabilities.iter().copied())
-                        .collect(),
-                    pass_labels: m
-                        .spec
-                        .is_anomaly()
-                        .then(|| crate::evaluation::eval::pass_labels(&m.spec)),
-                },
-            );
+        let mut batch = HashMap::new();
+        for ((key, _), r) in images.iter().zip(results) {
+            if let Some(p) = r.and_then(|r| said(&r.probabilities)) {
+                batch.insert((*key).clone(), p);
+            }
         }
+        done += chunk.len();
+        out.extend(batch.clone());
+        progress(done, rows.len(), batch);
     }
     Ok((out, false))
 }
