@@ -1,6 +1,7 @@
 //! The capture → inference pipeline on the real engine: a folder replays to its end with one
 //! verdict per readable image; a damaged model is refused mid-stream without stopping it; a
-//! region of interest outside the frame is reported and the frame is still inspected.
+//! region of interest outside the frame is reported and the frame is still inspected; a pause
+//! lets the frames already taken land (each once), then nothing more until resumed.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -246,5 +247,56 @@ fn classifier_and_anomaly_models_hot_swap_mid_stream() {
     }
     for v in verdicts.iter().filter(|v| v.model_id == classifier_id) {
         assert!(classifier_classes.contains(&v.class), "{}", v.class);
+    }
+}
+
+#[test]
+fn pause_lets_the_frames_in_flight_land_then_nothing_more() {
+    // Unpaced synthetic frames keep the queue full, so a pause always finds frames in flight.
+    let p = start(
+        SourceSpec::Synthetic {
+            size: (96, 80),
+            seed: 3,
+        },
+        PipelineOptions {
+            fps: 0.0,
+            lossless_events: true,
+            ..PipelineOptions::default()
+        },
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while p.counters().inspected < 3 {
+        assert!(std::time::Instant::now() < deadline, "no verdicts");
+        while p.next_event(Duration::from_millis(50)).is_some() {}
+    }
+    p.set_paused(true);
+    let at_pause = p.counters();
+    assert!(
+        at_pause.in_flight >= 1,
+        "an unpaced source has frames queued: {at_pause:?}"
+    );
+    // The frames taken before the pause are judged, each once.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let drained = loop {
+        let c = p.counters();
+        if c.in_flight == 0 {
+            break c;
+        }
+        assert!(std::time::Instant::now() < deadline, "frames stay in flight: {c:?}");
+        while p.next_event(Duration::from_millis(50)).is_some() {}
+    };
+    assert!(drained.inspected > at_pause.inspected);
+    assert!(drained.inspected <= at_pause.inspected + at_pause.in_flight);
+    // Then nothing more while paused.
+    std::thread::sleep(Duration::from_millis(800));
+    let later = p.counters();
+    assert_eq!(later.inspected, drained.inspected, "inspection went on while paused");
+    assert_eq!(later.in_flight, 0);
+    // Resume: inspection goes on.
+    p.set_paused(false);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while p.counters().inspected <= later.inspected {
+        assert!(std::time::Instant::now() < deadline, "resume did not restart inspection");
+        while p.next_event(Duration::from_millis(50)).is_some() {}
     }
 }

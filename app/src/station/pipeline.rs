@@ -250,6 +250,9 @@ pub struct Counters {
     pub consecutive_fails: u64,
     /// The last [`Counters::RECENT`] outcomes (true = FAIL), newest last: the drift window.
     pub recent: VecDeque<bool>,
+    /// Frames taken from the source and not judged yet (queued or being judged): after a pause
+    /// they still land, and the station says so until this is 0. Not reset with the counters.
+    pub in_flight: u64,
 }
 
 impl Counters {
@@ -318,6 +321,7 @@ impl Counters {
     pub fn reset(&mut self) {
         *self = Self {
             since: Some(chrono::Utc::now()),
+            in_flight: self.in_flight,
             ..Self::default()
         };
     }
@@ -685,6 +689,13 @@ fn capture_loop(
                     + Duration::from_secs_f64(1.0 / rate.max(0.01));
             }
         }
+        // Count the frame in flight before pulling it, under the lock a pause is read under:
+        // a pause set before a snapshot of the counters either stops this pull or shows it.
+        match counters.lock() {
+            Ok(_) if paused.load(Ordering::SeqCst) => continue,
+            Ok(mut c) => c.in_flight += 1,
+            Err(_) => {}
+        }
         let msg = match source.pull() {
             Pull::Frame(f) => {
                 pulled += 1;
@@ -706,10 +717,16 @@ fn capture_loop(
                 Captured::Unreadable { origin, error }
             }
             Pull::End => {
+                release_in_flight(&counters);
                 let _ = frames.send(Captured::End(name));
                 return;
             }
+            Pull::Idle => {
+                release_in_flight(&counters);
+                continue;
+            }
             Pull::Lost(why) => {
+                release_in_flight(&counters);
                 if !lost {
                     lost = true;
                     let _ = frames.send(Captured::Status(SourceStatus::Lost(why)));
@@ -718,6 +735,7 @@ fn capture_loop(
             }
         };
         if stop.load(Ordering::SeqCst) {
+            release_in_flight(&counters);
             return;
         }
         if live {
@@ -725,10 +743,19 @@ fn capture_loop(
                 && let Ok(mut c) = counters.lock()
             {
                 c.dropped += 1;
+                c.in_flight = c.in_flight.saturating_sub(1);
             }
         } else if frames.send(msg).is_err() {
+            release_in_flight(&counters);
             return;
         }
+    }
+}
+
+/// One frame counted in [`Counters::in_flight`] was judged or let go.
+fn release_in_flight(counters: &Mutex<Counters>) {
+    if let Ok(mut c) = counters.lock() {
+        c.in_flight = c.in_flight.saturating_sub(1);
     }
 }
 
@@ -777,7 +804,14 @@ impl Worker {
                     Ok(c) => self.command(c),
                 },
                 recv(frames) -> f => match f {
-                    Ok(f) => self.captured(f),
+                    Ok(f) => {
+                        let judged = matches!(f, Captured::Frame(..) | Captured::Unreadable { .. });
+                        let alive = self.captured(f);
+                        if judged {
+                            release_in_flight(&self.counters);
+                        }
+                        alive
+                    }
                     Err(_) => false,
                 },
             };

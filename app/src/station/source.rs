@@ -142,6 +142,9 @@ pub enum Pull {
     End,
     /// The device is gone (camera unplugged); the source retries on later pulls.
     Lost(String),
+    /// Nothing this time, ask again: a triggered source with no trigger yet (it returns within
+    /// a few ms, so a pause or a stop takes effect between two pulls).
+    Idle,
 }
 
 /// A source of frames, owned by the capture thread.

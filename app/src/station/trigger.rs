@@ -63,10 +63,7 @@ impl TriggeredSource {
 
     fn stopped() -> Pull {
         // The capture loop checks its stop flag after every pull and sends nothing then.
-        Pull::Unreadable {
-            origin: String::new(),
-            error: "stopped".into(),
-        }
+        Pull::Idle
     }
 
     fn pull_for(&mut self, ticket: u64) -> Pull {
@@ -89,6 +86,10 @@ impl TriggeredSource {
                 self.trigger
                     .no_frame(ticket, NoFrame::SourceLost, "the replay has ended");
             }
+            Pull::Idle => {
+                self.trigger
+                    .no_frame(ticket, NoFrame::SourceLost, "the source gave no frame");
+            }
         }
         p
     }
@@ -101,41 +102,40 @@ impl FrameSource for TriggeredSource {
     }
 
     fn pull(&mut self) -> Pull {
-        if self.live {
-            loop {
-                if self.stop.load(Ordering::SeqCst) {
-                    return Self::stopped();
-                }
-                match self.inner.pull() {
-                    Pull::Frame(f) => {
-                        self.trigger.set_source_live(true, "");
-                        if let Some(ticket) = self.trigger.take_if_before(f.captured) {
-                            self.trigger.bind(ticket, f.timestamp);
-                            return Pull::Frame(f);
-                        }
-                    }
-                    Pull::Lost(why) => {
-                        self.trigger.set_source_live(false, &why);
-                        if let Some(t) = self.trigger.take_if_before(Instant::now()) {
-                            self.trigger.no_frame(t, NoFrame::SourceLost, &why);
-                        }
-                        return Pull::Lost(why);
-                    }
-                    Pull::End => {
-                        self.trigger.set_source_live(false, "the camera stopped");
-                        return Pull::End;
-                    }
-                    other @ Pull::Unreadable { .. } => return other,
-                }
-            }
+        if self.stop.load(Ordering::SeqCst) {
+            return Self::stopped();
         }
-        loop {
-            if self.stop.load(Ordering::SeqCst) {
-                return Self::stopped();
-            }
-            if let Some(ticket) = self.trigger.wait_take(Duration::from_millis(20)) {
-                return self.pull_for(ticket);
-            }
+        if self.live {
+            return match self.inner.pull() {
+                Pull::Frame(f) => {
+                    self.trigger.set_source_live(true, "");
+                    match self.trigger.take_if_before(f.captured) {
+                        Some(ticket) => {
+                            self.trigger.bind(ticket, f.timestamp);
+                            Pull::Frame(f)
+                        }
+                        // A frame no trigger asked for: the capture loop looks at its pause
+                        // and stop flags before the next one.
+                        None => Pull::Idle,
+                    }
+                }
+                Pull::Lost(why) => {
+                    self.trigger.set_source_live(false, &why);
+                    if let Some(t) = self.trigger.take_if_before(Instant::now()) {
+                        self.trigger.no_frame(t, NoFrame::SourceLost, &why);
+                    }
+                    Pull::Lost(why)
+                }
+                Pull::End => {
+                    self.trigger.set_source_live(false, "the camera stopped");
+                    Pull::End
+                }
+                other @ (Pull::Unreadable { .. } | Pull::Idle) => other,
+            };
+        }
+        match self.trigger.wait_take(Duration::from_millis(20)) {
+            Some(ticket) => self.pull_for(ticket),
+            None => Pull::Idle,
         }
     }
 }

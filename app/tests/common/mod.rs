@@ -46,26 +46,12 @@ pub fn step_until(
     false
 }
 
-/// After Pause: steps the UI until the frames already captured have been judged (the count of
-/// inspected parts stays the same for one second; frames in the bounded queue at the moment of
-/// the pause are still inspected, which takes longer with a heavier model). False if it never
-/// settles within `timeout`.
+/// After Pause: steps the UI until the frames already taken from the source (in the bounded
+/// queue or being judged at the moment of the pause) have been judged, as the pipeline's
+/// in-flight count says. False if they are not within `timeout`.
 pub fn wait_until_drained(h: &mut Harness<'static, InspectorApp>, timeout: Duration) -> bool {
-    let end = Instant::now() + timeout;
-    let mut last = h.state().counters.inspected;
-    let mut since = Instant::now();
-    while Instant::now() < end {
-        h.step();
-        let now = h.state().counters.inspected;
-        if now != last {
-            last = now;
-            since = Instant::now();
-        } else if since.elapsed() >= Duration::from_secs(1) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
+    // Frames taken before the pause still land; the pipeline counts them until they do.
+    step_until(h, timeout, |a| a.is_paused() && a.counters.in_flight == 0)
 }
 
 /// The app with its history database and model versions inside `dir` (a test's temp folder).
