@@ -39,6 +39,9 @@ pub enum Command {
     History(crate::headless::HistoryArgs),
     /// Time the history database: writer throughput and the History tab's queries on N rows.
     BenchHistory(crate::headless::BenchHistoryArgs),
+    /// Time the line I/O on loopback: trigger → Results Valid over Modbus (p50/p99, overhead
+    /// beyond the model's own time) and MQTT messages/s, sustained and after an outage.
+    BenchIo(crate::bench_io::BenchIoArgs),
     /// Open the inspection window (the same as running with no arguments).
     App(crate::ui::AppArgs),
     /// Check an EfficientNet-Lite0 weight file: run the whole ImageNet classifier through the
@@ -177,6 +180,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::History(args)) => crate::headless::history(args),
         Some(Command::App(args)) => crate::ui::run(args),
         Some(Command::BenchHistory(args)) => crate::headless::bench_history(args),
+        Some(Command::BenchIo(args)) => crate::bench_io::run(args),
         None => crate::ui::run(cli.app),
     }
 }

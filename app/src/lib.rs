@@ -9,9 +9,11 @@
 //! - [`records`]: the verdict history, model versions, settings;
 //! - the top: [`ui`] (the eframe app), [`headless`] (`inspector inspect`, `cameras`,
 //!   `history`), [`bench`] (`inspector bench`), [`line_station`] (the line I/O put together:
-//!   Modbus, fail-safe, MQTT) and [`cli`] (argument parsing and dispatch).
+//!   Modbus, fail-safe, MQTT), [`bench_io`] (`inspector bench-io`: the line I/O's latency and
+//!   rates) and [`cli`] (argument parsing and dispatch).
 
 pub mod bench;
+pub mod bench_io;
 pub mod cli;
 pub mod data;
 pub mod evaluation;
