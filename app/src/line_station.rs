@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::records::history::{self, HistoryResults, RecorderSink};
 use crate::records::mqtt::{MqttConfig, MqttPublisher};
+use crate::records::settings::LineSettings;
 use crate::station::line_io::{LineConfig, LineIo, ModbusConfig, ModbusServer};
 use crate::station::pipeline::{ModelInfo, VerdictSink};
 use crate::station::trigger::Trigger;
@@ -23,6 +24,60 @@ pub struct LineOptions {
     pub window: Duration,
     /// Publish over MQTT.
     pub mqtt: Option<MqttConfig>,
+}
+
+impl LineOptions {
+    /// The line I/O that Settings › Line I/O asks for (None: none is on). The password comes
+    /// from the settings (this session) or else from DI_MQTT_PASSWORD. Errors name the field.
+    pub fn from_settings(line: &LineSettings, station: &str) -> Result<Option<Self>, String> {
+        if !line.enabled() {
+            return Ok(None);
+        }
+        if !(1..=60_000).contains(&line.window_ms) {
+            return Err(format!(
+                "Line I/O: response window {} ms: must be between 1 and 60000",
+                line.window_ms
+            ));
+        }
+        let modbus = if line.modbus {
+            let listen = line.listen.trim().parse().map_err(|_| {
+                format!(
+                    "Line I/O: Modbus address {:?} is not ADDRESS:PORT, e.g. 0.0.0.0:1502",
+                    line.listen
+                )
+            })?;
+            Some(ModbusConfig {
+                listen,
+                unit: line.unit_id,
+            })
+        } else {
+            None
+        };
+        let mqtt = match line.mqtt_url.trim() {
+            "" => None,
+            url => {
+                let mut c = MqttConfig::parse(url, station)?;
+                let user = line.mqtt_user.trim();
+                c.username = if user.is_empty() {
+                    std::env::var("DI_MQTT_USER").ok()
+                } else {
+                    Some(user.to_string())
+                };
+                c.password = if line.mqtt_password.0.is_empty() {
+                    std::env::var("DI_MQTT_PASSWORD").ok()
+                } else {
+                    Some(line.mqtt_password.0.clone())
+                };
+                Some(c)
+            }
+        };
+        Ok(Some(Self {
+            triggered: modbus.is_some() && line.triggered,
+            modbus,
+            window: Duration::from_millis(line.window_ms),
+            mqtt,
+        }))
+    }
 }
 
 /// The running line I/O.

@@ -236,6 +236,42 @@ impl Drop for MqttPublisher {
     }
 }
 
+/// Settings' "Test connection": connects once (under another client id than the station's
+/// publisher, which stays connected), waits up to `timeout` for the broker's answer, and says
+/// what happened in words. Blocks: call it off the UI thread.
+pub fn test_connection(config: &MqttConfig, timeout: Duration) -> Result<String, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("MQTT: no runtime: {e}"))?;
+    let mut options = config.options();
+    options.set_client_id(format!("defect-inspector-{}-test", config.station));
+    options.set_clean_session(true);
+    let (host, port) = (config.host.clone(), config.port);
+    rt.block_on(async move {
+        let (client, mut el) = AsyncClient::new(options, 4);
+        let answer = tokio::time::timeout(timeout, async {
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        })
+        .await;
+        let _ = client.try_disconnect();
+        match answer {
+            Ok(Ok(())) => Ok(format!("connected to the broker {host}:{port}")),
+            Ok(Err(e)) => Err(format!("broker {host}:{port}: {e}")),
+            Err(_) => Err(format!(
+                "broker {host}:{port}: no answer within {:.0} s",
+                timeout.as_secs_f64()
+            )),
+        }
+    })
+}
+
 /// One connection: the rumqttc event loop runs in its own task (its `poll` is never cancelled)
 /// and hands events over; it ends at the first error.
 fn connect(

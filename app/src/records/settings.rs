@@ -87,6 +87,64 @@ pub struct Settings {
     pub max_false_reject_rate: f64,
     /// The Train tab's dataset folder; None = the Label tab's dataset, else the demo set.
     pub train_data: Option<PathBuf>,
+    /// The line I/O: the PLC's Modbus server and MQTT publishing (Settings › Line I/O).
+    pub line: LineSettings,
+}
+
+/// A secret kept in memory only: never written to the settings files, never printed.
+#[derive(Clone, Default, PartialEq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "***" })
+    }
+}
+
+/// Settings › Line I/O. Off by default: a station on a desk has no PLC and no broker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LineSettings {
+    /// Serve the register map to the PLC over Modbus TCP.
+    pub modbus: bool,
+    /// Judge one frame per PLC trigger (else free-run; the registers still show every result).
+    pub triggered: bool,
+    /// Where the Modbus server listens, `ADDRESS:PORT` (502 needs root on Linux).
+    pub listen: String,
+    /// The Modbus unit id the station answers to (0 and 255 are always answered too).
+    pub unit_id: u8,
+    /// A trigger with no verdict within this many ms gets a fail-safe FAIL.
+    pub window_ms: u64,
+    /// Publish every result to `mqtt://HOST:PORT/PREFIX` (`mqtts://` for TLS); empty = off.
+    pub mqtt_url: String,
+    /// The broker's user name (empty = none).
+    pub mqtt_user: String,
+    /// The broker's password: typed in Settings for this session, or DI_MQTT_PASSWORD; never
+    /// written to disk.
+    #[serde(skip)]
+    pub mqtt_password: Secret,
+}
+
+impl Default for LineSettings {
+    fn default() -> Self {
+        Self {
+            modbus: false,
+            triggered: false,
+            listen: "0.0.0.0:1502".into(),
+            unit_id: 1,
+            window_ms: 200,
+            mqtt_url: String::new(),
+            mqtt_user: String::new(),
+            mqtt_password: Secret::default(),
+        }
+    }
+}
+
+impl LineSettings {
+    /// Whether any line I/O is on.
+    pub fn enabled(&self) -> bool {
+        self.modbus || !self.mqtt_url.trim().is_empty()
+    }
 }
 
 impl Default for Settings {
@@ -112,6 +170,7 @@ impl Default for Settings {
             max_miss_rate: 0.01,
             max_false_reject_rate: 0.10,
             train_data: None,
+            line: LineSettings::default(),
         }
     }
 }
@@ -242,5 +301,19 @@ mod tests {
         }
         assert_eq!(load_file(&path).unwrap(), s);
         assert!(load_file(&dir.path().join("missing.json")).is_none());
+    }
+
+    #[test]
+    fn the_mqtt_password_is_never_written_or_printed() {
+        let mut s = Settings::default();
+        s.line.mqtt_url = "mqtt://broker:1883/plant".into();
+        s.line.mqtt_user = "station".into();
+        s.line.mqtt_password = Secret("hunter2-secret".into());
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(!json.contains("hunter2"), "{json}");
+        assert!(!format!("{s:?}").contains("hunter2"));
+        let back: Settings = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.line.mqtt_user, "station");
+        assert_eq!(back.line.mqtt_password, Secret::default());
     }
 }

@@ -79,6 +79,7 @@ pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
 fn side_panel(app: &mut InspectorApp, ui: &mut egui::Ui) {
     egui::ScrollArea::vertical().show(ui, |ui| {
         banner(app, ui);
+        super::line_panel::status(app, ui);
         ui.add_space(8.0);
         ui.horizontal(|ui| {
             let paused = app.is_paused();
@@ -119,12 +120,12 @@ fn side_panel(app: &mut InspectorApp, ui: &mut egui::Ui) {
         );
         ui.horizontal(|ui| {
             let label = if app.roi_edit {
-                "Drawing ROI: drag on the image"
+                "Drawing ROI: drag on the held frame"
             } else {
                 "Draw ROI"
             };
             if ui.selectable_label(app.roi_edit, label).clicked() {
-                app.roi_edit = !app.roi_edit;
+                app.set_roi_edit(!app.roi_edit);
             }
             if app.settings.roi.is_some() && ui.button("Clear ROI").clicked() {
                 app.set_roi(None);
@@ -173,7 +174,15 @@ pub fn station_state(app: &InspectorApp) -> Option<(&'static str, String)> {
         Some(crate::station::pipeline::SourceStatus::Ended(d)) => {
             Some(("STOPPED", format!("{d}: replay finished")))
         }
-        _ if app.is_paused() => Some(("PAUSED", "inspection paused — press Resume".into())),
+        _ if app.is_paused() => Some((
+            "PAUSED",
+            match app.counters.in_flight {
+                0 => "inspection paused — press Resume".into(),
+                n => {
+                    format!("pausing — {n} frame(s) taken before the pause are still being judged")
+                }
+            },
+        )),
         _ => None,
     }
 }
@@ -525,7 +534,16 @@ fn reject_strip(app: &mut InspectorApp, ui: &mut egui::Ui) {
 }
 
 fn live_view(app: &mut InspectorApp, ui: &mut egui::Ui) {
-    let (Some(v), Some(tex)) = (app.last.clone(), app.frame_tex.clone()) else {
+    // While an ROI is drawn, the frame it is drawn on holds still (inspection goes on).
+    if app.roi_edit && app.roi_hold.is_none() && app.last.is_some() {
+        app.set_roi_edit(true);
+    }
+    let held = app.roi_hold.clone().filter(|_| app.roi_edit);
+    let shown = match held {
+        Some((v, tex)) => Some((v, tex)),
+        None => app.last.clone().zip(app.frame_tex.clone()),
+    };
+    let Some((v, tex)) = shown else {
         ui.centered_and_justified(|ui| {
             ui.label(RichText::new("Waiting for the first frame…").size(20.0));
         });
@@ -535,13 +553,17 @@ fn live_view(app: &mut InspectorApp, ui: &mut egui::Ui) {
     let (iw, ih) = (v.image.width as f32, v.image.height as f32);
     let scale = (avail.x / iw).min(avail.y / ih);
     let size = vec2(iw * scale, ih * scale);
-    let (rect, _) = ui.allocate_exact_size(size, Sense::hover());
+    // The whole area senses drags, so one starting beside the frame is clamped to its edge
+    // rather than lost.
+    let (area, _) = ui.allocate_exact_size(avail.max(size), Sense::hover());
+    let rect = egui::Rect::from_min_size(area.min, size);
     let resp = ui.interact(
-        rect,
+        area,
         ui.scope_id().with("live-view"),
         Sense::click_and_drag(),
     );
     app.live_rect = Some(rect);
+    app.live_area = Some(area);
     let painter = ui.painter_at(rect);
     let uv = egui::Rect::from_min_max(pos2(0.0, 0.0), pos2(1.0, 1.0));
     painter.image(tex.id(), rect, uv, Color32::WHITE);
@@ -552,6 +574,7 @@ fn live_view(app: &mut InspectorApp, ui: &mut egui::Ui) {
         to_screen((roi.x + roi.width) as f32, (roi.y + roi.height) as f32),
     );
     if app.settings.heatmap
+        && !app.roi_edit
         && let Some(h) = &app.heat_tex
     {
         let a = (app.settings.heatmap_opacity.clamp(0.0, 1.0) * 255.0) as u8;
@@ -566,6 +589,13 @@ fn live_view(app: &mut InspectorApp, ui: &mut egui::Ui) {
         );
     }
     if app.roi_edit {
+        painter.text(
+            rect.left_top() + vec2(6.0, 6.0),
+            egui::Align2::LEFT_TOP,
+            "frame held while you draw — inspection goes on",
+            egui::FontId::proportional(14.0),
+            Color32::YELLOW,
+        );
         let to_frame = |p: egui::Pos2| {
             (
                 ((p.x - rect.min.x) / scale).clamp(0.0, iw),
@@ -600,7 +630,7 @@ fn live_view(app: &mut InspectorApp, ui: &mut egui::Ui) {
             let (w, h) = ((x0 - x1).abs() as u32, (y0 - y1).abs() as u32);
             if w >= 8 && h >= 8 {
                 app.set_roi(Some([x, y, w, h]));
-                app.roi_edit = false;
+                app.set_roi_edit(false);
             } else {
                 app.notify(Level::Warning, "ROI too small: drag a larger rectangle");
             }

@@ -18,6 +18,7 @@ mod gpu;
 pub mod history_tab;
 mod inspect;
 pub mod label_tab;
+mod line_panel;
 mod session;
 mod settings_tab;
 mod shell;

@@ -10,6 +10,7 @@ use crossbeam_channel::bounded;
 
 use super::state::*;
 use crate::data::assets::{DEFAULT_MODEL, bundled};
+use crate::line_station::{LineOptions, LineStation};
 use crate::records::history::{self, Op, Recorder, RecorderOptions, RecorderSink};
 use crate::records::settings::SettingsSaver;
 use crate::station::pipeline::{self, Event, Pipeline, PipelineOptions, Verdict};
@@ -42,6 +43,13 @@ impl InspectorApp {
         let run_id = self.run_id.clone();
         let existing = self.recorder.clone();
         let ctx = self.ctx.clone();
+        let line_settings = self.settings.line.clone();
+        self.line_in_use = line_settings.clone();
+        self.line_error = None;
+        // Stopped on the start thread: dropping a pipeline waits for the frame being judged.
+        let old_pipeline = self.pipeline.take();
+        // The Modbus port is free again before the new server binds it.
+        let old_line = self.line.take();
         let spawned = std::thread::Builder::new()
             .name("pipeline-start".into())
             .spawn(move || {
@@ -65,14 +73,43 @@ impl InspectorApp {
                     fallback = Some(format!("{e}; using the bundled model instead"));
                     pipeline::load_model(&default)
                 });
-                let sink = rec.map(|r| {
-                    let mut s = RecorderSink::new(r, &station, pass_sample);
-                    s.run_id = run_id;
-                    Box::new(s) as Box<dyn pipeline::VerdictSink>
-                });
+                drop(old_pipeline);
+                if let Some(l) = old_line {
+                    let _ = l.finish(Duration::from_secs(2), || {});
+                }
+                let make_sink = || {
+                    rec.clone().map(|r| {
+                        let mut s = RecorderSink::new(r, &station, pass_sample);
+                        s.run_id = run_id.clone();
+                        s
+                    })
+                };
+                let mut line = None;
+                let mut line_error = None;
                 let wake_ctx = ctx.clone();
                 let pipeline = model.and_then(|m| {
-                    Pipeline::start(
+                    let boxed = |s: RecorderSink| Box::new(s) as Box<dyn pipeline::VerdictSink>;
+                    let sink = match LineOptions::from_settings(&line_settings, &station) {
+                        Ok(Some(o)) => {
+                            match LineStation::start(&o, make_sink(), &m.1, &source.uri()) {
+                                Ok((l, s)) => {
+                                    line = Some(l);
+                                    Some(s)
+                                }
+                                Err(e) => {
+                                    line_error = Some(e);
+                                    make_sink().map(boxed)
+                                }
+                            }
+                        }
+                        Ok(None) => make_sink().map(boxed),
+                        Err(e) => {
+                            line_error = Some(e);
+                            make_sink().map(boxed)
+                        }
+                    };
+                    let trigger = line.as_ref().and_then(|l: &LineStation| l.trigger());
+                    Pipeline::start_triggered(
                         gpu.device,
                         gpu.queue,
                         gpu.label,
@@ -83,18 +120,51 @@ impl InspectorApp {
                         // Coalesce: at most ~20 repaints a second however fast verdicts come (rendering on a
                         // CPU rasteriser competes with inference for the same cores).
                         Arc::new(move || wake_ctx.request_repaint_after(Duration::from_millis(50))),
+                        trigger,
                     )
                 });
                 let _ = tx.send(Started {
                     pipeline,
                     recorder,
                     fallback,
+                    line,
+                    line_error,
                 });
                 ctx.request_repaint();
             });
         match spawned {
             Ok(_) => self.starting = Some(rx),
             Err(e) => self.notify(Level::Error, format!("cannot start inspection: {e}")),
+        }
+    }
+
+    /// Stops inspection and starts it again with the settings as they are now (line I/O).
+    pub fn restart_station(&mut self) {
+        if self.starting.is_some() {
+            self.notify(
+                Level::Warning,
+                "inspection is still starting: try again in a moment",
+            );
+            return;
+        }
+        self.start();
+    }
+
+    /// Starts or ends drawing an ROI on the live view: the newest frame is held still for the
+    /// drawing (the stream goes on being judged) and let go at the end.
+    pub fn set_roi_edit(&mut self, on: bool) {
+        self.roi_edit = on;
+        self.roi_drag = None;
+        self.roi_drag_end = None;
+        self.roi_hold = None;
+        if on
+            && let Some(v) = self.last.clone()
+            && let Some(d) = &v.display
+        {
+            let tex =
+                self.ctx
+                    .load_texture("roi-frame", d.frame.clone(), egui::TextureOptions::LINEAR);
+            self.roi_hold = Some((v, tex));
         }
     }
 

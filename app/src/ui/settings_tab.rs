@@ -27,7 +27,7 @@ pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
                 None => ui.label("whole frame"),
             };
             if ui.button("Draw on the live view").clicked() {
-                app.roi_edit = true;
+                app.set_roi_edit(true);
                 app.tab = super::Tab::Inspect;
             }
             if app.settings.roi.is_some() && ui.button("Clear").clicked() {
@@ -58,6 +58,9 @@ pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
             });
             ui.end_row();
         });
+        ui.separator();
+        ui.heading("Line I/O");
+        super::line_panel::settings_section(app, ui);
         ui.separator();
         ui.heading("History and alarms");
         egui::Grid::new("history-settings")

@@ -71,6 +71,7 @@ impl InspectorApp {
             if let Some(f) = started.fallback {
                 self.notify(Level::Warning, f);
             }
+            self.line_started(started.line, started.line_error);
             match started.pipeline {
                 Ok(p) => {
                     if self.is_demo() {
@@ -246,6 +247,8 @@ impl InspectorApp {
             }
         }
         self.check_alarms();
+        self.sync_mqtt_state();
+        super::line_panel::poll_broker_test(self);
         if let Some(rx) = &self.candidate_rx
             && let Ok(r) = rx.try_recv()
         {
@@ -304,6 +307,9 @@ impl InspectorApp {
                 self.drift_latched = false;
             }
         }
+        if let Some(text) = self.plc_alarm() {
+            raised.get_or_insert(text);
+        }
         if let Some(text) = raised {
             self.raise_alarm(text);
         }
@@ -312,6 +318,7 @@ impl InspectorApp {
     /// Raises an alarm: recorded, told, and shown until acknowledged.
     pub(super) fn raise_alarm(&mut self, text: String) {
         self.record_event("alarm", text.clone());
+        self.publish_alarm(&text);
         self.notify(Level::Warning, format!("ALARM: {text}"));
         self.alarm = Some(Alarm {
             text,
@@ -538,8 +545,11 @@ impl eframe::App for InspectorApp {
     fn on_exit(&mut self) {
         self.flush_ops();
         self.pipeline.take();
-        if let Some(r) = self.recorder.take() {
-            r.finish();
-        }
+        let recorder = self.recorder.take();
+        self.finish_line(move || {
+            if let Some(r) = recorder {
+                r.finish();
+            }
+        });
     }
 }

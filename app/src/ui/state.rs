@@ -16,6 +16,7 @@ use super::label_tab::LabelView;
 use super::source_draft::SourceDraft;
 use super::train::TrainView;
 use crate::data::assets::{DEFAULT_MODEL, DEMO_DATASET, bundled};
+use crate::line_station::LineStation;
 use crate::records::history::{self, EventRow, Op, Recorder};
 use crate::records::settings::{Settings, SettingsSaver};
 use crate::station::pipeline::{Counters, ModelInfo, Pipeline, SourceStatus, Verdict};
@@ -176,6 +177,9 @@ pub(super) struct Started {
     pub(super) pipeline: Result<Pipeline, String>,
     pub(super) recorder: Option<Result<Recorder, String>>,
     pub(super) fallback: Option<String>,
+    pub(super) line: Option<LineStation>,
+    /// Why the line I/O asked for in Settings did not start (the station runs without it).
+    pub(super) line_error: Option<String>,
 }
 
 /// The app's state.
@@ -188,6 +192,23 @@ pub struct InspectorApp {
     pub(super) gpu: Gpu,
     pub(super) pipeline: Option<Pipeline>,
     pub(super) starting: Option<Receiver<Started>>,
+    /// The PLC's Modbus server and the MQTT publisher, when Settings › Line I/O has them on.
+    pub line: Option<LineStation>,
+    /// Why the line I/O did not start, shown on the Inspect tab until it does.
+    pub line_error: Option<String>,
+    /// The line settings the running station was started with (Settings shows Apply when the
+    /// saved ones differ).
+    pub(super) line_in_use: crate::records::settings::LineSettings,
+    /// A PLC was seen since the line I/O started (its silence is an alarm from then on).
+    pub(super) plc_seen: bool,
+    /// The PLC-silence alarm is raised (not again until the PLC polls again).
+    pub(super) plc_latched: bool,
+    /// The answer of Settings' "Test connection", while it runs.
+    pub(super) mqtt_test: Option<Receiver<Result<String, String>>>,
+    /// Its last answer.
+    pub(super) mqtt_test_result: Option<Result<String, String>>,
+    /// The retained MQTT status last published ("online", "paused", "no signal").
+    pub(super) mqtt_state: &'static str,
     pub(super) recorder: Option<Recorder>,
     pub(super) run_id: String,
     pub(super) pending_ops: VecDeque<Op>,
@@ -218,10 +239,16 @@ pub struct InspectorApp {
     /// The reject open in its own window.
     pub(crate) opened_reject: Option<OpenedReject>,
     pub(super) roi_edit: bool,
+    /// The frame held still while an ROI is drawn (the live view goes on changing size and
+    /// content under a drag otherwise), with its texture.
+    pub(super) roi_hold: Option<(Arc<Verdict>, egui::TextureHandle)>,
     pub(super) roi_drag: Option<egui::Pos2>,
     pub(super) roi_drag_end: Option<egui::Pos2>,
     /// Where the live frame was drawn last frame (screen points).
     pub live_rect: Option<egui::Rect>,
+    /// The whole live-view area (the frame and the margin around it; an ROI drag may start
+    /// anywhere in it and is clamped to the frame).
+    pub live_area: Option<egui::Rect>,
     pub(super) model_path_input: String,
     pub(super) model_choices: Option<Vec<PathBuf>>,
     /// The Browse listing being read by a helper thread.
@@ -281,6 +308,14 @@ impl InspectorApp {
             gpu,
             pipeline: None,
             starting: None,
+            line: None,
+            line_error: None,
+            line_in_use: Default::default(),
+            plc_seen: false,
+            plc_latched: false,
+            mqtt_test: None,
+            mqtt_test_result: None,
+            mqtt_state: "online",
             recorder: None,
             run_id: history::new_run_id(),
             pending_ops: VecDeque::new(),
@@ -301,9 +336,11 @@ impl InspectorApp {
             override_target: None,
             opened_reject: None,
             roi_edit: false,
+            roi_hold: None,
             roi_drag: None,
             roi_drag_end: None,
             live_rect: None,
+            live_area: None,
             model_path_input,
             model_choices: None,
             model_choices_rx: None,
