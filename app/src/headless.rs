@@ -50,6 +50,10 @@ pub struct InspectArgs {
     /// one the registers are served until the station is stopped).
     #[arg(long, value_name = "modbus:ADDRESS:PORT")]
     pub trigger: Option<String>,
+    /// Serve the register map over Modbus TCP at ADDRESS:PORT without taking triggers: every
+    /// frame is judged (free-run) and the registers show each result for the PLC to read.
+    #[arg(long, value_name = "ADDRESS:PORT", conflicts_with = "trigger")]
+    pub modbus: Option<String>,
     /// Modbus unit id the PLC addresses.
     #[arg(long, default_value_t = 1)]
     pub unit_id: u8,
@@ -66,7 +70,7 @@ pub struct InspectArgs {
 impl InspectArgs {
     /// The line I/O these options ask for (None: none).
     pub fn line_options(&self) -> anyhow::Result<Option<crate::line_station::LineOptions>> {
-        if self.trigger.is_none() && self.mqtt.is_none() {
+        if self.trigger.is_none() && self.modbus.is_none() && self.mqtt.is_none() {
             return Ok(None);
         }
         anyhow::ensure!(
@@ -74,19 +78,20 @@ impl InspectArgs {
             "--response-window-ms {}: must be between 1 and 60000",
             self.response_window_ms
         );
-        let modbus = self
-            .trigger
-            .as_deref()
-            .map(|t| {
-                crate::station::line_io::parse_trigger(t).map(|listen| {
-                    crate::station::line_io::ModbusConfig {
-                        listen,
-                        unit: self.unit_id,
-                    }
-                })
-            })
-            .transpose()
-            .map_err(anyhow::Error::msg)?;
+        let triggered = self.trigger.is_some();
+        let listen = match (&self.trigger, &self.modbus) {
+            (Some(t), _) => {
+                Some(crate::station::line_io::parse_trigger(t).map_err(anyhow::Error::msg)?)
+            }
+            (None, Some(a)) => Some(a.parse().map_err(|_| {
+                anyhow::anyhow!("--modbus {a:?}: expected ADDRESS:PORT, e.g. 0.0.0.0:502")
+            })?),
+            (None, None) => None,
+        };
+        let modbus = listen.map(|listen| crate::station::line_io::ModbusConfig {
+            listen,
+            unit: self.unit_id,
+        });
         let mqtt = self
             .mqtt
             .as_deref()
@@ -99,7 +104,7 @@ impl InspectArgs {
                 c
             });
         Ok(Some(crate::line_station::LineOptions {
-            triggered: modbus.is_some(),
+            triggered,
             modbus,
             window: Duration::from_millis(self.response_window_ms),
             mqtt,

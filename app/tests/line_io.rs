@@ -1088,6 +1088,12 @@ fn last_will_marks_the_station_offline_and_bad_brokers_are_clear() {
     let broker = Broker::start();
     let (got, sub, stop_sub) = subscribe(broker.port, "test-status", "plant/lw/#");
     let dir = tempfile::tempdir().unwrap();
+    // Free-run with the register map served (`--modbus`): every frame judged, no trigger.
+    let modbus_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_inspector"))
         .args([
             "inspect",
@@ -1098,6 +1104,8 @@ fn last_will_marks_the_station_offline_and_bad_brokers_are_clear() {
             "--station",
             "lw",
         ])
+        .arg("--modbus")
+        .arg(format!("127.0.0.1:{modbus_port}"))
         .arg("--db")
         .arg(dir.path().join("h.sqlite"))
         .arg("--mqtt")
@@ -1155,6 +1163,48 @@ fn last_will_marks_the_station_offline_and_bad_brokers_are_clear() {
         assert!(m["model"].as_str().unwrap().starts_with("lite0"), "{m}");
         assert_eq!(m["station"], "lw");
     }
+    // The PLC reads the results without triggering: new inspection IDs with a verdict, and a
+    // trigger is refused (Missed Trigger) in free-run.
+    rt().block_on(async {
+        let mut ctx = plc(local(modbus_port)).await;
+        let first = ir(&mut ctx).await;
+        assert!(first[IR_INSPECTION_ID as usize] >= 1, "{first:?}");
+        assert!(
+            [verdict::PASS, verdict::FAIL].contains(&first[IR_VERDICT as usize]),
+            "{first:?}"
+        );
+        ctx.write_single_coil(COIL_RESULTS_ACK, true)
+            .await
+            .unwrap()
+            .unwrap();
+        ctx.write_single_coil(COIL_RESULTS_ACK, false)
+            .await
+            .unwrap()
+            .unwrap();
+        let end = Instant::now() + Duration::from_secs(60);
+        loop {
+            let r = ir(&mut ctx).await;
+            if r[IR_INSPECTION_ID as usize] != first[IR_INSPECTION_ID as usize]
+                && r[IR_VERDICT as usize] != 0
+            {
+                break;
+            }
+            assert!(Instant::now() < end, "no new result in free-run: {r:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        ctx.write_single_coil(COIL_TRIGGER_ENABLE, true)
+            .await
+            .unwrap()
+            .unwrap();
+        ctx.write_single_coil(COIL_TRIGGER, true)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            di(&mut ctx).await[DI_MISSED_TRIGGER as usize],
+            "a trigger in free-run is missed"
+        );
+    });
     child.kill().unwrap();
     let _ = child.wait();
     wait_for("offline");

@@ -189,8 +189,12 @@ pub struct EventRow {
     pub ts_ms: i64,
     /// Station.
     pub station: String,
-    /// "model_activated", "threshold_changed", "camera_lost", "camera_found", "alarm",
-    /// "alarm_acknowledged", "override", "source_changed", "archive_error".
+    /// What happened: "run_started", "paused", "resumed", "shift_started", "model_activated",
+    /// "model_activation_confirmed", "model_activation_cancelled", "threshold_changed",
+    /// "roi_changed", "roi_refused", "source_changed", "camera_lost", "camera_found",
+    /// "source_lost", "source_found", "alarm", "alarm_acknowledged", "override",
+    /// "line_io_changed", "late_verdict" (a verdict after its trigger's fail-safe). Readers
+    /// must accept kinds they do not know.
     pub kind: String,
     /// Human-readable detail.
     pub detail: String,
