@@ -336,7 +336,8 @@ pub fn train(
         bias: vec![0.0, 1.0],
     }));
     let probe = Model::new(probe_spec.clone(), probe_weights)?;
-    let (_, gpu) = super::nn::shared_gpu()?;
+    // On a device apart from the window's (see `background_gpu`).
+    let gpu = super::nn::background_gpu()?;
     let backend = format!(
         "features: kernels engine on {}; coreset and val scores: cpu",
         gpu.describe()

@@ -477,8 +477,8 @@ pub fn train(
         None
     };
 
-    // Feature extraction through the inspection engine.
-    let (_, gpu) = super::nn::shared_gpu()?;
+    // Feature extraction through the inspection engine, on a device apart from the window's.
+    let gpu = super::nn::background_gpu()?;
     let mut probe_weights = b.weights.clone();
     probe_weights.resize(spec.layers.len(), None);
     let n_layers = spec.layers.len();

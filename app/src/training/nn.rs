@@ -460,6 +460,45 @@ pub fn shared_gpu() -> anyhow::Result<(Device, GpuContext)> {
     Ok(made)
 }
 
+/// A device of its own for long GPU work beside the window: feature extraction, the final
+/// evaluation, the Label tab's batch predictions. Made once, then handed out again.
+///
+/// Why: the window renders on [`shared_gpu`]'s queue, and a frame submitted behind GPU work
+/// waits for it. On lavapipe, devices also share one compute thread pool that runs dispatches
+/// first come, first served, so a frame queued behind the station's inference waits for every
+/// extraction dispatch that inference waits for (1.5–4.5 s per click during extraction, issue
+/// 24). Long work and the station ([`station_gpu`]) each get their own device; the window's
+/// queue holds only the window's frames.
+///
+/// `INSPECTOR_ONE_DEVICE=1` keeps all work on [`shared_gpu`]'s device (a driver that allows one
+/// device per process; and the comparison in `ui_label_train.rs`'s frame-time measurement).
+pub fn background_gpu() -> anyhow::Result<GpuContext> {
+    static BACKGROUND: std::sync::Mutex<Option<GpuContext>> = std::sync::Mutex::new(None);
+    own_device(&BACKGROUND)
+}
+
+/// The device the app's station inspects on: its own, apart from the window's and from long
+/// work's (see [`background_gpu`]).
+pub fn station_gpu() -> anyhow::Result<GpuContext> {
+    static STATION: std::sync::Mutex<Option<GpuContext>> = std::sync::Mutex::new(None);
+    own_device(&STATION)
+}
+
+fn own_device(slot: &std::sync::Mutex<Option<GpuContext>>) -> anyhow::Result<GpuContext> {
+    if std::env::var_os("INSPECTOR_ONE_DEVICE").is_some_and(|v| v == "1") {
+        return shared_gpu().map(|(_, g)| g);
+    }
+    let mut slot = slot
+        .lock()
+        .map_err(|_| anyhow::anyhow!("a GPU device lock is poisoned"))?;
+    if let Some(g) = slot.as_ref() {
+        return Ok(g.clone());
+    }
+    let made = GpuContext::headless()?;
+    *slot = Some(made.clone());
+    Ok(made)
+}
+
 fn init_shared_gpu() -> anyhow::Result<(Device, GpuContext)> {
     use burn::tensor::wgpu::WgpuBackend;
     let mut options = Device::wgpu_options();

@@ -53,6 +53,8 @@ impl InspectorApp {
         let spawned = std::thread::Builder::new()
             .name("pipeline-start".into())
             .spawn(move || {
+                // Its own device: the window's frames never queue behind an inference.
+                let gpu = gpu.station();
                 let recorder = want_recorder.then(|| {
                     Recorder::start(
                         &db,

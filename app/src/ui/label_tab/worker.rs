@@ -152,7 +152,13 @@ pub(super) fn spawn_loader(ctx: &egui::Context, gpu: &Gpu) -> (Sender<Load>, Rec
                             let _ = otx.try_send(Loaded::PredictProgress(done, total, batch));
                             ctx.request_repaint();
                         };
-                        Loaded::Predictions(predict(&gpu, &model, &rows, &cancel, progress))
+                        Loaded::Predictions(predict(
+                            &gpu.background(),
+                            &model,
+                            &rows,
+                            &cancel,
+                            progress,
+                        ))
                     }
                 };
                 if otx.send(out).is_err() {

@@ -104,7 +104,7 @@ impl TrainView {
                     ctx3.request_repaint();
                 };
                 let result = match training::train(&cfg, &mut progress, &flag) {
-                    Ok(summary) => finish(&cfg, summary, &gpu, &mut evaluating)
+                    Ok(summary) => finish(&cfg, summary, &gpu.background(), &mut evaluating)
                         .map(|mut r| {
                             r.wall_s = t0.elapsed().as_secs_f64();
                             r
