@@ -306,8 +306,18 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
                 }
                 ended = true;
             }
-            Event::Source(SourceStatus::Lost(e)) => eprintln!("{e}"),
+            Event::Source(SourceStatus::Lost(e)) => {
+                eprintln!("{e}");
+                // The plant sees it too: the retained status and one alarm.
+                if let Some(m) = line.as_ref().and_then(|l| l.mqtt.as_ref()) {
+                    m.set_state("no signal");
+                    m.alarm(&format!("source lost: {e}"));
+                }
+            }
             Event::Source(SourceStatus::Running(s)) => {
+                if let Some(m) = line.as_ref().and_then(|l| l.mqtt.as_ref()) {
+                    m.set_state("online");
+                }
                 tracing::info!("inspecting {s} on {label}")
             }
             Event::ModelLoaded(info) => tracing::info!("model {} ({})", info.id, info.input),

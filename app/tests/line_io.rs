@@ -1252,3 +1252,63 @@ fn last_will_marks_the_station_offline_and_bad_brokers_are_clear() {
         "{stderr}"
     );
 }
+
+/// A source lost in a headless station is said to the plant: the retained status becomes
+/// "no signal" and an alarm goes out on the alarm topic (a folder renamed mid-replay).
+#[test]
+fn a_lost_source_sets_no_signal_and_sends_an_alarm() {
+    let _engine = engine();
+    let broker = Broker::start();
+    let (got, sub, stop_sub) = subscribe(broker.port, "test-lost", "plant/lost/#");
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("line");
+    std::fs::create_dir(&images).unwrap();
+    for i in 0..60 {
+        image::GrayImage::from_fn(64, 64, |x, y| {
+            image::Luma([((x * 3 + y * (i + 1)) & 0xff) as u8])
+        })
+        .save(images.join(format!("part{i:03}.png")))
+        .unwrap();
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_inspector"))
+        .args(["inspect", "--fps", "4", "--station", "lost", "--source"])
+        .arg(format!("folder:{}", images.display()))
+        .arg("--db")
+        .arg(dir.path().join("h.sqlite"))
+        .arg("--mqtt")
+        .arg(format!("mqtt://127.0.0.1:{}/plant", broker.port))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let seen = |topic: &str, payload: Option<&str>| {
+        got.lock()
+            .unwrap()
+            .iter()
+            .any(|(t, p)| t == topic && payload.is_none_or(|want| p == want))
+    };
+    let wait = |what: &str, done: &dyn Fn() -> bool| {
+        let end = Instant::now() + Duration::from_secs(120);
+        while !done() {
+            assert!(Instant::now() < end, "{what}: {:?}", got.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait("no result before the folder went", &|| {
+        seen("plant/lost/result", None)
+    });
+    std::fs::rename(&images, dir.path().join("gone")).unwrap();
+    wait("no \"no signal\" status", &|| {
+        seen("plant/lost/status", Some("no signal"))
+    });
+    wait("no alarm", &|| {
+        got.lock()
+            .unwrap()
+            .iter()
+            .any(|(t, p)| t == "plant/lost/alarm" && p.contains("source lost"))
+    });
+    child.kill().unwrap();
+    let _ = child.wait();
+    stop_sub.store(true, Ordering::SeqCst);
+    sub.join().unwrap();
+}
