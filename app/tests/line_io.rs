@@ -26,7 +26,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -40,6 +40,10 @@ use inspector::station::pipeline::{self, Event, Pipeline, PipelineOptions, Verdi
 use inspector::station::source::{CapturedFrame, FrameSource, Pull, SourceSpec};
 use inspector::station::trigger::TriggeredSource;
 use tokio_modbus::prelude::*;
+
+#[path = "common/broker.rs"]
+mod broker;
+use broker::Broker;
 
 fn full() -> bool {
     std::env::var("DI_LINE_IO_FULL").is_ok_and(|v| v == "1")
@@ -668,80 +672,6 @@ fn bad_modbus_requests_get_exception_codes_and_the_server_keeps_serving() {
     });
     drop(server);
     io.stop();
-}
-
-/// A mosquitto broker on a free loopback port, with its own config and persistence folder.
-struct Broker {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl Broker {
-    fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut b = Self {
-            port,
-            dir: tempfile::tempdir().unwrap(),
-            child: None,
-        };
-        b.restart();
-        b
-    }
-
-    /// Starts the broker (again) and waits until it accepts connections.
-    fn restart(&mut self) {
-        let conf = self.dir.path().join("mosquitto.conf");
-        // Persistence keeps the test subscriber's session (its subscription and the messages
-        // queued for it) across the restart, as a plant broker would.
-        std::fs::write(
-            &conf,
-            format!(
-                "user root\nlistener {} 127.0.0.1\nallow_anonymous true\npersistence true\n\
-                 persistence_location {}/\nautosave_interval 1\n",
-                self.port,
-                self.dir.path().display()
-            ),
-        )
-        .unwrap();
-        let bin = ["/usr/sbin/mosquitto", "mosquitto"]
-            .into_iter()
-            .find(|b| Path::new(b).exists() || *b == "mosquitto")
-            .unwrap();
-        let child = Command::new(bin)
-            .arg("-c")
-            .arg(&conf)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start mosquitto ({e}): scripts/test installs it (apt-get install mosquitto)")
-            });
-        self.child = Some(child);
-        let end = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(local(self.port)).is_err() {
-            assert!(Instant::now() < end, "mosquitto did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Stops it (SIGTERM: it saves its persistence, as a restarted plant broker would have).
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").arg(c.id().to_string()).status();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 /// A subscriber with a persistent session that collects (topic, payload) of `filter`.

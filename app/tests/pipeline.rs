@@ -282,7 +282,10 @@ fn pause_lets_the_frames_in_flight_land_then_nothing_more() {
         if c.in_flight == 0 {
             break c;
         }
-        assert!(std::time::Instant::now() < deadline, "frames stay in flight: {c:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "frames stay in flight: {c:?}"
+        );
         while p.next_event(Duration::from_millis(50)).is_some() {}
     };
     assert!(drained.inspected > at_pause.inspected);
@@ -290,13 +293,19 @@ fn pause_lets_the_frames_in_flight_land_then_nothing_more() {
     // Then nothing more while paused.
     std::thread::sleep(Duration::from_millis(800));
     let later = p.counters();
-    assert_eq!(later.inspected, drained.inspected, "inspection went on while paused");
+    assert_eq!(
+        later.inspected, drained.inspected,
+        "inspection went on while paused"
+    );
     assert_eq!(later.in_flight, 0);
     // Resume: inspection goes on.
     p.set_paused(false);
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while p.counters().inspected <= later.inspected {
-        assert!(std::time::Instant::now() < deadline, "resume did not restart inspection");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "resume did not restart inspection"
+        );
         while p.next_event(Duration::from_millis(50)).is_some() {}
     }
 }

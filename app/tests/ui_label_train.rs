@@ -393,7 +393,11 @@ fn frame_times_during_feature_extraction() {
     let started = Instant::now();
     while h.state().train.running() && started.elapsed() < Duration::from_secs(600) {
         let (step, dt) = frame(&mut h);
-        if h.state().train.status.starts_with("extracting backbone features") {
+        if h.state()
+            .train
+            .status
+            .starts_with("extracting backbone features")
+        {
             frames.push(dt);
             steps.push(step);
         }

@@ -2,7 +2,8 @@
 //! station; a real Modbus client acting as the PLC triggers it and gets exactly one result per
 //! trigger; the Inspect tab shows the PLC and the broker at a glance; a PLC that goes away is
 //! an alarm; an unreachable broker is said while inspection goes on; Settings applies a change
-//! by restarting the station on the new port.
+//! by restarting the station on the new port; a real broker (mosquitto) is shown connected,
+//! "Test connection" reaches it, and losing it does not stop inspection.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -17,6 +18,9 @@ use tokio_modbus::prelude::*;
 
 mod common;
 use common::step_until;
+#[path = "common/broker.rs"]
+mod broker;
+use broker::Broker;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -202,4 +206,73 @@ fn a_plc_triggers_the_app_one_result_each_and_losing_it_is_an_alarm() {
         h.state().line_error
     );
     assert!(std::net::TcpStream::connect(("127.0.0.1", port2)).is_ok());
+}
+
+/// With a real broker (mosquitto): the Inspect tab shows it connected and counts the results
+/// it acknowledged; Settings' "Test connection" says it connected; when the broker goes away
+/// the tab says so and inspection goes on.
+#[test]
+fn the_broker_state_is_shown_tested_and_its_loss_does_not_stop_inspection() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings {
+        db_path: Some(dir.path().join("h.sqlite")),
+        replay_fps: 20.0,
+        alarm_consecutive_fails: 0,
+        line: LineSettings {
+            mqtt_url: format!("mqtt://127.0.0.1:{}/plant", broker.port),
+            ..LineSettings::default()
+        },
+        ..Settings::default()
+    };
+    let mut h = common::harness(settings, |_| {});
+    let acked = |a: &inspector::ui::InspectorApp| {
+        a.line
+            .as_ref()
+            .and_then(|l| l.mqtt.as_ref())
+            .map(|m| m.status())
+            .filter(|s| s.connected)
+            .map(|s| s.acked)
+    };
+    assert!(
+        step_until(&mut h, Duration::from_secs(120), |a| acked(a)
+            .is_some_and(|n| n >= 2)),
+        "the broker acknowledged no results: {:?}",
+        h.state().line_error
+    );
+    h.run_steps(2);
+    assert!(h.query_by_label("Broker connected").is_some());
+    assert!(
+        h.query_by_label("PLC not connected").is_none(),
+        "no Modbus asked for"
+    );
+
+    h.state_mut().tab = Tab::Settings;
+    h.run_steps(2);
+    h.get_by_label("Test connection").click();
+    let said = format!("connected to the broker 127.0.0.1:{}", broker.port);
+    let end = Instant::now() + Duration::from_secs(20);
+    while h.query_by_label(&said).is_none() {
+        assert!(
+            Instant::now() < end,
+            "Test connection said nothing like {said:?}"
+        );
+        h.step();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    drop(broker);
+    h.state_mut().tab = Tab::Inspect;
+    assert!(
+        step_until(&mut h, Duration::from_secs(30), |a| acked(a).is_none()),
+        "the lost broker is not shown"
+    );
+    let seen = h.state().counters.inspected;
+    assert!(
+        step_until(&mut h, Duration::from_secs(120), |a| a.counters.inspected
+            >= seen + 2),
+        "inspection stopped with the broker"
+    );
+    h.run_steps(2);
+    assert!(h.query_by_label("Broker not connected").is_some());
 }

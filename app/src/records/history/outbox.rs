@@ -10,27 +10,12 @@ use std::sync::{Arc, Mutex};
 use rusqlite::params;
 use serde::Serialize;
 
-use super::schema::{EventRow, HistoryError, InspectionRow, Store, archive_dir_for, rfc3339};
+use super::schema::{
+    EventRow, HistoryError, InspectionRow, LineResultRow, Store, archive_dir_for, rfc3339,
+};
 use super::writer::{Op, RecorderSink};
 use crate::station::line_io::{Failure, PlcResult, ResultStore};
 use crate::station::pipeline::{ModelInfo, Verdict, VerdictSink};
-
-/// The line I/O's part of an inspection.
-#[derive(Clone, Debug, PartialEq)]
-pub struct LineResultRow {
-    /// The number the PLC (low 16 bits) and MQTT consumers see.
-    pub inspection_id: u64,
-    /// The inspection row's run.
-    pub run_id: String,
-    /// The inspection row's frame number.
-    pub seq: u64,
-    /// The PLC's part number.
-    pub part_number: Option<u32>,
-    /// 0, or the fail-safe's error code.
-    pub error_code: u16,
-    /// Whether it goes out over MQTT.
-    pub mqtt: bool,
-}
 
 /// One result message, exactly as sent (and re-sent) on `<prefix>/<station>/result`.
 #[derive(Clone, Debug, PartialEq, Serialize)]

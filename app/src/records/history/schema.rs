@@ -233,6 +233,23 @@ pub fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// The line I/O's part of an inspection.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LineResultRow {
+    /// The number the PLC (low 16 bits) and MQTT consumers see.
+    pub inspection_id: u64,
+    /// The inspection row's run.
+    pub run_id: String,
+    /// The inspection row's frame number.
+    pub seq: u64,
+    /// The PLC's part number.
+    pub part_number: Option<u32>,
+    /// 0, or the fail-safe's error code.
+    pub error_code: u16,
+    /// Whether it goes out over MQTT.
+    pub mqtt: bool,
+}
+
 /// A person's correction of a verdict.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Override {

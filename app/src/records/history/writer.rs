@@ -25,7 +25,7 @@ pub enum Op {
     /// A correction of a stored verdict (also stored as an event).
     Override(Override),
     /// The line I/O's number for an inspection (after the inspection's own op).
-    LineResult(super::outbox::LineResultRow),
+    LineResult(super::schema::LineResultRow),
 }
 
 /// What the writer has done, for the status bar.
