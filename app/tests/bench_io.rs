@@ -5,63 +5,11 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-/// A mosquitto broker on a free loopback port, stopped when dropped.
-struct Broker {
-    port: u16,
-    _dir: tempfile::TempDir,
-    child: Child,
-}
-
-impl Broker {
-    fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = tempfile::tempdir().unwrap();
-        let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!("user root\nlistener {port} 127.0.0.1\nallow_anonymous true\n"),
-        )
-        .unwrap();
-        let bin = ["/usr/sbin/mosquitto", "mosquitto"]
-            .into_iter()
-            .find(|b| Path::new(b).exists() || *b == "mosquitto")
-            .unwrap();
-        let child = Command::new(bin)
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start mosquitto ({e}): scripts/test installs it (apt-get install mosquitto)")
-            });
-        let end = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < end, "mosquitto did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self {
-            port,
-            _dir: dir,
-            child,
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+#[path = "common/broker.rs"]
+mod broker;
+use broker::Broker;
 
 #[test]
 fn bench_io_small_reports_every_result() {
