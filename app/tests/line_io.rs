@@ -148,6 +148,16 @@ async fn wait_di(ctx: &mut client::Context, bit: u16, value: bool, within: Durat
     }
 }
 
+/// A rising edge of Results Ack, as a PLC acknowledges the result it has read.
+async fn acknowledge(ctx: &mut client::Context) {
+    for v in [true, false] {
+        ctx.write_single_coil(COIL_RESULTS_ACK, v)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
+
 /// One full handshake as a PLC runs it: part number, Trigger up, wait for Trigger Ack, Trigger
 /// down, wait for the Inspection ID to change with Results Valid, read, acknowledge.
 /// Returns the input registers of the result.
@@ -176,14 +186,7 @@ async fn inspect_once(ctx: &mut client::Context, part: u32, last_id: u16, ack: b
         tokio::time::sleep(Duration::from_millis(2)).await;
     };
     if ack {
-        ctx.write_single_coil(COIL_RESULTS_ACK, true)
-            .await
-            .unwrap()
-            .unwrap();
-        ctx.write_single_coil(COIL_RESULTS_ACK, false)
-            .await
-            .unwrap()
-            .unwrap();
+        acknowledge(ctx).await;
     }
     regs
 }
@@ -1103,14 +1106,7 @@ fn last_will_marks_the_station_offline_and_bad_brokers_are_clear() {
             [verdict::PASS, verdict::FAIL].contains(&first[IR_VERDICT as usize]),
             "{first:?}"
         );
-        ctx.write_single_coil(COIL_RESULTS_ACK, true)
-            .await
-            .unwrap()
-            .unwrap();
-        ctx.write_single_coil(COIL_RESULTS_ACK, false)
-            .await
-            .unwrap()
-            .unwrap();
+        acknowledge(&mut ctx).await;
         let end = Instant::now() + Duration::from_secs(60);
         loop {
             let r = ir(&mut ctx).await;

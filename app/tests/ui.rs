@@ -193,16 +193,7 @@ fn inspect_tab_shows_changing_verdicts_pause_stops_them_and_bad_models_are_refus
         r.lerp_inside(egui::vec2(0.05, 0.05)),
         r.lerp_inside(egui::vec2(0.5, 0.5)),
     );
-    h.hover_at(a);
-    h.step();
-    h.drag_at(a);
-    h.step();
-    for k in 1..=4 {
-        h.hover_at(a + (b - a) * (k as f32 / 4.0));
-        h.step();
-    }
-    h.drop_at(b);
-    h.step();
+    common::drag(&mut h, a, b);
     let roi = h
         .state()
         .settings

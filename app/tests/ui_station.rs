@@ -215,16 +215,7 @@ fn an_roi_drawn_on_the_live_view_holds_the_frame_and_may_start_beside_it() {
     };
     assert!(!r.contains(a) && area.contains(a));
     let b = r.lerp_inside(egui::vec2(0.2, 0.2));
-    h.hover_at(a);
-    h.step();
-    h.drag_at(a);
-    h.step();
-    for k in 1..=4 {
-        h.hover_at(a + (b - a) * (k as f32 / 4.0));
-        h.step();
-    }
-    h.drop_at(b);
-    h.step();
+    common::drag(&mut h, a, b);
     let roi = h
         .state()
         .settings

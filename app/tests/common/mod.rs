@@ -54,6 +54,20 @@ pub fn wait_until_drained(h: &mut Harness<'static, InspectorApp>, timeout: Durat
     step_until(h, timeout, |a| a.is_paused() && a.counters.in_flight == 0)
 }
 
+/// Drags the pointer from `a` to `b` in a few steps, as a hand does (press, move, release).
+pub fn drag(h: &mut Harness<'static, InspectorApp>, a: egui::Pos2, b: egui::Pos2) {
+    h.hover_at(a);
+    h.step();
+    h.drag_at(a);
+    h.step();
+    for k in 1..=4 {
+        h.hover_at(a + (b - a) * (k as f32 / 4.0));
+        h.step();
+    }
+    h.drop_at(b);
+    h.step();
+}
+
 /// The app with its history database and model versions inside `dir` (a test's temp folder).
 pub fn harness_in(dir: &Path) -> Harness<'static, InspectorApp> {
     let settings = Settings {
