@@ -70,45 +70,27 @@ pub struct InspectArgs {
 impl InspectArgs {
     /// The line I/O these options ask for (None: none).
     pub fn line_options(&self) -> anyhow::Result<Option<crate::line_station::LineOptions>> {
-        if self.trigger.is_none() && self.modbus.is_none() && self.mqtt.is_none() {
-            return Ok(None);
-        }
-        anyhow::ensure!(
-            (1..=60_000).contains(&self.response_window_ms),
-            "--response-window-ms {}: must be between 1 and 60000",
-            self.response_window_ms
-        );
-        let triggered = self.trigger.is_some();
+        // The flags in the form Settings › Line I/O has; one conversion serves both.
         let listen = match (&self.trigger, &self.modbus) {
-            (Some(t), _) => {
-                Some(crate::station::line_io::parse_trigger(t).map_err(anyhow::Error::msg)?)
-            }
-            (None, Some(a)) => Some(a.parse().map_err(|_| {
-                anyhow::anyhow!("--modbus {a:?}: expected ADDRESS:PORT, e.g. 0.0.0.0:502")
-            })?),
+            (Some(t), _) => Some(
+                crate::station::line_io::parse_trigger(t)
+                    .map_err(anyhow::Error::msg)?
+                    .to_string(),
+            ),
+            (None, Some(a)) => Some(a.clone()),
             (None, None) => None,
         };
-        let modbus = listen.map(|listen| crate::station::line_io::ModbusConfig {
-            listen,
-            unit: self.unit_id,
-        });
-        let mqtt = self
-            .mqtt
-            .as_deref()
-            .map(|u| crate::records::mqtt::MqttConfig::parse(u, &self.station))
-            .transpose()
-            .map_err(anyhow::Error::msg)?
-            .map(|mut c| {
-                c.username = std::env::var("DI_MQTT_USER").ok();
-                c.password = std::env::var("DI_MQTT_PASSWORD").ok();
-                c
-            });
-        Ok(Some(crate::line_station::LineOptions {
-            triggered,
-            modbus,
-            window: Duration::from_millis(self.response_window_ms),
-            mqtt,
-        }))
+        let line = crate::records::settings::LineSettings {
+            modbus: listen.is_some(),
+            triggered: self.trigger.is_some(),
+            listen: listen.unwrap_or_default(),
+            unit_id: self.unit_id,
+            window_ms: self.response_window_ms,
+            mqtt_url: self.mqtt.clone().unwrap_or_default(),
+            ..Default::default()
+        };
+        crate::line_station::LineOptions::from_settings(&line, &self.station)
+            .map_err(anyhow::Error::msg)
     }
 }
 

@@ -27,22 +27,22 @@ pub struct LineOptions {
 }
 
 impl LineOptions {
-    /// The line I/O that Settings › Line I/O asks for (None: none is on). The password comes
-    /// from the settings (this session) or else from DI_MQTT_PASSWORD. Errors name the field.
+    /// The line I/O that `line` asks for (None: none is on): Settings › Line I/O, and the
+    /// `inspect` command's flags put into the same form. Errors name the setting.
     pub fn from_settings(line: &LineSettings, station: &str) -> Result<Option<Self>, String> {
         if !line.enabled() {
             return Ok(None);
         }
         if !(1..=60_000).contains(&line.window_ms) {
             return Err(format!(
-                "Line I/O: response window {} ms: must be between 1 and 60000",
+                "response window {} ms: must be between 1 and 60000",
                 line.window_ms
             ));
         }
         let modbus = if line.modbus {
             let listen = line.listen.trim().parse().map_err(|_| {
                 format!(
-                    "Line I/O: Modbus address {:?} is not ADDRESS:PORT, e.g. 0.0.0.0:1502",
+                    "Modbus address {:?} is not ADDRESS:PORT, e.g. 0.0.0.0:1502",
                     line.listen
                 )
             })?;
@@ -53,31 +53,36 @@ impl LineOptions {
         } else {
             None
         };
-        let mqtt = match line.mqtt_url.trim() {
-            "" => None,
-            url => {
-                let mut c = MqttConfig::parse(url, station)?;
-                let user = line.mqtt_user.trim();
-                c.username = if user.is_empty() {
-                    std::env::var("DI_MQTT_USER").ok()
-                } else {
-                    Some(user.to_string())
-                };
-                c.password = if line.mqtt_password.0.is_empty() {
-                    std::env::var("DI_MQTT_PASSWORD").ok()
-                } else {
-                    Some(line.mqtt_password.0.clone())
-                };
-                Some(c)
-            }
-        };
         Ok(Some(Self {
             triggered: modbus.is_some() && line.triggered,
             modbus,
             window: Duration::from_millis(line.window_ms),
-            mqtt,
+            mqtt: mqtt_config(line, station)?,
         }))
     }
+}
+
+/// The broker `line` names (None: no MQTT), with its credentials: the user and password typed
+/// in Settings, else `DI_MQTT_USER` / `DI_MQTT_PASSWORD`. The station's publisher and Settings'
+/// "Test connection" both take it from here, so the test connects as the station does.
+pub fn mqtt_config(line: &LineSettings, station: &str) -> Result<Option<MqttConfig>, String> {
+    let url = line.mqtt_url.trim();
+    if url.is_empty() {
+        return Ok(None);
+    }
+    let mut c = MqttConfig::parse(url, station)?;
+    let user = line.mqtt_user.trim();
+    c.username = if user.is_empty() {
+        std::env::var("DI_MQTT_USER").ok()
+    } else {
+        Some(user.to_string())
+    };
+    c.password = if line.mqtt_password.0.is_empty() {
+        std::env::var("DI_MQTT_PASSWORD").ok()
+    } else {
+        Some(line.mqtt_password.0.clone())
+    };
+    Ok(Some(c))
 }
 
 /// The running line I/O.

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use egui::{Color32, RichText};
 
 use super::state::*;
-use crate::line_station::LineStation;
-use crate::records::mqtt::MqttConfig;
+use crate::line_station::{LineStation, mqtt_config};
+use crate::station::line_io::LineStatus;
 use crate::station::line_io::registers::RESULTS_BUFFER;
 use crate::station::pipeline::SourceStatus;
 
@@ -71,8 +71,7 @@ impl InspectorApp {
         let addr = line.server.as_ref()?.local_addr();
         let s = line.io.status();
         let quiet = s.last_poll.map(|t| t.elapsed());
-        let polling = s.clients > 0 && quiet.is_some_and(|q| q < PLC_SILENCE);
-        if polling {
+        if plc_polling(&s) {
             self.plc_seen = true;
             self.plc_latched = false;
             return None;
@@ -157,6 +156,11 @@ fn line_words(l: &crate::records::settings::LineSettings) -> String {
     format!("line I/O: {modbus}, {mqtt}")
 }
 
+/// A PLC is connected and made a request within [`PLC_SILENCE`].
+fn plc_polling(s: &LineStatus) -> bool {
+    s.clients > 0 && s.last_poll.is_some_and(|t| t.elapsed() < PLC_SILENCE)
+}
+
 fn ago(t: Option<Instant>) -> String {
     match t {
         Some(t) => format!("{:.1} s ago", t.elapsed().as_secs_f64()),
@@ -175,9 +179,7 @@ pub(super) fn status(app: &InspectorApp, ui: &mut egui::Ui) {
     let Some(line) = &app.line else { return };
     if let Some(server) = &line.server {
         let s = line.io.status();
-        let quiet = s.last_poll.map(|t| t.elapsed());
-        let polling = s.clients > 0 && quiet.is_some_and(|q| q < PLC_SILENCE);
-        let (word, colour) = if polling {
+        let (word, colour) = if plc_polling(&s) {
             ("PLC connected", good)
         } else if app.plc_seen {
             ("PLC LOST", bad)
@@ -312,16 +314,15 @@ pub(super) fn settings_section(app: &mut InspectorApp, ui: &mut egui::Ui) {
         );
     }
     ui.horizontal(|ui| {
-        let url = app.settings.line.mqtt_url.trim().to_string();
         let testing = app.mqtt_test.is_some();
         if ui
             .add_enabled(
-                !url.is_empty() && !testing,
+                !app.settings.line.mqtt_url.trim().is_empty() && !testing,
                 egui::Button::new("Test connection"),
             )
             .clicked()
         {
-            test_broker(app, &url);
+            test_broker(app);
         }
         if testing {
             ui.spinner();
@@ -373,15 +374,10 @@ pub(super) fn settings_section(app: &mut InspectorApp, ui: &mut egui::Ui) {
 }
 
 /// Runs "Test connection" on its own thread; the answer comes back through a channel.
-fn test_broker(app: &mut InspectorApp, url: &str) {
-    let config = MqttConfig::parse(url, &app.settings.station).map(|mut c| {
-        let l = &app.settings.line;
-        c.username = (!l.mqtt_user.trim().is_empty()).then(|| l.mqtt_user.trim().to_string());
-        c.password = (!l.mqtt_password.0.is_empty()).then(|| l.mqtt_password.0.clone());
-        c
-    });
-    let config = match config {
-        Ok(c) => c,
+fn test_broker(app: &mut InspectorApp) {
+    let config = match mqtt_config(&app.settings.line, &app.settings.station) {
+        Ok(Some(c)) => c,
+        Ok(None) => return,
         Err(e) => {
             app.mqtt_test_result = Some(Err(e));
             return;
