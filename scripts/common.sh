@@ -4,8 +4,11 @@
 # System packages the app and tests need on Debian/Ubuntu. mesa-vulkan-drivers is lavapipe,
 # the Vulkan driver wgpu uses on machines without a GPU (harmless where a GPU driver exists);
 # libclang-dev lets nokhwa generate its V4L2 camera bindings at build time; mosquitto is the
-# MQTT broker the line I/O tests start on a free loopback port (its system service is not used).
-DI_PACKAGES=(mesa-vulkan-drivers libvulkan1 libclang-dev mosquitto)
+# MQTT broker the line I/O tests start on a free loopback port (its system service is not used);
+# postgresql is the plant database server: the plant tests make a throw-away cluster with its
+# initdb in a temp dir on a free loopback port, as the unprivileged `postgres` user the package
+# creates (initdb refuses root), and remove it afterwards.
+DI_PACKAGES=(mesa-vulkan-drivers libvulkan1 libclang-dev mosquitto postgresql)
 
 di_missing_packages() {
   local missing=()

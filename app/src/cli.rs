@@ -37,6 +37,9 @@ pub enum Command {
     Cameras(crate::headless::CamerasArgs),
     /// Print recorded verdicts from the history database as CSV or JSON lines.
     History(crate::headless::HistoryArgs),
+    /// Send what the plant database has not acknowledged from a station's history, then exit
+    /// (0 once the plant has all of it).
+    Forward(crate::headless::ForwardArgs),
     /// Time the history database: writer throughput and the History tab's queries on N rows.
     BenchHistory(crate::headless::BenchHistoryArgs),
     /// Time the line I/O on loopback: trigger → Results Valid over Modbus (p50/p99, overhead
@@ -178,6 +181,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Inspect(args)) => crate::headless::inspect(args),
         Some(Command::Cameras(args)) => crate::headless::cameras(args),
         Some(Command::History(args)) => crate::headless::history(args),
+        Some(Command::Forward(args)) => crate::headless::forward(args),
         Some(Command::App(args)) => crate::ui::run(args),
         Some(Command::BenchHistory(args)) => crate::headless::bench_history(args),
         Some(Command::BenchIo(args)) => crate::bench_io::run(args),

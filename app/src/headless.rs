@@ -9,6 +9,8 @@ use serde_json::json;
 
 use crate::data::assets::{DEFAULT_MODEL, bundled};
 use crate::records::history::{self, Filter, Recorder, RecorderOptions, RecorderSink, Store};
+use crate::records::plant::read::{Records, RecordsLocation};
+use crate::records::plant::{Forwarder, ForwarderOptions, PlantUrl};
 use crate::station::pipeline::{self, Event, Pipeline, PipelineOptions, SourceStatus};
 use crate::station::source::SourceSpec;
 
@@ -65,6 +67,17 @@ pub struct InspectArgs {
     /// DI_MQTT_USER and DI_MQTT_PASSWORD.
     #[arg(long, value_name = "mqtt://HOST:PORT/PREFIX")]
     pub mqtt: Option<String>,
+    /// Forward the history to the plant's PostgreSQL database while inspecting (needs --db;
+    /// a password not in the URL comes from DI_PLANT_PASSWORD).
+    #[arg(
+        long,
+        value_name = "postgres://USER@HOST:PORT/DATABASE",
+        requires = "db"
+    )]
+    pub plant_db: Option<String>,
+    /// The line this station stands on (kept with its records in the plant database).
+    #[arg(long, default_value = "default")]
+    pub line: String,
 }
 
 impl InspectArgs {
@@ -127,10 +140,28 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
         );
     }
     let line_options = args.line_options()?;
+    let plant_url = args
+        .plant_db
+        .as_deref()
+        .map(|u| PlantUrl::parse(u, std::env::var("DI_PLANT_PASSWORD").ok().as_deref()))
+        .transpose()?;
     let gpu = kernels::GpuContext::headless()?;
     let recorder = match &args.db {
         Some(db) => Some(Recorder::start(db, RecorderOptions::default())?),
         None => None,
+    };
+    // The forwarder reads what the writer committed; the plant being down never stops the
+    // station (its state is logged, the records wait in the history).
+    let forwarder = match (&plant_url, &args.db) {
+        (Some(url), Some(db)) => {
+            eprintln!("forwarding to the plant database {url} as {}", args.station);
+            Some(Forwarder::start(
+                db,
+                url.clone(),
+                ForwarderOptions::new(&args.station, &args.line),
+            )?)
+        }
+        _ => None,
     };
     let sink = recorder
         .as_ref()
@@ -351,6 +382,17 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
         }
         None => finish_recorder(),
     }
+    if let Some(f) = forwarder {
+        let status = f.status();
+        let left = f.finish(Duration::from_secs(10));
+        if left > 0 {
+            eprintln!(
+                "{left} records wait for the plant database{}; they stay in the history and \
+                 `inspector forward` (or the next run with --plant-db) sends them",
+                status.error.map(|e| format!(" ({e})")).unwrap_or_default()
+            );
+        }
+    }
     if args.json {
         println!(
             "{}",
@@ -407,9 +449,16 @@ pub fn cameras(args: CamerasArgs) -> anyhow::Result<()> {
 /// Options of `inspector history`.
 #[derive(Debug, clap::Args)]
 pub struct HistoryArgs {
-    /// History database (default: the platform data directory).
+    /// History database: a station's file (default: the platform data directory) or the
+    /// plant database (postgres://USER@HOST:PORT/DATABASE; password from DI_PLANT_PASSWORD).
     #[arg(long)]
-    pub db: Option<PathBuf>,
+    pub db: Option<String>,
+    /// Station (the plant database: station id).
+    #[arg(long)]
+    pub station: Option<String>,
+    /// Line (the plant database only).
+    #[arg(long)]
+    pub line: Option<String>,
     /// From: RFC 3339 time or a duration back from now (30m, 24h, 7d).
     #[arg(long)]
     pub since: Option<String>,
@@ -436,14 +485,19 @@ pub struct HistoryArgs {
 /// Runs `inspector history`.
 pub fn history(args: HistoryArgs) -> anyhow::Result<()> {
     use std::io::Write as _;
-    let db = args.db.unwrap_or_else(history::default_db_path);
-    anyhow::ensure!(
-        db.is_file(),
-        "history database {} does not exist: record into it with `inspector inspect … --db {}`",
-        db.display(),
-        db.display()
-    );
-    let store = Store::open(&db)?;
+    let at = match &args.db {
+        Some(s) => RecordsLocation::parse(s)?,
+        None => RecordsLocation::File(history::default_db_path()),
+    };
+    if let RecordsLocation::File(db) = &at {
+        anyhow::ensure!(
+            db.is_file(),
+            "history database {} does not exist: record into it with `inspector inspect … --db {}`",
+            db.display(),
+            db.display()
+        );
+    }
+    let mut store = Records::open(&at)?;
     let now = chrono::Utc::now();
     let f = Filter {
         since_ms: args
@@ -461,8 +515,14 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<()> {
         verdict: args.verdict,
         class: args.class,
         model: args.model,
+        station: args.station,
+        line: args.line,
         ..Filter::default()
     };
+    anyhow::ensure!(
+        f.line.is_none() || store.is_plant(),
+        "--line filters the plant database: give --db postgres://…"
+    );
     let rows = store.query(&f, args.limit, 0)?;
     let stdout = std::io::stdout();
     if args.format == "json" {
@@ -473,6 +533,70 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<()> {
     } else {
         history::write_csv(stdout.lock(), &rows).map_err(anyhow::Error::msg)?;
     }
+    Ok(())
+}
+
+/// Options of `inspector forward`.
+#[derive(Debug, clap::Args)]
+pub struct ForwardArgs {
+    /// The station's history database.
+    #[arg(long)]
+    pub db: PathBuf,
+    /// The plant database (a password not in the URL comes from DI_PLANT_PASSWORD).
+    #[arg(long, value_name = "postgres://USER@HOST:PORT/DATABASE")]
+    pub plant_db: String,
+    /// The station's id in the plant (as the station forwards under).
+    #[arg(long, default_value = "station-1")]
+    pub station: String,
+    /// The line it stands on.
+    #[arg(long, default_value = "default")]
+    pub line: String,
+    /// Give up after this many seconds without progress (the server down or unreachable).
+    #[arg(long, default_value_t = 30.0)]
+    pub patience: f64,
+}
+
+/// Runs `inspector forward`: exit 0 once the plant database has acknowledged everything in
+/// the history; otherwise the reason, and a non-zero exit (nothing is lost: run it again).
+pub fn forward(args: ForwardArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.db.is_file(),
+        "history database {} does not exist",
+        args.db.display()
+    );
+    let url = PlantUrl::parse(
+        &args.plant_db,
+        std::env::var("DI_PLANT_PASSWORD").ok().as_deref(),
+    )?;
+    let started = Instant::now();
+    let bar = indicatif::ProgressBar::new_spinner();
+    let sent = crate::records::plant::forward::forward_all(
+        &args.db,
+        &url,
+        &ForwarderOptions::new(&args.station, &args.line),
+        Duration::from_secs_f64(args.patience.max(0.0)),
+        |sent, left| {
+            bar.set_message(format!("{} sent, {} waiting", sent.total(), left.total()));
+            bar.tick();
+        },
+    );
+    bar.finish_and_clear();
+    let sent = sent.map_err(|e| {
+        anyhow::anyhow!(
+            "{e}\nnothing was lost: the records stay in {}",
+            args.db.display()
+        )
+    })?;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "the plant database {url} has everything from {}: sent {} inspections, {} events, {} \
+         overrides in {secs:.1} s ({:.0} records/s)",
+        args.db.display(),
+        sent.inspections,
+        sent.events,
+        sent.overrides,
+        sent.total() as f64 / secs.max(1e-9)
+    );
     Ok(())
 }
 

@@ -12,7 +12,9 @@
 //! - [`writer`]: the [`Recorder`] thread and the pipeline's [`RecorderSink`];
 //! - [`archive`]: rejected frames as PNG files under a disk budget;
 //! - [`export`]: CSV and control-chart limits;
-//! - [`outbox`]: the line I/O's results (inspection number, part number) and the MQTT outbox.
+//! - [`outbox`]: the line I/O's results (inspection number, part number) and the MQTT outbox;
+//! - [`plant_outbox`]: what the plant database has not acknowledged (watermarks, the override
+//!   log).
 //!
 //! The submodules import one another downwards only (schema ← queries, archive ← writer,
 //! export); this file only re-exports their public items as `history::…`.
@@ -20,6 +22,7 @@
 mod archive;
 mod export;
 mod outbox;
+mod plant_outbox;
 mod queries;
 mod schema;
 mod writer;
@@ -27,6 +30,7 @@ mod writer;
 pub use archive::*;
 pub use export::*;
 pub use outbox::*;
+pub use plant_outbox::*;
 pub use queries::*;
 pub use schema::*;
 pub use writer::*;

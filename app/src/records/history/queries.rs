@@ -22,6 +22,10 @@ pub struct Filter {
     pub overridden: Option<bool>,
     /// Origin contains this text.
     pub text: Option<String>,
+    /// Station (the plant's station id; a station's own history: its station name).
+    pub station: Option<String>,
+    /// Line (the plant database only; a station's own history has one line).
+    pub line: Option<String>,
 }
 
 impl Filter {
@@ -48,6 +52,10 @@ impl Filter {
         if let Some(m) = &self.model {
             clauses.push("model_id = ?");
             args.push(Value::Text(m.clone()));
+        }
+        if let Some(s) = &self.station {
+            clauses.push("station = ?");
+            args.push(Value::Text(s.clone()));
         }
         match self.overridden {
             Some(true) => clauses.push("override_verdict IS NOT NULL"),
@@ -173,7 +181,10 @@ impl Store {
 
     /// Whether the per-hour summary answers `f` (time and model filters only).
     pub(super) fn summary_answers(f: &Filter) -> bool {
-        f.class.is_none() && f.overridden.is_none() && f.text.as_deref().is_none_or(str::is_empty)
+        f.class.is_none()
+            && f.overridden.is_none()
+            && f.station.is_none()
+            && f.text.as_deref().is_none_or(str::is_empty)
     }
 
     /// The summary table's WHERE clause for `f` (hours overlapping the range).

@@ -113,6 +113,32 @@ pub(super) const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX line_results_row ON line_results (run_id, seq);
     CREATE INDEX line_results_outbox ON line_results (mqtt_state, inspection_id);",
+    // 5: the plant outbox — every person's decision kept as its own row (the inspection row
+    // holds only the latest), and how far each plant database has acknowledged each stream.
+    "CREATE TABLE override_log (
+        id INTEGER PRIMARY KEY,
+        inspection_id INTEGER,
+        run_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        from_verdict TEXT NOT NULL,
+        verdict TEXT NOT NULL,
+        by_whom TEXT NOT NULL,
+        at TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        station TEXT NOT NULL
+    );
+    INSERT INTO override_log (inspection_id, run_id, seq, from_verdict, verdict, by_whom, at,
+                              reason, station)
+        SELECT id, run_id, seq, verdict, override_verdict, COALESCE(override_by, ''),
+               COALESCE(override_at, ''), COALESCE(override_reason, ''), station
+        FROM inspections WHERE override_verdict IS NOT NULL ORDER BY id;
+    CREATE TABLE plant_sync (
+        plant_id TEXT NOT NULL,
+        stream TEXT NOT NULL,
+        last_id INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (plant_id, stream)
+    );",
 ];
 
 /// The default database: `<platform data dir>/history.sqlite`.
@@ -220,7 +246,8 @@ impl EventRow {
     }
 }
 
-pub(super) fn parse_roi(s: &str) -> Option<[u32; 4]> {
+/// "x,y,w,h" as stored → the region.
+pub fn parse_roi(s: &str) -> Option<[u32; 4]> {
     let v: Vec<u32> = s
         .split(',')
         .map(|p| p.parse().ok())

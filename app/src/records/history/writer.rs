@@ -356,6 +356,14 @@ impl Store {
                      DO UPDATE SET total = total + excluded.total, fails = fails + excluded.fails",
                 )
                 .map_err(sql)?;
+            let mut log = tx
+                .prepare_cached(
+                    "INSERT INTO override_log (inspection_id, run_id, seq, from_verdict, verdict,
+                     by_whom, at, reason, station)
+                     VALUES ((SELECT id FROM inspections WHERE run_id = ?1 AND seq = ?2),
+                             ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .map_err(sql)?;
             let mut line = tx
                 .prepare_cached(
                     "INSERT OR IGNORE INTO line_results (inspection_id, run_id, seq, part_number,
@@ -442,6 +450,17 @@ impl Store {
                             o.by,
                             o.at,
                             o.reason
+                        ])
+                        .map_err(sql)?;
+                        log.execute(params![
+                            o.run_id,
+                            o.seq as i64,
+                            o.from,
+                            o.verdict,
+                            o.by,
+                            o.at,
+                            o.reason,
+                            o.station
                         ])
                         .map_err(sql)?;
                         ev.execute(params![

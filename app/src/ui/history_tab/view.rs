@@ -135,6 +135,7 @@ impl HistoryView {
                 _ => None,
             },
             text: opt(self.text.trim()),
+            ..Filter::default()
         })
     }
 
