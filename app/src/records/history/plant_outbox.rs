@@ -146,18 +146,7 @@ impl Store {
             .map_err(|e| self.err(e))?;
         let rows = st
             .query_map(params![after, limit as i64], |r| {
-                Ok((
-                    r.get(0)?,
-                    EventRow {
-                        ts: r.get(1)?,
-                        ts_ms: r.get(2)?,
-                        station: r.get(3)?,
-                        kind: r.get(4)?,
-                        detail: r.get(5)?,
-                        run_id: r.get(6)?,
-                        seq: r.get::<_, Option<i64>>(7)?.map(|s| s as u64),
-                    },
-                ))
+                Ok((r.get(0)?, super::queries::event_from(r, 1)?))
             })
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))

@@ -313,18 +313,21 @@ impl Store {
             )
             .map_err(|e| self.err(e))?;
         let rows = st
-            .query_map([limit as i64], |r| {
-                Ok(EventRow {
-                    ts: r.get(0)?,
-                    ts_ms: r.get(1)?,
-                    station: r.get(2)?,
-                    kind: r.get(3)?,
-                    detail: r.get(4)?,
-                    run_id: r.get(5)?,
-                    seq: r.get::<_, Option<i64>>(6)?.map(|s| s as u64),
-                })
-            })
+            .query_map([limit as i64], |r| event_from(r, 0))
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
+}
+
+/// An event read from `ts, ts_ms, station, kind, detail, run_id, seq` starting at column `at`.
+pub(super) fn event_from(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<EventRow> {
+    Ok(EventRow {
+        ts: r.get(at)?,
+        ts_ms: r.get(at + 1)?,
+        station: r.get(at + 2)?,
+        kind: r.get(at + 3)?,
+        detail: r.get(at + 4)?,
+        run_id: r.get(at + 5)?,
+        seq: r.get::<_, Option<i64>>(at + 6)?.map(|s| s as u64),
+    })
 }

@@ -22,80 +22,81 @@ pub struct PlantStore {
 
 type Args = Vec<Box<dyn ToSql + Sync + Send>>;
 
+/// A WHERE clause being built: each `?` becomes the next `$n`.
+#[derive(Default)]
+struct Where {
+    clauses: Vec<String>,
+    args: Args,
+}
+
+impl Where {
+    fn arg(&mut self, clause: &str, arg: Box<dyn ToSql + Sync + Send>) {
+        self.args.push(arg);
+        let n = self.args.len();
+        self.clauses.push(clause.replace('?', &format!("${n}")));
+    }
+
+    /// The model, station and line filters both tables have.
+    fn common(&mut self, f: &Filter) {
+        for (column, value) in [
+            ("model_id", &f.model),
+            ("station_id", &f.station),
+            ("line", &f.line),
+        ] {
+            if let Some(v) = value {
+                self.arg(&format!("{column} = ?"), Box::new(v.clone()));
+            }
+        }
+    }
+
+    fn done(self) -> (String, Args) {
+        let w = if self.clauses.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", self.clauses.join(" AND "))
+        };
+        (w, self.args)
+    }
+}
+
 /// The WHERE clause of `f` on the plant's inspections, with its arguments ($1…).
 fn where_rows(f: &Filter) -> (String, Args) {
-    let mut clauses: Vec<String> = Vec::new();
-    let mut args: Args = Vec::new();
-    let mut push = |clause: &str, arg: Box<dyn ToSql + Sync + Send>| {
-        args.push(arg);
-        clauses.push(clause.replace('?', &format!("${}", args.len())));
-    };
+    let mut w = Where::default();
     if let Some(s) = f.since_ms {
-        push("ts_ms >= ?", Box::new(s));
+        w.arg("ts_ms >= ?", Box::new(s));
     }
     if let Some(u) = f.until_ms {
-        push("ts_ms < ?", Box::new(u));
+        w.arg("ts_ms < ?", Box::new(u));
     }
     if let Some(v) = &f.verdict {
-        push("final_verdict = ?", Box::new(v.clone()));
+        w.arg("final_verdict = ?", Box::new(v.clone()));
     }
     if let Some(c) = &f.class {
-        push("class = ?", Box::new(c.clone()));
+        w.arg("class = ?", Box::new(c.clone()));
     }
-    if let Some(m) = &f.model {
-        push("model_id = ?", Box::new(m.clone()));
-    }
-    if let Some(s) = &f.station {
-        push("station_id = ?", Box::new(s.clone()));
-    }
-    if let Some(l) = &f.line {
-        push("line = ?", Box::new(l.clone()));
-    }
+    w.common(f);
     if let Some(t) = f.text.as_ref().filter(|t| !t.is_empty()) {
-        push("strpos(origin, ?) > 0", Box::new(t.clone()));
+        w.arg("strpos(origin, ?) > 0", Box::new(t.clone()));
     }
     match f.overridden {
-        Some(true) => clauses.push("override_verdict IS NOT NULL".into()),
-        Some(false) => clauses.push("override_verdict IS NULL".into()),
+        Some(true) => w.clauses.push("override_verdict IS NOT NULL".into()),
+        Some(false) => w.clauses.push("override_verdict IS NULL".into()),
         None => {}
     }
-    let w = if clauses.is_empty() {
-        String::new()
-    } else {
-        format!(" WHERE {}", clauses.join(" AND "))
-    };
-    (w, args)
+    w.done()
 }
 
 /// The WHERE clause of `f` on the per-hour totals (time, model, station and line only).
 fn where_hourly(f: &Filter) -> (String, Args) {
-    let mut clauses: Vec<String> = Vec::new();
-    let mut args: Args = Vec::new();
-    let mut push = |clause: &str, arg: Box<dyn ToSql + Sync + Send>| {
-        args.push(arg);
-        clauses.push(clause.replace('?', &format!("${}", args.len())));
-    };
+    let mut w = Where::default();
     if let Some(s) = f.since_ms {
-        push("hour_ms >= ?", Box::new((s / 3_600_000) * 3_600_000));
+        w.arg("hour_ms >= ?", Box::new((s / 3_600_000) * 3_600_000));
     }
     if let Some(u) = f.until_ms {
-        push("hour_ms < ?", Box::new(u));
+        w.arg("hour_ms < ?", Box::new(u));
     }
-    if let Some(m) = &f.model {
-        push("model_id = ?", Box::new(m.clone()));
-    }
-    if let Some(s) = &f.station {
-        push("station_id = ?", Box::new(s.clone()));
-    }
-    if let Some(l) = &f.line {
-        push("line = ?", Box::new(l.clone()));
-    }
-    let w = if clauses.is_empty() {
-        String::new()
-    } else {
-        format!(" WHERE {}", clauses.join(" AND "))
-    };
-    (w, args)
+    w.common(f);
+    w.done()
 }
 
 fn refs(args: &Args) -> Vec<&(dyn ToSql + Sync)> {
