@@ -40,8 +40,12 @@ pub enum Command {
     /// Send what the plant database has not acknowledged from a station's history, then exit
     /// (0 once the plant has all of it).
     Forward(crate::headless::ForwardArgs),
-    /// Time the history database: writer throughput and the History tab's queries on N rows.
-    BenchHistory(crate::headless::BenchHistoryArgs),
+    /// Time the history database: writer throughput and the History tab's queries on N rows
+    /// (`--plant-db`: the same queries on the plant database).
+    BenchHistory(crate::bench_records::BenchHistoryArgs),
+    /// Time forwarding to the plant database: lag and rows/s while a station records at the
+    /// given rates.
+    BenchForward(crate::bench_records::BenchForwardArgs),
     /// Time the line I/O on loopback: trigger → Results Valid over Modbus (p50/p99, overhead
     /// beyond the model's own time) and MQTT messages/s, sustained and after an outage.
     BenchIo(crate::bench_io::BenchIoArgs),
@@ -183,7 +187,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::History(args)) => crate::headless::history(args),
         Some(Command::Forward(args)) => crate::headless::forward(args),
         Some(Command::App(args)) => crate::ui::run(args),
-        Some(Command::BenchHistory(args)) => crate::headless::bench_history(args),
+        Some(Command::BenchHistory(args)) => crate::bench_records::bench_history(args),
+        Some(Command::BenchForward(args)) => crate::bench_records::bench_forward(args),
         Some(Command::BenchIo(args)) => crate::bench_io::run(args),
         None => crate::ui::run(cli.app),
     }

@@ -10,10 +10,12 @@
 //! - the top: [`ui`] (the eframe app), [`headless`] (`inspector inspect`, `cameras`,
 //!   `history`), [`bench`] (`inspector bench`), [`line_station`] (the line I/O put together:
 //!   Modbus, fail-safe, MQTT), [`bench_io`] (`inspector bench-io`: the line I/O's latency and
-//!   rates) and [`cli`] (argument parsing and dispatch).
+//!   rates), [`bench_records`] (`inspector bench-history`, `bench-forward`: the history's and
+//!   the plant database's limits) and [`cli`] (argument parsing and dispatch).
 
 pub mod bench;
 pub mod bench_io;
+pub mod bench_records;
 pub mod cli;
 pub mod data;
 pub mod evaluation;

@@ -20,6 +20,10 @@
 //!
 //! Tests that run the engine hold [`engine`] so they do not share the CPU with each other; the
 //! others run beside them.
+//!
+//! Over 800 lines as one test binary: every test here shares the PLC client helpers (`plc`,
+//! `di`, `ir`, `wait_di`, `inspect_once`) and the [`engine`] lock, which only serialises tests
+//! inside one binary; one binary also links once (about a minute each on the 2-core CI machine).
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 

@@ -450,3 +450,123 @@ fn bad_plant_databases_are_named_and_the_station_keeps_its_records() {
     .unwrap_err();
     assert!(matches!(e, PlantError::TooNew { found: 99, .. }), "{e}");
 }
+
+/// A small tmpfs the server's `inspections` table is moved onto, so that its disk really
+/// fills; unmounted at the end (after the server stopped). Where this machine cannot mount
+/// (not root), the server is made to refuse inserts with the same SQLSTATE (`disk_full`) and
+/// message instead, which the test says.
+struct SmallDisk {
+    at: std::path::PathBuf,
+    mounted: bool,
+}
+
+impl SmallDisk {
+    fn mount(at: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(at).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
+            .arg("tmpfs")
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success())
+            && Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(at)
+                .status()
+                .is_ok_and(|s| s.success());
+        Self {
+            at: at.to_path_buf(),
+            mounted,
+        }
+    }
+
+    fn grow(&self, size: &str) {
+        let st = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.at)
+            .status()
+            .unwrap();
+        assert!(st.success(), "remount {}", self.at.display());
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = Command::new("umount").arg("-l").arg(&self.at).status();
+        }
+    }
+}
+
+#[test]
+fn a_full_server_disk_is_named_and_every_record_arrives_once_space_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    // The server (user postgres) reaches its tablespace through this folder.
+    let open: std::fs::Permissions = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(dir.path(), open).unwrap();
+    // Declared before the server: dropped (unmounted) after it stopped.
+    let disk = SmallDisk::mount(&dir.path().join("small"), "256k");
+    let pg = Postgres::start_new();
+    pg.psql("postgres", "CREATE DATABASE plant");
+    let db = dir.path().join("station.sqlite");
+    write(&db, "st-f", "run-f", 0..100);
+    let url = PlantUrl::parse(&pg.url("plant"), None).unwrap();
+    let o = ForwarderOptions::new("st-f", "L1");
+    let sent = forward_all(&db, &url, &o, Duration::from_secs(30), |_, _| {}).unwrap();
+    assert_eq!(sent.inspections, 100);
+    if disk.mounted {
+        pg.psql(
+            "plant",
+            &format!("CREATE TABLESPACE small LOCATION '{}'", disk.at.display()),
+        );
+        pg.psql("plant", "ALTER TABLE inspections SET TABLESPACE small");
+    } else {
+        eprintln!("cannot mount a small disk here (not root?): the server refuses with disk_full");
+        pg.psql(
+            "plant",
+            "CREATE FUNCTION disk_full() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+                RAISE EXCEPTION USING ERRCODE = 'disk_full',
+                    MESSAGE = 'could not extend file \"base/1/2\": No space left on device';
+             END $$;
+             CREATE TRIGGER disk_full BEFORE INSERT ON inspections
+                FOR EACH ROW EXECUTE FUNCTION disk_full();",
+        );
+    }
+    // The station goes on recording while the plant's disk is full.
+    write(&db, "st-f", "run-f", 100..5_100);
+    let f = Forwarder::start(&db, url.clone(), o).unwrap();
+    wait_for("the full disk to be named", Duration::from_secs(60), || {
+        let s = f.status();
+        s.error
+            .as_deref()
+            .is_some_and(|e| e.contains("disk is full"))
+    });
+    let s = f.status();
+    assert!(
+        s.backlog.inspections > 0,
+        "records wait while the disk is full: {s:?}"
+    );
+    assert!(!s.url.contains("secret"), "{}", s.url);
+    assert_eq!(
+        Store::open(&db).unwrap().count(&Filter::default()).unwrap(),
+        5_100,
+        "the station's history is intact"
+    );
+    // Space again: everything arrives, exactly once.
+    if disk.mounted {
+        disk.grow("64m");
+    } else {
+        pg.psql("plant", "DROP TRIGGER disk_full ON inspections");
+    }
+    wait_for("the backlog to drain", Duration::from_secs(120), || {
+        let s = f.status();
+        s.connected && s.backlog.total() == 0
+    });
+    drop(f);
+    assert_eq!(
+        plant_count(&pg, "plant", "WHERE station_id = 'st-f'"),
+        5_100
+    );
+    drop(pg);
+    drop(disk);
+}

@@ -89,6 +89,35 @@ pub struct Settings {
     pub train_data: Option<PathBuf>,
     /// The line I/O: the PLC's Modbus server and MQTT publishing (Settings › Line I/O).
     pub line: LineSettings,
+    /// Forwarding to the plant database (Settings › Plant database).
+    pub plant: PlantSettings,
+}
+
+/// Settings › Plant database. Off by default (empty URL): a station on a desk has no server.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PlantSettings {
+    /// `postgres://USER@HOST:PORT/DATABASE` without its password; empty = no forwarding.
+    pub url: String,
+    /// The line this station stands on (a History filter in the plant).
+    pub line: String,
+    /// Raise an alarm when more than this many records wait for the plant.
+    pub backlog_alarm: u64,
+    /// The password: typed in Settings for this session, or DI_PLANT_PASSWORD; never written
+    /// to disk (a password typed into the URL is moved here, out of the saved URL).
+    #[serde(skip)]
+    pub password: Secret,
+}
+
+impl Default for PlantSettings {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            line: "line-1".into(),
+            backlog_alarm: 10_000,
+            password: Secret::default(),
+        }
+    }
 }
 
 /// A secret kept in memory only: never written to the settings files, never printed.
@@ -171,6 +200,7 @@ impl Default for Settings {
             max_false_reject_rate: 0.10,
             train_data: None,
             line: LineSettings::default(),
+            plant: PlantSettings::default(),
         }
     }
 }

@@ -80,6 +80,7 @@ fn side_panel(app: &mut InspectorApp, ui: &mut egui::Ui) {
     egui::ScrollArea::vertical().show(ui, |ui| {
         banner(app, ui);
         super::line_panel::status(app, ui);
+        super::plant_panel::status(app, ui);
         ui.add_space(8.0);
         ui.horizontal(|ui| {
             let paused = app.is_paused();

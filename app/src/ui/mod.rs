@@ -19,6 +19,7 @@ pub mod history_tab;
 mod inspect;
 pub mod label_tab;
 mod line_panel;
+mod plant_panel;
 mod session;
 mod settings_tab;
 mod shell;

@@ -1,5 +1,6 @@
 //! The Settings tab: source (demo, folder, camera, synthetic), model (hot swap), threshold,
-//! region of interest, operator and station, theme, history and alarm options.
+//! region of interest, operator and station, theme, line I/O, plant database, history and
+//! alarm options.
 
 use std::path::PathBuf;
 
@@ -122,6 +123,9 @@ pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
                 ui.end_row();
             });
         ui.label("Database, sample and budget changes apply at the next start.");
+        ui.separator();
+        ui.heading("Plant database");
+        super::plant_panel::settings_section(app, ui);
     });
 }
 

@@ -55,13 +55,18 @@ impl InspectorApp {
 
     pub(super) fn poll(&mut self) {
         self.dialog_answers();
+        self.poll_plant();
         if let Some(rx) = &self.starting
             && let Ok(started) = rx.try_recv()
         {
             self.starting = None;
             if let Some(r) = started.recorder {
                 match r {
-                    Ok(r) => self.recorder = Some(r),
+                    Ok(r) => {
+                        self.recorder = Some(r);
+                        // Forwarding reads what the writer committed: it starts after it.
+                        self.start_plant();
+                    }
                     Err(e) => self.notify(
                         Level::Error,
                         format!("{e}. Verdicts are not being recorded; choose another database in Settings"),
@@ -310,6 +315,9 @@ impl InspectorApp {
         if let Some(text) = self.plc_alarm() {
             raised.get_or_insert(text);
         }
+        if let Some(text) = self.plant_alarm() {
+            raised.get_or_insert(text);
+        }
         if let Some(text) = raised {
             self.raise_alarm(text);
         }
@@ -551,5 +559,6 @@ impl eframe::App for InspectorApp {
                 r.finish();
             }
         });
+        self.finish_plant();
     }
 }

@@ -182,6 +182,24 @@ pub(super) struct Started {
     pub(super) line_error: Option<String>,
 }
 
+/// What the app holds of the plant database.
+#[derive(Default)]
+pub struct PlantState {
+    /// The running forwarder (None: forwarding is off, or it could not start).
+    pub forwarder: Option<crate::records::plant::Forwarder>,
+    /// Why forwarding asked for in Settings did not start (shown until it does).
+    pub error: Option<String>,
+    /// The settings the forwarder was started with (Settings shows Apply when they differ).
+    pub(super) in_use: crate::records::settings::PlantSettings,
+    /// The helper thread bringing the forwarder up.
+    pub(super) starting: Option<Receiver<Result<Option<crate::records::plant::Forwarder>, String>>>,
+    /// The backlog alarm is raised (not again until the backlog is under the limit).
+    pub(super) alarm_latched: bool,
+    /// Settings' "Test connection" while it runs, and its last answer.
+    pub(super) test: Option<Receiver<Result<String, String>>>,
+    pub(super) test_result: Option<Result<String, String>>,
+}
+
 /// The app's state.
 pub struct InspectorApp {
     /// Saved settings.
@@ -209,6 +227,8 @@ pub struct InspectorApp {
     pub(super) mqtt_test_result: Option<Result<String, String>>,
     /// The retained MQTT status last published ("online", "paused", "no signal").
     pub(super) mqtt_state: &'static str,
+    /// Forwarding to the plant database (Settings › Plant database).
+    pub plant: PlantState,
     pub(super) recorder: Option<Recorder>,
     pub(super) run_id: String,
     pub(super) pending_ops: VecDeque<Op>,
@@ -316,6 +336,7 @@ impl InspectorApp {
             mqtt_test: None,
             mqtt_test_result: None,
             mqtt_state: "online",
+            plant: PlantState::default(),
             recorder: None,
             run_id: history::new_run_id(),
             pending_ops: VecDeque::new(),

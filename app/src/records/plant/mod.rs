@@ -106,6 +106,24 @@ impl PlantUrl {
         Ok(parsed)
     }
 
+    /// The plant database Settings › Plant database names (None: forwarding is off), with the
+    /// password typed there for this session, else `DI_PLANT_PASSWORD`. Errors are sentences.
+    pub fn from_settings(
+        p: &crate::records::settings::PlantSettings,
+    ) -> Result<Option<Self>, String> {
+        let url = p.url.trim();
+        if url.is_empty() {
+            return Ok(None);
+        }
+        let env = std::env::var("DI_PLANT_PASSWORD").ok();
+        let pw = if p.password.0.is_empty() {
+            env.as_deref()
+        } else {
+            Some(p.password.0.as_str())
+        };
+        Self::parse(url, pw).map(Some).map_err(|e| e.to_string())
+    }
+
     /// The URL with `***` for its password: safe for logs, screens and the local database.
     pub fn redacted(&self) -> String {
         redact(&self.url)
@@ -156,6 +174,34 @@ impl PlantUrl {
 /// Whether `s` names a PostgreSQL database rather than a file.
 pub fn is_plant_url(s: &str) -> bool {
     s.starts_with("postgres://") || s.starts_with("postgresql://")
+}
+
+/// A URL typed with its password, split into the URL without it and the password (decoded),
+/// so that Settings saves the one and keeps the other in memory. None when it has none.
+pub fn split_password(url: &str) -> Option<(String, String)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let (userinfo, host) = rest.rsplit_once('@')?;
+    let (user, pw) = userinfo.split_once(':')?;
+    let bytes = pw.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&a), Some(&b)) if hex(a).is_some() && hex(b).is_some() => {
+                out.push((hex(a)? * 16 + hex(b)?) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    Some((
+        format!("{scheme}://{user}@{host}"),
+        String::from_utf8_lossy(&out).into_owned(),
+    ))
 }
 
 fn has_password(url: &str) -> bool {
@@ -290,5 +336,13 @@ mod tests {
             Err(PlantError::Url { .. })
         ));
         assert!(is_plant_url("postgresql://a@b/c") && !is_plant_url("/data/history.sqlite"));
+        assert_eq!(
+            split_password("postgres://lead:p%40ss%20w@db.plant:5432/quality"),
+            Some((
+                "postgres://lead@db.plant:5432/quality".into(),
+                "p@ss w".into()
+            ))
+        );
+        assert_eq!(split_password("postgres://lead@db.plant/quality"), None);
     }
 }

@@ -354,6 +354,48 @@ impl PlantStore {
             .collect())
     }
 
+    /// For `inspector bench-history --plant-db`: adds generated rows (20 stations on 4 lines,
+    /// 30 days, 5 % rejects over five classes) until the plant holds `rows`, written by the
+    /// server itself with the per-hour totals. Returns how many were added.
+    pub fn fill_for_bench(&mut self, rows: u64) -> Result<u64, PlantError> {
+        let have = self.count(&Filter::default())?;
+        let add = rows.saturating_sub(have) as i64;
+        if add == 0 {
+            return Ok(0);
+        }
+        let start = chrono::Utc::now().timestamp_millis() - 30 * 86_400_000;
+        let step = (30 * 86_400_000 / add).max(1);
+        let sql = format!(
+            "SET synchronous_commit = off;
+            INSERT INTO inspections (station_id, local_id, line, run_id, seq, ts, ts_ms, station,
+                source, origin, model_id, model_hash, verdict, class, confidence, score, threshold,
+                latency_ms, final_verdict)
+            SELECT 'st-' || (i % 20), {have} + i, 'L' || (i % 20 / 5), 'bench', {have} + i,
+                to_char(to_timestamp(({start} + i * {step}) / 1000.0) AT TIME ZONE 'UTC',
+                        'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+                {start} + i * {step}, 'st-' || (i % 20), 'camera:0', 'frame ' || i,
+                'm@' || (i % 3), 'bench', v, c, 0.9, 0.5, 0.5, 10.0, v
+            FROM (SELECT i, CASE WHEN abs(hashint8(i)) % 100 < 5 THEN 'fail' ELSE 'pass' END AS v,
+                         CASE WHEN abs(hashint8(i)) % 100 < 5
+                              THEN (ARRAY['Blowhole','Break','Crack','Fray','Uneven'])[1 + abs(hashint8(i + 7)) % 5]
+                              ELSE 'Free' END AS c
+                  FROM generate_series(1::bigint, {add}::bigint) AS i) AS g;
+            INSERT INTO hourly (hour_ms, station_id, line, model_id, class, total, fails)
+                SELECT (ts_ms / 3600000) * 3600000, station_id, MIN(line), model_id, class,
+                       COUNT(*), COUNT(*) FILTER (WHERE final_verdict = 'fail')
+                FROM inspections WHERE run_id = 'bench' AND local_id > {have} GROUP BY 1, 2, 4, 5
+            ON CONFLICT (hour_ms, station_id, model_id, class) DO UPDATE
+                SET total = hourly.total + excluded.total, fails = hourly.fails + excluded.fails;
+            ANALYZE inspections;
+            ANALYZE hourly;"
+        );
+        let client = self.client.as_ref().expect("opened with a client");
+        self.rt
+            .block_on(client.batch_execute(&sql))
+            .map_err(|e| self.url.db_err(e))?;
+        Ok(add as u64)
+    }
+
     /// A line lead's decision on a row in the plant database (kept in the audit trail; it
     /// stands when it is the latest by time).
     pub fn override_row(

@@ -221,6 +221,49 @@ pub(super) fn charts(ui: &mut egui::Ui, res: &PageResult) {
     }
 }
 
+/// The reject rate per hour, one line per station (plant mode, "split by station"), on the
+/// same hours as the p-chart above.
+pub(super) fn station_chart(ui: &mut egui::Ui, by_station: &[(String, HourBucket)]) {
+    use egui_plot::{Legend, Line, Plot, PlotPoints};
+    ui.label(RichText::new("Reject rate per hour by station").strong());
+    let t0 = by_station.iter().map(|(_, b)| b.hour_ms).min().unwrap_or(0);
+    let hours = |ms: i64| (ms - t0) as f64 / 3_600_000.0;
+    let mut series: Vec<(&str, Vec<[f64; 2]>)> = Vec::new();
+    for (station, b) in by_station {
+        let p = [
+            hours(b.hour_ms) + 0.5,
+            100.0 * b.fails as f64 / b.total.max(1) as f64,
+        ];
+        match series.iter_mut().find(|(s, _)| s == station) {
+            Some((_, pts)) => pts.push(p),
+            None => series.push((station, vec![p])),
+        }
+    }
+    series.sort_by(|a, b| a.0.cmp(b.0));
+    let top = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|p| p[1]))
+        .fold(1.0, f64::max);
+    let (y_max, y_step) = y_axis(top);
+    Plot::new("reject-rate-by-station")
+        .height(170.0)
+        .allow_scroll(false)
+        .legend(Legend::default())
+        .x_axis_label("hours from the first")
+        .y_axis_label("reject %")
+        .default_y_bounds(0.0, y_max)
+        .y_grid_spacer(move |input| marks(input.bounds, y_step))
+        .show(ui, |p| {
+            for (i, (station, mut pts)) in series.into_iter().enumerate() {
+                pts.sort_by(|a, b| a[0].total_cmp(&b[0]));
+                // Distinct hues in the stations' order (by name): stable across refreshes.
+                let hue = (i as f32 * 0.618_034).fract();
+                let colour: Color32 = egui::ecolor::Hsva::new(hue, 0.75, 0.85, 1.0).into();
+                p.line(Line::new(station.to_string(), PlotPoints::from(pts)).color(colour));
+            }
+        });
+}
+
 /// Yield (%) per 8-hour shift starting 06:00, 14:00 and 22:00 local time, oldest first.
 pub fn yield_per_shift(hourly: &[HourBucket]) -> Vec<(String, f64)> {
     use chrono::{Local, TimeZone as _, Timelike as _};

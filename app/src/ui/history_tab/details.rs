@@ -81,11 +81,15 @@ pub(super) fn details(
             ui.spinner();
         }
     }
-    ui.add(
-        egui::TextEdit::singleline(reason)
-            .hint_text("reason (required)")
-            .id_salt("lead-reason"),
-    );
+    ui.horizontal(|ui| {
+        let l = ui.label("Reason");
+        ui.add(
+            egui::TextEdit::singleline(reason)
+                .hint_text("required to confirm or override")
+                .id_salt("lead-reason"),
+        )
+        .labelled_by(l.id);
+    });
     let mut out = None;
     ui.horizontal(|ui| {
         let enabled = !reason.trim().is_empty();
@@ -114,7 +118,7 @@ pub(super) fn details(
 }
 
 /// An RFC 3339 time stamp in local time, "11-30 14:05:09" (as it is when it does not parse).
-pub(super) fn local_time(ts: &str) -> String {
+pub(in crate::ui) fn local_time(ts: &str) -> String {
     chrono::DateTime::parse_from_rfc3339(ts)
         .map(|t| {
             t.with_timezone(&chrono::Local)

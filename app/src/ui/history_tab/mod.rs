@@ -17,6 +17,7 @@ mod tab;
 mod view;
 
 pub use charts::yield_per_shift;
+pub(in crate::ui) use details::local_time;
 pub use query::{PAGE, PageResult, export_file_name, export_target};
 pub(in crate::ui) use tab::show;
 pub use view::HistoryView;

@@ -1,20 +1,39 @@
-//! The History tab's query worker: its own database connection on its own thread, answering
-//! pages (rows, counts, charts' data, thumbnails), a row's archived images, and CSV exports.
+//! The History tab's query worker: its own database connection on its own thread (a station's
+//! history file or the plant database), answering pages (rows, counts, charts' data,
+//! thumbnails), a row's images, CSV exports and a lead's decisions in the plant database.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::records::history::{self, Filter, HourBucket, InspectionRow, Store};
+use crate::records::history::{self, Filter, HourBucket, InspectionRow};
+use crate::records::plant::PlantError;
+use crate::records::plant::read::{Records, RecordsLocation};
 
 /// Rows per page.
 pub const PAGE: u64 = 50;
 
 pub(super) enum Request {
-    Page { filter: Filter, page: u64 },
+    /// A page of rows with the charts' data; `split`: the reject rate per station too.
+    Page {
+        filter: Filter,
+        page: u64,
+        split: bool,
+    },
     Detail(Box<InspectionRow>),
-    Export { filter: Filter, path: PathBuf },
+    Export {
+        filter: Filter,
+        path: PathBuf,
+    },
+    /// A line lead's decision on a row of the plant database (written there, in its audit
+    /// trail; a station's own rows are overridden through the station's history writer).
+    PlantOverride {
+        row: Box<InspectionRow>,
+        verdict: String,
+        by: String,
+        reason: String,
+    },
 }
 
 pub(super) enum Reply {
@@ -25,6 +44,8 @@ pub(super) enum Reply {
         Option<egui::ColorImage>,
     ),
     Exported(Result<(PathBuf, usize), String>),
+    /// The plant database's answer to [`Request::PlantOverride`].
+    Overridden(Result<String, String>),
     Error(String),
 }
 
@@ -40,78 +61,124 @@ pub struct PageResult {
     pub total: u64,
     /// Per hour.
     pub hourly: Vec<HourBucket>,
+    /// Per hour and station (asked for with "split by station"; empty otherwise).
+    pub by_station: Vec<(String, HourBucket)>,
     /// Fails per class.
     pub pareto: Vec<(String, u64)>,
     /// Classes and models for the filter menus.
     pub classes: Vec<String>,
     /// Models.
     pub models: Vec<String>,
+    /// Stations and lines for the filter menus (the plant database; empty for one station).
+    pub stations: Vec<String>,
+    /// Lines.
+    pub lines: Vec<String>,
     /// Thumbnails by row id.
     pub thumbs: Vec<(i64, egui::ColorImage)>,
     /// Query time, ms.
     pub took_ms: f64,
 }
 
-pub(super) fn query_loop(db: &Path, rx: Receiver<Request>, tx: Sender<Reply>, ctx: egui::Context) {
-    // The writer creates the database; wait for it rather than creating a second one.
-    let store = loop {
-        if db.is_file() {
-            match Store::open(db) {
-                Ok(s) => break s,
-                Err(e) => {
-                    let _ = tx.send(Reply::Error(e.to_string()));
-                }
-            }
-        }
-        match rx.recv_timeout(Duration::from_millis(500)) {
-            Ok(_) => {
-                let _ = tx.send(Reply::Error(format!(
-                    "no history yet: {} does not exist (it appears with the first recorded verdict)",
-                    db.display()
-                )));
-                ctx.request_repaint();
-            }
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-            Err(_) => return,
-        }
-    };
-    let archive = store.archive_dir();
+/// The worker: opens `at` (a station's history file, or the plant database) when asked the
+/// first time, and again after it failed, so a server that comes back is picked up.
+pub(super) fn query_loop(
+    at: RecordsLocation,
+    rx: Receiver<Request>,
+    tx: Sender<Reply>,
+    ctx: egui::Context,
+) {
+    let mut records: Option<Records> = None;
     while let Ok(req) = rx.recv() {
-        let reply = match req {
-            Request::Page { filter, page } => {
-                let t = Instant::now();
-                let r = (|| -> Result<PageResult, history::HistoryError> {
-                    let rows = store.query(&filter, PAGE, page * PAGE)?;
-                    let thumbs = rows
-                        .iter()
-                        .filter_map(|r| {
-                            let p = archive.join(r.image_path.as_ref()?);
-                            let img = crate::data::dataset::decode_image(&p).ok()?;
-                            Some((r.id, crate::station::display::frame_image(&img, 64)))
-                        })
-                        .collect();
-                    Ok(PageResult {
-                        total: store.count(&filter)?,
-                        hourly: store.hourly(&filter)?,
-                        pareto: store.pareto(&filter)?,
-                        classes: store.distinct("class")?,
-                        models: store.distinct("model_id")?,
-                        filter,
-                        page,
-                        rows,
-                        thumbs,
-                        took_ms: 0.0,
-                    })
-                })();
-                match r {
-                    Ok(mut p) => {
-                        p.took_ms = t.elapsed().as_secs_f64() * 1e3;
-                        Reply::Page(Box::new(p))
+        if records.is_none() {
+            match open(&at) {
+                Ok(r) => records = Some(r),
+                Err(e) => {
+                    if tx.send(Reply::Error(e)).is_err() {
+                        return;
                     }
-                    Err(e) => Reply::Error(e.to_string()),
+                    ctx.request_repaint();
+                    continue;
                 }
             }
-            Request::Detail(row) => {
+        }
+        let Some(store) = records.as_mut() else {
+            continue;
+        };
+        let reply = answer(store, &at, req);
+        if tx.send(reply).is_err() {
+            return;
+        }
+        ctx.request_repaint();
+    }
+}
+
+fn open(at: &RecordsLocation) -> Result<Records, String> {
+    if let RecordsLocation::File(db) = at
+        && !db.is_file()
+    {
+        // The writer creates the database; never a second one here.
+        return Err(format!(
+            "no history yet: {} does not exist (it appears with the first recorded verdict)",
+            db.display()
+        ));
+    }
+    Records::open(at).map_err(|e| e.to_string())
+}
+
+fn answer(store: &mut Records, at: &RecordsLocation, req: Request) -> Reply {
+    let archive = match at {
+        RecordsLocation::File(db) => Some(history::archive_dir_for(db)),
+        RecordsLocation::Plant(_) => None,
+    };
+    match req {
+        Request::Page {
+            filter,
+            page,
+            split,
+        } => {
+            let t = Instant::now();
+            let r = (|| -> Result<PageResult, PlantError> {
+                let rows = store.query(&filter, PAGE, page * PAGE)?;
+                let thumbs = thumbnails(store, archive.as_deref(), &rows);
+                let plant = store.is_plant();
+                Ok(PageResult {
+                    total: store.count(&filter)?,
+                    hourly: store.hourly(&filter)?,
+                    by_station: if split && plant {
+                        store.hourly_by_station(&filter)?
+                    } else {
+                        Vec::new()
+                    },
+                    pareto: store.pareto(&filter)?,
+                    classes: store.distinct("class")?,
+                    models: store.distinct("model_id")?,
+                    stations: if plant {
+                        store.distinct("station_id")?
+                    } else {
+                        Vec::new()
+                    },
+                    lines: if plant {
+                        store.distinct("line")?
+                    } else {
+                        Vec::new()
+                    },
+                    filter,
+                    page,
+                    rows,
+                    thumbs,
+                    took_ms: 0.0,
+                })
+            })();
+            match r {
+                Ok(mut p) => {
+                    p.took_ms = t.elapsed().as_secs_f64() * 1e3;
+                    Reply::Page(Box::new(p))
+                }
+                Err(e) => Reply::Error(e.to_string()),
+            }
+        }
+        Request::Detail(row) => match (store, archive) {
+            (_, Some(archive)) => {
                 let load = |rel: &Option<String>| {
                     let p = archive.join(rel.as_ref()?);
                     let img = crate::data::dataset::decode_image(&p).ok()?;
@@ -123,19 +190,92 @@ pub(super) fn query_loop(db: &Path, rx: Receiver<Request>, tx: Sender<Reply>, ct
                 };
                 let heat = row.heatmap_path.as_ref().and_then(|rel| {
                     let img = image::open(archive.join(rel)).ok()?.to_rgba8();
-                    Some(egui::ColorImage::from_rgba_unmultiplied(
-                        [img.width() as usize, img.height() as usize],
-                        img.as_raw(),
-                    ))
+                    Some(rgba(&img))
                 });
                 Reply::Detail(row.id, load(&row.image_path), heat)
             }
-            Request::Export { filter, path } => Reply::Exported(export(&store, &filter, &path)),
-        };
-        if tx.send(reply).is_err() {
-            return;
+            // The plant keeps the reject thumbnail; the full frame stays on the station.
+            (Records::Plant(p), None) => {
+                let img = p
+                    .thumbnail(row.id)
+                    .ok()
+                    .flatten()
+                    .and_then(|jpeg| image::load_from_memory(&jpeg).ok())
+                    .map(|i| {
+                        let i = i.to_rgba8();
+                        (rgba(&i), i.width(), i.height())
+                    });
+                Reply::Detail(row.id, img, None)
+            }
+            (Records::Local(_), None) => Reply::Detail(row.id, None, None),
+        },
+        Request::Export { filter, path } => Reply::Exported(export(store, &filter, &path)),
+        Request::PlantOverride {
+            row,
+            verdict,
+            by,
+            reason,
+        } => Reply::Overridden(match store {
+            Records::Plant(p) => p
+                .override_row(&row, &verdict, &by, &reason)
+                .map(|applied| {
+                    format!(
+                        "{} of {} {} as {verdict} in the plant database{}",
+                        row.origin,
+                        row.station,
+                        if verdict == row.verdict {
+                            "confirmed"
+                        } else {
+                            "overridden"
+                        },
+                        if applied {
+                            ""
+                        } else {
+                            " (a later decision stands; this one is in the audit trail)"
+                        }
+                    )
+                })
+                .map_err(|e| e.to_string()),
+            Records::Local(_) => Err("not the plant database".into()),
+        }),
+    }
+}
+
+fn rgba(img: &image::RgbaImage) -> egui::ColorImage {
+    egui::ColorImage::from_rgba_unmultiplied(
+        [img.width() as usize, img.height() as usize],
+        img.as_raw(),
+    )
+}
+
+/// The page's thumbnails: archived frames of a station's history, the reject thumbnails the
+/// plant database keeps. None is an error (a missing image is shown as none).
+fn thumbnails(
+    store: &mut Records,
+    archive: Option<&Path>,
+    rows: &[InspectionRow],
+) -> Vec<(i64, egui::ColorImage)> {
+    match (store, archive) {
+        (Records::Plant(p), _) => {
+            let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+            p.thumbnails(&ids)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|(id, jpeg)| {
+                    let img = image::load_from_memory(&jpeg).ok()?.to_rgba8();
+                    Some((id, rgba(&img)))
+                })
+                .collect()
         }
-        ctx.request_repaint();
+        (Records::Local(_), Some(archive)) => rows
+            .iter()
+            .filter_map(|r| {
+                let p = archive.join(r.image_path.as_ref()?);
+                let img = crate::data::dataset::decode_image(&p).ok()?;
+                Some((r.id, crate::station::display::frame_image(&img, 64)))
+            })
+            .collect(),
+        (Records::Local(_), None) => Vec::new(),
     }
 }
 
@@ -160,7 +300,7 @@ pub fn export_target(typed: &str, today: chrono::NaiveDate, default_dir: &Path) 
     }
 }
 
-fn export(store: &Store, filter: &Filter, typed: &Path) -> Result<(PathBuf, usize), String> {
+fn export(store: &mut Records, filter: &Filter, typed: &Path) -> Result<(PathBuf, usize), String> {
     let today = chrono::Local::now().date_naive();
     let mut path = export_target(
         &typed.to_string_lossy(),

@@ -1,25 +1,59 @@
-//! The History tab drawn: replies from the worker, the filter bar, the refresh, export, paging,
-//! the table beside the open row's details and the charts, and what the buttons do (send a
-//! frame to the Label tab, confirm or override a verdict).
+//! The History tab drawn: which records (this station or the plant database), replies from the
+//! worker, the filter bar, the refresh, export, paging, the table beside the open row's details
+//! and the charts, and what the buttons do (send a frame to the Label tab, confirm or override
+//! a verdict: through the station's writer, or in the plant database by the worker).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use egui::{Color32, RichText, vec2};
 
-use super::charts::charts;
+use super::charts::{charts, station_chart};
 use super::details::{details, local_time};
 use super::query::{PAGE, Reply, Request, export_file_name};
 use super::view::{HistoryView, RANGES};
 use crate::records::history::{self, Filter, InspectionRow};
+use crate::records::plant::PlantUrl;
+use crate::records::plant::read::RecordsLocation;
 use crate::ui::{InspectorApp, Level};
 
 pub(in crate::ui) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
     let db = app.db_path();
     let ctx = ui.ctx().clone();
     let shift = app.counters.since;
+    // Which records: this station's history, or the plant database of Settings.
+    ui.horizontal(|ui| {
+        let l = ui.label("Records");
+        ui.radio_value(&mut app.history.plant, false, "This station")
+            .labelled_by(l.id);
+        ui.radio_value(
+            &mut app.history.plant,
+            true,
+            "Plant database (all stations)",
+        )
+        .on_hover_text("the PostgreSQL database of Settings › Plant database");
+    });
+    let at = if app.history.plant {
+        match PlantUrl::from_settings(&app.settings.plant) {
+            Ok(Some(u)) => Ok(RecordsLocation::Plant(u)),
+            Ok(None) => Err(
+                "no plant database is set: enter its URL in Settings › Plant database".to_string(),
+            ),
+            Err(e) => Err(e),
+        }
+    } else {
+        Ok(RecordsLocation::File(db.clone()))
+    };
+    let at = match at {
+        Ok(at) => at,
+        Err(e) => {
+            ui.colored_label(ui.visuals().warn_fg_color, e);
+            return;
+        }
+    };
+    let plant = app.history.plant;
     let h = &mut app.history;
-    h.ensure_worker(&db, &ctx);
+    h.ensure_worker(&at, &ctx);
     // Replies.
     let replies: Vec<Reply> = h
         .worker
@@ -43,6 +77,10 @@ pub(in crate::ui) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
                 ));
             }
             Reply::Exported(r) => h.exported = Some(r),
+            Reply::Overridden(r) => {
+                h.plant_override = Some(r);
+                h.last_refresh = None;
+            }
             Reply::Error(e) => {
                 h.pending = false;
                 h.error = Some(e);
@@ -63,7 +101,7 @@ pub(in crate::ui) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
         let changed = h
             .requested
             .as_ref()
-            .is_none_or(|(rf, rp)| !same_filter(rf, f) || *rp != h.page);
+            .is_none_or(|(rf, rp, rs)| !same_filter(rf, f) || *rp != h.page || *rs != h.split);
         let stale = h
             .last_refresh
             .is_none_or(|t| t.elapsed() > Duration::from_secs(3));
@@ -72,10 +110,11 @@ pub(in crate::ui) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
             && h.send(Request::Page {
                 filter: f.clone(),
                 page: h.page,
+                split: h.split,
             })
         {
             h.pending = true;
-            h.requested = Some((f.clone(), h.page));
+            h.requested = Some((f.clone(), h.page, h.split));
             h.requested_key = h.controls_key();
             h.last_refresh = Some(Instant::now());
         }
@@ -205,7 +244,19 @@ pub(in crate::ui) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
                 .show(ui, |ui| {
                     // The open row's details come first, beside the table, above the charts.
                     if let Some(sel) = &h.selected {
-                        if ui
+                        if plant {
+                            ui.label(match &sel.image_path {
+                                Some(p) => format!(
+                                    "The full-size frame is on station {} (archive/{p}); the \
+                                     plant keeps a thumbnail of rejects.",
+                                    sel.station
+                                ),
+                                None => format!(
+                                    "Station {} archived no frame of this part.",
+                                    sel.station
+                                ),
+                            });
+                        } else if ui
                             .add_enabled(
                                 sel.image_path.is_some(),
                                 egui::Button::new("Send to the Label tab's dataset"),
@@ -232,13 +283,25 @@ pub(in crate::ui) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
                         }
                         override_req =
                             details(ui, sel, h.detail.as_ref(), h.detail_dims, &mut h.reason);
+                        match &h.plant_override {
+                            Some(Ok(s)) => {
+                                ui.label(s);
+                            }
+                            Some(Err(e)) => {
+                                ui.colored_label(ui.visuals().error_fg_color, e);
+                            }
+                            None => {}
+                        }
                         ui.separator();
                     }
                     charts(ui, res);
+                    if !res.by_station.is_empty() {
+                        station_chart(ui, &res.by_station);
+                    }
                 });
         });
     egui::CentralPanel::default().show(ui, |ui| {
-        open = rows_table(ui, &res.rows, &h.thumbs, selected_id);
+        open = rows_table(ui, &res.rows, &h.thumbs, selected_id, plant);
     });
     if open_label {
         app.history.needs_dataset = false;
@@ -286,6 +349,7 @@ pub(in crate::ui) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
         );
         return;
     }
+    let operator = app.operator();
     let h = &mut app.history;
     if let Some(id) = open
         && let Some(r) = h
@@ -300,6 +364,30 @@ pub(in crate::ui) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
     }
     if show_new {
         h.show_incoming(&ctx);
+    }
+    if let Some((verdict, reason)) = override_req.clone()
+        && let Some(sel) = h.selected.clone()
+        && plant
+    {
+        // The lead's decision goes to the plant database (the worker writes it); the station
+        // that judged the part keeps its own verdict and audit trail.
+        h.plant_override = None;
+        if h.send(Request::PlantOverride {
+            row: Box::new(sel.clone()),
+            verdict: verdict.clone(),
+            by: operator,
+            reason,
+        }) {
+            h.reason.clear();
+            if let Some(s) = &mut h.selected {
+                s.override_verdict = Some(verdict);
+            }
+        } else {
+            h.plant_override = Some(Err(
+                "the history worker is busy: press the button again in a moment".into(),
+            ));
+        }
+        return;
     }
     if let Some((verdict, reason)) = override_req
         && let Some(sel) = h.selected.clone()
@@ -442,6 +530,36 @@ fn filter_bar(h: &mut HistoryView, ui: &mut egui::Ui) {
                 .response
                 .labelled_by(l.id);
         });
+        if h.plant {
+            let (stations, lines) = h
+                .result
+                .as_ref()
+                .map(|r| (r.stations.clone(), r.lines.clone()))
+                .unwrap_or_default();
+            for (name, value, options) in [
+                ("Station", &mut h.station, stations),
+                ("Line", &mut h.line, lines),
+            ] {
+                ui.horizontal(|ui| {
+                    let l = ui.label(name);
+                    egui::ComboBox::from_id_salt(name)
+                        .selected_text(if value.is_empty() {
+                            "any"
+                        } else {
+                            value.as_str()
+                        })
+                        .show_ui(ui, |ui| {
+                            ui.selectable_value(value, String::new(), "any");
+                            for o in options {
+                                ui.selectable_value(value, o.clone(), o);
+                            }
+                        })
+                        .response
+                        .labelled_by(l.id);
+                });
+            }
+            ui.checkbox(&mut h.split, "Split the chart by station");
+        }
         ui.horizontal(|ui| {
             let l = ui.label("Search");
             ui.add(
@@ -461,22 +579,22 @@ fn rows_table(
     rows: &[InspectionRow],
     thumbs: &std::collections::HashMap<i64, egui::TextureHandle>,
     selected_id: Option<i64>,
+    plant: bool,
 ) -> Option<i64> {
     let mut open = None;
     egui::ScrollArea::vertical().id_salt("rows").show(ui, |ui| {
         egui::Grid::new("history-rows")
             .striped(true)
-            .num_columns(7)
+            .num_columns(if plant { 8 } else { 7 })
             .show(ui, |ui| {
-                for head in [
-                    "",
-                    "time",
+                let station_head = plant.then_some("station");
+                for head in ["", "time"].into_iter().chain(station_head).chain([
                     "verdict",
                     "class",
                     "confidence",
                     "model",
                     "frame",
-                ] {
+                ]) {
                     ui.label(RichText::new(head).strong());
                 }
                 ui.end_row();
@@ -500,6 +618,9 @@ fn rows_table(
                         .rect,
                     );
                     row_rect = row_rect.union(cell(ui, RichText::new(local_time(&r.ts))));
+                    if plant {
+                        row_rect = row_rect.union(cell(ui, RichText::new(&r.station)));
+                    }
                     let fin = r.final_verdict();
                     let color = if fin == "fail" {
                         Color32::from_rgb(0xe5, 0x39, 0x35)
@@ -565,4 +686,6 @@ fn same_filter(a: &Filter, b: &Filter) -> bool {
         && a.model == b.model
         && a.overridden == b.overridden
         && a.text == b.text
+        && a.station == b.station
+        && a.line == b.line
 }

@@ -2,13 +2,14 @@
 //! back, the open row, the export, and the worker it talks to.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 
 use super::query::{PageResult, Reply, Request, query_loop};
 use crate::records::history::{self, Filter, InspectionRow};
+use crate::records::plant::read::RecordsLocation;
 
 pub(super) const RANGES: [&str; 5] = ["This shift", "24 h", "7 days", "All", "Custom"];
 
@@ -20,6 +21,18 @@ pub(super) struct Worker {
 /// The tab's state.
 pub struct HistoryView {
     pub(super) worker: Option<Worker>,
+    /// What the worker reads (it is started again when this changes).
+    pub(super) worker_at: Option<RecordsLocation>,
+    /// Read the plant database (Settings › Plant database) instead of this station's history.
+    pub plant: bool,
+    /// Plant mode: "" = every station.
+    pub station: String,
+    /// Plant mode: "" = every line.
+    pub line: String,
+    /// Plant mode: the reject rate per hour drawn per station too.
+    pub split: bool,
+    /// The plant database's answer to the last decision made here.
+    pub(super) plant_override: Option<Result<String, String>>,
     /// "Send to the Label tab" was pressed with no dataset open there: say so and offer one.
     pub needs_dataset: bool,
     /// Index into the time ranges.
@@ -41,7 +54,7 @@ pub struct HistoryView {
     /// not move under the pointer; "N new — show" puts it on screen.
     pub incoming: Option<PageResult>,
     pub(super) pending: bool,
-    pub(super) requested: Option<(Filter, u64)>,
+    pub(super) requested: Option<(Filter, u64, bool)>,
     /// The controls (filters and page) the pending request was made for, and those of the
     /// result on screen.
     pub(super) requested_key: String,
@@ -71,6 +84,12 @@ impl Default for HistoryView {
     fn default() -> Self {
         Self {
             worker: None,
+            worker_at: None,
+            plant: false,
+            station: String::new(),
+            line: String::new(),
+            split: false,
+            plant_override: None,
             needs_dataset: false,
             range: 1,
             custom_since: String::new(),
@@ -135,6 +154,8 @@ impl HistoryView {
                 _ => None,
             },
             text: opt(self.text.trim()),
+            station: opt(&self.station).filter(|_| self.plant),
+            line: opt(&self.line).filter(|_| self.plant),
             ..Filter::default()
         })
     }
@@ -143,7 +164,11 @@ impl HistoryView {
     /// are the same query as the clock moves on).
     pub(super) fn controls_key(&self) -> String {
         format!(
-            "{}|{}|{}|{}|{}|{}|{}|{}|{}",
+            "{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}",
+            self.plant,
+            self.station,
+            self.line,
+            self.split,
             self.range,
             self.custom_since.trim(),
             self.custom_until.trim(),
@@ -223,17 +248,31 @@ impl HistoryView {
         }
     }
 
-    pub(super) fn ensure_worker(&mut self, db: &Path, ctx: &egui::Context) {
-        if self.worker.is_some() {
+    /// A worker reading `at`: the one running, or a new one when the records to read changed
+    /// (the old one ends when its channel closes; what was on screen goes with it).
+    pub(super) fn ensure_worker(&mut self, at: &RecordsLocation, ctx: &egui::Context) {
+        if self.worker.is_some() && self.worker_at.as_ref() == Some(at) {
             return;
         }
+        if self.worker_at.is_some() {
+            self.worker = None;
+            self.result = None;
+            self.incoming = None;
+            self.pending = false;
+            self.requested = None;
+            self.thumbs.clear();
+            self.selected = None;
+            self.detail = None;
+            self.error = None;
+        }
+        self.worker_at = Some(at.clone());
         let (req_tx, req_rx) = bounded::<Request>(4);
         let (rep_tx, rep_rx) = bounded::<Reply>(4);
-        let db = db.to_path_buf();
+        let at = at.clone();
         let ctx = ctx.clone();
         let spawned = std::thread::Builder::new()
             .name("history-query".into())
-            .spawn(move || query_loop(&db, req_rx, rep_tx, ctx));
+            .spawn(move || query_loop(at, req_rx, rep_tx, ctx));
         if spawned.is_ok() {
             self.worker = Some(Worker {
                 tx: req_tx,
