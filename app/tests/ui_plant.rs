@@ -191,6 +191,43 @@ fn the_station_forwards_through_an_outage_and_the_history_tab_reads_the_plant() 
         ),
         other.to_lowercase()
     );
+    // The station takes the lead's decision into its own history (and does not send it back).
+    let db = dir.path().join("h.sqlite");
+    let taken = || {
+        Store::open(&db)
+            .unwrap()
+            .query(
+                &Filter {
+                    overridden: Some(true),
+                    ..Filter::default()
+                },
+                1000,
+                0,
+            )
+            .unwrap()
+            .into_iter()
+            .any(|r| {
+                r.run_id == first.run_id
+                    && r.seq == first.seq
+                    && r.override_verdict.as_deref() == Some(other.to_lowercase().as_str())
+                    && r.override_reason.as_deref() == Some("seen at the lead's desk")
+            })
+    };
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    while !taken() {
+        assert!(
+            std::time::Instant::now() < end,
+            "the station did not take in the lead's decision"
+        );
+        h.step();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        pg.psql("plant", "SELECT COUNT(*) FROM overrides"),
+        "1",
+        "the decision came back to the plant as a second one"
+    );
     assert!(h.query_by_label("Station").is_some());
     assert!(h.query_by_label("Line").is_some());
     assert!(h.query_by_label("Split the chart by station").is_some());

@@ -164,7 +164,8 @@ impl Store {
             .conn
             .prepare_cached(
                 "SELECT id, run_id, seq, from_verdict, verdict, by_whom, at, reason FROM override_log
-                 WHERE id > ?1 AND COALESCE(inspection_id, 0) <= ?2 ORDER BY id LIMIT ?3",
+                 WHERE id > ?1 AND COALESCE(inspection_id, 0) <= ?2 AND from_plant = 0
+                 ORDER BY id LIMIT ?3",
             )
             .map_err(|e| self.err(e))?;
         let rows = st
@@ -199,10 +200,117 @@ impl Store {
             )?,
             events: count("SELECT COUNT(*) FROM events WHERE id > ?1", w.events)?,
             overrides: count(
-                "SELECT COUNT(*) FROM override_log WHERE id > ?1",
+                "SELECT COUNT(*) FROM override_log WHERE id > ?1 AND from_plant = 0",
                 w.overrides,
             )?,
         })
+    }
+
+    /// How far the decisions made in plant database `plant_id` have been pulled back (the
+    /// plant's own override order; 0 the first time).
+    pub fn plant_pull_mark(&self, plant_id: &str) -> Result<i64, HistoryError> {
+        use rusqlite::OptionalExtension as _;
+        self.conn
+            .query_row(
+                "SELECT last_id FROM plant_sync WHERE plant_id = ?1 AND stream = 'plant_overrides'",
+                [plant_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map(Option::unwrap_or_default)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Takes in decisions made in the plant database on this station's verdicts, in one
+    /// transaction: each is kept in the override log (marked as from the plant, never sent
+    /// back), the latest decision by time stands on the inspection (and its hour's count
+    /// follows), and the pull mark moves to `upto`. Returns how many changed a verdict row.
+    pub fn apply_plant_overrides(
+        &mut self,
+        plant_id: &str,
+        decisions: &[OverrideLogRow],
+        upto: i64,
+    ) -> Result<usize, HistoryError> {
+        let path = self.path.display().to_string();
+        let sql = |source| HistoryError::Sql {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(sql)?;
+        let mut applied = 0;
+        {
+            let mut row = tx
+                .prepare_cached(
+                    "SELECT id, (ts_ms / 3600000) * 3600000, model_id, class,
+                     COALESCE(override_verdict, verdict), override_at
+                     FROM inspections WHERE run_id = ?1 AND seq = ?2",
+                )
+                .map_err(sql)?;
+            for d in decisions {
+                use rusqlite::OptionalExtension as _;
+                let found: Option<(i64, i64, String, String, String, Option<String>)> = row
+                    .query_row(params![d.run_id, d.seq as i64], |r| {
+                        Ok((
+                            r.get(0)?,
+                            r.get(1)?,
+                            r.get(2)?,
+                            r.get(3)?,
+                            r.get(4)?,
+                            r.get(5)?,
+                        ))
+                    })
+                    .optional()
+                    .map_err(sql)?;
+                tx.execute(
+                    "INSERT INTO override_log (inspection_id, run_id, seq, from_verdict, verdict,
+                     by_whom, at, reason, station, from_plant)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'plant', 1)",
+                    params![
+                        found.as_ref().map(|f| f.0),
+                        d.run_id,
+                        d.seq as i64,
+                        d.from,
+                        d.verdict,
+                        d.by,
+                        d.at,
+                        d.reason
+                    ],
+                )
+                .map_err(sql)?;
+                let Some((id, hour, model, class, was, prev_at)) = found else {
+                    continue;
+                };
+                if prev_at.is_some_and(|p| p.as_str() > d.at.as_str()) {
+                    continue; // a later decision stands
+                }
+                tx.execute(
+                    "UPDATE inspections SET override_verdict = ?2, override_by = ?3,
+                     override_at = ?4, override_reason = ?5 WHERE id = ?1",
+                    params![id, d.verdict, d.by, d.at, d.reason],
+                )
+                .map_err(sql)?;
+                let delta = (d.verdict == "fail") as i64 - (was == "fail") as i64;
+                if delta != 0 {
+                    tx.execute(
+                        "UPDATE hourly SET fails = fails + ?4
+                         WHERE hour_ms = ?1 AND model_id = ?2 AND class = ?3",
+                        params![hour, model, class, delta],
+                    )
+                    .map_err(sql)?;
+                }
+                applied += 1;
+            }
+            tx.execute(
+                "INSERT INTO plant_sync (plant_id, stream, last_id, updated_ms)
+                 VALUES (?1, 'plant_overrides', ?2, ?3)
+                 ON CONFLICT (plant_id, stream) DO UPDATE
+                 SET last_id = MAX(last_id, excluded.last_id), updated_ms = excluded.updated_ms",
+                params![plant_id, upto, chrono::Utc::now().timestamp_millis()],
+            )
+            .map_err(sql)?;
+        }
+        tx.commit().map_err(sql)?;
+        Ok(applied)
     }
 
     /// The plant database this history last forwarded to (for the backlog before connecting).

@@ -139,6 +139,10 @@ pub(super) const MIGRATIONS: &[&str] = &[
         updated_ms INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (plant_id, stream)
     );",
+    // 6: decisions pulled back from the plant database (a lead's override in the plant
+    // History) are kept in the override log like the station's own, marked so that they are
+    // not sent back.
+    "ALTER TABLE override_log ADD COLUMN from_plant INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// The default database: `<platform data dir>/history.sqlite`.

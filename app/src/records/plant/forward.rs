@@ -6,6 +6,10 @@
 //! in one transaction with idempotent inserts, commits, and only then moves the local
 //! watermarks. A crash between the plant's commit and the local update sends the batch again,
 //! and the plant writes nothing twice: exactly once in the plant database.
+//!
+//! The other way ([`pull_overrides`]): decisions a lead made in the plant History on this
+//! station's verdicts are read back (from a plant-side sequence, a mark kept locally) into the
+//! station's override log, where the latest decision by time stands, as it does in the plant.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -92,7 +96,12 @@ pub struct ForwarderStatus {
     pub backlog_alarm: bool,
     /// The last acknowledgement.
     pub last_ack: Option<Instant>,
+    /// Decisions made in the plant database taken into this station's history since start.
+    pub pulled: u64,
 }
+
+/// How often the station asks the plant for decisions leads made there.
+const PULL_EVERY: Duration = Duration::from_secs(2);
 
 /// A small JPEG of an archived frame for the plant (longest side 192 px, at most 20 KB), so a
 /// lead sees the part; the full-size frame stays on the station.
@@ -152,6 +161,46 @@ pub async fn send_batch(
         events: events.len() as u64,
         overrides: overrides.len() as u64,
     })
+}
+
+/// Pulls the decisions leads made in the plant History on this station's verdicts, newer than
+/// the last pull, into the local history (kept in its override log; the latest by time
+/// stands). Returns how many were taken in.
+pub async fn pull_overrides(
+    store: &mut Store,
+    client: &mut Client,
+    url: &PlantUrl,
+    plant_id: &str,
+    o: &ForwarderOptions,
+) -> Result<u64, PlantError> {
+    let mark = store.plant_pull_mark(plant_id)?;
+    let rows = client
+        .query(
+            "SELECT plant_seq, run_id, seq, from_verdict, verdict, by_whom, at, reason
+             FROM overrides WHERE station_id = $1 AND made_at = 'plant' AND plant_seq > $2
+             ORDER BY plant_seq LIMIT $3",
+            &[&o.station_id, &mark, &(o.batch as i64)],
+        )
+        .await
+        .map_err(|x| url.db_err(x))?;
+    let Some(upto) = rows.last().map(|r| r.get::<_, i64>(0)) else {
+        return Ok(0);
+    };
+    let decisions: Vec<OverrideLogRow> = rows
+        .iter()
+        .map(|r| OverrideLogRow {
+            id: r.get(0),
+            run_id: r.get(1),
+            seq: r.get::<_, i64>(2) as u64,
+            from: r.get(3),
+            verdict: r.get(4),
+            by: r.get(5),
+            at: r.get(6),
+            reason: r.get(7),
+        })
+        .collect();
+    store.apply_plant_overrides(plant_id, &decisions, upto)?;
+    Ok(decisions.len() as u64)
 }
 
 async fn insert_inspections(
@@ -428,6 +477,10 @@ pub fn forward_all(
                     let left = store.plant_backlog(&w)?;
                     progress(&total, &left);
                     if sent.total() == 0 && left.total() == 0 {
+                        // What leads decided in the plant meanwhile comes back too.
+                        while pull_overrides(&mut store, &mut client, url, &plant_id, o).await? > 0
+                        {
+                        }
                         return Ok(true);
                     }
                     last_progress = Instant::now();
@@ -567,8 +620,17 @@ async fn run(
                 "plant database {url}: connected, forwarding as {}",
                 o.station_id
             );
+            let mut last_pull: Option<Instant> = None;
             loop {
                 let sent = send_batch(&mut store, &mut client, &url, &id, &o).await?;
+                if last_pull.is_none_or(|t| t.elapsed() >= PULL_EVERY) {
+                    last_pull = Some(Instant::now());
+                    let pulled = pull_overrides(&mut store, &mut client, &url, &id, &o).await?;
+                    if pulled > 0 {
+                        tracing::info!("{pulled} decisions made in the plant database taken in");
+                        set(&|s| s.pulled += pulled);
+                    }
+                }
                 let left = refresh(&store, &plant_id).unwrap_or_default();
                 let upto = store
                     .plant_watermarks(&id)

@@ -97,6 +97,10 @@ pub const MIGRATIONS: &[&str] = &[
         SELECT (ts_ms / 3600000) * 3600000, station_id, MIN(line), model_id, class, COUNT(*),
                COUNT(*) FILTER (WHERE final_verdict = 'fail')
         FROM inspections GROUP BY 1, 2, 4, 5;",
+    // 3: a plant-wide order of the overrides, so a station pulls the decisions leads made in
+    // the plant History back into its own history (from where it last read).
+    "ALTER TABLE overrides ADD COLUMN plant_seq BIGSERIAL;
+    CREATE INDEX overrides_pull ON overrides (station_id, plant_seq) WHERE made_at = 'plant';",
 ];
 
 /// The oldest PostgreSQL server accepted (12; older releases are out of support).
