@@ -6,7 +6,7 @@
 
 use rusqlite::params;
 
-use super::schema::{EventRow, HistoryError, InspectionRow, Store};
+use super::schema::{EventRow, HistoryError, InspectionRow, Override, Store};
 
 /// How far the plant database has acknowledged each stream (local row ids).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -224,11 +224,11 @@ impl Store {
     /// Takes in decisions made in the plant database on this station's verdicts, in one
     /// transaction: each is kept in the override log (marked as from the plant, never sent
     /// back), the latest decision by time stands on the inspection (and its hour's count
-    /// follows), and the pull mark moves to `upto`. Returns how many changed a verdict row.
+    /// follows), and the pull mark moves to `upto`. Returns how many stand.
     pub fn apply_plant_overrides(
         &mut self,
         plant_id: &str,
-        decisions: &[OverrideLogRow],
+        decisions: &[Override],
         upto: i64,
     ) -> Result<usize, HistoryError> {
         let path = self.path.display().to_string();
@@ -238,77 +238,17 @@ impl Store {
         };
         let tx = self.conn.transaction().map_err(sql)?;
         let mut applied = 0;
-        {
-            let mut row = tx
-                .prepare_cached(
-                    "SELECT id, (ts_ms / 3600000) * 3600000, model_id, class,
-                     COALESCE(override_verdict, verdict), override_at
-                     FROM inspections WHERE run_id = ?1 AND seq = ?2",
-                )
-                .map_err(sql)?;
-            for d in decisions {
-                use rusqlite::OptionalExtension as _;
-                let found: Option<(i64, i64, String, String, String, Option<String>)> = row
-                    .query_row(params![d.run_id, d.seq as i64], |r| {
-                        Ok((
-                            r.get(0)?,
-                            r.get(1)?,
-                            r.get(2)?,
-                            r.get(3)?,
-                            r.get(4)?,
-                            r.get(5)?,
-                        ))
-                    })
-                    .optional()
-                    .map_err(sql)?;
-                tx.execute(
-                    "INSERT INTO override_log (inspection_id, run_id, seq, from_verdict, verdict,
-                     by_whom, at, reason, station, from_plant)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'plant', 1)",
-                    params![
-                        found.as_ref().map(|f| f.0),
-                        d.run_id,
-                        d.seq as i64,
-                        d.from,
-                        d.verdict,
-                        d.by,
-                        d.at,
-                        d.reason
-                    ],
-                )
-                .map_err(sql)?;
-                let Some((id, hour, model, class, was, prev_at)) = found else {
-                    continue;
-                };
-                if prev_at.is_some_and(|p| p.as_str() > d.at.as_str()) {
-                    continue; // a later decision stands
-                }
-                tx.execute(
-                    "UPDATE inspections SET override_verdict = ?2, override_by = ?3,
-                     override_at = ?4, override_reason = ?5 WHERE id = ?1",
-                    params![id, d.verdict, d.by, d.at, d.reason],
-                )
-                .map_err(sql)?;
-                let delta = (d.verdict == "fail") as i64 - (was == "fail") as i64;
-                if delta != 0 {
-                    tx.execute(
-                        "UPDATE hourly SET fails = fails + ?4
-                         WHERE hour_ms = ?1 AND model_id = ?2 AND class = ?3",
-                        params![hour, model, class, delta],
-                    )
-                    .map_err(sql)?;
-                }
-                applied += 1;
-            }
-            tx.execute(
-                "INSERT INTO plant_sync (plant_id, stream, last_id, updated_ms)
-                 VALUES (?1, 'plant_overrides', ?2, ?3)
-                 ON CONFLICT (plant_id, stream) DO UPDATE
-                 SET last_id = MAX(last_id, excluded.last_id), updated_ms = excluded.updated_ms",
-                params![plant_id, upto, chrono::Utc::now().timestamp_millis()],
-            )
-            .map_err(sql)?;
+        for d in decisions {
+            applied += super::writer::apply_override(&tx, d, true).map_err(sql)? as usize;
         }
+        tx.execute(
+            "INSERT INTO plant_sync (plant_id, stream, last_id, updated_ms)
+             VALUES (?1, 'plant_overrides', ?2, ?3)
+             ON CONFLICT (plant_id, stream) DO UPDATE
+             SET last_id = MAX(last_id, excluded.last_id), updated_ms = excluded.updated_ms",
+            params![plant_id, upto, chrono::Utc::now().timestamp_millis()],
+        )
+        .map_err(sql)?;
         tx.commit().map_err(sql)?;
         Ok(applied)
     }

@@ -313,6 +313,70 @@ impl VerdictSink for RecorderSink {
     }
 }
 
+/// A person's decision on a stored verdict, inside `tx`: kept in the override log
+/// (`from_plant`: taken in from the plant database, so never sent back there), and standing on
+/// the inspection unless a later decision already does (latest by time, as in the plant); the
+/// hour's FAIL count follows the final verdict. Returns whether it stands.
+pub(super) fn apply_override(
+    tx: &rusqlite::Transaction<'_>,
+    o: &Override,
+    from_plant: bool,
+) -> rusqlite::Result<bool> {
+    let found: Option<(i64, i64, String, String, String, Option<String>)> = tx
+        .prepare_cached(
+            "SELECT id, (ts_ms / 3600000) * 3600000, model_id, class,
+             COALESCE(override_verdict, verdict), override_at
+             FROM inspections WHERE run_id = ?1 AND seq = ?2",
+        )?
+        .query_row(params![o.run_id, o.seq as i64], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })
+        .optional()?;
+    tx.prepare_cached(
+        "INSERT INTO override_log (inspection_id, run_id, seq, from_verdict, verdict, by_whom, at,
+         reason, station, from_plant) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        found.as_ref().map(|f| f.0),
+        o.run_id,
+        o.seq as i64,
+        o.from,
+        o.verdict,
+        o.by,
+        o.at,
+        o.reason,
+        o.station,
+        from_plant
+    ])?;
+    let Some((id, hour, model, class, was, prev_at)) = found else {
+        return Ok(false);
+    };
+    if prev_at.is_some_and(|p| p.as_str() > o.at.as_str()) {
+        return Ok(false);
+    }
+    tx.prepare_cached(
+        "UPDATE inspections SET override_verdict = ?2, override_by = ?3, override_at = ?4,
+         override_reason = ?5 WHERE id = ?1",
+    )?
+    .execute(params![id, o.verdict, o.by, o.at, o.reason])?;
+    let delta = (o.verdict == "fail") as i64 - (was == "fail") as i64;
+    if delta != 0 {
+        tx.prepare_cached(
+            "INSERT INTO hourly (hour_ms, model_id, class, total, fails) VALUES (?1, ?2, ?3, 0, ?4)
+             ON CONFLICT (hour_ms, model_id, class) DO UPDATE SET fails = fails + excluded.fails",
+        )?
+        .execute(params![hour, model, class, delta])?;
+    }
+    Ok(true)
+}
+
 impl Store {
     /// Inserts rows and events and applies overrides in one transaction.
     pub fn write_batch(&mut self, ops: &[Op]) -> Result<(), HistoryError> {
@@ -337,31 +401,11 @@ impl Store {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )
                 .map_err(sql)?;
-            let mut ovr = tx
-                .prepare_cached(
-                    "UPDATE inspections SET override_verdict = ?3, override_by = ?4, override_at = ?5,
-                     override_reason = ?6 WHERE run_id = ?1 AND seq = ?2",
-                )
-                .map_err(sql)?;
-            let mut old = tx
-                .prepare_cached(
-                    "SELECT (ts_ms / 3600000) * 3600000, model_id, class,
-                     COALESCE(override_verdict, verdict) FROM inspections WHERE run_id = ?1 AND seq = ?2",
-                )
-                .map_err(sql)?;
             let mut hour = tx
                 .prepare_cached(
                     "INSERT INTO hourly (hour_ms, model_id, class, total, fails) VALUES (?1, ?2, ?3, ?4, ?5)
                      ON CONFLICT (hour_ms, model_id, class)
                      DO UPDATE SET total = total + excluded.total, fails = fails + excluded.fails",
-                )
-                .map_err(sql)?;
-            let mut log = tx
-                .prepare_cached(
-                    "INSERT INTO override_log (inspection_id, run_id, seq, from_verdict, verdict,
-                     by_whom, at, reason, station)
-                     VALUES ((SELECT id FROM inspections WHERE run_id = ?1 AND seq = ?2),
-                             ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )
                 .map_err(sql)?;
             let mut line = tx
@@ -430,39 +474,7 @@ impl Store {
                         .map_err(sql)?;
                     }
                     Op::Override(o) => {
-                        let before: Option<(i64, String, String, String)> = old
-                            .query_row(params![o.run_id, o.seq as i64], |r| {
-                                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-                            })
-                            .optional()
-                            .map_err(sql)?;
-                        if let Some((h, model, class, was)) = &before {
-                            let delta = (o.verdict == "fail") as i64 - (was == "fail") as i64;
-                            if delta != 0 {
-                                hour.execute(params![h, model, class, 0, delta])
-                                    .map_err(sql)?;
-                            }
-                        }
-                        ovr.execute(params![
-                            o.run_id,
-                            o.seq as i64,
-                            o.verdict,
-                            o.by,
-                            o.at,
-                            o.reason
-                        ])
-                        .map_err(sql)?;
-                        log.execute(params![
-                            o.run_id,
-                            o.seq as i64,
-                            o.from,
-                            o.verdict,
-                            o.by,
-                            o.at,
-                            o.reason,
-                            o.station
-                        ])
-                        .map_err(sql)?;
+                        apply_override(&tx, o, false).map_err(sql)?;
                         ev.execute(params![
                             o.at,
                             chrono::DateTime::parse_from_rfc3339(&o.at)

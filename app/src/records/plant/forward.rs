@@ -21,7 +21,7 @@ use tokio_postgres::{Client, Transaction};
 
 use super::{PlantError, PlantUrl, schema};
 use crate::records::history::{
-    InspectionRow, OverrideLogRow, PlantBacklog, Store, Watermarks, archive_dir_for,
+    InspectionRow, Override, OverrideLogRow, PlantBacklog, Store, Watermarks, archive_dir_for,
 };
 
 /// Who forwards: the key of every row in the plant database.
@@ -186,10 +186,9 @@ pub async fn pull_overrides(
     let Some(upto) = rows.last().map(|r| r.get::<_, i64>(0)) else {
         return Ok(0);
     };
-    let decisions: Vec<OverrideLogRow> = rows
+    let decisions: Vec<Override> = rows
         .iter()
-        .map(|r| OverrideLogRow {
-            id: r.get(0),
+        .map(|r| Override {
             run_id: r.get(1),
             seq: r.get::<_, i64>(2) as u64,
             from: r.get(3),
@@ -197,6 +196,8 @@ pub async fn pull_overrides(
             by: r.get(5),
             at: r.get(6),
             reason: r.get(7),
+            // Who decided: a lead in the plant History (the log's "station" column).
+            station: "plant".into(),
         })
         .collect();
     store.apply_plant_overrides(plant_id, &decisions, upto)?;

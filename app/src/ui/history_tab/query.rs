@@ -104,7 +104,7 @@ pub(super) fn query_loop(
         let Some(store) = records.as_mut() else {
             continue;
         };
-        let reply = answer(store, &at, req);
+        let reply = answer(store, req);
         if tx.send(reply).is_err() {
             return;
         }
@@ -125,11 +125,7 @@ fn open(at: &RecordsLocation) -> Result<Records, String> {
     Records::open(at).map_err(|e| e.to_string())
 }
 
-fn answer(store: &mut Records, at: &RecordsLocation, req: Request) -> Reply {
-    let archive = match at {
-        RecordsLocation::File(db) => Some(history::archive_dir_for(db)),
-        RecordsLocation::Plant(_) => None,
-    };
+fn answer(store: &mut Records, req: Request) -> Reply {
     match req {
         Request::Page {
             filter,
@@ -139,7 +135,7 @@ fn answer(store: &mut Records, at: &RecordsLocation, req: Request) -> Reply {
             let t = Instant::now();
             let r = (|| -> Result<PageResult, PlantError> {
                 let rows = store.query(&filter, PAGE, page * PAGE)?;
-                let thumbs = thumbnails(store, archive.as_deref(), &rows);
+                let thumbs = thumbnails(store, &rows);
                 let plant = store.is_plant();
                 Ok(PageResult {
                     total: store.count(&filter)?,
@@ -177,8 +173,9 @@ fn answer(store: &mut Records, at: &RecordsLocation, req: Request) -> Reply {
                 Err(e) => Reply::Error(e.to_string()),
             }
         }
-        Request::Detail(row) => match (store, archive) {
-            (_, Some(archive)) => {
+        Request::Detail(row) => match store {
+            Records::Local(local) => {
+                let archive = local.archive_dir();
                 let load = |rel: &Option<String>| {
                     let p = archive.join(rel.as_ref()?);
                     let img = crate::data::dataset::decode_image(&p).ok()?;
@@ -195,7 +192,7 @@ fn answer(store: &mut Records, at: &RecordsLocation, req: Request) -> Reply {
                 Reply::Detail(row.id, load(&row.image_path), heat)
             }
             // The plant keeps the reject thumbnail; the full frame stays on the station.
-            (Records::Plant(p), None) => {
+            Records::Plant(p) => {
                 let img = p
                     .thumbnail(row.id)
                     .ok()
@@ -207,7 +204,6 @@ fn answer(store: &mut Records, at: &RecordsLocation, req: Request) -> Reply {
                     });
                 Reply::Detail(row.id, img, None)
             }
-            (Records::Local(_), None) => Reply::Detail(row.id, None, None),
         },
         Request::Export { filter, path } => Reply::Exported(export(store, &filter, &path)),
         Request::PlantOverride {
@@ -250,13 +246,9 @@ fn rgba(img: &image::RgbaImage) -> egui::ColorImage {
 
 /// The page's thumbnails: archived frames of a station's history, the reject thumbnails the
 /// plant database keeps. None is an error (a missing image is shown as none).
-fn thumbnails(
-    store: &mut Records,
-    archive: Option<&Path>,
-    rows: &[InspectionRow],
-) -> Vec<(i64, egui::ColorImage)> {
-    match (store, archive) {
-        (Records::Plant(p), _) => {
+fn thumbnails(store: &mut Records, rows: &[InspectionRow]) -> Vec<(i64, egui::ColorImage)> {
+    match store {
+        Records::Plant(p) => {
             let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
             p.thumbnails(&ids)
                 .unwrap_or_default()
@@ -267,15 +259,16 @@ fn thumbnails(
                 })
                 .collect()
         }
-        (Records::Local(_), Some(archive)) => rows
-            .iter()
-            .filter_map(|r| {
-                let p = archive.join(r.image_path.as_ref()?);
-                let img = crate::data::dataset::decode_image(&p).ok()?;
-                Some((r.id, crate::station::display::frame_image(&img, 64)))
-            })
-            .collect(),
-        (Records::Local(_), None) => Vec::new(),
+        Records::Local(local) => {
+            let archive = local.archive_dir();
+            rows.iter()
+                .filter_map(|r| {
+                    let p = archive.join(r.image_path.as_ref()?);
+                    let img = crate::data::dataset::decode_image(&p).ok()?;
+                    Some((r.id, crate::station::display::frame_image(&img, 64)))
+                })
+                .collect()
+        }
     }
 }
 

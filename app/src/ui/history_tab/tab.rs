@@ -370,18 +370,16 @@ pub(in crate::ui) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
         && plant
     {
         // The lead's decision goes to the plant database (the worker writes it); the station
-        // that judged the part keeps its own verdict and audit trail.
+        // that judged the part takes it in from there.
         h.plant_override = None;
         if h.send(Request::PlantOverride {
-            row: Box::new(sel.clone()),
-            verdict: verdict.clone(),
+            row: Box::new(sel),
+            verdict,
             by: operator,
             reason,
         }) {
+            // The row shows the decision once the plant has it (the refresh after the answer).
             h.reason.clear();
-            if let Some(s) = &mut h.selected {
-                s.override_verdict = Some(verdict);
-            }
         } else {
             h.plant_override = Some(Err(
                 "the history worker is busy: press the button again in a moment".into(),
