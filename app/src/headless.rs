@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use kernels::Decision;
 use serde_json::json;
 
 use crate::data::assets::{DEFAULT_MODEL, bundled};
@@ -41,9 +42,12 @@ pub struct InspectArgs {
     /// Region of interest in frame pixels: x,y,width,height.
     #[arg(long)]
     pub roi: Option<String>,
-    /// Threshold instead of the model's.
+    /// Threshold instead of the model's (FAIL at or above).
     #[arg(long)]
     pub threshold: Option<f32>,
+    /// Decide two-way (PASS / FAIL at the threshold) even when the model has a review band.
+    #[arg(long)]
+    pub no_review: bool,
     /// Share of PASS frames archived as images (rejects always are).
     #[arg(long, default_value_t = 0.01)]
     pub pass_sample: f64,
@@ -208,6 +212,7 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
             lossless_events: true,
             roi,
             threshold: args.threshold,
+            review_band: !args.no_review,
             display: false,
             stop_on_roi_refused: true,
         },
@@ -217,7 +222,7 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
     )
     .map_err(anyhow::Error::msg)?;
     let started = Instant::now();
-    let (mut pass, mut fail, mut unreadable) = (0u64, 0u64, 0u64);
+    let (mut pass, mut review, mut fail, mut unreadable) = (0u64, 0u64, 0u64, 0u64);
     let mut latencies = Vec::new();
     let stdout = std::io::stdout();
     let source_name = source.uri();
@@ -252,10 +257,10 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
                         }
                     }
                 }
-                if v.fail {
-                    fail += 1;
-                } else {
-                    pass += 1;
+                match v.decision {
+                    Decision::Fail => fail += 1,
+                    Decision::Review => review += 1,
+                    Decision::Pass => pass += 1,
                 }
                 latencies.push(v.latency_ms);
                 if args.json {
@@ -271,6 +276,9 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
                         "threshold": v.threshold,
                         "latency_ms": v.latency_ms,
                     });
+                    if let Some(t) = v.pass_threshold {
+                        line["pass_threshold"] = json!(t);
+                    }
                     if recorder.is_some() {
                         line["recorded"] = json!(true);
                     }
@@ -278,12 +286,15 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
                 } else {
                     writeln!(
                         out,
-                        "{:<4} {:<12} {:>6.1}%  score {:.3} (threshold {:.3})  {:>7.1} ms  {}",
-                        v.word().to_uppercase(),
+                        "{:<6} {:<12} {:>6.1}%  score {:.3} ({})  {:>7.1} ms  {}",
+                        v.decision.word(),
                         v.class,
                         100.0 * v.confidence,
                         v.score,
-                        v.threshold,
+                        match v.pass_threshold {
+                            Some(p) => format!("PASS below {p:.3}, FAIL from {:.3}", v.threshold),
+                            None => format!("threshold {:.3}", v.threshold),
+                        },
                         v.latency_ms,
                         v.origin
                     )?;
@@ -397,7 +408,8 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
         println!(
             "{}",
             json!({"summary": {
-                "frames": frames, "pass": pass, "fail": fail, "unreadable": unreadable,
+                "frames": frames, "pass": pass, "review": review, "fail": fail,
+                "unreadable": unreadable,
                 "dropped": dropped, "elapsed_s": elapsed,
                 "fps": if elapsed > 0.0 { frames as f64 / elapsed } else { 0.0 },
                 "latency_ms_p50": p50, "latency_ms_p90": p90,
@@ -405,7 +417,8 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
         );
     } else {
         println!(
-            "{frames} frames: {pass} pass, {fail} fail, {unreadable} unreadable, {dropped} dropped; \
+            "{frames} frames: {pass} pass, {review} review, {fail} fail, {unreadable} unreadable, \
+             {dropped} dropped; \
              {:.1} frames/s; capture-to-verdict p50 {:.1} ms, p90 {:.1} ms",
             if elapsed > 0.0 {
                 frames as f64 / elapsed
@@ -466,7 +479,7 @@ pub struct HistoryArgs {
     #[arg(long)]
     pub until: Option<String>,
     /// Final verdict.
-    #[arg(long, value_parser = ["pass", "fail"])]
+    #[arg(long, value_parser = ["pass", "review", "fail"])]
     pub verdict: Option<String>,
     /// Class.
     #[arg(long)]

@@ -43,6 +43,7 @@ use inspector::station::line_io::{LineConfig, LineIo, ModbusConfig, ModbusServer
 use inspector::station::pipeline::{self, Event, Pipeline, PipelineOptions, Verdict, VerdictSink};
 use inspector::station::source::{CapturedFrame, FrameSource, Pull, SourceSpec};
 use inspector::station::trigger::TriggeredSource;
+use kernels::Decision;
 use tokio_modbus::prelude::*;
 
 #[path = "common/broker.rs"]
@@ -739,21 +740,48 @@ fn subscribe(
     (got, t, stop)
 }
 
-/// A stand-in for the engine's verdict on `frame` (the engine itself is tested elsewhere):
-/// FAIL for every third synthetic frame, by its number, so a result shows which frame it judged.
+/// The stand-in's decision on synthetic frame `n`: FAIL for every third frame, REVIEW for
+/// every fifth of the others, PASS for the rest, so a result shows which frame it judged.
+fn stand_in_decision(n: u64) -> Decision {
+    if n % 3 == 0 {
+        Decision::Fail
+    } else if n % 5 == 0 {
+        Decision::Review
+    } else {
+        Decision::Pass
+    }
+}
+
+/// The register value of a decision.
+fn register_of(d: Decision) -> u16 {
+    match d {
+        Decision::Pass => verdict::PASS,
+        Decision::Review => verdict::REVIEW,
+        Decision::Fail => verdict::FAIL,
+    }
+}
+
+/// A stand-in for the engine's verdict on `frame` (the engine itself is tested elsewhere),
+/// decided by [`stand_in_decision`].
 fn stand_in_verdict(frame: &CapturedFrame, seq: u64) -> Verdict {
     let n: u64 = frame.origin.trim_start_matches("frame ").parse().unwrap();
-    let fail = n % 3 == 0;
+    let decision = stand_in_decision(n);
+    let fail = decision != Decision::Pass;
     Verdict {
         seq,
         origin: frame.origin.clone(),
         source: "synthetic".into(),
         timestamp: frame.timestamp,
-        fail,
+        decision,
         class: if fail { "Crack" } else { "Free" }.into(),
         confidence: 0.9,
-        score: if fail { 0.9 } else { 0.1 },
+        score: match decision {
+            Decision::Fail => 0.9,
+            Decision::Review => 0.4,
+            Decision::Pass => 0.1,
+        },
         threshold: 0.5,
+        pass_threshold: Some(0.3),
         latency_ms: 2.0,
         engine_ms: 2.0,
         probabilities: if fail { vec![0.1, 0.9] } else { vec![0.9, 0.1] },
@@ -847,12 +875,9 @@ fn plc_handshake_1000_triggers_at_line_rate() {
             let part = 0x0102_0000 + i as u32;
             let r = inspect_once(&mut ctx, part, last, true).await;
             assert_eq!(r[0], last.wrapping_add(1), "consecutive inspection IDs");
-            // The i-th trigger judged the i-th frame: every third one FAIL.
-            let want = if i % 3 == 0 {
-                verdict::FAIL
-            } else {
-                verdict::PASS
-            };
+            // The i-th trigger judged the i-th frame: every third one FAIL, REVIEW (3) for
+            // every fifth of the others.
+            let want = register_of(stand_in_decision(i as u64));
             assert_eq!(r[IR_VERDICT as usize], want, "trigger {i}");
             assert_eq!(r[IR_ERROR as usize], 0);
             assert_eq!(r[IR_WAITING as usize], 1);
@@ -1002,11 +1027,7 @@ fn mqtt_broker_restart_mid_run_loses_nothing() {
             assert_eq!(&prev, p, "a re-sent message differs");
         }
         let m: serde_json::Value = serde_json::from_str(p).unwrap();
-        assert_eq!(
-            m["verdict"],
-            if id % 3 == 0 { "fail" } else { "pass" },
-            "{p}"
-        );
+        assert_eq!(m["verdict"], stand_in_decision(id).as_str(), "{p}");
         assert_eq!(m["station"], "line-test");
         assert_eq!(m["error_code"], 0);
     }
@@ -1107,7 +1128,7 @@ fn last_will_marks_the_station_offline_and_bad_brokers_are_clear() {
         let first = ir(&mut ctx).await;
         assert!(first[IR_INSPECTION_ID as usize] >= 1, "{first:?}");
         assert!(
-            [verdict::PASS, verdict::FAIL].contains(&first[IR_VERDICT as usize]),
+            [verdict::PASS, verdict::REVIEW, verdict::FAIL].contains(&first[IR_VERDICT as usize]),
             "{first:?}"
         );
         acknowledge(&mut ctx).await;

@@ -1,7 +1,8 @@
 //! The capture → inference pipeline on the real engine: a folder replays to its end with one
 //! verdict per readable image; a damaged model is refused mid-stream without stopping it; a
 //! region of interest outside the frame is reported and the frame is still inspected; a pause
-//! lets the frames already taken land (each once), then nothing more until resumed.
+//! lets the frames already taken land (each once), then nothing more until resumed; a model
+//! with a review band decides PASS / REVIEW / FAIL, and the station can switch the band off.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -18,8 +19,13 @@ fn default_model() -> std::path::PathBuf {
 
 /// The pipeline over `source` with the default model on a headless device, no sink.
 fn start(source: SourceSpec, options: PipelineOptions) -> Pipeline {
+    start_with(&default_model(), source, options)
+}
+
+/// The pipeline over `source` with the model file `model`.
+fn start_with(model: &Path, source: SourceSpec, options: PipelineOptions) -> Pipeline {
     let gpu = kernels::GpuContext::headless().unwrap();
-    let model = pipeline::load_model(&default_model()).unwrap();
+    let model = pipeline::load_model(model).unwrap();
     let label = gpu.describe();
     Pipeline::start(
         gpu.device,
@@ -100,7 +106,7 @@ fn folder_replay_gives_one_verdict_per_readable_image() {
     for v in &verdicts {
         let sum: f32 = v.probabilities.iter().sum();
         assert!((sum - 1.0).abs() < 1e-4);
-        assert_eq!(v.fail, v.score >= v.threshold);
+        assert_eq!(v.fail(), v.score >= v.threshold);
         assert!(v.latency_ms >= v.engine_ms);
         assert!(v.roi.x + v.roi.width <= v.image.width && v.roi.y + v.roi.height <= v.image.height);
     }
@@ -116,7 +122,7 @@ fn folder_replay_gives_one_verdict_per_readable_image() {
     assert_eq!(unreadable, ["zz-corrupt.png"]);
     let c = p.counters();
     assert_eq!((c.inspected, c.unreadable), (5, 1));
-    assert_eq!(c.pass + c.fail, 5);
+    assert_eq!(c.pass + c.review + c.fail, 5);
 }
 
 #[test]
@@ -241,7 +247,7 @@ fn classifier_and_anomaly_models_hot_swap_mid_stream() {
     );
     for v in &by_anomaly {
         assert!(v.class == "good" || v.class == "anomaly", "{}", v.class);
-        assert_eq!(v.fail, v.class == "anomaly");
+        assert_eq!(v.fail(), v.class == "anomaly");
         assert_eq!(v.probabilities.len(), 2);
         assert!(!v.heatmap.values.is_empty() && v.heatmap.values.iter().all(|x| x.is_finite()));
     }
@@ -307,5 +313,104 @@ fn pause_lets_the_frames_in_flight_land_then_nothing_more() {
             "resume did not restart inspection"
         );
         while p.next_event(Duration::from_millis(50)).is_some() {}
+    }
+}
+
+/// The demo images (no masks) copied into one folder.
+fn demo_folder() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/magnetic-tile-demo");
+    for class in std::fs::read_dir(&root).unwrap().flatten() {
+        let imgs = class.path().join("Imgs");
+        let Ok(files) = std::fs::read_dir(&imgs) else {
+            continue;
+        };
+        for f in files.flatten() {
+            let name = f.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".jpg") {
+                std::fs::copy(f.path(), dir.path().join(&name)).unwrap();
+            }
+        }
+    }
+    dir
+}
+
+fn verdicts_of(p: &Pipeline) -> Vec<Box<pipeline::Verdict>> {
+    run_to_end(p)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Verdict(v) => Some(v),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_review_band_decides_three_ways_and_can_be_switched_off() {
+    let images = demo_folder();
+    let folder = || SourceSpec::Folder {
+        dir: images.path().to_path_buf(),
+        looping: false,
+    };
+    // The default model has no band: two-way.
+    let two_way = verdicts_of(&start(folder(), PipelineOptions::default()));
+    assert!(two_way.len() >= 20, "{} demo verdicts", two_way.len());
+    assert!(
+        two_way
+            .iter()
+            .all(|v| v.pass_threshold.is_none() && v.decision != kernels::Decision::Review)
+    );
+    // The same model with a band between the scores' lower and upper thirds.
+    let mut scores: Vec<f32> = two_way.iter().map(|v| v.score).collect();
+    scores.sort_by(f32::total_cmp);
+    let (lo, hi) = (scores[scores.len() / 3], scores[2 * scores.len() / 3]);
+    assert!(lo < hi, "the demo scores do not spread: {scores:?}");
+    let mut model = kernels::Model::load(&default_model()).unwrap();
+    model.spec.pass_threshold = Some(lo);
+    model.spec.threshold = hi;
+    let model_dir = tempfile::tempdir().unwrap();
+    let banded = model_dir.path().join("banded.safetensors");
+    model.save(&banded).unwrap();
+    let p = start_with(&banded, folder(), PipelineOptions::default());
+    let three_way = verdicts_of(&p);
+    assert_eq!(three_way.len(), two_way.len());
+    let mut seen = std::collections::HashMap::new();
+    for v in &three_way {
+        let want = if v.score >= hi {
+            kernels::Decision::Fail
+        } else if v.score >= lo {
+            kernels::Decision::Review
+        } else {
+            kernels::Decision::Pass
+        };
+        assert_eq!(v.decision, want, "{} scored {}", v.origin, v.score);
+        assert_eq!((v.pass_threshold, v.threshold), (Some(lo), hi));
+        *seen.entry(v.decision).or_insert(0u64) += 1;
+    }
+    let c = p.counters();
+    assert_eq!(
+        (c.pass, c.review, c.fail),
+        (
+            seen.get(&kernels::Decision::Pass).copied().unwrap_or(0),
+            seen.get(&kernels::Decision::Review).copied().unwrap_or(0),
+            seen.get(&kernels::Decision::Fail).copied().unwrap_or(0),
+        )
+    );
+    assert!(c.review > 0 && c.pass > 0 && c.fail > 0, "{c:?}");
+    // REVIEW parts sit with the rejects (a person must find them), with their word.
+    assert!(c.last_rejects.iter().any(|v| v.word() == "review"));
+    // The band switched off at the station: two-way at the FAIL threshold, same model.
+    let off = verdicts_of(&start_with(
+        &banded,
+        folder(),
+        PipelineOptions {
+            review_band: false,
+            ..PipelineOptions::default()
+        },
+    ));
+    for v in &off {
+        assert_eq!(v.pass_threshold, None);
+        assert_eq!(v.fail(), v.score >= hi);
+        assert_ne!(v.decision, kernels::Decision::Review);
     }
 }

@@ -79,7 +79,7 @@ fn override_is_saved_on_the_frame_the_form_was_opened_on() {
         "the open form named the live frame, not the one it was opened on"
     );
     // The database agrees: exactly the chosen frame carries the override.
-    let want = if target.fail { "pass" } else { "fail" };
+    let want = if target.fail() { "pass" } else { "fail" };
     assert!(
         step_until(&mut h, Duration::from_secs(30), |_| {
             Store::open(&db)

@@ -17,6 +17,16 @@ pub enum SpecError {
     /// Threshold outside 0..=1.
     #[error("model threshold must be within 0..=1, found {0}")]
     Threshold(f32),
+    /// A review band whose lower edge is not within 0..=threshold.
+    #[error(
+        "model review band: its PASS threshold {pass} must be within 0 and the FAIL threshold {fail}"
+    )]
+    ReviewBand {
+        /// The lower edge.
+        pass: f32,
+        /// The FAIL threshold.
+        fail: f32,
+    },
     /// Bad layer list as a whole.
     #[error("model layers: {0}")]
     Layers(String),

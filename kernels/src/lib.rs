@@ -25,8 +25,8 @@ pub use frame::{Frame, MAX_FRAME_SIDE, PixelFormat, Roi};
 pub use gpu::GpuContext;
 pub use model::{LayerWeights, MAX_FILE_BYTES, Model, SPEC_METADATA_KEY};
 pub use spec::{
-    FORMAT_TAG, FORMAT_VERSION, InputSpec, Layer, ModelSpec, Plan, Resize, Shape3, limits,
-    local_stride, pooled_side, valid_cells,
+    Decision, FORMAT_TAG, FORMAT_VERSION, InputSpec, Layer, ModelSpec, Plan, Resize, Shape3,
+    limits, local_stride, pooled_side, valid_cells,
 };
 
 /// What the model says about one frame.

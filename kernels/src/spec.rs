@@ -67,9 +67,57 @@ pub struct ModelSpec {
     pub pass_classes: Vec<String>,
     /// A part FAILs when its fail score `1 − Σ P(pass classes)` is at least this.
     pub threshold: f32,
+    /// The review band's lower edge: a part scored below it PASSes, from it up to
+    /// [`Self::threshold`] it goes to REVIEW (a person decides). Absent (files written before
+    /// the band, or a val split too small to set two thresholds): two-way, PASS below
+    /// `threshold`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pass_threshold: Option<f32>,
     /// Free-form record of how the model was made (dataset, date, metrics, command).
     #[serde(default)]
     pub training: serde_json::Value,
+}
+
+/// What happens to a part: it passes, a person checks it, or the gate rejects it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// Good: the line keeps it.
+    Pass,
+    /// In the review band: set aside for a person.
+    Review,
+    /// Defective: rejected.
+    Fail,
+}
+
+impl Decision {
+    /// "pass", "review" or "fail": the word stored in the history and sent to the plant.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pass => "pass",
+            Self::Review => "review",
+            Self::Fail => "fail",
+        }
+    }
+
+    /// The word on screen: "PASS", "REVIEW", "FAIL".
+    pub fn word(self) -> &'static str {
+        match self {
+            Self::Pass => "PASS",
+            Self::Review => "REVIEW",
+            Self::Fail => "FAIL",
+        }
+    }
+
+    /// Parses [`Self::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pass" => Some(Self::Pass),
+            "review" => Some(Self::Review),
+            "fail" => Some(Self::Fail),
+            _ => None,
+        }
+    }
 }
 
 /// The network input: size, channels and normalisation.
@@ -394,6 +442,7 @@ impl ModelSpec {
             classes,
             pass_classes,
             threshold: 0.5,
+            pass_threshold: None,
             training: serde_json::Value::Null,
         }
     }
@@ -533,6 +582,14 @@ impl ModelSpec {
         }
         if !(self.threshold.is_finite() && (0.0..=1.0).contains(&self.threshold)) {
             return Err(SpecError::Threshold(self.threshold));
+        }
+        if let Some(t) = self.pass_threshold
+            && !(t.is_finite() && (0.0..=self.threshold).contains(&t))
+        {
+            return Err(SpecError::ReviewBand {
+                pass: t,
+                fail: self.threshold,
+            });
         }
 
         if self.layers.is_empty() || self.layers.len() > MAX_LAYERS {
@@ -869,6 +926,19 @@ impl ModelSpec {
             .map(|(_, p)| *p)
             .sum();
         (1.0 - pass).clamp(0.0, 1.0)
+    }
+
+    /// The three-way decision for a fail score at the thresholds given (the station may use
+    /// others than the file's): FAIL at or above `fail_at`; REVIEW from `pass_below` up to it;
+    /// PASS below. `pass_below` None (or not below `fail_at`) is the two-way rule.
+    pub fn decide(score: f32, pass_below: Option<f32>, fail_at: f32) -> Decision {
+        if score >= fail_at {
+            Decision::Fail
+        } else if pass_below.is_some_and(|t| score >= t) {
+            Decision::Review
+        } else {
+            Decision::Pass
+        }
     }
 
     /// Multiply-accumulate count of one forward pass, times two (FLOPs), for one image.

@@ -20,11 +20,16 @@ fn bench_verdict(seq: u64, image: &Arc<DecodedImage>, model: &ModelInfo) -> Verd
         origin: format!("bench frame {seq}"),
         source: "synthetic".into(),
         timestamp: chrono::Utc::now(),
-        fail,
+        decision: if fail {
+            kernels::Decision::Fail
+        } else {
+            kernels::Decision::Pass
+        },
         class: model.classes.get(class_idx).cloned().unwrap_or_default(),
         confidence: 0.9,
         score: if fail { 0.9 } else { 0.1 },
         threshold: model.threshold,
+        pass_threshold: None,
         latency_ms: 0.0,
         engine_ms: 0.0,
         probabilities,

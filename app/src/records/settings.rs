@@ -75,6 +75,12 @@ pub struct Settings {
     pub alarm_consecutive_fails: u32,
     /// Alarm when the reject rate of the last this-many frames is above the p-chart limit.
     pub alarm_window: u32,
+    /// Decide three-way with the model's review band (PASS / REVIEW / FAIL) where the model
+    /// has one; off: two-way at the FAIL threshold.
+    pub review_band: bool,
+    /// Alarm when more than this percentage of the last [`Self::alarm_window`] parts went to
+    /// REVIEW (0 = off): the people checking them cannot keep up, or the product changed.
+    pub alarm_review_percent: f64,
     /// Disk budget for archived images, MiB.
     pub archive_budget_mib: u64,
     /// The station's minimum for a model being activated: validation AUROC at least this.
@@ -194,6 +200,8 @@ impl Default for Settings {
             pass_sample: 0.01,
             alarm_consecutive_fails: 5,
             alarm_window: 50,
+            review_band: true,
+            alarm_review_percent: 30.0,
             archive_budget_mib: 2048,
             min_auroc: 0.95,
             max_miss_rate: 0.01,

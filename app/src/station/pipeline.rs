@@ -23,7 +23,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded, select};
-use kernels::{Engine, Heatmap, Model, Roi};
+use kernels::{Decision, Engine, Heatmap, Model, ModelSpec, Roi};
 
 use crate::data::dataset::DecodedImage;
 use crate::station::source::{CapturedFrame, Pull, SourceSpec};
@@ -44,8 +44,10 @@ pub struct ModelInfo {
     pub classes: Vec<String>,
     /// PASS classes.
     pub pass_classes: Vec<String>,
-    /// The model's own threshold.
+    /// The model's own threshold (FAIL at or above).
     pub threshold: f32,
+    /// The model's own review band's lower edge (PASS below), None for a two-way model.
+    pub pass_threshold: Option<f32>,
     /// Input size, "W×H×C".
     pub input: String,
 }
@@ -73,6 +75,7 @@ pub fn load_model(path: &Path) -> Result<(Model, ModelInfo), String> {
         classes: spec.classes.clone(),
         pass_classes: spec.pass_classes.clone(),
         threshold: spec.threshold,
+        pass_threshold: spec.pass_threshold,
         input: format!(
             "{}×{}×{}",
             spec.input.width, spec.input.height, spec.input.channels
@@ -92,16 +95,20 @@ pub struct Verdict {
     pub source: String,
     /// Capture time.
     pub timestamp: chrono::DateTime<chrono::Utc>,
-    /// FAIL when the fail score is at least the threshold.
-    pub fail: bool,
-    /// The most probable FAIL class when failed, the most probable PASS class when passed.
+    /// FAIL when the fail score is at least the threshold; REVIEW when it is at least the
+    /// review band's lower edge ([`Self::pass_threshold`]); PASS below.
+    pub decision: Decision,
+    /// The most probable FAIL class when failed or sent to review (the suspected defect), the
+    /// most probable PASS class when passed.
     pub class: String,
     /// The probability of `class`.
     pub confidence: f32,
     /// `1 − Σ P(pass classes)`.
     pub score: f32,
-    /// The threshold the verdict used.
+    /// The threshold the verdict used (FAIL at or above).
     pub threshold: f32,
+    /// The review band's lower edge the verdict used; None when the station decides two-way.
+    pub pass_threshold: Option<f32>,
     /// Capture to verdict, ms.
     pub latency_ms: f64,
     /// Engine call alone, ms.
@@ -141,9 +148,19 @@ impl Prepared {
 }
 
 impl Verdict {
-    /// "pass" or "fail".
+    /// "pass", "review" or "fail".
     pub fn word(&self) -> &'static str {
-        if self.fail { "fail" } else { "pass" }
+        self.decision.as_str()
+    }
+
+    /// The gate rejects it.
+    pub fn fail(&self) -> bool {
+        self.decision == Decision::Fail
+    }
+
+    /// Not a PASS: kept with the rejects (thumbnail, archive), shown where it is.
+    pub fn flagged(&self) -> bool {
+        self.decision != Decision::Pass
     }
 }
 
@@ -234,6 +251,8 @@ pub struct Counters {
     pub pass: u64,
     /// FAIL verdicts.
     pub fail: u64,
+    /// REVIEW verdicts (set aside for a person).
+    pub review: u64,
     /// Frames that could not be read.
     pub unreadable: u64,
     /// Live frames dropped because inference was busy.
@@ -242,14 +261,15 @@ pub struct Counters {
     pub latencies_ms: VecDeque<f64>,
     /// Recent verdict times (for the frame rate).
     pub verdict_times: VecDeque<Instant>,
-    /// The last rejects, newest last (frame shared, not copied).
+    /// The last rejects and REVIEW parts, newest last (frame shared, not copied).
     pub last_rejects: VecDeque<Arc<Verdict>>,
     /// When counting started (start or shift change).
     pub since: Option<chrono::DateTime<chrono::Utc>>,
-    /// FAILs in a row, up to the last verdict.
+    /// FAILs in a row, up to the last verdict (a REVIEW neither counts nor breaks the run).
     pub consecutive_fails: u64,
-    /// The last [`Counters::RECENT`] outcomes (true = FAIL), newest last: the drift window.
-    pub recent: VecDeque<bool>,
+    /// The last [`Counters::RECENT`] decisions, newest last: the drift windows (FAIL and
+    /// REVIEW counted apart).
+    pub recent: VecDeque<Decision>,
     /// Frames taken from the source and not judged yet (queued or being judged): after a pause
     /// they still land, and the station says so until this is 0. Not reset with the counters.
     pub in_flight: u64,
@@ -289,23 +309,26 @@ impl Counters {
 
     fn add(&mut self, v: &Arc<Verdict>) {
         self.inspected += 1;
-        self.recent.push_back(v.fail);
+        self.recent.push_back(v.decision);
         if self.recent.len() > Self::RECENT {
             self.recent.pop_front();
         }
-        if v.fail {
-            self.consecutive_fails += 1;
-        } else {
-            self.consecutive_fails = 0;
+        match v.decision {
+            Decision::Fail => {
+                self.consecutive_fails += 1;
+                self.fail += 1;
+            }
+            Decision::Review => self.review += 1,
+            Decision::Pass => {
+                self.consecutive_fails = 0;
+                self.pass += 1;
+            }
         }
-        if v.fail {
-            self.fail += 1;
+        if v.flagged() {
             self.last_rejects.push_back(v.clone());
             if self.last_rejects.len() > Self::REJECTS_KEPT {
                 self.last_rejects.pop_front();
             }
-        } else {
-            self.pass += 1;
         }
         self.latencies_ms.push_back(v.latency_ms);
         self.verdict_times.push_back(Instant::now());
@@ -352,6 +375,9 @@ pub struct PipelineOptions {
     pub roi: Option<Roi>,
     /// Threshold to use instead of the model's.
     pub threshold: Option<f32>,
+    /// Decide three-way with the model's review band (PASS / REVIEW / FAIL) where the model
+    /// has one; false: two-way at the FAIL threshold.
+    pub review_band: bool,
     /// Prepare screen pixels with each verdict (the app).
     pub display: bool,
     /// Stop inspecting when the region of interest does not fit a frame (the headless command
@@ -367,6 +393,7 @@ impl Default for PipelineOptions {
             lossless_events: true,
             roi: None,
             threshold: None,
+            review_band: true,
             display: false,
             stop_on_roi_refused: false,
         }
@@ -378,6 +405,7 @@ enum Command {
     LoadModel(PathBuf, Option<f32>),
     SetRoi(Option<Roi>),
     SetThreshold(Option<f32>),
+    SetReviewBand(bool),
     Stop,
 }
 
@@ -478,6 +506,7 @@ impl Pipeline {
             engine,
             info: model.1.clone(),
             threshold_override: options.threshold,
+            review_band: options.review_band,
             roi: options.roi,
             events: ev_tx,
             lossless: options.lossless_events,
@@ -574,6 +603,11 @@ impl Pipeline {
     /// Sets the region of interest (frame pixels).
     pub fn set_roi(&self, roi: Option<Roi>) {
         let _ = self.commands.send(Command::SetRoi(roi));
+    }
+
+    /// Switches the review band on (three-way, where the model has one) or off (two-way).
+    pub fn set_review_band(&self, on: bool) {
+        let _ = self.commands.send(Command::SetReviewBand(on));
     }
 
     /// Overrides the model's threshold (None = the model's own).
@@ -766,6 +800,7 @@ struct Worker {
     engine: Engine,
     info: ModelInfo,
     threshold_override: Option<f32>,
+    review_band: bool,
     roi: Option<Roi>,
     events: Sender<Event>,
     lossless: bool,
@@ -852,6 +887,10 @@ impl Worker {
             }
             Command::SetThreshold(t) => {
                 self.threshold_override = t;
+                true
+            }
+            Command::SetReviewBand(on) => {
+                self.review_band = on;
                 true
             }
             Command::Stop => false,
@@ -955,25 +994,31 @@ impl Worker {
         let spec = self.engine.spec();
         let score = spec.fail_score(&out.probabilities);
         let threshold = self.threshold_override.unwrap_or(spec.threshold);
-        let fail = score >= threshold;
+        // A FAIL threshold set by hand below the band's edge narrows the band to nothing there.
+        let pass_threshold = spec
+            .pass_threshold
+            .filter(|_| self.review_band)
+            .map(|t| t.min(threshold));
+        let decision = ModelSpec::decide(score, pass_threshold, threshold);
+        let flagged = decision != Decision::Pass;
         let best = spec
             .classes
             .iter()
             .zip(&out.probabilities)
-            .filter(|(c, _)| spec.pass_classes.contains(c) != fail)
+            .filter(|(c, _)| spec.pass_classes.contains(c) != flagged)
             .max_by(|a, b| a.1.total_cmp(b.1));
         let (class, confidence) = best
             .map(|(c, p)| (c.clone(), *p))
             .unwrap_or_else(|| (String::new(), 0.0));
         self.seq += 1;
         let display = self.display.then(|| {
-            let thumb = fail.then(|| {
+            let thumb = flagged.then(|| {
                 let crop = crop(&f.image, roi);
                 crate::station::display::frame_image(&crop, Prepared::THUMB_SIDE)
             });
             Arc::new(Prepared {
                 frame: crate::station::display::frame_image(&f.image, Prepared::MAX_SIDE),
-                heat: crate::station::display::heatmap_image(&out.heatmap, fail),
+                heat: crate::station::display::heatmap_image(&out.heatmap, flagged),
                 thumb,
             })
         });
@@ -982,11 +1027,12 @@ impl Worker {
             origin: f.origin.clone(),
             source: source.to_string(),
             timestamp: f.timestamp,
-            fail,
+            decision,
             class,
             confidence,
             score,
             threshold,
+            pass_threshold,
             latency_ms: f.captured.elapsed().as_secs_f64() * 1e3,
             engine_ms,
             probabilities: out.probabilities,

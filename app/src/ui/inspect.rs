@@ -7,9 +7,30 @@ use std::sync::Arc;
 
 use super::{InspectorApp, Level};
 use crate::station::pipeline::Verdict;
+use kernels::Decision;
 
 const PASS_GREEN: Color32 = Color32::from_rgb(0x1b, 0x8a, 0x3a);
 const FAIL_RED: Color32 = Color32::from_rgb(0xc6, 0x28, 0x28);
+/// REVIEW: amber with black writing (white on amber cannot be read from two metres).
+const REVIEW_AMBER: Color32 = Color32::from_rgb(0xf2, 0xb7, 0x05);
+
+/// The colour of a decision on screen.
+fn decision_color(d: Decision) -> Color32 {
+    match d {
+        Decision::Pass => PASS_GREEN,
+        Decision::Review => REVIEW_AMBER,
+        Decision::Fail => FAIL_RED,
+    }
+}
+
+/// Writing that can be read on `fill`.
+fn ink(fill: Color32) -> Color32 {
+    if fill == REVIEW_AMBER {
+        Color32::BLACK
+    } else {
+        Color32::WHITE
+    }
+}
 
 /// Height kept for the alarm strip whether or not an alarm shows, so acknowledging one does not
 /// move the other controls under the operator's pointer.
@@ -194,8 +215,9 @@ fn banner_frame(
     fill: Color32,
     (word, word_size): (&str, f32),
     (detail, detail_size): (String, f32),
-    more: impl FnOnce(&mut egui::Ui),
+    more: impl FnOnce(&mut egui::Ui, Color32),
 ) {
+    let ink = ink(fill);
     egui::Frame::new()
         .fill(fill)
         .inner_margin(12.0)
@@ -203,18 +225,9 @@ fn banner_frame(
         .show(ui, |ui| {
             ui.set_min_width(ui.available_width());
             ui.vertical_centered(|ui| {
-                ui.label(
-                    RichText::new(word)
-                        .size(word_size)
-                        .strong()
-                        .color(Color32::WHITE),
-                );
-                ui.label(
-                    RichText::new(detail)
-                        .size(detail_size)
-                        .color(Color32::WHITE),
-                );
-                more(ui);
+                ui.label(RichText::new(word).size(word_size).strong().color(ink));
+                ui.label(RichText::new(detail).size(detail_size).color(ink));
+                more(ui, ink);
             });
         });
 }
@@ -226,12 +239,12 @@ fn banner(app: &InspectorApp, ui: &mut egui::Ui) {
             "NO SIGNAL" => Color32::from_rgb(170, 110, 0),
             _ => Color32::from_rgb(70, 70, 70),
         };
-        banner_frame(ui, fill, (word, 64.0), (detail, 18.0), |ui| {
+        banner_frame(ui, fill, (word, 64.0), (detail, 18.0), |ui, _| {
             if let Some(v) = &app.last {
                 ui.label(
                     RichText::new(format!(
                         "last verdict: {} {} ({})",
-                        v.word().to_uppercase(),
+                        v.decision.word(),
                         v.class,
                         v.origin
                     ))
@@ -244,21 +257,32 @@ fn banner(app: &InspectorApp, ui: &mut egui::Ui) {
     }
     let (fill, word, detail) = match &app.last {
         Some(v) => {
-            let fail = app
+            let decision = app
                 .overridden
                 .get(&v.seq)
-                .map(|o| o == "fail")
-                .unwrap_or(v.fail);
-            let word = if fail { "FAIL" } else { "PASS" };
+                .and_then(|o| Decision::parse(o))
+                .unwrap_or(v.decision);
+            let word = decision.word();
             let detail = if app.overridden.contains_key(&v.seq) {
                 format!(
-                    "overridden by operator (model said {})",
-                    v.word().to_uppercase()
+                    "{} by operator (model said {})",
+                    if v.decision == Decision::Review {
+                        "decided"
+                    } else {
+                        "overridden"
+                    },
+                    v.decision.word()
+                )
+            } else if decision == Decision::Review {
+                format!(
+                    "set aside for a manual check · suspected {} {:.0}%",
+                    v.class,
+                    100.0 * v.confidence
                 )
             } else {
                 format!("{} {:.0}%", v.class, 100.0 * v.confidence)
             };
-            (if fail { FAIL_RED } else { PASS_GREEN }, word, detail)
+            (decision_color(decision), word, detail)
         }
         None => (
             Color32::DARK_GRAY,
@@ -266,7 +290,7 @@ fn banner(app: &InspectorApp, ui: &mut egui::Ui) {
             "no frame inspected yet".into(),
         ),
     };
-    banner_frame(ui, fill, (word, 72.0), (detail, 26.0), |ui| {
+    banner_frame(ui, fill, (word, 72.0), (detail, 26.0), |ui, ink| {
         if let Some(v) = &app.last {
             // The threshold this verdict used, and where the one in force came from.
             let origin = match app.threshold_in_use() {
@@ -275,19 +299,16 @@ fn banner(app: &InspectorApp, ui: &mut egui::Ui) {
                 }
                 _ => app.threshold_origin(),
             };
+            let rule = match v.pass_threshold {
+                Some(p) => format!("PASS below {p:.3} · FAIL from {:.3}", v.threshold),
+                None => format!("threshold {:.3}", v.threshold),
+            };
             ui.label(
-                RichText::new(format!(
-                    "score {:.3} · threshold {:.3} ({origin})",
-                    v.score, v.threshold,
-                ))
-                .size(16.0)
-                .color(Color32::WHITE),
+                RichText::new(format!("score {:.3} · {rule} ({origin})", v.score))
+                    .size(16.0)
+                    .color(ink),
             );
-            ui.label(
-                RichText::new(v.origin.to_string())
-                    .size(13.0)
-                    .color(Color32::from_gray(230)),
-            );
+            ui.label(RichText::new(v.origin.to_string()).size(13.0).color(ink));
         }
     });
 }
@@ -306,7 +327,10 @@ fn override_form(app: &mut InspectorApp, ui: &mut egui::Ui) {
         .get(&v.seq)
         .cloned()
         .unwrap_or_else(|| v.word().to_string());
-    let what = if current == "fail" {
+    let review = current == "review";
+    let what = if review {
+        "Decide this REVIEW part: PASS (good) or FAIL (defective)"
+    } else if current == "fail" {
         "Mark as FALSE REJECT (the part is good: PASS)"
     } else {
         "Mark as MISSED DEFECT (the part is bad: FAIL)"
@@ -323,7 +347,7 @@ fn override_form(app: &mut InspectorApp, ui: &mut egui::Ui) {
                     "frame {} at {} — model said {} ({} {:.0}%)",
                     v.seq,
                     v.timestamp.with_timezone(&chrono::Local).format("%H:%M:%S"),
-                    v.word().to_uppercase(),
+                    v.decision.word(),
                     v.class,
                     100.0 * v.confidence
                 ));
@@ -347,11 +371,22 @@ fn override_form(app: &mut InspectorApp, ui: &mut egui::Ui) {
             .labelled_by(label.id);
         });
         ui.horizontal(|ui| {
-            if ui.button("Save override").clicked() {
-                let reason = app.override_reason.clone();
-                if let Err(e) = app.save_override(&reason) {
-                    app.notify(Level::Warning, e);
+            let reason = app.override_reason.clone();
+            let saved = if review {
+                if ui.button("Decide PASS").clicked() {
+                    Some(app.save_decision(Decision::Pass, &reason))
+                } else if ui.button("Decide FAIL").clicked() {
+                    Some(app.save_decision(Decision::Fail, &reason))
+                } else {
+                    None
                 }
+            } else if ui.button("Save override").clicked() {
+                Some(app.save_override(&reason))
+            } else {
+                None
+            };
+            if let Some(Err(e)) = saved {
+                app.notify(Level::Warning, e);
             }
             if ui.button("Cancel").clicked() {
                 app.cancel_override();
@@ -372,6 +407,9 @@ fn counters(app: &mut InspectorApp, ui: &mut egui::Ui) {
         ui.end_row();
         ui.label("Fail");
         ui.label(big(c.fail.to_string()).color(FAIL_RED));
+        ui.end_row();
+        ui.label("Review");
+        ui.label(big(c.review.to_string()).color(REVIEW_AMBER));
         ui.end_row();
         ui.label("Yield");
         ui.label(big(c
@@ -491,7 +529,12 @@ fn reject_strip(app: &mut InspectorApp, ui: &mut egui::Ui) {
                             .add(
                                 egui::Label::new(
                                     RichText::new(format!(
-                                        "{} {:.0}%\n{}",
+                                        "{}{} {:.0}%\n{}",
+                                        if v.decision == Decision::Review {
+                                            "REVIEW · "
+                                        } else {
+                                            ""
+                                        },
                                         v.class,
                                         100.0 * v.confidence,
                                         v.timestamp
@@ -647,7 +690,12 @@ fn reject_window(app: &mut InspectorApp, ui: &mut egui::Ui) {
     let (frame, heat) = (r.frame.clone(), r.heat.clone());
     let mut open = true;
     let mut override_it = false;
-    egui::Window::new(format!("Reject {}", v.origin))
+    let what = if v.decision == Decision::Review {
+        "Review"
+    } else {
+        "Reject"
+    };
+    egui::Window::new(format!("{what} {}", v.origin))
         .open(&mut open)
         .collapsible(false)
         .default_width(520.0)
@@ -655,7 +703,7 @@ fn reject_window(app: &mut InspectorApp, ui: &mut egui::Ui) {
             ui.label(
                 RichText::new(format!(
                     "{} {} {:.0}% · score {:.3} · threshold {:.3} · {}",
-                    v.word().to_uppercase(),
+                    v.decision.word(),
                     v.class,
                     100.0 * v.confidence,
                     v.score,

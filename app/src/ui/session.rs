@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::bounded;
+use kernels::Decision;
 
 use super::state::*;
 use crate::data::assets::{DEFAULT_MODEL, bundled};
@@ -32,6 +33,7 @@ impl InspectorApp {
             lossless_events: false,
             roi: self.settings.roi(),
             threshold: self.settings.threshold,
+            review_band: self.settings.review_band,
             display: true,
             stop_on_roi_refused: false,
         };
@@ -260,25 +262,51 @@ impl InspectorApp {
         let Some(v) = self.override_target.as_ref().map(|t| t.verdict.clone()) else {
             return Err("open the override form on a frame first".into());
         };
-        self.override_frame(&v, reason)?;
+        let from = self.decision_now(&v);
+        let to = if from == "fail" { "pass" } else { "fail" };
+        self.override_frame(&v, to, reason)?;
         self.override_target = None;
         self.override_reason.clear();
         Ok(())
     }
 
+    /// Saves a person's decision on the REVIEW part the open form shows (PASS or FAIL) with
+    /// `reason`: recorded in the history like an override of the model's REVIEW.
+    pub fn save_decision(&mut self, to: Decision, reason: &str) -> Result<(), String> {
+        let Some(v) = self.override_target.as_ref().map(|t| t.verdict.clone()) else {
+            return Err("open the override form on a frame first".into());
+        };
+        if to == Decision::Review {
+            return Err("a person's decision is PASS or FAIL".into());
+        }
+        self.override_frame(&v, to.as_str(), reason)?;
+        self.override_target = None;
+        self.override_reason.clear();
+        Ok(())
+    }
+
+    /// The verdict frame `v` has now: a person's, else the model's.
+    fn decision_now(&self, v: &Verdict) -> String {
+        self.overridden
+            .get(&v.seq)
+            .cloned()
+            .unwrap_or_else(|| v.word().to_string())
+    }
+
     /// Overrides the verdict on frame `v` (named by its sequence number in this run) with
     /// `reason`; recorded in the history.
-    pub(super) fn override_frame(&mut self, v: &Verdict, reason: &str) -> Result<(), String> {
+    pub(super) fn override_frame(
+        &mut self,
+        v: &Verdict,
+        to: &str,
+        reason: &str,
+    ) -> Result<(), String> {
         let reason = reason.trim();
         if reason.is_empty() {
             return Err("give a reason for the override".into());
         }
-        let from = self
-            .overridden
-            .get(&v.seq)
-            .cloned()
-            .unwrap_or_else(|| v.word().to_string());
-        let to = if from == "fail" { "pass" } else { "fail" }.to_string();
+        let from = self.decision_now(v);
+        let to = to.to_string();
         self.pending_ops.push_back(Op::Override(history::Override {
             run_id: self.run_id.clone(),
             seq: v.seq,
@@ -289,10 +317,11 @@ impl InspectorApp {
             reason: reason.into(),
             station: self.settings.station.clone(),
         }));
-        let what = if to == "pass" {
-            "false reject"
-        } else {
-            "missed defect"
+        let what = match (from.as_str(), to.as_str()) {
+            ("review", "pass") => "decided good",
+            ("review", _) => "decided defective",
+            (_, "pass") => "false reject",
+            _ => "missed defect",
         };
         self.notify(
             Level::Info,
@@ -463,6 +492,46 @@ impl InspectorApp {
                 self.operator()
             ),
         );
+    }
+
+    /// Switches the review band on (PASS / REVIEW / FAIL where the model has one) or off
+    /// (two-way at the FAIL threshold); recorded as an event.
+    pub fn set_review_band(&mut self, on: bool) {
+        if self.settings.review_band == on {
+            return;
+        }
+        self.settings.review_band = on;
+        self.settings_changed();
+        if let Some(p) = &self.pipeline {
+            p.set_review_band(on);
+        }
+        self.record_event(
+            "review_band_changed",
+            format!(
+                "review band {} by {}",
+                if on { "on" } else { "off (two-way)" },
+                self.operator()
+            ),
+        );
+    }
+
+    /// The review band in force, in words: its PASS threshold, or why there is none.
+    pub fn review_band_words(&self) -> String {
+        let Some(m) = &self.model else {
+            return "— (no model loaded yet)".into();
+        };
+        match (self.settings.review_band, m.pass_threshold) {
+            (false, _) => "off: two-way, PASS below the FAIL threshold".into(),
+            (true, None) => "this model has no review band: two-way".into(),
+            (true, Some(p)) => {
+                let fail = self.threshold_in_use().unwrap_or(m.threshold);
+                format!(
+                    "PASS below {:.3}, REVIEW from {:.3} up to the FAIL threshold {fail:.3}",
+                    p.min(fail),
+                    p.min(fail)
+                )
+            }
+        }
     }
 
     /// Switches the frame source (None = the demo images).

@@ -121,6 +121,14 @@ pub(super) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
                         .suffix(" parts"),
                 );
                 ui.end_row();
+                ui.label("Alarm when REVIEW exceeds (of that window)");
+                ui.add(
+                    egui::DragValue::new(&mut app.settings.alarm_review_percent)
+                        .range(0.0..=100.0)
+                        .suffix(" %"),
+                )
+                .on_hover_text("0 = off");
+                ui.end_row();
             });
         ui.label("Database, sample and budget changes apply at the next start.");
         ui.separator();
@@ -387,6 +395,17 @@ fn threshold(app: &mut InspectorApp, ui: &mut egui::Ui) {
             app.set_threshold(if own { None } else { Some(t) });
         }
     });
+    let mut band = app.settings.review_band;
+    if ui
+        .checkbox(
+            &mut band,
+            "Review band: parts the model is unsure of go to REVIEW (a person decides)",
+        )
+        .changed()
+    {
+        app.set_review_band(band);
+    }
+    ui.label(format!("Review band in force: {}", app.review_band_words()));
     if !own {
         let r = ui.add(egui::Slider::new(&mut t, 0.0..=1.0).text("FAIL when score >="));
         // Applied and logged once, when the operator lets go of the slider.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::bounded;
+use kernels::Decision;
 
 use super::state::*;
 use super::{file_dialog, history_tab, inspect, label_tab, settings_tab, train};
@@ -294,8 +295,9 @@ impl InspectorApp {
         let w = self.settings.alarm_window.max(10) as usize;
         if c.recent.len() >= 2 * w {
             let split = c.recent.len() - w;
-            let base = c.recent.iter().take(split).filter(|f| **f).count() as f64 / split as f64;
-            let now = c.recent.iter().skip(split).filter(|f| **f).count() as f64 / w as f64;
+            let fail = |d: &&Decision| **d == Decision::Fail;
+            let base = c.recent.iter().take(split).filter(fail).count() as f64 / split as f64;
+            let now = c.recent.iter().skip(split).filter(fail).count() as f64 / w as f64;
             let (_, ucl) = history::p_chart_limits(base, w as u64);
             if now > ucl {
                 if !self.drift_latched {
@@ -310,6 +312,30 @@ impl InspectorApp {
                 }
             } else {
                 self.drift_latched = false;
+            }
+        }
+        // REVIEW parts counted apart: too many of them means the people checking them cannot
+        // keep up (or the product moved away from what the model knows).
+        let limit = self.settings.alarm_review_percent;
+        if limit > 0.0 && c.recent.len() >= w {
+            let share = 100.0
+                * c.recent
+                    .iter()
+                    .rev()
+                    .take(w)
+                    .filter(|d| **d == Decision::Review)
+                    .count() as f64
+                / w as f64;
+            if share > limit {
+                if !self.review_latched {
+                    self.review_latched = true;
+                    raised.get_or_insert(format!(
+                        "{share:.0}% of the last {w} parts went to REVIEW (alarm above {limit:.0}%): \
+                         check the parts set aside and the model"
+                    ));
+                }
+            } else {
+                self.review_latched = false;
             }
         }
         if let Some(text) = self.plc_alarm() {

@@ -251,6 +251,7 @@ pub struct InspectorApp {
     pub model_error: Option<String>,
     pub(super) consecutive_latched: bool,
     pub(super) drift_latched: bool,
+    pub(super) review_latched: bool,
     /// Frames overridden in this run, with the new verdict.
     pub overridden: HashMap<u64, String>,
     pub(super) override_reason: String,
@@ -352,6 +353,7 @@ impl InspectorApp {
             model_error: None,
             consecutive_latched: false,
             drift_latched: false,
+            review_latched: false,
             overridden: HashMap::new(),
             override_reason: String::new(),
             override_target: None,

@@ -102,6 +102,19 @@ pub struct HourBucket {
     pub total: u64,
     /// Failed (final verdict).
     pub fails: u64,
+    /// REVIEW verdicts no person has decided yet (final verdict "review").
+    pub reviews: u64,
+}
+
+/// The per-hour summary's columns `(total, fails, reviews)` for a final-verdict filter: the
+/// same answer as counting the rows (SQLite and PostgreSQL spell these alike).
+pub fn summary_columns(verdict: Option<&str>) -> (&'static str, &'static str, &'static str) {
+    match verdict {
+        Some("fail") => ("SUM(fails)", "SUM(fails)", "0"),
+        Some("review") => ("SUM(reviews)", "0", "SUM(reviews)"),
+        Some(_) => ("SUM(total - fails - reviews)", "0", "0"),
+        None => ("SUM(total)", "SUM(fails)", "SUM(reviews)"),
+    }
 }
 
 impl Store {
@@ -217,13 +230,10 @@ impl Store {
     pub fn hourly(&self, f: &Filter) -> Result<Vec<HourBucket>, HistoryError> {
         if Self::summary_answers(f) {
             let (w, args) = Self::summary_sql(f);
-            let (total, fails) = match f.verdict.as_deref() {
-                Some("fail") => ("SUM(fails)", "SUM(fails)"),
-                Some(_) => ("SUM(total - fails)", "0"),
-                None => ("SUM(total)", "SUM(fails)"),
-            };
+            let (total, fails, reviews) = summary_columns(f.verdict.as_deref());
             let q = format!(
-                "SELECT hour_ms, {total}, {fails} FROM hourly{w} GROUP BY hour_ms HAVING {total} > 0 ORDER BY hour_ms"
+                "SELECT hour_ms, {total}, {fails}, {reviews} FROM hourly{w} GROUP BY hour_ms
+                 HAVING {total} > 0 ORDER BY hour_ms"
             );
             let mut st = self.conn.prepare_cached(&q).map_err(|e| self.err(e))?;
             let rows = st
@@ -232,6 +242,7 @@ impl Store {
                         hour_ms: r.get(0)?,
                         total: r.get::<_, i64>(1)? as u64,
                         fails: r.get::<_, i64>(2)? as u64,
+                        reviews: r.get::<_, i64>(3)? as u64,
                     })
                 })
                 .map_err(|e| self.err(e))?;
@@ -240,7 +251,8 @@ impl Store {
         let (w, args) = f.sql();
         let q = format!(
             "SELECT (ts_ms / 3600000) * 3600000 AS h, COUNT(*),
-             SUM(COALESCE(override_verdict, verdict) = 'fail')
+             SUM(COALESCE(override_verdict, verdict) = 'fail'),
+             SUM(COALESCE(override_verdict, verdict) = 'review')
              FROM inspections{w} GROUP BY h ORDER BY h"
         );
         let mut st = self.conn.prepare_cached(&q).map_err(|e| self.err(e))?;
@@ -250,21 +262,25 @@ impl Store {
                     hour_ms: r.get(0)?,
                     total: r.get::<_, i64>(1)? as u64,
                     fails: r.get::<_, i64>(2)? as u64,
+                    reviews: r.get::<_, i64>(3)? as u64,
                 })
             })
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
-    /// Failed frames per class (final verdict fail), most first: the defect Pareto.
+    /// Failed frames per class (final verdict fail), most first: the defect Pareto. With the
+    /// REVIEW filter: the REVIEW frames waiting for a decision per suspected defect.
     pub fn pareto(&self, f: &Filter) -> Result<Vec<(String, u64)>, HistoryError> {
         if f.verdict.as_deref() == Some("pass") {
             return Ok(Vec::new());
         }
+        let review = f.verdict.as_deref() == Some("review");
         if Self::summary_answers(f) {
             let (w, args) = Self::summary_sql(f);
+            let col = if review { "reviews" } else { "fails" };
             let q = format!(
-                "SELECT class, SUM(fails) AS n FROM hourly{w} GROUP BY class HAVING n > 0
+                "SELECT class, SUM({col}) AS n FROM hourly{w} GROUP BY class HAVING n > 0
                  ORDER BY n DESC, class"
             );
             let mut st = self.conn.prepare_cached(&q).map_err(|e| self.err(e))?;
@@ -276,7 +292,7 @@ impl Store {
             return rows.collect::<Result<_, _>>().map_err(|e| self.err(e));
         }
         let mut f = f.clone();
-        f.verdict = Some("fail".into());
+        f.verdict = Some(if review { "review" } else { "fail" }.into());
         let (w, args) = f.sql();
         let q = format!(
             "SELECT class, COUNT(*) AS n FROM inspections{w} GROUP BY class ORDER BY n DESC, class"

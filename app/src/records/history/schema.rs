@@ -143,6 +143,49 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // History) are kept in the override log like the station's own, marked so that they are
     // not sent back.
     "ALTER TABLE override_log ADD COLUMN from_plant INTEGER NOT NULL DEFAULT 0;",
+    // 7: the review band — a model's verdict may be 'review' (a person decides; their decision
+    // is an override to pass or fail). SQLite cannot change a CHECK in place, so the table is
+    // rebuilt with the same ids (the line results and the override log refer to them), and the
+    // per-hour totals count the REVIEW verdicts still waiting for a decision.
+    "CREATE TABLE inspections_v7 (
+        id INTEGER PRIMARY KEY,
+        run_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        ts TEXT NOT NULL,
+        ts_ms INTEGER NOT NULL,
+        station TEXT NOT NULL,
+        source TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        model_id TEXT NOT NULL,
+        model_hash TEXT NOT NULL,
+        verdict TEXT NOT NULL CHECK (verdict IN ('pass', 'review', 'fail')),
+        class TEXT NOT NULL,
+        confidence REAL NOT NULL,
+        score REAL NOT NULL,
+        threshold REAL NOT NULL,
+        latency_ms REAL NOT NULL,
+        image_path TEXT,
+        heatmap_path TEXT,
+        override_verdict TEXT CHECK (override_verdict IN ('pass', 'fail')),
+        override_by TEXT,
+        override_at TEXT,
+        override_reason TEXT,
+        roi TEXT,
+        UNIQUE (run_id, seq)
+    );
+    INSERT INTO inspections_v7 (id, run_id, seq, ts, ts_ms, station, source, origin, model_id,
+        model_hash, verdict, class, confidence, score, threshold, latency_ms, image_path,
+        heatmap_path, override_verdict, override_by, override_at, override_reason, roi)
+        SELECT id, run_id, seq, ts, ts_ms, station, source, origin, model_id, model_hash,
+               verdict, class, confidence, score, threshold, latency_ms, image_path,
+               heatmap_path, override_verdict, override_by, override_at, override_reason, roi
+        FROM inspections ORDER BY id;
+    DROP TABLE inspections;
+    ALTER TABLE inspections_v7 RENAME TO inspections;
+    CREATE INDEX inspections_ts ON inspections (ts_ms);
+    CREATE INDEX inspections_verdict_ts ON inspections (verdict, ts_ms);
+    CREATE INDEX inspections_class_ts ON inspections (class, ts_ms);
+    ALTER TABLE hourly ADD COLUMN reviews INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// The default database: `<platform data dir>/history.sqlite`.
@@ -175,7 +218,7 @@ pub struct InspectionRow {
     pub model_id: String,
     /// Model file FNV hash.
     pub model_hash: String,
-    /// The model's verdict: "pass" or "fail".
+    /// The model's verdict: "pass", "review" or "fail".
     pub verdict: String,
     /// The class reported.
     pub class: String,

@@ -99,12 +99,14 @@ fn store_filters_charts_and_overrides() {
             HourBucket {
                 hour_ms: 10 * hour,
                 total: 2,
-                fails: 1
+                fails: 1,
+                reviews: 0,
             },
             HourBucket {
                 hour_ms: 11 * hour,
                 total: 2,
-                fails: 2
+                fails: 2,
+                reviews: 0,
             }
         ]
     );
@@ -127,7 +129,8 @@ fn store_filters_charts_and_overrides() {
         HourBucket {
             hour_ms: 10 * hour,
             total: 2,
-            fails: 0
+            fails: 0,
+            reviews: 0,
         }
     );
     let scanned = s
@@ -311,4 +314,114 @@ fn archive_failure_is_reported_and_rows_are_still_recorded() {
     let rows = s.query(&Filter::default(), 10, 0).unwrap();
     assert_eq!(rows.len(), 3);
     assert!(rows.iter().all(|r| r.image_path.is_none()));
+}
+
+#[test]
+fn review_verdicts_are_their_own_rows_and_a_decision_overrides_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("h.sqlite");
+    let hour = 3_600_000;
+    // A database made before the review band (schema 6) with rows, an override and a line
+    // result: migration 7 rebuilds the table and keeps every id.
+    {
+        let mut conn = Connection::open(&db).unwrap();
+        let tx = conn.transaction().unwrap();
+        for m in &MIGRATIONS[..6] {
+            tx.execute_batch(m).unwrap();
+        }
+        tx.pragma_update(None, "user_version", 6i64).unwrap();
+        tx.commit().unwrap();
+        conn.execute_batch(
+            "INSERT INTO inspections (id, run_id, seq, ts, ts_ms, station, source, origin,
+                model_id, model_hash, verdict, class, confidence, score, threshold, latency_ms,
+                override_verdict, roi)
+             VALUES (41, 'old', 1, 't', 0, 's', 'x', 'a', 'm@1', '1', 'fail', 'Crack', 0.9, 0.9,
+                0.5, 1.0, 'pass', '1,2,3,4');
+             INSERT INTO hourly (hour_ms, model_id, class, total, fails) VALUES (0, 'm@1', 'Crack', 1, 0);
+             INSERT INTO line_results (inspection_id, run_id, seq, error_code) VALUES (41, 'old', 1, 0);",
+        )
+        .unwrap();
+        assert!(
+            conn.execute_batch(
+                "INSERT INTO inspections (run_id, seq, ts, ts_ms, station, source, origin, model_id,
+                 model_hash, verdict, class, confidence, score, threshold, latency_ms)
+                 VALUES ('old', 2, 't', 0, 's', 'x', 'a', 'm', '1', 'review', 'C', 1, 1, 1, 1)"
+            )
+            .is_err(),
+            "schema 6 refuses a REVIEW verdict"
+        );
+    }
+    let mut s = Store::open(&db).unwrap();
+    let old = s.query(&Filter::default(), 10, 0).unwrap();
+    assert_eq!(old.len(), 1);
+    assert_eq!((old[0].id, old[0].final_verdict()), (41, "pass"));
+    assert_eq!(old[0].roi, Some([1, 2, 3, 4]));
+    s.write_batch(&[
+        Op::Inspection(Box::new(row(1, "pass", "Free", 10 * hour)), None),
+        Op::Inspection(Box::new(row(2, "review", "Crack", 10 * hour + 1)), None),
+        Op::Inspection(Box::new(row(3, "review", "Break", 10 * hour + 2)), None),
+        Op::Inspection(Box::new(row(4, "fail", "Crack", 10 * hour + 3)), None),
+    ])
+    .unwrap();
+    let only = |v: &str| Filter {
+        verdict: Some(v.into()),
+        since_ms: Some(hour),
+        ..Filter::default()
+    };
+    assert_eq!(s.count(&only("review")).unwrap(), 2);
+    assert_eq!(s.count(&only("fail")).unwrap(), 1);
+    assert_eq!(s.count(&only("pass")).unwrap(), 1);
+    let bucket = |fails, reviews| HourBucket {
+        hour_ms: 10 * hour,
+        total: 4,
+        fails,
+        reviews,
+    };
+    assert_eq!(s.hourly(&only_hours(hour)).unwrap(), vec![bucket(1, 2)]);
+    // The REVIEW filter's chart and Pareto count the parts waiting for a decision.
+    assert_eq!(
+        s.hourly(&only("review")).unwrap(),
+        vec![HourBucket {
+            hour_ms: 10 * hour,
+            total: 2,
+            fails: 0,
+            reviews: 2,
+        }]
+    );
+    assert_eq!(
+        s.pareto(&only("review")).unwrap(),
+        vec![("Break".to_string(), 1), ("Crack".to_string(), 1)]
+    );
+    assert_eq!(
+        s.pareto(&only_hours(hour)).unwrap(),
+        vec![("Crack".to_string(), 1)]
+    );
+    // A person decides one REVIEW part is defective: it leaves the REVIEW count for the FAILs.
+    s.write_batch(&[Op::Override(Override {
+        run_id: "r".into(),
+        seq: 2,
+        from: "review".into(),
+        verdict: "fail".into(),
+        by: "ann".into(),
+        at: rfc3339(chrono::Utc::now()),
+        reason: "a crack at the edge".into(),
+        station: "s".into(),
+    })])
+    .unwrap();
+    assert_eq!(s.hourly(&only_hours(hour)).unwrap(), vec![bucket(2, 1)]);
+    // The summary agrees with a scan of the rows.
+    let scanned = Filter {
+        text: Some("frame".into()),
+        ..only_hours(hour)
+    };
+    assert_eq!(s.hourly(&scanned).unwrap(), vec![bucket(2, 1)]);
+    assert_eq!(s.count(&only("review")).unwrap(), 1);
+}
+
+/// Rows from `since_ms` on.
+fn only_hours(since_ms: i64) -> Filter {
+    Filter {
+        since_ms: Some(since_ms),
+        ..Filter::default()
+    }
 }

@@ -299,9 +299,10 @@ pub fn row_for(v: &Verdict, run_id: &str, station: &str) -> InspectionRow {
 
 impl VerdictSink for RecorderSink {
     fn record(&mut self, v: &Verdict) -> Result<(), String> {
-        let archive = (v.fail || sampled(v.seq, self.pass_sample)).then(|| Archive {
+        // Rejects and REVIEW parts are always archived: a person decides from the picture.
+        let archive = (v.flagged() || sampled(v.seq, self.pass_sample)).then(|| Archive {
             image: v.image.clone(),
-            heatmap_rgba: crate::station::display::heatmap_rgba(&v.heatmap, v.fail),
+            heatmap_rgba: crate::station::display::heatmap_rgba(&v.heatmap, v.flagged()),
         });
         let row = row_for(v, &self.run_id, &self.station);
         let t = self
@@ -366,13 +367,16 @@ pub(super) fn apply_override(
          override_reason = ?5 WHERE id = ?1",
     )?
     .execute(params![id, o.verdict, o.by, o.at, o.reason])?;
-    let delta = (o.verdict == "fail") as i64 - (was == "fail") as i64;
-    if delta != 0 {
+    let fails = (o.verdict == "fail") as i64 - (was == "fail") as i64;
+    let reviews = (o.verdict == "review") as i64 - (was == "review") as i64;
+    if fails != 0 || reviews != 0 {
         tx.prepare_cached(
-            "INSERT INTO hourly (hour_ms, model_id, class, total, fails) VALUES (?1, ?2, ?3, 0, ?4)
-             ON CONFLICT (hour_ms, model_id, class) DO UPDATE SET fails = fails + excluded.fails",
+            "INSERT INTO hourly (hour_ms, model_id, class, total, fails, reviews)
+             VALUES (?1, ?2, ?3, 0, ?4, ?5)
+             ON CONFLICT (hour_ms, model_id, class)
+             DO UPDATE SET fails = fails + excluded.fails, reviews = reviews + excluded.reviews",
         )?
-        .execute(params![hour, model, class, delta])?;
+        .execute(params![hour, model, class, fails, reviews])?;
     }
     Ok(true)
 }
@@ -403,9 +407,11 @@ impl Store {
                 .map_err(sql)?;
             let mut hour = tx
                 .prepare_cached(
-                    "INSERT INTO hourly (hour_ms, model_id, class, total, fails) VALUES (?1, ?2, ?3, ?4, ?5)
+                    "INSERT INTO hourly (hour_ms, model_id, class, total, fails, reviews)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                      ON CONFLICT (hour_ms, model_id, class)
-                     DO UPDATE SET total = total + excluded.total, fails = fails + excluded.fails",
+                     DO UPDATE SET total = total + excluded.total, fails = fails + excluded.fails,
+                     reviews = reviews + excluded.reviews",
                 )
                 .map_err(sql)?;
             let mut line = tx
@@ -456,7 +462,8 @@ impl Store {
                                 r.model_id,
                                 r.class,
                                 1,
-                                (r.verdict == "fail") as i64
+                                (r.verdict == "fail") as i64,
+                                (r.verdict == "review") as i64
                             ])
                             .map_err(sql)?;
                         }

@@ -224,7 +224,7 @@ async fn insert_inspections(
     let thumbs: Vec<Option<Vec<u8>>> = rows
         .iter()
         .map(|r| {
-            (r.final_verdict() == "fail")
+            (r.final_verdict() != "pass")
                 .then(|| r.image_path.as_deref().and_then(|p| thumbnail(archive, p)))
                 .flatten()
         })
@@ -273,12 +273,14 @@ async fn insert_inspections(
                 $21::text[], $22::text[], $23::text[], $24::text[], $25::bytea[]) AS u
             ON CONFLICT DO NOTHING
             RETURNING ts_ms, model_id, class, final_verdict)
-         INSERT INTO hourly (hour_ms, station_id, line, model_id, class, total, fails)
+         INSERT INTO hourly (hour_ms, station_id, line, model_id, class, total, fails, reviews)
             SELECT (ts_ms / 3600000) * 3600000, $26::text, $27::text, model_id, class, COUNT(*),
-                   COUNT(*) FILTER (WHERE final_verdict = 'fail')
+                   COUNT(*) FILTER (WHERE final_verdict = 'fail'),
+                   COUNT(*) FILTER (WHERE final_verdict = 'review')
             FROM ins GROUP BY 1, 4, 5
          ON CONFLICT (hour_ms, station_id, model_id, class) DO UPDATE
-            SET total = hourly.total + excluded.total, fails = hourly.fails + excluded.fails",
+            SET total = hourly.total + excluded.total, fails = hourly.fails + excluded.fails,
+                reviews = hourly.reviews + excluded.reviews",
         &[
             &ids,
             &run_id,
@@ -434,13 +436,14 @@ pub(crate) async fn apply_override(
         &[&station_id, &run_id, &seq, &verdict, &by, &at, &reason],
     )
     .await?;
-    let delta = (verdict == "fail") as i64 - (was == "fail") as i64;
-    if delta != 0 {
+    let fails = (verdict == "fail") as i64 - (was == "fail") as i64;
+    let reviews = (verdict == "review") as i64 - (was == "review") as i64;
+    if fails != 0 || reviews != 0 {
         let (hour, model, class): (i64, String, String) = (row.get(1), row.get(2), row.get(3));
         tx.execute(
-            "UPDATE hourly SET fails = fails + $5
+            "UPDATE hourly SET fails = fails + $5, reviews = reviews + $6
              WHERE hour_ms = $1 AND station_id = $2 AND model_id = $3 AND class = $4",
-            &[&hour, &station_id, &model, &class, &delta],
+            &[&hour, &station_id, &model, &class, &fails, &reviews],
         )
         .await?;
     }

@@ -233,14 +233,12 @@ impl PlantStore {
         let key = if by_station { "station_id" } else { "''" };
         let (q, args) = if Self::summary_answers(f) {
             let (w, args) = where_hourly(f);
-            let (total, fails) = match f.verdict.as_deref() {
-                Some("fail") => ("SUM(fails)", "SUM(fails)"),
-                Some(_) => ("SUM(total - fails)", "0"),
-                None => ("SUM(total)", "SUM(fails)"),
-            };
+            let (total, fails, reviews) =
+                crate::records::history::summary_columns(f.verdict.as_deref());
             (
                 format!(
-                    "SELECT {key}::text, hour_ms, {total}::bigint, {fails}::bigint FROM hourly{w}
+                    "SELECT {key}::text, hour_ms, {total}::bigint, {fails}::bigint,
+                     {reviews}::bigint FROM hourly{w}
                      GROUP BY 1, 2 HAVING {total} > 0 ORDER BY 1, 2"
                 ),
                 args,
@@ -250,7 +248,8 @@ impl PlantStore {
             (
                 format!(
                     "SELECT {key}::text, (ts_ms / 3600000) * 3600000 AS h, COUNT(*),
-                     COUNT(*) FILTER (WHERE final_verdict = 'fail')
+                     COUNT(*) FILTER (WHERE final_verdict = 'fail'),
+                     COUNT(*) FILTER (WHERE final_verdict = 'review')
                      FROM inspections{w} GROUP BY 1, 2 ORDER BY 1, 2"
                 ),
                 args,
@@ -266,6 +265,7 @@ impl PlantStore {
                         hour_ms: r.get(1),
                         total: r.get::<_, i64>(2) as u64,
                         fails: r.get::<_, i64>(3) as u64,
+                        reviews: r.get::<_, i64>(4) as u64,
                     },
                 )
             })
@@ -286,18 +286,20 @@ impl PlantStore {
         if f.verdict.as_deref() == Some("pass") {
             return Ok(Vec::new());
         }
+        let review = f.verdict.as_deref() == Some("review");
         let (q, args) = if Self::summary_answers(f) {
             let (w, args) = where_hourly(f);
+            let col = if review { "reviews" } else { "fails" };
             (
                 format!(
-                    "SELECT class, SUM(fails)::bigint AS n FROM hourly{w} GROUP BY class
-                     HAVING SUM(fails) > 0 ORDER BY n DESC, class"
+                    "SELECT class, SUM({col})::bigint AS n FROM hourly{w} GROUP BY class
+                     HAVING SUM({col}) > 0 ORDER BY n DESC, class"
                 ),
                 args,
             )
         } else {
             let mut f = f.clone();
-            f.verdict = Some("fail".into());
+            f.verdict = Some(if review { "review" } else { "fail" }.into());
             let (w, args) = where_rows(&f);
             (
                 format!(

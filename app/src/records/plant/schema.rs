@@ -101,6 +101,13 @@ pub const MIGRATIONS: &[&str] = &[
     // the plant History back into its own history (from where it last read).
     "ALTER TABLE overrides ADD COLUMN plant_seq BIGSERIAL;
     CREATE INDEX overrides_pull ON overrides (station_id, plant_seq) WHERE made_at = 'plant';",
+    // 4: the review band — REVIEW verdicts waiting for a person's decision, per hour.
+    "ALTER TABLE hourly ADD COLUMN reviews BIGINT NOT NULL DEFAULT 0;
+    UPDATE hourly h SET reviews = r.n FROM (
+        SELECT (ts_ms / 3600000) * 3600000 AS hour_ms, station_id, model_id, class, COUNT(*) AS n
+        FROM inspections WHERE final_verdict = 'review' GROUP BY 1, 2, 3, 4) r
+    WHERE h.hour_ms = r.hour_ms AND h.station_id = r.station_id AND h.model_id = r.model_id
+      AND h.class = r.class;",
 ];
 
 /// The oldest PostgreSQL server accepted (12; older releases are out of support).

@@ -212,7 +212,11 @@ impl LineIo {
         let r = match &outcome {
             Outcome::Verdict(v) => PlcResult {
                 id,
-                verdict: if v.fail { verdict::FAIL } else { verdict::PASS },
+                verdict: match v.decision {
+                    kernels::Decision::Pass => verdict::PASS,
+                    kernels::Decision::Review => verdict::REVIEW,
+                    kernels::Decision::Fail => verdict::FAIL,
+                },
                 class: class_index(&v.probabilities, v.confidence),
                 score: score_register(v.score),
                 error: ErrorCode::None,

@@ -30,6 +30,20 @@ pub(super) fn charts(ui: &mut egui::Ui, res: &PageResult) {
             ]
         })
         .collect();
+    // REVIEW verdicts still waiting for a person, per hour: their own series, never in the
+    // reject rate.
+    let reviews: u64 = res.hourly.iter().map(|b| b.reviews).sum();
+    let review_rate: Vec<[f64; 2]> = res
+        .hourly
+        .iter()
+        .map(|b| {
+            [
+                hours(b.hour_ms) + 0.5,
+                100.0 * b.reviews as f64 / b.total.max(1) as f64,
+            ]
+        })
+        .collect();
+    let amber = Color32::from_rgb(0xf2, 0xb7, 0x05);
     // Limits per hour (they depend on that hour's count) as steps one hour wide, so even a
     // single hour shows them; the centre line spans the whole range.
     let steps = |lower: bool| -> Vec<[f64; 2]> {
@@ -53,6 +67,7 @@ pub(super) fn charts(ui: &mut egui::Ui, res: &PageResult) {
     let top = rate
         .iter()
         .chain(ucl.iter())
+        .chain(review_rate.iter().filter(|_| reviews > 0))
         .map(|p| p[1])
         .fold(100.0 * pbar, f64::max);
     let (y_max, y_step) = y_axis(top);
@@ -72,6 +87,9 @@ pub(super) fn charts(ui: &mut egui::Ui, res: &PageResult) {
         ui.colored_label(Color32::LIGHT_BLUE, "centre line");
         ui.colored_label(Color32::GRAY, "upper limit (3 sigma)");
         ui.colored_label(Color32::DARK_GRAY, "lower limit");
+        if reviews > 0 {
+            ui.colored_label(amber, "REVIEW % waiting for a decision");
+        }
     });
     Plot::new("reject-rate")
         .height(170.0)
@@ -117,6 +135,9 @@ pub(super) fn charts(ui: &mut egui::Ui, res: &PageResult) {
                     .color(red),
             );
             p.line(Line::new("reject %", PlotPoints::from(rate)).color(red));
+            if reviews > 0 {
+                p.line(Line::new("REVIEW %", PlotPoints::from(review_rate)).color(amber));
+            }
             p.line(Line::new("centre line", PlotPoints::from(centre)).color(Color32::LIGHT_BLUE));
             for (name, pts, colour) in [
                 ("UCL (3σ)", ucl, Color32::GRAY),
@@ -133,6 +154,15 @@ pub(super) fn charts(ui: &mut egui::Ui, res: &PageResult) {
         res.hourly.len(),
         out_of_control
     ));
+    if reviews > 0 {
+        ui.colored_label(
+            amber,
+            format!(
+                "{reviews} REVIEW verdicts wait for a person's decision ({:.1}% of the parts)",
+                100.0 * reviews as f64 / total.max(1) as f64
+            ),
+        );
+    }
     ui.label(
         RichText::new("Defect Pareto (FAILs by class, most first; line: cumulative %)").strong(),
     );

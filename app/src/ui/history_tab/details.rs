@@ -94,6 +94,22 @@ pub(super) fn details(
     ui.horizontal(|ui| {
         let enabled = !reason.trim().is_empty();
         let current = r.final_verdict().to_string();
+        if current == "review" {
+            // A REVIEW waits for a person: their decision is PASS or FAIL, recorded like an
+            // override of the model's verdict.
+            for to in ["pass", "fail"] {
+                if ui
+                    .add_enabled(
+                        enabled,
+                        egui::Button::new(format!("Decide {}", to.to_uppercase())),
+                    )
+                    .clicked()
+                {
+                    out = Some((to.to_string(), reason.trim().to_string()));
+                }
+            }
+            return;
+        }
         if ui
             .add_enabled(
                 enabled,

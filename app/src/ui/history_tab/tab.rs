@@ -469,7 +469,7 @@ fn filter_bar(h: &mut HistoryView, ui: &mut egui::Ui) {
                     &h.verdict
                 })
                 .show_ui(ui, |ui| {
-                    for v in ["", "pass", "fail"] {
+                    for v in ["", "pass", "review", "fail"] {
                         ui.selectable_value(
                             &mut h.verdict,
                             v.to_string(),
@@ -620,10 +620,10 @@ fn rows_table(
                         row_rect = row_rect.union(cell(ui, RichText::new(&r.station)));
                     }
                     let fin = r.final_verdict();
-                    let color = if fin == "fail" {
-                        Color32::from_rgb(0xe5, 0x39, 0x35)
-                    } else {
-                        Color32::from_rgb(0x43, 0xa0, 0x47)
+                    let color = match fin {
+                        "fail" => Color32::from_rgb(0xe5, 0x39, 0x35),
+                        "review" => Color32::from_rgb(0xf2, 0xb7, 0x05),
+                        _ => Color32::from_rgb(0x43, 0xa0, 0x47),
                     };
                     let word = if r.override_verdict.is_some() {
                         format!("{} (overridden)", fin.to_uppercase())
