@@ -98,9 +98,17 @@ pub struct TrainArgs {
     /// Stop after this many epochs without val improvement (0 = never).
     #[arg(long, default_value_t = 10)]
     pub patience: usize,
-    /// Largest val miss rate for the chosen threshold.
+    /// Largest val miss rate of the parts passed without a person (below the review band;
+    /// two-way: below the threshold).
     #[arg(long, default_value_t = 0.01)]
     pub max_miss_rate: f64,
+    /// Largest val false-reject rate of the parts failed without a person (at or above the
+    /// FAIL threshold); the parts between the two thresholds go to REVIEW.
+    #[arg(long, default_value_t = 0.02)]
+    pub max_fail_false_reject: f64,
+    /// One threshold (PASS / FAIL), no review band.
+    #[arg(long)]
+    pub no_review_band: bool,
     /// Turn augmentation off.
     #[arg(long)]
     pub no_augment: bool,
@@ -209,6 +217,8 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     cfg.backend = args.backend;
     cfg.patience = args.patience;
     cfg.max_miss_rate = args.max_miss_rate;
+    cfg.max_fail_false_reject = args.max_fail_false_reject;
+    cfg.review_band = !args.no_review_band;
     cfg.resume = args.resume;
     cfg.mode = args.mode;
     cfg.bank = args.bank;
@@ -296,7 +306,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&summary)?);
     } else {
         eprintln!(
-            "wrote {} (best epoch {}): val accuracy {:.4}, macro F1 {:.4}, AUROC {}, threshold {:.4} → miss {:.4}, false reject {:.4}; {:.0}s",
+            "wrote {} (best epoch {}): val accuracy {:.4}, macro F1 {:.4}, AUROC {}, {} → auto-pass miss {:.4}, auto-fail false reject {:.4}, review {:.1} %; {:.0}s",
             summary.model.display(),
             summary.best_epoch,
             summary.val_accuracy,
@@ -304,9 +314,13 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
             summary
                 .val_auroc
                 .map_or("n/a".into(), |a| format!("{a:.4}")),
-            summary.threshold,
+            match summary.pass_threshold {
+                Some(p) => format!("PASS below {p:.4}, FAIL from {:.4}", summary.threshold),
+                None => format!("threshold {:.4}", summary.threshold),
+            },
             summary.val_miss_rate,
             summary.val_false_reject_rate,
+            100.0 * summary.val_review_share,
             summary.train_seconds
         );
         eprintln!("threshold rule: {}", summary.threshold_rule);

@@ -34,6 +34,15 @@ pub struct EvalReport {
     pub miss_rate: f64,
     /// Good images failed / good images, at the threshold.
     pub false_reject_rate: f64,
+    /// The model's review band: PASS below this (null: a two-way model).
+    pub pass_threshold: Option<f32>,
+    /// Images in the review band (REVIEW) / images, at the model's two thresholds (0 for a
+    /// two-way model).
+    pub review_share: f64,
+    /// Defective images passed automatically (below the band) / defective images.
+    pub auto_pass_miss_rate: f64,
+    /// Good images failed automatically (at or above the FAIL threshold) / good images.
+    pub auto_fail_false_reject_rate: f64,
     /// Per class: precision, recall, f1, support.
     pub per_class: std::collections::BTreeMap<String, ClassMetrics>,
     /// Confusion matrix (rows = true label).
@@ -67,6 +76,12 @@ pub struct PartReport {
     pub miss_rate: f64,
     /// Good parts failed / good parts, at the threshold.
     pub false_reject_rate: f64,
+    /// Parts in the review band / parts, at the model's two thresholds.
+    pub review_share: f64,
+    /// Defective parts passed automatically / defective parts.
+    pub auto_pass_miss_rate: f64,
+    /// Good parts failed automatically / good parts.
+    pub auto_fail_false_reject_rate: f64,
 }
 
 /// An image whose label the model contradicts.
@@ -89,6 +104,7 @@ pub fn part_report(
     groups: &[Option<String>],
     scores: &[f32],
     defective: &[bool],
+    pass_threshold: Option<f32>,
     threshold: f32,
 ) -> PartReport {
     let mut parts: std::collections::BTreeMap<String, (f32, bool)> = Default::default();
@@ -100,12 +116,16 @@ pub fn part_report(
     }
     let (ps, pd): (Vec<f32>, Vec<bool>) = parts.values().copied().unzip();
     let rates = metrics::rates_at(&ps, &pd, threshold);
+    let band = metrics::review_rates(&ps, &pd, pass_threshold, threshold);
     PartReport {
         parts: ps.len(),
         defective: pd.iter().filter(|&&d| d).count(),
         auroc: metrics::auroc(&ps, &pd),
         miss_rate: rates.miss_rate,
         false_reject_rate: rates.false_reject_rate,
+        review_share: band.review_share,
+        auto_pass_miss_rate: band.auto_pass_miss_rate,
+        auto_fail_false_reject_rate: band.auto_fail_false_reject_rate,
     }
 }
 
@@ -281,7 +301,19 @@ pub fn evaluate_samples_with(
         })
         .collect();
     let groups: Vec<Option<String>> = kept.iter().map(|s| s.group.clone()).collect();
-    let parts = part_report(&groups, &vm.scores, &vm.defective, spec.threshold);
+    let parts = part_report(
+        &groups,
+        &vm.scores,
+        &vm.defective,
+        spec.pass_threshold,
+        spec.threshold,
+    );
+    let band = metrics::review_rates(
+        &vm.scores,
+        &vm.defective,
+        spec.pass_threshold,
+        spec.threshold,
+    );
     let mut order: Vec<usize> = (0..probs.len()).collect();
     let against = |i: usize| {
         if vm.defective[i] {
@@ -326,6 +358,10 @@ pub fn evaluate_samples_with(
             threshold: spec.threshold,
             miss_rate: rates.miss_rate,
             false_reject_rate: rates.false_reject_rate,
+            pass_threshold: spec.pass_threshold,
+            review_share: band.review_share,
+            auto_pass_miss_rate: band.auto_pass_miss_rate,
+            auto_fail_false_reject_rate: band.auto_fail_false_reject_rate,
             per_class,
             confusion: vm.confusion,
             latency_ms_p50: latencies[latencies.len() / 2],
@@ -401,6 +437,16 @@ pub fn print(report: &EvalReport) {
         "threshold {:.4}: miss rate {:.4}, false-reject rate {:.4}",
         report.threshold, report.miss_rate, report.false_reject_rate
     );
+    if let Some(p) = report.pass_threshold {
+        println!(
+            "review band: PASS below {p:.4}, FAIL from {:.4}: REVIEW {:.1} % of the images, \
+             auto-pass miss rate {:.4}, auto-fail false-reject rate {:.4}",
+            report.threshold,
+            100.0 * report.review_share,
+            report.auto_pass_miss_rate,
+            report.auto_fail_false_reject_rate
+        );
+    }
     if let Some(h) = report.heatmap_on_defect {
         println!(
             "heatmap peak on the defect: {:.1} % of masked defective images",
@@ -416,6 +462,15 @@ pub fn print(report: &EvalReport) {
         p.miss_rate,
         p.false_reject_rate
     );
+    if report.pass_threshold.is_some() {
+        println!(
+            "per part with the review band: REVIEW {:.1} % of the parts, auto-pass miss rate \
+             {:.4}, auto-fail false-reject rate {:.4}",
+            100.0 * p.review_share,
+            p.auto_pass_miss_rate,
+            p.auto_fail_false_reject_rate
+        );
+    }
     for (title, list) in [
         (
             "strongest disagreements with the labels",

@@ -192,6 +192,128 @@ pub fn choose_threshold(scores: &[f32], defective: &[bool], max_miss_rate: f64) 
     (def[allowed.min(def.len() - 1)] - THRESHOLD_MARGIN).clamp(0.0, 1.0)
 }
 
+/// Fewest defective and good val images for which two thresholds are set: with fewer, one
+/// image moves a rate by more than 10 %, and the band falls back to one threshold.
+pub const MIN_BAND_IMAGES: usize = 10;
+
+/// Two thresholds chosen on val: PASS below `pass_threshold`, FAIL from `threshold`, REVIEW
+/// between them (`pass_threshold` None: two-way).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Band {
+    /// The band's lower edge; None when val could not set two thresholds.
+    pub pass_threshold: Option<f32>,
+    /// FAIL at or above.
+    pub threshold: f32,
+    /// How they were chosen, in words (targets, counts, any fallback).
+    pub rule: String,
+}
+
+/// The review band from two targets on val: the auto-pass miss rate (defective images scored
+/// below `pass_threshold`, over the defective images) at most `max_miss_rate`, and the auto-fail
+/// false-reject rate (good images scored at or above `threshold`, over the good images) at most
+/// `max_fail_false_reject`; between them the band is as narrow as both allow. When one
+/// threshold meets both, the band is empty (`pass_threshold == threshold`). With fewer than
+/// [`MIN_BAND_IMAGES`] defective or good images, or `band` false, one threshold for the miss
+/// target (the false-reject target then not held), said in `rule`.
+pub fn choose_band(
+    scores: &[f32],
+    defective: &[bool],
+    max_miss_rate: f64,
+    max_fail_false_reject: f64,
+    band: bool,
+) -> Band {
+    let t_pass = choose_threshold(scores, defective, max_miss_rate);
+    let n_def = defective.iter().filter(|&&d| d).count();
+    let n_good = defective.len() - n_def;
+    let miss = format!(
+        "miss ≤ {:.1} % of {n_def} defective val images",
+        100.0 * max_miss_rate
+    );
+    if !band {
+        return Band {
+            pass_threshold: None,
+            threshold: t_pass,
+            rule: format!("two-way (review band off): {miss}; {n_good} good"),
+        };
+    }
+    if n_def < MIN_BAND_IMAGES || n_good < MIN_BAND_IMAGES {
+        return Band {
+            pass_threshold: None,
+            threshold: t_pass,
+            rule: format!(
+                "two-way: val has {n_def} defective and {n_good} good images, too few to set                  two thresholds (≥ {MIN_BAND_IMAGES} of each); one threshold kept for the miss                  target ({miss}), the false-reject target not held"
+            ),
+        };
+    }
+    let mut good: Vec<f32> = scores
+        .iter()
+        .zip(defective)
+        .filter(|(_, d)| !**d)
+        .map(|(s, _)| *s)
+        .collect();
+    good.sort_by(|a, b| b.total_cmp(a));
+    let allowed = allowed_count(max_fail_false_reject, n_good);
+    // Just above the highest good score that must not fail.
+    let t_fail = match good.get(allowed) {
+        Some(&s) => (s + THRESHOLD_MARGIN).min(1.0),
+        None => 0.0,
+    };
+    let targets = format!(
+        "auto-pass {miss}; auto-fail false reject ≤ {:.1} % of {n_good} good",
+        100.0 * max_fail_false_reject
+    );
+    if t_fail <= t_pass {
+        Band {
+            pass_threshold: Some(t_pass),
+            threshold: t_pass,
+            rule: format!("{targets}: one threshold meets both (no REVIEW on val)"),
+        }
+    } else {
+        Band {
+            pass_threshold: Some(t_pass),
+            threshold: t_fail,
+            rule: format!("{targets}: REVIEW between them"),
+        }
+    }
+}
+
+/// The three-way rates at a band: what share goes to a person, and what the two automatic
+/// decisions get wrong.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct ReviewRates {
+    /// Images in the band (REVIEW) over all images.
+    pub review_share: f64,
+    /// Defective images auto-passed (scored below the band) over the defective images.
+    pub auto_pass_miss_rate: f64,
+    /// Good images auto-failed (scored at or above the FAIL threshold) over the good images.
+    pub auto_fail_false_reject_rate: f64,
+}
+
+/// [`ReviewRates`] at `pass_below` / `fail_at` (two-way when `pass_below` is None).
+pub fn review_rates(
+    scores: &[f32],
+    defective: &[bool],
+    pass_below: Option<f32>,
+    fail_at: f32,
+) -> ReviewRates {
+    let (mut review, mut missed, mut false_fail, mut n_def) = (0usize, 0usize, 0usize, 0usize);
+    for (&s, &d) in scores.iter().zip(defective) {
+        n_def += d as usize;
+        match ModelSpec::decide(s, pass_below, fail_at) {
+            kernels::Decision::Review => review += 1,
+            kernels::Decision::Pass => missed += d as usize,
+            kernels::Decision::Fail => false_fail += !d as usize,
+        }
+    }
+    let n = scores.len();
+    let frac = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    ReviewRates {
+        review_share: frac(review, n),
+        auto_pass_miss_rate: frac(missed, n_def),
+        auto_fail_false_reject_rate: frac(false_fail, n - n_def),
+    }
+}
+
 /// How many of `n` images a target `rate` lets through (missed, or falsely rejected).
 pub fn allowed_count(rate: f64, n: usize) -> usize {
     (rate * n as f64 + 1e-9).floor() as usize
@@ -275,6 +397,49 @@ mod tests {
             vec![5, 3, 2]
         );
         assert!((c.macro_f1() - (0.8 + 4.0 / 7.0 + 2.0 / 3.0) / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn review_band_by_hand() {
+        // 12 good images scored 0.00..0.55 (step 0.05), 12 defective 0.30..0.85: they overlap
+        // on 0.30..0.55.
+        let good: Vec<f32> = (0..12).map(|i| i as f32 * 0.05).collect();
+        let def: Vec<f32> = (0..12).map(|i| 0.30 + i as f32 * 0.05).collect();
+        let scores: Vec<f32> = good.iter().chain(&def).copied().collect();
+        let d: Vec<bool> = (0..24).map(|i| i >= 12).collect();
+        // No miss: PASS below the lowest defective 0.30; no false reject: FAIL above the
+        // highest good 0.55.
+        let b = choose_band(&scores, &d, 0.0, 0.0, true);
+        assert!((b.pass_threshold.unwrap() - (0.30 - THRESHOLD_MARGIN)).abs() < 1e-6);
+        assert!((b.threshold - (0.55 + THRESHOLD_MARGIN)).abs() < 1e-6);
+        let r = review_rates(&scores, &d, b.pass_threshold, b.threshold);
+        assert_eq!((r.auto_pass_miss_rate, r.auto_fail_false_reject_rate), (0.0, 0.0));
+        // In the band: good 0.30..0.55 (6) and defective 0.30..0.55 (6) → 12 of 24.
+        assert!((r.review_share - 0.5).abs() < 1e-12);
+        // One miss and one false reject allowed (1/12 ≈ 8.4 %): the band narrows by one on
+        // each side.
+        let b = choose_band(&scores, &d, 0.084, 0.084, true);
+        assert!((b.pass_threshold.unwrap() - (0.35 - THRESHOLD_MARGIN)).abs() < 1e-6);
+        assert!((b.threshold - (0.50 + THRESHOLD_MARGIN)).abs() < 1e-6);
+        let r = review_rates(&scores, &d, b.pass_threshold, b.threshold);
+        assert!((r.auto_pass_miss_rate - 1.0 / 12.0).abs() < 1e-12);
+        assert!((r.auto_fail_false_reject_rate - 1.0 / 12.0).abs() < 1e-12);
+        assert!((r.review_share - 8.0 / 24.0).abs() < 1e-12);
+        // Separable scores: one threshold meets both targets, the band is empty.
+        let sep: Vec<f32> = good.iter().map(|g| g * 0.5).chain(def.clone()).collect();
+        let b = choose_band(&sep, &d, 0.0, 0.0, true);
+        assert_eq!(b.pass_threshold, Some(b.threshold));
+        assert_eq!(review_rates(&sep, &d, b.pass_threshold, b.threshold).review_share, 0.0);
+        // Too few images, or the band off: one threshold, and the rule says why.
+        let b = choose_band(&scores[6..18], &d[6..18], 0.0, 0.0, true);
+        assert_eq!(b.pass_threshold, None);
+        assert!(b.rule.contains("too few"), "{}", b.rule);
+        let b = choose_band(&scores, &d, 0.0, 0.0, false);
+        assert_eq!(b.pass_threshold, None);
+        assert!((b.threshold - (0.30 - THRESHOLD_MARGIN)).abs() < 1e-6);
+        // Two-way rates: nothing in review.
+        let r = review_rates(&scores, &d, None, b.threshold);
+        assert_eq!((r.review_share, r.auto_pass_miss_rate), (0.0, 0.0));
     }
 
     #[test]

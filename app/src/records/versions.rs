@@ -22,8 +22,11 @@ pub struct VersionInfo {
     pub dataset: String,
     /// Fingerprint of the dataset's labels.
     pub dataset_fingerprint: String,
-    /// Decision threshold.
+    /// Decision threshold (FAIL at or above).
     pub threshold: f32,
+    /// The review band's PASS threshold (None: two-way).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pass_threshold: Option<f32>,
     /// Val miss rate at the threshold.
     pub miss_rate: f64,
     /// Val false-reject rate at the threshold.
@@ -44,7 +47,8 @@ pub fn default_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("models"))
 }
 
-/// Saves `model` (a trained file) as version `name` with `threshold`. Refuses an existing name.
+/// Saves `model` (a trained file) as version `name` with `threshold` and the review band's
+/// `pass_threshold` (None: two-way). Refuses an existing name.
 #[allow(clippy::too_many_arguments)]
 pub fn save(
     dir: &Path,
@@ -52,6 +56,7 @@ pub fn save(
     name: &str,
     notes: &str,
     threshold: f32,
+    pass_threshold: Option<f32>,
     dataset: &Path,
     fingerprint: &str,
     val: &EvalReport,
@@ -82,6 +87,7 @@ pub fn save(
         dataset: dataset.display().to_string(),
         dataset_fingerprint: fingerprint.into(),
         threshold,
+        pass_threshold,
         miss_rate: rates.0,
         false_reject_rate: rates.1,
         accuracy: val.accuracy,
@@ -89,6 +95,7 @@ pub fn save(
         path: path.clone(),
     };
     m.spec.threshold = threshold;
+    m.spec.pass_threshold = pass_threshold.map(|p| p.min(threshold));
     m.spec.name = name.into();
     if let serde_json::Value::Object(o) = &mut m.spec.training {
         o.insert(

@@ -505,7 +505,25 @@ pub fn train(
     spec.threshold = 0.5;
     let val_labels: Vec<usize> = val_defective.iter().map(|&d| d as usize).collect();
     let vm = val_metrics(&spec, &probs, &val_labels);
-    let rates = metrics::rates_at(&vm.scores, &vm.defective, 0.5);
+    // The calibration puts the miss target at 0.5; with enough defective and good val images
+    // a review band is set on the calibrated scores like a classifier's.
+    let band = metrics::choose_band(
+        &vm.scores,
+        &vm.defective,
+        cfg.max_miss_rate,
+        cfg.max_fail_false_reject,
+        cfg.review_band,
+    );
+    let rule = match band.pass_threshold {
+        Some(_) => {
+            spec.threshold = band.threshold;
+            spec.pass_threshold = band.pass_threshold;
+            format!("{rule}; review band on the calibrated scores: {}", band.rule)
+        }
+        None => rule,
+    };
+    let rates =
+        metrics::review_rates(&vm.scores, &vm.defective, spec.pass_threshold, spec.threshold);
     if let Some(w) = weights.last_mut().and_then(Option::as_mut) {
         w.bias = vec![threshold as f32, spread as f32];
     }
@@ -540,9 +558,11 @@ pub fn train(
         val_accuracy: vm.confusion.accuracy(),
         val_macro_f1: vm.confusion.macro_f1(),
         val_auroc: vm.auroc,
-        threshold: 0.5,
-        val_miss_rate: rates.miss_rate,
-        val_false_reject_rate: rates.false_reject_rate,
+        threshold: spec.threshold,
+        pass_threshold: spec.pass_threshold,
+        val_miss_rate: rates.auto_pass_miss_rate,
+        val_false_reject_rate: rates.auto_fail_false_reject_rate,
+        val_review_share: rates.review_share,
         train_seconds: started.elapsed().as_secs_f64(),
         backend,
         early_stopped: false,

@@ -39,7 +39,7 @@ use super::head_checkpoint;
 use super::nn::{HIDDEN, PositionHead};
 use super::splits::{load_split, prepare};
 use super::tensor_io::tensor_vec;
-use super::types::{Cancelled, EpochRecord, Progress, TrainConfig, TrainSummary, miss_rule};
+use super::types::{Cancelled, EpochRecord, Progress, TrainConfig, TrainSummary};
 use crate::data::dataset::DecodedImage;
 use crate::evaluation::metrics::{self, val_metrics};
 
@@ -659,9 +659,17 @@ pub fn train(
     };
     let (_, probs) = val_probs_of(&head, &cal_w, &cal_b)?;
     let vm = val_metrics(&spec, &probs, &val_set.labels);
-    let threshold = metrics::choose_threshold(&vm.scores, &vm.defective, cfg.max_miss_rate);
-    let rates = metrics::rates_at(&vm.scores, &vm.defective, threshold);
+    let band = metrics::choose_band(
+        &vm.scores,
+        &vm.defective,
+        cfg.max_miss_rate,
+        cfg.max_fail_false_reject,
+        cfg.review_band,
+    );
+    let threshold = band.threshold;
+    let rates = metrics::review_rates(&vm.scores, &vm.defective, band.pass_threshold, threshold);
     spec.threshold = threshold;
+    spec.pass_threshold = band.pass_threshold;
     if let Some(last) = history.last_mut() {
         // Earlier epochs show the uncalibrated head; the last one the model as exported.
         last.val_accuracy = vm.confusion.accuracy();
@@ -736,15 +744,17 @@ pub fn train(
         val_macro_f1: vm.confusion.macro_f1(),
         val_auroc: vm.auroc,
         threshold,
-        val_miss_rate: rates.miss_rate,
-        val_false_reject_rate: rates.false_reject_rate,
+        pass_threshold: band.pass_threshold,
+        val_miss_rate: rates.auto_pass_miss_rate,
+        val_false_reject_rate: rates.auto_fail_false_reject_rate,
+        val_review_share: rates.review_share,
         train_seconds: started.elapsed().as_secs_f64(),
         backend: format!(
             "features: kernels engine on {}; head: cpu (burn flex)",
             gpu.describe()
         ),
         early_stopped: false,
-        threshold_rule: miss_rule(cfg, &vm.defective),
+        threshold_rule: band.rule.clone(),
         ignored_defects: 0,
         bank_entries: None,
     };

@@ -33,7 +33,6 @@ use super::splits::{Prepared, load_split, prepare};
 use super::tensor_io::{save_tensors, tensor_vec};
 use super::types::{
     BackendKind, Cancelled, EpochRecord, OptimizerKind, Progress, TrainConfig, TrainSummary,
-    miss_rule,
 };
 use crate::data::dataset::DecodedImage;
 use crate::evaluation::metrics::{self, val_metrics};
@@ -531,9 +530,17 @@ pub fn train(
     }
     let probs = predict(&best, &base_device, &val_tensors, &spec.input, 32)?;
     let vm = val_metrics(&spec, &probs, &val_set.labels);
-    let threshold = metrics::choose_threshold(&vm.scores, &vm.defective, cfg.max_miss_rate);
-    let rates = metrics::rates_at(&vm.scores, &vm.defective, threshold);
+    let band = metrics::choose_band(
+        &vm.scores,
+        &vm.defective,
+        cfg.max_miss_rate,
+        cfg.max_fail_false_reject,
+        cfg.review_band,
+    );
+    let threshold = band.threshold;
+    let rates = metrics::review_rates(&vm.scores, &vm.defective, band.pass_threshold, threshold);
     spec.threshold = threshold;
+    spec.pass_threshold = band.pass_threshold;
     let summary = TrainSummary {
         model: cfg.out.clone(),
         preset: cfg.preset.clone(),
@@ -549,12 +556,14 @@ pub fn train(
         val_macro_f1: vm.confusion.macro_f1(),
         val_auroc: vm.auroc,
         threshold,
-        val_miss_rate: rates.miss_rate,
-        val_false_reject_rate: rates.false_reject_rate,
+        pass_threshold: band.pass_threshold,
+        val_miss_rate: rates.auto_pass_miss_rate,
+        val_false_reject_rate: rates.auto_fail_false_reject_rate,
+        val_review_share: rates.review_share,
         train_seconds: started.elapsed().as_secs_f64(),
         backend: backend_label,
         early_stopped,
-        threshold_rule: miss_rule(cfg, &vm.defective),
+        threshold_rule: band.rule.clone(),
         ignored_defects: 0,
         bank_entries: None,
     };

@@ -84,8 +84,17 @@ pub struct TrainConfig {
     pub augment: AugmentConfig,
     /// Stop after this many epochs without val improvement (0 = never).
     pub patience: usize,
-    /// Largest val miss rate the chosen threshold may have.
+    /// Largest val miss rate the chosen threshold may have (with the review band: of the
+    /// parts passed automatically, below the band).
     pub max_miss_rate: f64,
+    /// The review band's other target: the largest val false-reject rate of the parts failed
+    /// automatically (at or above the FAIL threshold).
+    #[serde(default = "default_max_fail_false_reject")]
+    pub max_fail_false_reject: f64,
+    /// Set a review band (two thresholds, REVIEW between them) where val allows; false: one
+    /// threshold, two-way.
+    #[serde(default = "default_true")]
+    pub review_band: bool,
     /// Fraction of training rows carved out for val when the dataset has none.
     pub val_fraction: f64,
     /// Continue from the checkpoint next to `out` if there is one.
@@ -127,6 +136,14 @@ pub(crate) fn default_max_false_reject() -> f64 {
     0.01
 }
 
+pub(crate) fn default_max_fail_false_reject() -> f64 {
+    0.02
+}
+
+fn default_true() -> bool {
+    true
+}
+
 impl TrainConfig {
     /// Defaults that work without touching anything.
     pub fn new(data: PathBuf, out: PathBuf) -> Self {
@@ -147,6 +164,8 @@ impl TrainConfig {
             augment: AugmentConfig::default(),
             patience: 10,
             max_miss_rate: 0.01,
+            max_fail_false_reject: default_max_fail_false_reject(),
+            review_band: true,
             val_fraction: 0.15,
             resume: false,
             mode: TrainMode::Classifier,
@@ -250,12 +269,16 @@ pub struct TrainSummary {
     pub val_macro_f1: f64,
     /// Val PASS/FAIL AUROC.
     pub val_auroc: Option<f64>,
-    /// Threshold chosen on val.
+    /// FAIL threshold chosen on val.
     pub threshold: f32,
-    /// Val miss rate at the threshold.
+    /// The review band's PASS threshold chosen on val (None: two-way).
+    pub pass_threshold: Option<f32>,
+    /// Val miss rate of the automatic PASS (defective parts passed without a person).
     pub val_miss_rate: f64,
-    /// Val false-reject rate at the threshold.
+    /// Val false-reject rate of the automatic FAIL (good parts failed without a person).
     pub val_false_reject_rate: f64,
+    /// Val share of the images that went to REVIEW.
+    pub val_review_share: f64,
     /// Wall-clock seconds of this process's training.
     pub train_seconds: f64,
     /// Backend used.
@@ -275,12 +298,3 @@ pub struct TrainSummary {
 #[error("training cancelled; resume with --resume (checkpoint {0})")]
 pub struct Cancelled(pub PathBuf);
 
-/// How a classifier's threshold is chosen, in words.
-pub fn miss_rule(cfg: &TrainConfig, defective: &[bool]) -> String {
-    let n = defective.iter().filter(|&&d| d).count();
-    format!(
-        "miss rate ≤ {:.1} % on {n} defective val images ({} good)",
-        cfg.max_miss_rate * 100.0,
-        defective.len() - n
-    )
-}

@@ -122,9 +122,9 @@ pub(in crate::ui) fn results(app: &mut InspectorApp, ui: &mut egui::Ui, ctx: &eg
             }
         });
     });
-    // Threshold tuning.
+    // Threshold tuning: the FAIL threshold and the review band's PASS threshold.
     ui.separator();
-    ui.heading("Threshold");
+    ui.heading("Thresholds");
     let scores: Vec<f32> = res.detailed.images.iter().map(|i| i.score).collect();
     let pass_classes = res.summary.pass_classes.clone();
     let defective: Vec<bool> = res
@@ -148,6 +148,7 @@ pub(in crate::ui) fn results(app: &mut InspectorApp, ui: &mut egui::Ui, ctx: &eg
             .collect()
     };
     let mut threshold = t.threshold;
+    let mut pass_threshold = t.pass_threshold;
     let resp = egui_plot::Plot::new("threshold")
         .id(threshold_plot_id())
         .width(visible)
@@ -170,34 +171,82 @@ pub(in crate::ui) fn results(app: &mut InspectorApp, ui: &mut egui::Ui, ctx: &eg
                     .color(Color32::from_rgb(220, 60, 60)),
             );
             p.vline(
-                egui_plot::VLine::new("threshold", threshold as f64)
+                egui_plot::VLine::new("FAIL from", threshold as f64)
                     .color(Color32::WHITE)
                     .width(2.0),
             );
+            if let Some(pt) = pass_threshold {
+                p.vline(
+                    egui_plot::VLine::new("PASS below", pt as f64)
+                        .color(Color32::from_rgb(0xf2, 0xb7, 0x05))
+                        .width(2.0),
+                );
+            }
+            // A drag moves the nearer line.
             if (p.response().dragged() || p.response().clicked())
                 && let Some(c) = p.pointer_coordinate()
             {
-                threshold = (c.x as f32).clamp(0.0, 1.0);
+                let x = (c.x as f32).clamp(0.0, 1.0);
+                match pass_threshold {
+                    Some(pt) if (x - pt).abs() < (x - threshold).abs() => {
+                        pass_threshold = Some(x.min(threshold));
+                    }
+                    _ => threshold = x,
+                }
             }
         });
     let _ = resp;
     ui.add(
         egui::Slider::new(&mut threshold, 0.0..=1.0)
-            .text("threshold (drag the line or this slider)"),
+            .text("FAIL from (drag the white line or this slider)"),
     );
+    let mut band = pass_threshold.is_some();
+    if ui
+        .checkbox(
+            &mut band,
+            "Review band: parts scored between the two thresholds go to a person",
+        )
+        .changed()
+    {
+        pass_threshold = band.then(|| {
+            res.summary
+                .pass_threshold
+                .unwrap_or(threshold)
+                .min(threshold)
+        });
+    }
+    if let Some(pt) = pass_threshold.as_mut() {
+        ui.add(
+            egui::Slider::new(pt, 0.0..=1.0).text("PASS below (drag the amber line or this slider)"),
+        );
+    }
+    // The band's edge never lies above the FAIL threshold, whichever was moved.
+    let pass_threshold = pass_threshold.map(|p| p.min(threshold));
     t.threshold = threshold;
-    let rates = crate::evaluation::metrics::rates_at(&scores, &defective, threshold);
+    t.pass_threshold = pass_threshold;
+    let rates =
+        crate::evaluation::metrics::review_rates(&scores, &defective, pass_threshold, threshold);
+    let at = match pass_threshold {
+        Some(p) => format!("PASS below {p:.3}, FAIL from {threshold:.3}"),
+        None => format!("at {threshold:.3}"),
+    };
     ui.label(
         RichText::new(format!(
-            "at {threshold:.3}: miss rate {:.2} % (defective parts passed), false-reject rate {:.2} % (good parts failed)",
-            100.0 * rates.miss_rate,
-            100.0 * rates.false_reject_rate
+            "{at}: auto-pass miss rate {:.2} % (defective parts passed), auto-fail false-reject \
+             rate {:.2} % (good parts failed), REVIEW {:.1} % of the parts",
+            100.0 * rates.auto_pass_miss_rate,
+            100.0 * rates.auto_fail_false_reject_rate,
+            100.0 * rates.review_share
         ))
         .strong(),
     );
     ui.label(format!(
-        "chosen by training ({}): {:.3}",
-        res.summary.threshold_rule, res.summary.threshold
+        "chosen by training ({}): {}",
+        res.summary.threshold_rule,
+        match res.summary.pass_threshold {
+            Some(p) => format!("PASS below {p:.3}, FAIL from {:.3}", res.summary.threshold),
+            None => format!("{:.3}", res.summary.threshold),
+        }
     ));
     if let Some(m) = res.summary.bank_entries {
         ui.label(format!(
@@ -268,10 +317,19 @@ pub(in crate::ui) fn results(app: &mut InspectorApp, ui: &mut egui::Ui, ctx: &eg
         let dir = t.versions_dir.clone();
         let (name, notes) = (t.version_name.clone(), t.notes.clone());
         let data = PathBuf::from(t.data.trim());
-        let rates = (rates.miss_rate, rates.false_reject_rate);
+        let rates = (rates.auto_pass_miss_rate, rates.auto_fail_false_reject_rate);
         t.side_job(ctx, move || {
             Msg::Saved(versions::save(
-                &dir, &model, &name, &notes, threshold, &data, &fp, &report, rates,
+                &dir,
+                &model,
+                &name,
+                &notes,
+                threshold,
+                pass_threshold,
+                &data,
+                &fp,
+                &report,
+                rates,
             ))
         });
     }

@@ -47,6 +47,7 @@ pub(in crate::ui) fn show(app: &mut InspectorApp, ui: &mut egui::Ui) {
                     Ok(res) => {
                         t.status = super::run::finished_line(&res);
                         t.threshold = res.summary.threshold;
+                        t.pass_threshold = res.summary.pass_threshold;
                         t.gallery = res
                             .gallery
                             .iter()

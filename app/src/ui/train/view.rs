@@ -119,8 +119,10 @@ pub struct TrainView {
     /// The finished run.
     pub result: Option<TrainResult>,
     pub(in crate::ui) gallery: Vec<(egui::TextureHandle, String)>,
-    /// Threshold being tuned.
+    /// Threshold being tuned (FAIL at or above).
     pub threshold: f32,
+    /// The review band's PASS threshold being tuned (None: two-way).
+    pub pass_threshold: Option<f32>,
     /// Version name to save.
     pub version_name: String,
     pub(in crate::ui) notes: String,
@@ -169,6 +171,7 @@ impl Default for TrainView {
             result: None,
             gallery: Vec::new(),
             threshold: 0.5,
+            pass_threshold: None,
             version_name: String::new(),
             notes: String::new(),
             versions: None,
