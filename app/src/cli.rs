@@ -109,6 +109,11 @@ pub struct TrainArgs {
     /// One threshold (PASS / FAIL), no review band.
     #[arg(long)]
     pub no_review_band: bool,
+    /// Pretrained-backbone classifier head: auto (the best by part-disjoint cross-validation
+    /// on the training split), position (each position scored, the worst judges: small local
+    /// defects, masks) or image (features averaged over the image: spread defects, no masks).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub head: crate::training::head_select::HeadKind,
     /// Turn augmentation off.
     #[arg(long)]
     pub no_augment: bool,
@@ -219,6 +224,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     cfg.max_miss_rate = args.max_miss_rate;
     cfg.max_fail_false_reject = args.max_fail_false_reject;
     cfg.review_band = !args.no_review_band;
+    cfg.head = args.head;
     cfg.resume = args.resume;
     cfg.mode = args.mode;
     cfg.bank = args.bank;
@@ -324,6 +330,15 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
             summary.train_seconds
         );
         eprintln!("threshold rule: {}", summary.threshold_rule);
+        if let Some(h) = &summary.head {
+            eprintln!(
+                "head: {} kept ({}); candidates, part-disjoint 2-fold cross-validation on the \
+                 training split:\n{}",
+                h.kept().head,
+                h.why,
+                h.table()
+            );
+        }
         if let Some(m) = summary.bank_entries {
             eprintln!(
                 "anomaly model: memory bank of {m} good-part features; {} defect images of the \

@@ -569,6 +569,7 @@ pub fn train(
         threshold_rule: rule.clone(),
         ignored_defects: ignored,
         bank_entries: Some(m),
+        head: None,
     };
     spec.training = serde_json::json!({
         "kind": "anomaly",

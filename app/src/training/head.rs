@@ -36,6 +36,7 @@ use super::features::{
     Features, backbone_path, extract_splits, feature_channels, feature_network, hash_of,
 };
 use super::head_checkpoint;
+use super::head_select;
 use super::nn::{HIDDEN, PositionHead};
 use super::splits::{load_split, prepare};
 use super::tensor_io::tensor_vec;
@@ -64,6 +65,26 @@ pub fn head_spec(
         Layer::Linear {
             in_features: k,
             out_features: k,
+        },
+    ]);
+    let spec = ModelSpec::new(name, b.input.clone(), layers, classes, pass);
+    spec.validate()?;
+    Ok(spec)
+}
+
+/// The image-level head's spec: backbone, local features, global average pool, one linear.
+pub fn image_spec(
+    name: &str,
+    b: &backbone::Backbone,
+    classes: Vec<String>,
+    pass: Vec<String>,
+) -> anyhow::Result<ModelSpec> {
+    let mut layers = b.layers.clone();
+    layers.extend([
+        Layer::GlobalAvgPool,
+        Layer::Linear {
+            in_features: feature_channels(b),
+            out_features: classes.len() as u32,
         },
     ]);
     let spec = ModelSpec::new(name, b.input.clone(), layers, classes, pass);
@@ -636,6 +657,30 @@ pub fn train(
             pooled[i] = defect_max(&scores[i], k, &is_pass).1;
         }
     }
+    // The head for this product: the position head's out-of-fold scores against image-level
+    // heads cross-validated on the same part-disjoint folds (`head_select`).
+    let position_oof: Vec<Option<f32>> = pooled
+        .iter()
+        .map(|z| (!z.is_empty()).then(|| spec.fail_score(&calibrated_probs(z, &identity, &zeros))))
+        .collect();
+    let train_avg = head_select::pooled_avg(&train_f);
+    let train_defective: Vec<bool> = train_set.labels.iter().map(|&l| !is_pass[l]).collect();
+    let (choice, image_head) = head_select::choose(
+        cfg.head,
+        &train_avg,
+        &train_set.labels,
+        &train_defective,
+        &folds,
+        k,
+        &position_oof,
+        &|p| spec.fail_score(p),
+    );
+    tracing::info!(
+        "head candidates (part-disjoint 2-fold CV on the training split):\n{}\nkept: {} ({})",
+        choice.table(),
+        choice.kept().head,
+        choice.why
+    );
     let head_s = t_head.elapsed().as_secs_f64();
     let (cal_idx, cal_z): (Vec<usize>, Vec<Vec<f32>>) = pooled
         .into_iter()
@@ -658,27 +703,7 @@ pub fn train(
             .collect()
     };
     let (_, probs) = val_probs_of(&head, &cal_w, &cal_b)?;
-    let vm = val_metrics(&spec, &probs, &val_set.labels);
-    let band = metrics::choose_band(
-        &vm.scores,
-        &vm.defective,
-        cfg.max_miss_rate,
-        cfg.max_fail_false_reject,
-        cfg.review_band,
-    );
-    let threshold = band.threshold;
-    let rates = metrics::review_rates(&vm.scores, &vm.defective, band.pass_threshold, threshold);
-    spec.threshold = threshold;
-    spec.pass_threshold = band.pass_threshold;
-    if let Some(last) = history.last_mut() {
-        // Earlier epochs show the uncalibrated head; the last one the model as exported.
-        last.val_accuracy = vm.confusion.accuracy();
-        last.val_macro_f1 = vm.confusion.macro_f1();
-        last.val_auroc = vm.auroc;
-        last.elapsed_s = started.elapsed().as_secs_f64();
-        last.eta_s = 0.0;
-        progress(Progress::Epoch(last.clone()));
-    }
+    let mut vm = val_metrics(&spec, &probs, &val_set.labels);
     let c = train_f.c;
 
     // Export: fold the standardisation into the first head convolution.
@@ -729,6 +754,41 @@ pub fn train(
         weight: cal_w,
         bias: cal_b,
     }));
+    // The image-level head, where cross-validation kept it: the averaged features and one
+    // linear layer (standardisation folded in) replace the per-position head.
+    if let Some(m) = &image_head {
+        let val_avg = head_select::pooled_avg(&val_f);
+        let probs: Vec<Vec<f32>> = val_avg.iter().map(|x| m.probs(x)).collect();
+        let mut image = image_spec(&cfg.preset, &b, classes.clone(), pass.clone())?;
+        image.training = std::mem::take(&mut spec.training);
+        spec = image;
+        vm = val_metrics(&spec, &probs, &val_set.labels);
+        let (weight, bias) = m.folded();
+        weights = b.weights.clone();
+        weights.push(None); // global average pool
+        weights.push(Some(LayerWeights { weight, bias }));
+    }
+    if let Some(last) = history.last_mut() {
+        // Earlier epochs show the position head before calibration; the last one the model
+        // as exported.
+        last.val_accuracy = vm.confusion.accuracy();
+        last.val_macro_f1 = vm.confusion.macro_f1();
+        last.val_auroc = vm.auroc;
+        last.elapsed_s = started.elapsed().as_secs_f64();
+        last.eta_s = 0.0;
+        progress(Progress::Epoch(last.clone()));
+    }
+    let band = metrics::choose_band(
+        &vm.scores,
+        &vm.defective,
+        cfg.max_miss_rate,
+        cfg.max_fail_false_reject,
+        cfg.review_band,
+    );
+    let threshold = band.threshold;
+    let rates = metrics::review_rates(&vm.scores, &vm.defective, band.pass_threshold, threshold);
+    spec.threshold = threshold;
+    spec.pass_threshold = band.pass_threshold;
     let summary = TrainSummary {
         model: cfg.out.clone(),
         preset: cfg.preset.clone(),
@@ -757,6 +817,7 @@ pub fn train(
         threshold_rule: band.rule.clone(),
         ignored_defects: 0,
         bank_entries: None,
+        head: Some(choice.clone()),
     };
     spec.training = serde_json::json!({
         "dataset": cfg.data.display().to_string(),

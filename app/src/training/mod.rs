@@ -19,6 +19,7 @@ pub mod export;
 pub mod features;
 pub mod head;
 pub mod head_checkpoint;
+pub mod head_select;
 pub mod mask_supervision;
 pub mod nn;
 pub mod presets;

@@ -566,6 +566,7 @@ pub fn train(
         threshold_rule: band.rule.clone(),
         ignored_defects: 0,
         bank_entries: None,
+        head: None,
     };
     spec.training = serde_json::json!({
         "dataset": cfg.data.display().to_string(),

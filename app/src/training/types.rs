@@ -95,6 +95,10 @@ pub struct TrainConfig {
     /// threshold, two-way.
     #[serde(default = "default_true")]
     pub review_band: bool,
+    /// Pretrained-backbone classifier: which head (`auto`: the best by part-disjoint
+    /// cross-validation on the training split).
+    #[serde(default)]
+    pub head: super::head_select::HeadKind,
     /// Fraction of training rows carved out for val when the dataset has none.
     pub val_fraction: f64,
     /// Continue from the checkpoint next to `out` if there is one.
@@ -166,6 +170,7 @@ impl TrainConfig {
             max_miss_rate: 0.01,
             max_fail_false_reject: default_max_fail_false_reject(),
             review_band: true,
+            head: super::head_select::HeadKind::Auto,
             val_fraction: 0.15,
             resume: false,
             mode: TrainMode::Classifier,
@@ -291,6 +296,8 @@ pub struct TrainSummary {
     pub ignored_defects: usize,
     /// Anomaly mode: memory-bank entries.
     pub bank_entries: Option<usize>,
+    /// Pretrained-backbone classifier: the heads cross-validated and the one kept.
+    pub head: Option<super::head_select::HeadChoice>,
 }
 
 /// The run was cancelled; the last finished epoch is in the checkpoint.
