@@ -31,6 +31,9 @@ pub enum Command {
     Train(TrainArgs),
     /// Evaluate a model on a dataset split through the GPU engine.
     Eval(EvalArgs),
+    /// Choose a model's operating point again on a dataset split (the review band's two
+    /// thresholds from the miss and false-reject targets) and write the model with it.
+    Thresholds(ThresholdsArgs),
     /// Inspect frames from a folder, camera or synthetic source without the window.
     Inspect(crate::headless::InspectArgs),
     /// List the cameras this machine has.
@@ -161,6 +164,35 @@ pub struct EvalArgs {
     pub json: bool,
 }
 
+/// `inspector thresholds`.
+#[derive(Debug, clap::Args)]
+pub struct ThresholdsArgs {
+    /// Model file.
+    #[arg(long)]
+    pub model: std::path::PathBuf,
+    /// Dataset folder.
+    #[arg(long)]
+    pub data: std::path::PathBuf,
+    /// Split the thresholds are chosen on (never the one you report figures on).
+    #[arg(long, default_value = "val")]
+    pub split: String,
+    /// Largest miss rate of the parts passed without a person.
+    #[arg(long, default_value_t = 0.01)]
+    pub max_miss_rate: f64,
+    /// Largest false-reject rate of the parts failed without a person.
+    #[arg(long, default_value_t = 0.02)]
+    pub max_fail_false_reject: f64,
+    /// One threshold (PASS / FAIL), no review band.
+    #[arg(long)]
+    pub no_review_band: bool,
+    /// Model file to write (may be --model itself).
+    #[arg(long)]
+    pub out: std::path::PathBuf,
+    /// Print the chosen band as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// Parses arguments, runs, prints any error once with its causes, returns the exit code.
 pub fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -192,6 +224,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
                 crate::evaluation::eval::print(&report);
+            }
+            Ok(())
+        }
+        Some(Command::Thresholds(a)) => {
+            let band = crate::evaluation::eval::rechoose_thresholds(
+                &a.model,
+                &a.data,
+                &a.split,
+                (a.max_miss_rate, a.max_fail_false_reject, !a.no_review_band),
+                &a.out,
+            )?;
+            if a.json {
+                println!("{}", serde_json::to_string(&band)?);
+            } else {
+                eprintln!(
+                    "wrote {}: {} ({})",
+                    a.out.display(),
+                    match band.pass_threshold {
+                        Some(p) => format!("PASS below {p:.4}, FAIL from {:.4}", band.threshold),
+                        None => format!("threshold {:.4}", band.threshold),
+                    },
+                    band.rule
+                );
             }
             Ok(())
         }

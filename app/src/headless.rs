@@ -374,7 +374,7 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
         out.flush()?;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let frames = pass + fail;
+    let frames = pass + review + fail;
     let p50 = pipeline::percentile(latencies.clone(), 0.5);
     let p90 = pipeline::percentile(latencies, 0.9);
     let dropped = pipe.counters().dropped;

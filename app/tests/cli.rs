@@ -437,3 +437,104 @@ fn db_without_a_subcommand_is_the_window() {
         assert!(err.contains("no display"), "{args:?}: {err}");
     }
 }
+
+/// The review band end to end: `inspector thresholds` on a split too small for two thresholds
+/// falls back to one and says so; with a band, `inspect` prints REVIEW and counts it apart,
+/// records it as its own verdict, and `--no-review` decides two-way with the same model.
+#[test]
+fn thresholds_and_the_review_band_in_inspect() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = root().join("datasets/magnetic-tile-demo");
+    // 20 defective and 4 good demo images: too few good ones for a band.
+    let one = dir.path().join("one.safetensors");
+    let out = succeeds(
+        bin()
+            .args(["thresholds", "--model"])
+            .arg(default_model())
+            .args(["--data"])
+            .arg(&demo)
+            .args(["--split", "demo", "--json", "--out"])
+            .arg(&one),
+    );
+    let band: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(band["pass_threshold"].is_null(), "{band}");
+    assert!(band["rule"].as_str().unwrap().contains("too few"), "{band}");
+    let m = kernels::Model::load(&one).unwrap();
+    assert_eq!(m.spec.pass_threshold, None);
+    assert_eq!(m.spec.threshold, band["threshold"].as_f64().unwrap() as f32);
+    // A band over the middle of the demo scores.
+    let scores: Vec<f64> = json_lines(
+        &succeeds(
+            bin()
+                .args(["inspect", "--json", "--model"])
+                .arg(default_model())
+                .arg("--source")
+                .arg(format!("folder:{}", demo.display())),
+        )
+        .stdout,
+    )
+    .iter()
+    .filter_map(|l| l["score"].as_f64())
+    .collect();
+    let mut sorted = scores.clone();
+    sorted.sort_by(f64::total_cmp);
+    let (lo, hi) = (sorted[6] as f32, sorted[18] as f32);
+    let mut m = kernels::Model::load(&default_model()).unwrap();
+    m.spec.pass_threshold = Some(lo);
+    m.spec.threshold = hi;
+    let banded = dir.path().join("banded.safetensors");
+    m.save(&banded).unwrap();
+    let db = dir.path().join("h.sqlite");
+    let run = |extra: &[&str]| {
+        json_lines(
+            &succeeds(
+                bin()
+                    .args(["inspect", "--json", "--model"])
+                    .arg(&banded)
+                    .arg("--source")
+                    .arg(format!("folder:{}", demo.display()))
+                    .arg("--db")
+                    .arg(&db)
+                    .args(extra),
+            )
+            .stdout,
+        )
+    };
+    let lines = run(&[]);
+    let summary = &lines.last().unwrap()["summary"];
+    let verdicts = &lines[..lines.len() - 1];
+    let count = |w: &str| verdicts.iter().filter(|l| l["verdict"] == w).count() as u64;
+    assert!(count("review") > 0, "{summary}");
+    for l in verdicts {
+        let s = l["score"].as_f64().unwrap() as f32;
+        let want = if s >= hi {
+            "fail"
+        } else if s >= lo {
+            "review"
+        } else {
+            "pass"
+        };
+        assert_eq!(l["verdict"], want, "{l}");
+        assert_eq!(l["pass_threshold"].as_f64().unwrap() as f32, lo);
+    }
+    assert_eq!(summary["review"], count("review"));
+    assert_eq!(summary["frames"], verdicts.len() as u64);
+    let reviews = Filter {
+        verdict: Some("review".into()),
+        ..Filter::default()
+    };
+    assert_eq!(
+        Store::open(&db).unwrap().count(&reviews).unwrap(),
+        count("review")
+    );
+    // Two-way at the station: no REVIEW, FAIL from the same threshold.
+    let lines = run(&["--no-review"]);
+    for l in &lines[..lines.len() - 1] {
+        assert_ne!(l["verdict"], "review", "{l}");
+        assert_eq!(
+            l["verdict"] == "fail",
+            l["score"].as_f64().unwrap() as f32 >= hi
+        );
+    }
+    assert_eq!(lines.last().unwrap()["summary"]["review"], 0);
+}

@@ -174,6 +174,55 @@ pub fn evaluate(model_path: &Path, data: &Path, split: Option<&str>) -> anyhow::
     Ok(report)
 }
 
+/// Chooses `model_path`'s thresholds again on `split` of `data` through the engine: the review
+/// band from `(max_miss_rate, max_fail_false_reject, band)` (see [`metrics::choose_band`]), and
+/// writes the model with them to `out` (weights untouched; the training record keeps how). The
+/// model's own figures on that split are then the band's by construction: report on another.
+pub fn rechoose_thresholds(
+    model_path: &Path,
+    data: &Path,
+    split: &str,
+    (max_miss_rate, max_fail_false_reject, band): (f64, f64, bool),
+    out: &Path,
+) -> anyhow::Result<metrics::Band> {
+    let mut model = Model::load(model_path)?;
+    let ds = Dataset::open(data)?;
+    let (used, rows) = choose_split(&ds, Some(split))?;
+    let gpu = GpuContext::headless()?;
+    let d = evaluate_samples(&model, &rows, &gpu.device, &gpu.queue, &gpu.describe())?;
+    let scores: Vec<f32> = d.images.iter().map(|i| i.score).collect();
+    let defective: Vec<bool> = d
+        .images
+        .iter()
+        .map(|i| !model.plan.is_pass[i.label])
+        .collect();
+    let chosen = metrics::choose_band(
+        &scores,
+        &defective,
+        max_miss_rate,
+        max_fail_false_reject,
+        band,
+    );
+    model.spec.threshold = chosen.threshold;
+    model.spec.pass_threshold = chosen.pass_threshold;
+    let record = serde_json::json!({
+        "dataset": data.display().to_string(),
+        "split": used,
+        "date": chrono::Utc::now().to_rfc3339(),
+        "band": &chosen,
+        "rates": metrics::review_rates(&scores, &defective, chosen.pass_threshold, chosen.threshold),
+    });
+    match &mut model.spec.training {
+        serde_json::Value::Object(o) => {
+            o.insert("thresholds".into(), record);
+        }
+        other => *other = serde_json::json!({ "thresholds": record }),
+    }
+    model.spec.validate()?;
+    model.save(out)?;
+    Ok(chosen)
+}
+
 /// The rows to evaluate and the split's name: the split asked for (all rows, named `"all"`,
 /// when the dataset has no splits), else `test`, else `val`, else all rows. An asked-for split
 /// without rows is an error naming the splits there are.

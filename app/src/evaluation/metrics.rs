@@ -413,7 +413,10 @@ mod tests {
         assert!((b.pass_threshold.unwrap() - (0.30 - THRESHOLD_MARGIN)).abs() < 1e-6);
         assert!((b.threshold - (0.55 + THRESHOLD_MARGIN)).abs() < 1e-6);
         let r = review_rates(&scores, &d, b.pass_threshold, b.threshold);
-        assert_eq!((r.auto_pass_miss_rate, r.auto_fail_false_reject_rate), (0.0, 0.0));
+        assert_eq!(
+            (r.auto_pass_miss_rate, r.auto_fail_false_reject_rate),
+            (0.0, 0.0)
+        );
         // In the band: good 0.30..0.55 (6) and defective 0.30..0.55 (6) → 12 of 24.
         assert!((r.review_share - 0.5).abs() < 1e-12);
         // One miss and one false reject allowed (1/12 ≈ 8.4 %): the band narrows by one on
@@ -429,7 +432,10 @@ mod tests {
         let sep: Vec<f32> = good.iter().map(|g| g * 0.5).chain(def.clone()).collect();
         let b = choose_band(&sep, &d, 0.0, 0.0, true);
         assert_eq!(b.pass_threshold, Some(b.threshold));
-        assert_eq!(review_rates(&sep, &d, b.pass_threshold, b.threshold).review_share, 0.0);
+        assert_eq!(
+            review_rates(&sep, &d, b.pass_threshold, b.threshold).review_share,
+            0.0
+        );
         // Too few images, or the band off: one threshold, and the rule says why.
         let b = choose_band(&scores[6..18], &d[6..18], 0.0, 0.0, true);
         assert_eq!(b.pass_threshold, None);

@@ -518,12 +518,19 @@ pub fn train(
         Some(_) => {
             spec.threshold = band.threshold;
             spec.pass_threshold = band.pass_threshold;
-            format!("{rule}; review band on the calibrated scores: {}", band.rule)
+            format!(
+                "{rule}; review band on the calibrated scores: {}",
+                band.rule
+            )
         }
         None => rule,
     };
-    let rates =
-        metrics::review_rates(&vm.scores, &vm.defective, spec.pass_threshold, spec.threshold);
+    let rates = metrics::review_rates(
+        &vm.scores,
+        &vm.defective,
+        spec.pass_threshold,
+        spec.threshold,
+    );
     if let Some(w) = weights.last_mut().and_then(Option::as_mut) {
         w.bias = vec![threshold as f32, spread as f32];
     }

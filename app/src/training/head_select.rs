@@ -29,7 +29,9 @@ const STEPS: usize = 300;
 const LR: f64 = 0.05;
 
 /// Which head training keeps.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum HeadKind {
     /// The best by cross-validation on the training split.
@@ -104,7 +106,13 @@ pub(crate) fn pooled_avg(f: &Features) -> Vec<Vec<f32>> {
         .iter()
         .map(|m| {
             (0..f.c)
-                .map(|ch| (m[ch * hw..(ch + 1) * hw].iter().map(|&v| v as f64).sum::<f64>() / hw as f64) as f32)
+                .map(|ch| {
+                    (m[ch * hw..(ch + 1) * hw]
+                        .iter()
+                        .map(|&v| v as f64)
+                        .sum::<f64>()
+                        / hw as f64) as f32
+                })
                 .collect()
         })
         .collect()
@@ -259,12 +267,7 @@ impl Softmax {
 }
 
 /// A candidate's figures from its out-of-fold FAIL scores (`None`: not scored).
-fn candidate(
-    head: &str,
-    l2: Option<f64>,
-    scores: &[Option<f32>],
-    defective: &[bool],
-) -> Candidate {
+fn candidate(head: &str, l2: Option<f64>, scores: &[Option<f32>], defective: &[bool]) -> Candidate {
     let (s, d): (Vec<f32>, Vec<bool>) = scores
         .iter()
         .zip(defective)
@@ -357,7 +360,13 @@ pub fn choose(
     };
     let fitted = (candidates[kept].head == "image").then(|| {
         let all: Vec<usize> = (0..pooled.len()).collect();
-        Softmax::fit(pooled, labels, &all, k, candidates[kept].l2.unwrap_or(L2_GRID[1]))
+        Softmax::fit(
+            pooled,
+            labels,
+            &all,
+            k,
+            candidates[kept].l2.unwrap_or(L2_GRID[1]),
+        )
     });
     (
         HeadChoice {
@@ -388,7 +397,11 @@ mod tests {
                 (0..6)
                     .map(|j| {
                         let noise = rng.uniform(-0.5, 0.5);
-                        if j == 2 { l as f32 * 3.0 + noise } else { 10.0 + noise }
+                        if j == 2 {
+                            l as f32 * 3.0 + noise
+                        } else {
+                            10.0 + noise
+                        }
                     })
                     .collect()
             })

@@ -304,4 +304,3 @@ pub struct TrainSummary {
 #[derive(Debug, thiserror::Error)]
 #[error("training cancelled; resume with --resume (checkpoint {0})")]
 pub struct Cancelled(pub PathBuf);
-

@@ -217,7 +217,8 @@ pub(in crate::ui) fn results(app: &mut InspectorApp, ui: &mut egui::Ui, ctx: &eg
     }
     if let Some(pt) = pass_threshold.as_mut() {
         ui.add(
-            egui::Slider::new(pt, 0.0..=1.0).text("PASS below (drag the amber line or this slider)"),
+            egui::Slider::new(pt, 0.0..=1.0)
+                .text("PASS below (drag the amber line or this slider)"),
         );
     }
     // The band's edge never lies above the FAIL threshold, whichever was moved.
