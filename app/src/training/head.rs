@@ -72,16 +72,21 @@ pub fn head_spec(
     Ok(spec)
 }
 
-/// The image-level head's spec: backbone, local features, global average pool, one linear.
+/// The image-level head's spec: backbone, local features, global pool, one linear.
 pub fn image_spec(
     name: &str,
     b: &backbone::Backbone,
+    pool: head_select::Pool,
     classes: Vec<String>,
     pass: Vec<String>,
 ) -> anyhow::Result<ModelSpec> {
     let mut layers = b.layers.clone();
     layers.extend([
-        Layer::GlobalAvgPool,
+        match pool {
+            head_select::Pool::Avg => Layer::GlobalAvgPool,
+            head_select::Pool::Max => Layer::GlobalMaxPool,
+            head_select::Pool::AvgMax => bail!("no engine layer pools both average and maximum"),
+        },
         Layer::Linear {
             in_features: feature_channels(b),
             out_features: classes.len() as u32,
@@ -663,11 +668,10 @@ pub fn train(
         .iter()
         .map(|z| (!z.is_empty()).then(|| spec.fail_score(&calibrated_probs(z, &identity, &zeros))))
         .collect();
-    let train_avg = head_select::pooled_avg(&train_f);
     let train_defective: Vec<bool> = train_set.labels.iter().map(|&l| !is_pass[l]).collect();
     let (choice, image_head) = head_select::choose(
         cfg.head,
-        &train_avg,
+        &train_f,
         &train_set.labels,
         &train_defective,
         &folds,
@@ -756,16 +760,16 @@ pub fn train(
     }));
     // The image-level head, where cross-validation kept it: the averaged features and one
     // linear layer (standardisation folded in) replace the per-position head.
-    if let Some(m) = &image_head {
-        let val_avg = head_select::pooled_avg(&val_f);
-        let probs: Vec<Vec<f32>> = val_avg.iter().map(|x| m.probs(x)).collect();
-        let mut image = image_spec(&cfg.preset, &b, classes.clone(), pass.clone())?;
+    if let Some((pool, m)) = &image_head {
+        let val_pooled = head_select::pooled(&val_f, *pool);
+        let probs: Vec<Vec<f32>> = val_pooled.iter().map(|x| m.probs(x)).collect();
+        let mut image = image_spec(&cfg.preset, &b, *pool, classes.clone(), pass.clone())?;
         image.training = std::mem::take(&mut spec.training);
         spec = image;
         vm = val_metrics(&spec, &probs, &val_set.labels);
         let (weight, bias) = m.folded();
         weights = b.weights.clone();
-        weights.push(None); // global average pool
+        weights.push(None); // global pool
         weights.push(Some(LayerWeights { weight, bias }));
     }
     if let Some(last) = history.last_mut() {

@@ -46,8 +46,11 @@ pub enum HeadKind {
 /// One candidate's cross-validated figures.
 #[derive(Clone, Debug, Serialize)]
 pub struct Candidate {
-    /// "position" or "image".
+    /// "position", "image" or "fused" (measured only).
     pub head: String,
+    /// An image head's pooling.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<Pool>,
     /// The image head's L2 strength.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub l2: Option<f64>,
@@ -85,9 +88,10 @@ impl HeadChoice {
             .enumerate()
             .map(|(i, c)| {
                 format!(
-                    "{} {:<8} {:<10} CV AUROC {}  CV review {:.1} %",
+                    "{} {:<8} {:<8} {:<10} CV AUROC {}  CV review {:.1} %",
                     if i == self.kept { "*" } else { " " },
                     c.head,
+                    c.pool.map(Pool::name).unwrap_or_default(),
                     c.l2.map(|l| format!("L2 {l}")).unwrap_or_default(),
                     c.cv_auroc.map_or("n/a".into(), |a| format!("{a:.4}")),
                     100.0 * c.cv_review_share
@@ -267,7 +271,13 @@ impl Softmax {
 }
 
 /// A candidate's figures from its out-of-fold FAIL scores (`None`: not scored).
-fn candidate(head: &str, l2: Option<f64>, scores: &[Option<f32>], defective: &[bool]) -> Candidate {
+fn candidate(
+    head: &str,
+    pool: Option<Pool>,
+    l2: Option<f64>,
+    scores: &[Option<f32>],
+    defective: &[bool],
+) -> Candidate {
     let (s, d): (Vec<f32>, Vec<bool>) = scores
         .iter()
         .zip(defective)
@@ -277,6 +287,7 @@ fn candidate(head: &str, l2: Option<f64>, scores: &[Option<f32>], defective: &[b
     let rates = metrics::review_rates(&s, &d, band.pass_threshold, band.threshold);
     Candidate {
         head: head.into(),
+        pool,
         l2,
         cv_auroc: metrics::auroc(&s, &d),
         cv_review_share: rates.review_share,
@@ -284,43 +295,149 @@ fn candidate(head: &str, l2: Option<f64>, scores: &[Option<f32>], defective: &[b
     }
 }
 
-/// Cross-validates the candidates and keeps one (see the module docs). `position_oof` are the
-/// position head's out-of-fold FAIL scores (None where an image was not scored); `folds` the
-/// part-disjoint fold of each training image; `fail_score` turns class probabilities into the
-/// FAIL score. Returns the choice and, when the image head is kept, its fit on every training
-/// image.
-pub fn choose(
+/// How an image-level head pools the local features over the input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pool {
+    /// The average (`global_avg_pool`): defects spread over the part.
+    Avg,
+    /// The maximum (`global_max_pool`): small local defects.
+    Max,
+    /// Both, concatenated: measured only (no engine layer yet), never kept.
+    AvgMax,
+}
+
+impl Pool {
+    /// Whether the engine can run a head on this pooling (and so training may keep it).
+    pub fn exportable(self) -> bool {
+        self != Self::AvgMax
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Avg => "avg",
+            Self::Max => "max",
+            Self::AvgMax => "avg+max",
+        }
+    }
+}
+
+/// Each image's features pooled by `pool` (see [`pooled_avg`]; the maximum likewise over every
+/// cell, as the engine's `global_max_pool` does).
+pub(crate) fn pooled(f: &Features, pool: Pool) -> Vec<Vec<f32>> {
+    let hw = (f.h * f.w).max(1);
+    let max = || -> Vec<Vec<f32>> {
+        f.maps
+            .iter()
+            .map(|m| {
+                (0..f.c)
+                    .map(|ch| {
+                        m[ch * hw..(ch + 1) * hw]
+                            .iter()
+                            .copied()
+                            .fold(f32::NEG_INFINITY, f32::max)
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    match pool {
+        Pool::Avg => pooled_avg(f),
+        Pool::Max => max(),
+        Pool::AvgMax => pooled_avg(f)
+            .into_iter()
+            .zip(max())
+            .map(|(mut a, m)| {
+                a.extend(m);
+                a
+            })
+            .collect(),
+    }
+}
+
+/// The out-of-fold FAIL scores of an image head with `l2` on `x`.
+fn image_oof(
+    x: &[Vec<f32>],
+    labels: &[usize],
+    folds: &[usize],
+    k: usize,
+    l2: f64,
+    fail_score: &dyn Fn(&[f32]) -> f32,
+) -> Vec<Option<f32>> {
+    let mut oof = vec![None; x.len()];
+    for fold in 0..2 {
+        let fit_on: Vec<usize> = (0..x.len()).filter(|&i| folds[i] != fold).collect();
+        let held: Vec<usize> = (0..x.len()).filter(|&i| folds[i] == fold).collect();
+        // A fold without every class cannot learn them all: leave it unscored.
+        let mut has = vec![false; k];
+        fit_on.iter().for_each(|&i| has[labels[i]] = true);
+        if held.is_empty() || !has.iter().all(|&h| h) {
+            continue;
+        }
+        let m = Softmax::fit(x, labels, &fit_on, k, l2);
+        for &i in &held {
+            oof[i] = Some(fail_score(&m.probs(&x[i])));
+        }
+    }
+    oof
+}
+
+/// The mean of two FAIL scores' logits, as a probability.
+fn fuse(a: &[Option<f32>], b: &[Option<f32>]) -> Vec<Option<f32>> {
+    let logit = |p: f32| {
+        let p = (p as f64).clamp(1e-6, 1.0 - 1e-6);
+        (p / (1.0 - p)).ln()
+    };
+    a.iter()
+        .zip(b)
+        .map(|(a, b)| {
+            let z = 0.5 * (logit((*a)?) + logit((*b)?));
+            Some((1.0 / (1.0 + (-z).exp())) as f32)
+        })
+        .collect()
+}
+
+/// Cross-validates the candidates and keeps one (see the module docs). `features` are the
+/// training images' cached features, `position_oof` the position head's out-of-fold FAIL
+/// scores (None where an image was not scored), `folds` the part-disjoint fold of each training
+/// image, `fail_score` turns class probabilities into the FAIL score. Returns the choice and,
+/// when an image head is kept, its fit on every training image.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn choose(
     asked: HeadKind,
-    pooled: &[Vec<f32>],
+    features: &Features,
     labels: &[usize],
     defective: &[bool],
     folds: &[usize],
     k: usize,
     position_oof: &[Option<f32>],
     fail_score: &dyn Fn(&[f32]) -> f32,
-) -> (HeadChoice, Option<Softmax>) {
-    let mut candidates = vec![candidate("position", None, position_oof, defective)];
+) -> (HeadChoice, Option<(Pool, Softmax)>) {
+    let mut candidates = vec![candidate("position", None, None, position_oof, defective)];
     if asked != HeadKind::Position {
-        for &l2 in &L2_GRID {
-            let mut oof = vec![None; pooled.len()];
-            for fold in 0..2 {
-                let fit_on: Vec<usize> = (0..pooled.len()).filter(|&i| folds[i] != fold).collect();
-                let held: Vec<usize> = (0..pooled.len()).filter(|&i| folds[i] == fold).collect();
-                // A fold without every class cannot learn them all: leave it unscored.
-                let mut has = vec![false; k];
-                fit_on.iter().for_each(|&i| has[labels[i]] = true);
-                if held.is_empty() || !has.iter().all(|&h| h) {
-                    continue;
+        let mut best: Option<(f64, Vec<Option<f32>>, Pool, f64)> = None;
+        for pool in [Pool::Avg, Pool::Max, Pool::AvgMax] {
+            let x = pooled(features, pool);
+            for &l2 in &L2_GRID {
+                let oof = image_oof(&x, labels, folds, k, l2, fail_score);
+                let c = candidate("image", Some(pool), Some(l2), &oof, defective);
+                let a = c.cv_auroc.unwrap_or(f64::NEG_INFINITY);
+                if best.as_ref().is_none_or(|b| a > b.0) {
+                    best = Some((a, oof, pool, l2));
                 }
-                let m = Softmax::fit(pooled, labels, &fit_on, k, l2);
-                for &i in &held {
-                    oof[i] = Some(fail_score(&m.probs(&pooled[i])));
-                }
+                candidates.push(c);
             }
-            candidates.push(candidate("image", Some(l2), &oof, defective));
+        }
+        // The fusion of the two kinds (the mean of their FAIL logits), measured on the same
+        // folds with the best image head; the engine cannot run two heads in one model yet,
+        // so it is never kept.
+        if let Some((_, oof, pool, l2)) = best {
+            let fused = fuse(position_oof, &oof);
+            candidates.push(candidate("fused", Some(pool), Some(l2), &fused, defective));
         }
     }
     let key = |c: &Candidate| c.cv_auroc.unwrap_or(f64::NEG_INFINITY);
+    let keepable = |c: &Candidate| c.head != "fused" && c.pool.is_none_or(Pool::exportable);
     let best_of = |filter: &dyn Fn(&Candidate) -> bool| -> usize {
         let mut best: Option<usize> = None;
         for (i, c) in candidates.iter().enumerate().filter(|(_, c)| filter(c)) {
@@ -340,33 +457,31 @@ pub fn choose(
     let (kept, why) = match asked {
         HeadKind::Position => (0, "--head position: forced".to_string()),
         HeadKind::Image => (
-            best_of(&|c| c.head == "image"),
-            "--head image: forced (its L2 strength by cross-validation)".to_string(),
+            best_of(&|c| c.head == "image" && keepable(c)),
+            "--head image: forced (its pooling and L2 strength by cross-validation)".to_string(),
         ),
         HeadKind::Auto => {
-            let i = best_of(&|_| true);
+            let i = best_of(&keepable);
             let why = if candidates.iter().all(|c| c.cv_auroc.is_none()) {
                 "no cross-validated AUROC (the training split lacks good or defective images in \
-                 a fold): the position head, today's default"
+                 a fold): the position head"
                     .to_string()
             } else {
                 format!(
                     "best part-disjoint 2-fold cross-validated PASS/FAIL AUROC on the training \
-                     split (ties within {AUROC_TIE}: smaller review share)"
+                     split among the heads the engine runs (ties within {AUROC_TIE}: smaller \
+                     review share)"
                 )
             };
             (i, why)
         }
     };
-    let fitted = (candidates[kept].head == "image").then(|| {
-        let all: Vec<usize> = (0..pooled.len()).collect();
-        Softmax::fit(
-            pooled,
-            labels,
-            &all,
-            k,
-            candidates[kept].l2.unwrap_or(L2_GRID[1]),
-        )
+    let kept_c = &candidates[kept];
+    let fitted = kept_c.pool.filter(|_| kept_c.head == "image").map(|pool| {
+        let x = pooled(features, pool);
+        let all: Vec<usize> = (0..x.len()).collect();
+        let l2 = kept_c.l2.unwrap_or(L2_GRID[1]);
+        (pool, Softmax::fit(&x, labels, &all, k, l2))
     });
     (
         HeadChoice {
@@ -420,12 +535,20 @@ mod tests {
             assert!((p1 as f32 - p[1]).abs() < 1e-4);
         }
         let defective: Vec<bool> = labels.iter().map(|&l| l == 1).collect();
+        // One cell per image: every pooling is the vector itself.
+        let f = Features {
+            maps: x.clone(),
+            valid: vec![(1, 1); n],
+            c: 6,
+            h: 1,
+            w: 1,
+        };
         let folds: Vec<usize> = (0..n).map(|i| (i / 4) % 2).collect();
         let noise: Vec<Option<f32>> = (0..n).map(|_| Some(rng.uniform(0.0, 1.0))).collect();
         let fail = |p: &[f32]| p[1];
         let (c, fitted) = choose(
             HeadKind::Auto,
-            &x,
+            &f,
             &labels,
             &defective,
             &folds,
@@ -433,14 +556,16 @@ mod tests {
             &noise,
             &fail,
         );
-        assert_eq!(c.candidates.len(), 1 + L2_GRID.len());
+        // The position head, 3 poolings × the L2 grid, the fusion.
+        assert_eq!(c.candidates.len(), 2 + 3 * L2_GRID.len());
+        assert!(c.kept().pool.is_some_and(Pool::exportable));
         assert_eq!(c.kept().head, "image", "{}", c.table());
         assert!(c.kept().cv_auroc.unwrap() > 0.99);
         assert!(fitted.is_some());
         // Forced to the position head: kept, and nothing fitted.
         let (c, fitted) = choose(
             HeadKind::Position,
-            &x,
+            &f,
             &labels,
             &defective,
             &folds,
