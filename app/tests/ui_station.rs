@@ -1,7 +1,8 @@
 //! What the screen says is what the station does (issue 24, items 1, 2, 3, 9, 10). egui_kittest
 //! drives the real app: a folder source vanishes in the middle of a replay, rejects arrive while
 //! the pointer rests on the last-rejects strip, a threshold set by hand is the one every place
-//! shows, a History row opens from any of its cells, and an ROI is drawn on a live view.
+//! shows, a History row opens from any of its cells, an ROI is drawn on a live view, and a
+//! REVIEW part is shown, counted and decided by a person (issue 21).
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -379,5 +380,119 @@ fn a_history_row_opens_from_any_of_its_cells() {
         h.query_by_label_contains("MT_Fray/part-05.jpg — ")
             .is_some(),
         "a click on the row's confidence cell did not open it"
+    );
+}
+
+/// The review band on screen (issue 21): a model whose band covers every score sends each part
+/// to REVIEW: the banner says so in its own word, the counters count it apart, a person's
+/// decision (PASS or FAIL, with a reason) is recorded as an override of the REVIEW, and the
+/// band is switched off per station in Settings.
+#[test]
+fn a_review_part_is_shown_counted_and_decided_by_a_person() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/magnetic-tile-demo");
+    for (i, class) in ["MT_Free", "MT_Crack"].iter().enumerate() {
+        let mut jpgs: Vec<_> = std::fs::read_dir(demo.join(class).join("Imgs"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "jpg"))
+            .collect();
+        jpgs.sort();
+        std::fs::copy(&jpgs[0], images.join(format!("{i}.jpg"))).unwrap();
+    }
+    let default =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/models/default.safetensors");
+    let mut m = kernels::Model::load(&default).unwrap();
+    m.spec.pass_threshold = Some(0.0);
+    m.spec.threshold = 1.0;
+    let banded = dir.path().join("banded.safetensors");
+    m.save(&banded).unwrap();
+    let db = dir.path().join("h.sqlite");
+    let settings = Settings {
+        db_path: Some(db.clone()),
+        model_path: Some(banded),
+        source: Some(SourceSpec::Folder {
+            dir: images,
+            looping: true,
+        }),
+        replay_fps: 5.0,
+        operator: "ria".into(),
+        ..Settings::default()
+    };
+    let mut h = common::harness(settings, |_| {});
+    assert!(
+        step_until(&mut h, Duration::from_secs(120), |a| a.counters.inspected
+            >= 2),
+        "no verdicts"
+    );
+    h.run_steps(2);
+    let c = h.state().counters.clone();
+    let last = h.state().last.clone().unwrap();
+    assert!(last.score < 1.0, "pick another band: scored {}", last.score);
+    assert_eq!(last.decision, kernels::Decision::Review);
+    assert_eq!((c.pass, c.fail), (0, 0), "{c:?}");
+    assert_eq!(c.review, c.inspected);
+    assert!(h.query_by_label("REVIEW").is_some(), "no REVIEW banner");
+    assert!(
+        h.query_by_label_contains("set aside for a manual check")
+            .is_some(),
+        "the banner does not say what to do with the part"
+    );
+    assert!(
+        h.query_by_label_contains("PASS below 0.000 · FAIL from 1.000")
+            .is_some(),
+        "the banner does not show the band in force"
+    );
+    // A person decides: PASS, with a reason.
+    h.get_by_label("Override…").click();
+    h.step();
+    assert!(h.query_by_label("Save override").is_none());
+    common::type_into(&mut h, "Reason", "checked under the lamp: no crack");
+    h.get_by_label("Decide PASS").click();
+    h.step();
+    assert_eq!(
+        h.state().overridden.get(&last.seq).map(String::as_str),
+        Some("pass")
+    );
+    assert!(
+        h.state()
+            .notices
+            .iter()
+            .any(|n| n.text.contains("decided good (review to pass)")),
+        "{:?}",
+        h.state().notices
+    );
+    assert!(
+        step_until(&mut h, Duration::from_secs(30), |_| {
+            Store::open(&db)
+                .and_then(|s| s.query(&Default::default(), 10, 0))
+                .is_ok_and(|rows| {
+                    rows.iter().any(|r| {
+                        r.seq == last.seq
+                            && r.verdict == "review"
+                            && r.override_verdict.as_deref() == Some("pass")
+                            && r.override_by.as_deref() == Some("ria")
+                    })
+                })
+        }),
+        "the decision on the REVIEW part is not in the history"
+    );
+    // Switched off per station: Settings says so and the station decides two-way.
+    h.state_mut().tab = Tab::Settings;
+    h.run_steps(2);
+    assert!(
+        h.query_by_label_contains("Review band in force: PASS below 0.000, REVIEW from 0.000")
+            .is_some()
+    );
+    h.get_by_label_contains("Review band: parts the model is unsure of")
+        .click();
+    h.run_steps(2);
+    assert!(!h.state().settings.review_band);
+    assert!(
+        h.query_by_label_contains("Review band in force: off")
+            .is_some()
     );
 }
