@@ -55,6 +55,10 @@ pub struct EvalReport {
     /// The same measures per physical part (rows sharing a `group`; a row without one is its
     /// own part): a part FAILs when any of its images does, its score is its images' highest.
     pub parts: PartReport,
+    /// How training chose the model's head (its training record's `summary.head`: every
+    /// candidate's cross-validated figures and the one kept), where it says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head: Option<serde_json::Value>,
     /// The ten images the model disagrees with most (a PASS image's FAIL score, a defective
     /// image's 1 − score), strongest first: label errors or the model's blind spots.
     pub disagreements: Vec<Disagreement>,
@@ -417,6 +421,12 @@ pub fn evaluate_samples_with(
             heatmap_on_defect: (!hits.is_empty())
                 .then(|| hits.iter().filter(|&&h| h).count() as f64 / hits.len() as f64),
             parts,
+            head: spec
+                .training
+                .get("summary")
+                .and_then(|s| s.get("head"))
+                .filter(|h| !h.is_null())
+                .cloned(),
             disagreements,
             hardest_defects,
         },
@@ -494,6 +504,17 @@ pub fn print(report: &EvalReport) {
             100.0 * report.review_share,
             report.auto_pass_miss_rate,
             report.auto_fail_false_reject_rate
+        );
+    }
+    if let Some(h) = &report.head
+        && let (Some(c), Some(k)) = (h["candidates"].as_array(), h["kept"].as_u64())
+        && let Some(kept) = c.get(k as usize)
+    {
+        println!(
+            "head: {} {} (kept by training: {})",
+            kept["head"].as_str().unwrap_or("?"),
+            kept["pool"].as_str().unwrap_or(""),
+            h["why"].as_str().unwrap_or("")
         );
     }
     if let Some(h) = report.heatmap_on_defect {

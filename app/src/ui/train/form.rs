@@ -206,15 +206,19 @@ pub(in crate::ui) fn settings(app: &mut InspectorApp, ui: &mut egui::Ui, ctx: &e
                 ui,
                 "Anomaly model: learns from the good (PASS) images of the training split only — \
                  for a new product without labelled defects; defect images there are ignored. \
-                 The threshold keeps the val miss rate within 1 % when val has defective images, \
-                 else the good val images' false-reject rate within the target. Optimizer, \
+                 With defective val images, a review band like a classifier's (auto-pass miss \
+                 ≤ 1 %, auto-fail false reject ≤ 2 %, REVIEW between); with good val images only, \
+                 one threshold keeping their false-reject rate within the target. Optimizer, \
                  epochs, learning rate and augmentation do not apply.",
             );
         } else if backbone {
             note(
                 ui,
                 "This preset trains its head on the CPU on cached backbone features, 2048 feature \
-                 rows per step: batch size and backend apply to the whole-image presets.",
+                 rows per step: batch size and backend apply to the whole-image presets. The head \
+                 (per position, or on the whole image) is the one that cross-validates best on \
+                 the training split's parts; val sets the review band (auto-pass miss ≤ 1 %, \
+                 auto-fail false reject ≤ 2 %, REVIEW between).",
             );
         } else {
             note(

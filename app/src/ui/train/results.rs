@@ -249,6 +249,15 @@ pub(in crate::ui) fn results(app: &mut InspectorApp, ui: &mut egui::Ui, ctx: &eg
             None => format!("{:.3}", res.summary.threshold),
         }
     ));
+    if let Some(h) = &res.summary.head {
+        ui.label(format!(
+            "Head kept: {} ({}). Candidates, part-disjoint 2-fold cross-validation on the \
+             training split:",
+            h.kept().head,
+            h.why
+        ));
+        ui.label(RichText::new(h.table()).monospace());
+    }
     if let Some(m) = res.summary.bank_entries {
         ui.label(format!(
             "anomaly model: a memory bank of {m} good-part features from {} good images; {} \
