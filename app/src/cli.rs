@@ -101,17 +101,9 @@ pub struct TrainArgs {
     /// Stop after this many epochs without val improvement (0 = never).
     #[arg(long, default_value_t = 10)]
     pub patience: usize,
-    /// Largest val miss rate of the parts passed without a person (below the review band;
-    /// two-way: below the threshold).
-    #[arg(long, default_value_t = 0.01)]
-    pub max_miss_rate: f64,
-    /// Largest val false-reject rate of the parts failed without a person (at or above the
-    /// FAIL threshold); the parts between the two thresholds go to REVIEW.
-    #[arg(long, default_value_t = 0.02)]
-    pub max_fail_false_reject: f64,
-    /// One threshold (PASS / FAIL), no review band.
-    #[arg(long)]
-    pub no_review_band: bool,
+    /// The operating point's targets.
+    #[command(flatten)]
+    pub band: BandArgs,
     /// Pretrained-backbone classifier head: auto (the best by part-disjoint cross-validation
     /// on the training split), position (each position scored, the worst judges: small local
     /// defects, masks) or image (features averaged over the image: spread defects, no masks).
@@ -164,6 +156,22 @@ pub struct EvalArgs {
     pub json: bool,
 }
 
+/// The review band's targets, shared by `train` and `thresholds`.
+#[derive(Debug, clap::Args)]
+pub struct BandArgs {
+    /// Largest val miss rate of the parts passed without a person (below the review band;
+    /// two-way: below the threshold).
+    #[arg(long, default_value_t = 0.01)]
+    pub max_miss_rate: f64,
+    /// Largest val false-reject rate of the parts failed without a person (at or above the
+    /// FAIL threshold); the parts between the two thresholds go to REVIEW.
+    #[arg(long, default_value_t = 0.02)]
+    pub max_fail_false_reject: f64,
+    /// One threshold (PASS / FAIL), no review band.
+    #[arg(long)]
+    pub no_review_band: bool,
+}
+
 /// `inspector thresholds`.
 #[derive(Debug, clap::Args)]
 pub struct ThresholdsArgs {
@@ -176,15 +184,9 @@ pub struct ThresholdsArgs {
     /// Split the thresholds are chosen on (never the one you report figures on).
     #[arg(long, default_value = "val")]
     pub split: String,
-    /// Largest miss rate of the parts passed without a person.
-    #[arg(long, default_value_t = 0.01)]
-    pub max_miss_rate: f64,
-    /// Largest false-reject rate of the parts failed without a person.
-    #[arg(long, default_value_t = 0.02)]
-    pub max_fail_false_reject: f64,
-    /// One threshold (PASS / FAIL), no review band.
-    #[arg(long)]
-    pub no_review_band: bool,
+    /// The operating point's targets.
+    #[command(flatten)]
+    pub band: BandArgs,
     /// Model file to write (may be --model itself).
     #[arg(long)]
     pub out: std::path::PathBuf,
@@ -232,7 +234,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &a.model,
                 &a.data,
                 &a.split,
-                (a.max_miss_rate, a.max_fail_false_reject, !a.no_review_band),
+                (
+                    a.band.max_miss_rate,
+                    a.band.max_fail_false_reject,
+                    !a.band.no_review_band,
+                ),
                 &a.out,
             )?;
             if a.json {
@@ -276,9 +282,9 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     cfg.pass = args.pass;
     cfg.backend = args.backend;
     cfg.patience = args.patience;
-    cfg.max_miss_rate = args.max_miss_rate;
-    cfg.max_fail_false_reject = args.max_fail_false_reject;
-    cfg.review_band = !args.no_review_band;
+    cfg.max_miss_rate = args.band.max_miss_rate;
+    cfg.max_fail_false_reject = args.band.max_fail_false_reject;
+    cfg.review_band = !args.band.no_review_band;
     cfg.head = args.head;
     cfg.resume = args.resume;
     cfg.mode = args.mode;

@@ -507,13 +507,7 @@ pub fn train(
     let vm = val_metrics(&spec, &probs, &val_labels);
     // The calibration puts the miss target at 0.5; with enough defective and good val images
     // a review band is set on the calibrated scores like a classifier's.
-    let band = metrics::choose_band(
-        &vm.scores,
-        &vm.defective,
-        cfg.max_miss_rate,
-        cfg.max_fail_false_reject,
-        cfg.review_band,
-    );
+    let band = cfg.band_on(&vm);
     let rule = match band.pass_threshold {
         Some(_) => {
             spec.threshold = band.threshold;

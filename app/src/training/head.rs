@@ -782,13 +782,7 @@ pub fn train(
         last.eta_s = 0.0;
         progress(Progress::Epoch(last.clone()));
     }
-    let band = metrics::choose_band(
-        &vm.scores,
-        &vm.defective,
-        cfg.max_miss_rate,
-        cfg.max_fail_false_reject,
-        cfg.review_band,
-    );
+    let band = cfg.band_on(&vm);
     let threshold = band.threshold;
     let rates = metrics::review_rates(&vm.scores, &vm.defective, band.pass_threshold, threshold);
     spec.threshold = threshold;

@@ -530,13 +530,7 @@ pub fn train(
     }
     let probs = predict(&best, &base_device, &val_tensors, &spec.input, 32)?;
     let vm = val_metrics(&spec, &probs, &val_set.labels);
-    let band = metrics::choose_band(
-        &vm.scores,
-        &vm.defective,
-        cfg.max_miss_rate,
-        cfg.max_fail_false_reject,
-        cfg.review_band,
-    );
+    let band = cfg.band_on(&vm);
     let threshold = band.threshold;
     let rates = metrics::review_rates(&vm.scores, &vm.defective, band.pass_threshold, threshold);
     spec.threshold = threshold;

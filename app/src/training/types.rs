@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::augment::AugmentConfig;
+use crate::evaluation::metrics;
 
 /// Anomaly mode: how many nearest memory-bank entries reweight a score (anomalib's
 /// `num_neighbors`).
@@ -149,6 +150,17 @@ fn default_true() -> bool {
 }
 
 impl TrainConfig {
+    /// The review band on val from this run's targets (see [`metrics::choose_band`]).
+    pub fn band_on(&self, vm: &metrics::ValMetrics) -> metrics::Band {
+        metrics::choose_band(
+            &vm.scores,
+            &vm.defective,
+            self.max_miss_rate,
+            self.max_fail_false_reject,
+            self.review_band,
+        )
+    }
+
     /// Defaults that work without touching anything.
     pub fn new(data: PathBuf, out: PathBuf) -> Self {
         Self {
