@@ -263,6 +263,8 @@ fn cancel_keeps_the_last_finished_epoch_and_resume_continues_from_it() {
         t.lr = 0.05;
         t.backend = inspector::training::BackendKind::Cpu;
     }
+    // Lay the form out with these settings first: a click lands where the button is now.
+    h.run_steps(2);
     h.get_by_label("Start training").click();
     assert!(
         step_until(&mut h, Duration::from_secs(300), |a| a.train.history.len()

@@ -132,6 +132,8 @@ fn train_tab_trains_saves_a_version_and_cancels() {
         t.epochs = 4;
         t.lr = 0.05;
     }
+    // Lay the form out with these settings first: a click lands where the button is now.
+    h.run_steps(2);
     h.get_by_label("Start training").click();
     h.step();
     assert!(h.state().train.running());

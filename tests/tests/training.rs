@@ -344,6 +344,66 @@ fn backbone_head_learns_from_masks_and_engine_agrees_with_burn() {
     assert!((report.accuracy - summary.val_accuracy).abs() < 0.05);
 }
 
+/// Issue 21: the image-level head forced on images without masks: the summary lists every
+/// candidate and keeps an image head, the exported model ends in a global pool + linear (no
+/// defect max pool), and the engine's eval of it agrees with training's val figures, review
+/// band included.
+#[test]
+fn image_head_exports_a_pooled_model_and_the_engine_agrees_with_training() {
+    let _serial = serial();
+    let (data, _) = synthetic_dir(16, 12, 41, false);
+    let out_dir = tempfile::tempdir().expect("tmp");
+    let out = out_dir.path().join("image.safetensors");
+    let mut cfg = lite0_config(data.path(), &out);
+    cfg.head = inspector::training::head_select::HeadKind::Image;
+    let (summary, _) = train_logged(&cfg);
+    let choice = summary
+        .head
+        .as_ref()
+        .expect("a backbone run says how its head was chosen");
+    assert_eq!(choice.kept().head, "image", "{}", choice.table());
+    assert!(choice.candidates.iter().any(|c| c.head == "position"));
+    assert!(choice.kept().pool.expect("pooled").exportable());
+    let model = Model::load(&out).expect("load exported model");
+    let tail: Vec<&str> = model
+        .spec
+        .layers
+        .iter()
+        .rev()
+        .take(2)
+        .map(|l| l.kind())
+        .collect();
+    assert!(
+        tail == ["linear", "global_avg_pool"] || tail == ["linear", "global_max_pool"],
+        "{tail:?}"
+    );
+    assert!(
+        !model
+            .spec
+            .layers
+            .iter()
+            .any(|l| matches!(l, kernels::Layer::DefectMaxPool))
+    );
+    // 24 defective and 12 good val images: enough for a band.
+    assert!(
+        summary.pass_threshold.is_some(),
+        "{}",
+        summary.threshold_rule
+    );
+    assert_eq!(model.spec.pass_threshold, summary.pass_threshold);
+    let report =
+        inspector::evaluation::eval::evaluate(&out, data.path(), Some("val")).expect("eval");
+    let (a, b) = (
+        report.auroc.expect("auroc"),
+        summary.val_auroc.expect("auroc"),
+    );
+    assert!((a - b).abs() < 1e-3, "engine AUROC {a} vs training {b}");
+    assert!((report.accuracy - summary.val_accuracy).abs() < 0.03);
+    assert!((report.review_share - summary.val_review_share).abs() < 0.03);
+    assert!((report.auto_pass_miss_rate - summary.val_miss_rate).abs() < 0.05);
+    assert!(a >= 0.8, "the image head learned nothing: AUROC {a}");
+}
+
 /// Issue 15: a backbone preset cancelled after epoch 2 keeps that epoch, and a resumed run goes
 /// on from its head's weights with the data in the same order: its first step (epoch 3) sees
 /// exactly the loss an uninterrupted run sees there, and the history runs 1..=epochs.

@@ -215,10 +215,8 @@ pub(in crate::ui) fn settings(app: &mut InspectorApp, ui: &mut egui::Ui, ctx: &e
             note(
                 ui,
                 "This preset trains its head on the CPU on cached backbone features, 2048 feature \
-                 rows per step: batch size and backend apply to the whole-image presets. The head \
-                 (per position, or on the whole image) is the one that cross-validates best on \
-                 the training split's parts; val sets the review band (auto-pass miss ≤ 1 %, \
-                 auto-fail false reject ≤ 2 %, REVIEW between).",
+                 rows per step: batch size and backend apply to the whole-image presets; the head \
+                 is picked by cross-validation, val sets the review band.",
             );
         } else {
             note(
