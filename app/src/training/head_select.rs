@@ -102,26 +102,6 @@ impl HeadChoice {
     }
 }
 
-/// Each image's local features averaged over every cell of the input (padding included, as
-/// the engine's `global_avg_pool` does): `[n][c]`.
-pub(crate) fn pooled_avg(f: &Features) -> Vec<Vec<f32>> {
-    let hw = (f.h * f.w).max(1);
-    f.maps
-        .iter()
-        .map(|m| {
-            (0..f.c)
-                .map(|ch| {
-                    (m[ch * hw..(ch + 1) * hw]
-                        .iter()
-                        .map(|&v| v as f64)
-                        .sum::<f64>()
-                        / hw as f64) as f32
-                })
-                .collect()
-        })
-        .collect()
-}
-
 /// A softmax regression on standardised features.
 #[derive(Clone, Debug)]
 pub struct Softmax {
@@ -322,10 +302,24 @@ impl Pool {
     }
 }
 
-/// Each image's features pooled by `pool` (see [`pooled_avg`]; the maximum likewise over every
-/// cell, as the engine's `global_max_pool` does).
+/// Each image's local features pooled by `pool` over every cell of the input, padding
+/// included, as the engine's `global_avg_pool` / `global_max_pool` do: `[n][c]` (`[n][2c]` for
+/// both).
 pub(crate) fn pooled(f: &Features, pool: Pool) -> Vec<Vec<f32>> {
     let hw = (f.h * f.w).max(1);
+    let avg = || -> Vec<Vec<f32>> {
+        f.maps
+            .iter()
+            .map(|m| {
+                (0..f.c)
+                    .map(|ch| {
+                        let s: f64 = m[ch * hw..(ch + 1) * hw].iter().map(|&v| v as f64).sum();
+                        (s / hw as f64) as f32
+                    })
+                    .collect()
+            })
+            .collect()
+    };
     let max = || -> Vec<Vec<f32>> {
         f.maps
             .iter()
@@ -342,9 +336,9 @@ pub(crate) fn pooled(f: &Features, pool: Pool) -> Vec<Vec<f32>> {
             .collect()
     };
     match pool {
-        Pool::Avg => pooled_avg(f),
+        Pool::Avg => avg(),
         Pool::Max => max(),
-        Pool::AvgMax => pooled_avg(f)
+        Pool::AvgMax => avg()
             .into_iter()
             .zip(max())
             .map(|(mut a, m)| {

@@ -12,7 +12,7 @@ use kernels::Decision;
 const PASS_GREEN: Color32 = Color32::from_rgb(0x1b, 0x8a, 0x3a);
 const FAIL_RED: Color32 = Color32::from_rgb(0xc6, 0x28, 0x28);
 /// REVIEW: amber with black writing (white on amber cannot be read from two metres).
-const REVIEW_AMBER: Color32 = Color32::from_rgb(0xf2, 0xb7, 0x05);
+pub(super) const REVIEW_AMBER: Color32 = Color32::from_rgb(0xf2, 0xb7, 0x05);
 
 /// The colour of a decision on screen.
 fn decision_color(d: Decision) -> Color32 {

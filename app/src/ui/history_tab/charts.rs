@@ -20,30 +20,24 @@ pub(super) fn charts(ui: &mut egui::Ui, res: &PageResult) {
     // x in hours from the first hour's start; each hour's point at its middle, so one hour of
     // data spans its own hour on the axis (from its start to its end).
     let hours = |ms: i64| (ms - t0) as f64 / 3_600_000.0;
-    let rate: Vec<[f64; 2]> = res
-        .hourly
-        .iter()
-        .map(|b| {
-            [
-                hours(b.hour_ms) + 0.5,
-                100.0 * b.fails as f64 / b.total.max(1) as f64,
-            ]
-        })
-        .collect();
+    // One point per hour at its middle: `count`'s share of the hour's parts, percent.
+    let per_hour = |count: fn(&HourBucket) -> u64| -> Vec<[f64; 2]> {
+        res.hourly
+            .iter()
+            .map(|b| {
+                [
+                    hours(b.hour_ms) + 0.5,
+                    100.0 * count(b) as f64 / b.total.max(1) as f64,
+                ]
+            })
+            .collect()
+    };
+    let rate = per_hour(|b| b.fails);
     // REVIEW verdicts still waiting for a person, per hour: their own series, never in the
     // reject rate.
     let reviews: u64 = res.hourly.iter().map(|b| b.reviews).sum();
-    let review_rate: Vec<[f64; 2]> = res
-        .hourly
-        .iter()
-        .map(|b| {
-            [
-                hours(b.hour_ms) + 0.5,
-                100.0 * b.reviews as f64 / b.total.max(1) as f64,
-            ]
-        })
-        .collect();
-    let amber = Color32::from_rgb(0xf2, 0xb7, 0x05);
+    let review_rate = per_hour(|b| b.reviews);
+    let amber = crate::ui::inspect::REVIEW_AMBER;
     // Limits per hour (they depend on that hour's count) as steps one hour wide, so even a
     // single hour shows them; the centre line spans the whole range.
     let steps = |lower: bool| -> Vec<[f64; 2]> {
@@ -294,7 +288,9 @@ pub(super) fn station_chart(ui: &mut egui::Ui, by_station: &[(String, HourBucket
         });
 }
 
-/// Yield (%) per 8-hour shift starting 06:00, 14:00 and 22:00 local time, oldest first.
+/// Yield (%) per 8-hour shift starting 06:00, 14:00 and 22:00 local time, oldest first: the
+/// parts whose final verdict is PASS, as the Inspect tab counts it (a REVIEW part no person
+/// has decided yet has not passed).
 pub fn yield_per_shift(hourly: &[HourBucket]) -> Vec<(String, f64)> {
     use chrono::{Local, TimeZone as _, Timelike as _};
     let mut shifts: Vec<(String, u64, u64)> = Vec::new();
@@ -313,9 +309,9 @@ pub fn yield_per_shift(hourly: &[HourBucket]) -> Vec<(String, f64)> {
         match shifts.last_mut() {
             Some(s) if s.0 == name => {
                 s.1 += b.total;
-                s.2 += b.fails;
+                s.2 += b.fails + b.reviews;
             }
-            _ => shifts.push((name, b.total, b.fails)),
+            _ => shifts.push((name, b.total, b.fails + b.reviews)),
         }
     }
     shifts

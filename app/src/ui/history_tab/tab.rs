@@ -622,7 +622,7 @@ fn rows_table(
                     let fin = r.final_verdict();
                     let color = match fin {
                         "fail" => Color32::from_rgb(0xe5, 0x39, 0x35),
-                        "review" => Color32::from_rgb(0xf2, 0xb7, 0x05),
+                        "review" => crate::ui::inspect::REVIEW_AMBER,
                         _ => Color32::from_rgb(0x43, 0xa0, 0x47),
                     };
                     let word = if r.override_verdict.is_some() {

@@ -178,7 +178,7 @@ pub(in crate::ui) fn results(app: &mut InspectorApp, ui: &mut egui::Ui, ctx: &eg
             if let Some(pt) = pass_threshold {
                 p.vline(
                     egui_plot::VLine::new("PASS below", pt as f64)
-                        .color(Color32::from_rgb(0xf2, 0xb7, 0x05))
+                        .color(crate::ui::inspect::REVIEW_AMBER)
                         .width(2.0),
                 );
             }
