@@ -154,6 +154,9 @@ pub struct EvalArgs {
     /// Print exactly one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Also write one CSV row per image (path, label, predicted class, FAIL score, decision).
+    #[arg(long, value_name = "CSV")]
+    pub scores: Option<std::path::PathBuf>,
 }
 
 /// The review band's targets, shared by `train` and `thresholds`.
@@ -220,12 +223,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::BackboneCheck(args)) => crate::bench::backbone_check(&args),
         Some(Command::Train(args)) => train(args),
         Some(Command::Eval(args)) => {
-            let report =
-                crate::evaluation::eval::evaluate(&args.model, &args.data, args.split.as_deref())?;
+            use crate::evaluation::eval;
+            let detailed = eval::evaluate_detailed(&args.model, &args.data, args.split.as_deref())?;
+            if let Some(out) = &args.scores {
+                eval::write_scores(&args.model, &detailed, out)?;
+            }
+            let report = detailed.report;
             if args.json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
-                crate::evaluation::eval::print(&report);
+                eval::print(&report);
             }
             Ok(())
         }

@@ -395,9 +395,12 @@ fn roi_reaching_past_the_frame_is_clipped_and_said_once() {
 }
 
 /// `inspector eval` without `--split` on the demo set (whose only split is "demo") evaluates
-/// every row and says so on stderr and in the JSON (it used to fail: no rows in split "test").
+/// every row and says so on stderr and in the JSON (it used to fail: no rows in split "test");
+/// `--scores` writes one CSV row per image whose scores and decisions agree with the report.
 #[test]
 fn eval_without_a_split_uses_the_split_that_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv_path = dir.path().join("scores.csv");
     let out = succeeds(
         bin()
             // Nor does it complain about a missing XDG_RUNTIME_DIR (libwayland did, 2–6 times).
@@ -405,14 +408,40 @@ fn eval_without_a_split_uses_the_split_that_exists() {
             .args(["eval", "--json", "--model"])
             .arg(default_model())
             .arg("--data")
-            .arg(root().join("datasets/magnetic-tile-demo")),
+            .arg(root().join("datasets/magnetic-tile-demo"))
+            .arg("--scores")
+            .arg(&csv_path),
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("evaluating split \"all\""), "{err}");
     assert!(!err.contains("XDG_RUNTIME_DIR"), "{err}");
     let report = &json_lines(&out.stdout)[0];
     assert_eq!(report["split"], "all");
-    assert!(report["images"].as_u64().unwrap() > 0, "{report}");
+    let images = report["images"].as_u64().unwrap() as usize;
+    assert!(images > 0, "{report}");
+    assert!(report["suspect_parts"].is_array(), "{report}");
+    let csv = std::fs::read_to_string(&csv_path).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("path,label,predicted,score,decision"));
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), images);
+    let threshold = report["threshold"].as_f64().unwrap();
+    let mut failed_good = 0;
+    let mut good = 0;
+    for r in &rows {
+        let score: f64 = r[3].parse().unwrap();
+        let want = if score >= threshold { "fail" } else { "pass" };
+        assert_eq!(r[4], want, "{r:?} at threshold {threshold}");
+        if r[1] == "Free" {
+            good += 1;
+            failed_good += (r[4] == "fail") as usize;
+        }
+    }
+    let fr = report["false_reject_rate"].as_f64().unwrap();
+    assert!(
+        (fr - failed_good as f64 / good as f64).abs() < 1e-9,
+        "{fr} {failed_good}/{good}"
+    );
 }
 
 /// `inspector --db X` (the README's form, no subcommand) opens the window: without a display

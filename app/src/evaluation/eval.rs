@@ -65,6 +65,96 @@ pub struct EvalReport {
     /// The five least defect-like defective images: the ones that hold a low-miss threshold
     /// down (and so force the false-reject rate up).
     pub hardest_defects: Vec<Disagreement>,
+    /// Parts whose images, half of them or more (two at least), look like the other kind: a
+    /// good part's images scored like a typical defect (at or above the median defective
+    /// image's score), or a defective part's like a typical good image (at or below the median
+    /// good one). Likely label errors, or a part that holds two regions: check them; eval
+    /// never changes a label.
+    pub suspect_parts: Vec<SuspectPart>,
+}
+
+/// A part whose images look like the other kind (see [`EvalReport::suspect_parts`]).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SuspectPart {
+    /// The part (group).
+    pub group: String,
+    /// Its label: the PASS class when every image is good, else its images' defect labels.
+    pub label: String,
+    /// Its images.
+    pub images: usize,
+    /// Those that look like the other kind, by path.
+    pub contradicting: Vec<String>,
+    /// Their lowest and highest FAIL score.
+    pub score_range: (f32, f32),
+}
+
+/// The parts whose images look like the other kind (see [`EvalReport::suspect_parts`]): a
+/// threshold-free rule, so a two-way model with a low threshold does not flag every good part.
+/// Rows without a group are not parts (see [`EvalReport::disagreements`]); parts that mix good
+/// and defective labels are not judged (a part may show its defect in some views only).
+pub fn suspect_parts(
+    groups: &[Option<String>],
+    paths: &[String],
+    labels: &[String],
+    scores: &[f32],
+    defective: &[bool],
+) -> Vec<SuspectPart> {
+    let median = |want: bool| {
+        let mut v: Vec<f32> = scores
+            .iter()
+            .zip(defective)
+            .filter(|(_, d)| **d == want)
+            .map(|(s, _)| *s)
+            .collect();
+        v.sort_by(f32::total_cmp);
+        v.get(v.len() / 2).copied()
+    };
+    let (Some(typical_defect), Some(typical_good)) = (median(true), median(false)) else {
+        return Vec::new();
+    };
+    let mut parts: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
+    for (i, g) in groups.iter().enumerate() {
+        if let Some(g) = g {
+            parts.entry(g.as_str()).or_default().push(i);
+        }
+    }
+    let mut out = Vec::new();
+    for (g, idx) in parts {
+        let all_defective = idx.iter().all(|&i| defective[i]);
+        if !all_defective && idx.iter().any(|&i| defective[i]) {
+            continue;
+        }
+        let against: Vec<usize> = idx
+            .iter()
+            .copied()
+            .filter(|&i| {
+                if all_defective {
+                    scores[i] <= typical_good
+                } else {
+                    scores[i] >= typical_defect
+                }
+            })
+            .collect();
+        if against.len() < 2 || 2 * against.len() < idx.len() {
+            continue;
+        }
+        let mut names: Vec<&str> = idx.iter().map(|&i| labels[i].as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        let (lo, hi) = against
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &i| {
+                (lo.min(scores[i]), hi.max(scores[i]))
+            });
+        out.push(SuspectPart {
+            group: g.to_string(),
+            label: names.join("+"),
+            images: idx.len(),
+            contradicting: against.iter().map(|&i| paths[i].clone()).collect(),
+            score_range: (lo, hi),
+        });
+    }
+    out
 }
 
 /// Figures per physical part.
@@ -161,6 +251,15 @@ pub struct Detailed {
 /// split that exists (see [`choose_split`]). Labels unknown to the model are skipped with a
 /// warning. The report names the split used.
 pub fn evaluate(model_path: &Path, data: &Path, split: Option<&str>) -> anyhow::Result<EvalReport> {
+    Ok(evaluate_detailed(model_path, data, split)?.report)
+}
+
+/// [`evaluate`] with the per-image results behind the report.
+pub fn evaluate_detailed(
+    model_path: &Path,
+    data: &Path,
+    split: Option<&str>,
+) -> anyhow::Result<Detailed> {
     let model = Model::load(model_path)?;
     let ds = Dataset::open(data)?;
     let (used, rows) = choose_split(&ds, split)?;
@@ -172,10 +271,31 @@ pub fn evaluate(model_path: &Path, data: &Path, split: Option<&str>) -> anyhow::
         );
     }
     let gpu = GpuContext::headless()?;
-    let mut report =
-        evaluate_samples(&model, &rows, &gpu.device, &gpu.queue, &gpu.describe())?.report;
-    report.split = Some(used);
-    Ok(report)
+    let mut detailed = evaluate_samples(&model, &rows, &gpu.device, &gpu.queue, &gpu.describe())?;
+    detailed.report.split = Some(used);
+    Ok(detailed)
+}
+
+/// Writes one CSV row per evaluated image (`path,label,predicted,score,decision`: the FAIL score
+/// and the three-way decision at the model's thresholds) to `out`, for a spreadsheet or a review
+/// of the images the model is least sure of.
+pub fn write_scores(model_path: &Path, detailed: &Detailed, out: &Path) -> anyhow::Result<()> {
+    let spec = Model::load(model_path)?.spec;
+    let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut w = csv::Writer::from_writer(std::io::BufWriter::new(file));
+    w.write_record(["path", "label", "predicted", "score", "decision"])?;
+    for i in &detailed.images {
+        let decision = kernels::ModelSpec::decide(i.score, spec.pass_threshold, spec.threshold);
+        w.write_record([
+            i.rel_path.as_str(),
+            spec.classes[i.label].as_str(),
+            spec.classes[i.predicted].as_str(),
+            &i.score.to_string(),
+            decision.as_str(),
+        ])?;
+    }
+    w.flush()
+        .with_context(|| format!("writing the scores to {}", out.display()))
 }
 
 /// Chooses `model_path`'s thresholds again on `split` of `data` through the engine: the review
@@ -387,6 +507,13 @@ pub fn evaluate_samples_with(
     let mut hard: Vec<usize> = (0..probs.len()).filter(|&i| vm.defective[i]).collect();
     hard.sort_by(|&a, &b| vm.scores[a].total_cmp(&vm.scores[b]));
     let hardest_defects = hard.iter().take(5).map(|&i| entry(i)).collect();
+    let suspect_parts = suspect_parts(
+        &groups,
+        &kept.iter().map(|s| s.rel_path.clone()).collect::<Vec<_>>(),
+        &kept.iter().map(|s| s.label.clone()).collect::<Vec<_>>(),
+        &vm.scores,
+        &vm.defective,
+    );
     let images = kept
         .iter()
         .zip(&probs)
@@ -429,6 +556,7 @@ pub fn evaluate_samples_with(
                 .cloned(),
             disagreements,
             hardest_defects,
+            suspect_parts,
         },
         images,
     })
@@ -563,12 +691,90 @@ pub fn print(report: &EvalReport) {
             );
         }
     }
+    if !report.suspect_parts.is_empty() {
+        println!(
+            "parts that look like the other kind (likely label errors, or two regions in one \
+             part: check them; the labels are not changed):"
+        );
+        for s in &report.suspect_parts {
+            println!(
+                "  part {:<12} label {:<12} {} of its {} images, scores {:.4}–{:.4}: {}",
+                s.group,
+                s.label,
+                s.contradicting.len(),
+                s.images,
+                s.score_range.0,
+                s.score_range.1,
+                s.contradicting.join(" ")
+            );
+        }
+    }
     println!("latency p50 {:.2} ms per image", report.latency_ms_p50);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Worked by hand: the median defective score is 0.8 (the 3rd of 0.1, 0.15, 0.8, 0.85,
+    /// 0.9), the median good one 0.2 (the 8th of the 15 good scores, sorted). Part a (good; 2
+    /// of 3 images ≥ 0.8) and d (defective; both ≤ 0.2) are suspects; b
+    /// (good; 1 of 3) is not, c mixes labels, e has one image, f, h and k agree with their labels,
+    /// and rows without a group are never parts.
+    #[test]
+    fn suspect_parts_by_hand() {
+        let g = |s: &str| Some(s.to_string());
+        let rows = [
+            (g("a"), "ok", 0.9),
+            (g("a"), "ok", 0.95),
+            (g("a"), "ok", 0.1),
+            (g("b"), "ok", 0.85),
+            (g("b"), "ok", 0.2),
+            (g("b"), "ok", 0.2),
+            (g("c"), "ok", 0.9),
+            (g("c"), "crack", 0.8),
+            (g("d"), "crack", 0.1),
+            (g("d"), "hole", 0.15),
+            (g("e"), "ok", 0.99),
+            (None, "ok", 0.99),
+            (g("f"), "hole", 0.85),
+            (g("f"), "hole", 0.9),
+            (g("h"), "ok", 0.0),
+            (g("h"), "ok", 0.05),
+            (g("k"), "ok", 0.02),
+            (g("k"), "ok", 0.03),
+            (g("k"), "ok", 0.04),
+            (g("k"), "ok", 0.05),
+        ];
+        let groups: Vec<Option<String>> = rows.iter().map(|r| r.0.clone()).collect();
+        let paths: Vec<String> = (0..rows.len()).map(|i| format!("{i}.png")).collect();
+        let labels: Vec<String> = rows.iter().map(|r| r.1.to_string()).collect();
+        let scores: Vec<f32> = rows.iter().map(|r| r.2).collect();
+        let defective: Vec<bool> = labels.iter().map(|l| l != "ok").collect();
+        let got = suspect_parts(&groups, &paths, &labels, &scores, &defective);
+        assert_eq!(
+            got,
+            vec![
+                SuspectPart {
+                    group: "a".into(),
+                    label: "ok".into(),
+                    images: 3,
+                    contradicting: vec!["0.png".into(), "1.png".into()],
+                    score_range: (0.9, 0.95),
+                },
+                SuspectPart {
+                    group: "d".into(),
+                    label: "crack+hole".into(),
+                    images: 2,
+                    contradicting: vec!["8.png".into(), "9.png".into()],
+                    score_range: (0.1, 0.15),
+                },
+            ]
+        );
+        // Without defective images there is no typical defect to compare with.
+        let good = vec![false; rows.len()];
+        assert!(suspect_parts(&groups, &paths, &labels, &scores, &good).is_empty());
+    }
     use crate::data::dataset::{Layout, Sample};
 
     fn ds(splits: &[Option<&str>]) -> Dataset {

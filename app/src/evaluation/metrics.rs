@@ -241,7 +241,7 @@ pub fn choose_band(
             pass_threshold: None,
             threshold: t_pass,
             rule: format!(
-                "two-way: val has {n_def} defective and {n_good} good images, too few to set                  two thresholds (≥ {MIN_BAND_IMAGES} of each); one threshold kept for the miss                  target ({miss}), the false-reject target not held"
+                "two-way: val has {n_def} defective and {n_good} good images, too few to set two thresholds (≥ {MIN_BAND_IMAGES} of each); one threshold kept for the miss target ({miss}), the false-reject target not held"
             ),
         };
     }
