@@ -209,6 +209,7 @@ pub fn lite0_model() -> anyhow::Result<(Model, ModelSpec)> {
     let spec = crate::training::head::head_spec(
         "lite0-256",
         &b,
+        crate::training::nn::HIDDEN,
         vec!["good".into(), "defect".into()],
         vec!["good".into()],
     )?;

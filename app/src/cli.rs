@@ -109,6 +109,10 @@ pub struct TrainArgs {
     /// defects, masks) or image (features averaged over the image: spread defects, no masks).
     #[arg(long, value_enum, default_value = "auto")]
     pub head: crate::training::head_select::HeadKind,
+    /// Pretrained-backbone position head: heads trained from different seeds and averaged into
+    /// the one the model carries (1: a single head).
+    #[arg(long, default_value_t = crate::training::types::DEFAULT_MEMBERS)]
+    pub members: usize,
     /// Turn augmentation off.
     #[arg(long)]
     pub no_augment: bool,
@@ -293,6 +297,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     cfg.max_fail_false_reject = args.band.max_fail_false_reject;
     cfg.review_band = !args.band.no_review_band;
     cfg.head = args.head;
+    cfg.members = args.members;
     cfg.resume = args.resume;
     cfg.mode = args.mode;
     cfg.bank = args.bank;

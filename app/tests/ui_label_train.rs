@@ -149,6 +149,38 @@ fn train_tab_trains_saves_a_version_and_cancels() {
     assert_eq!(res.detailed.report.images, 6);
     h.step();
     assert!(h.query_by_label_contains("Confusion").is_some());
+    // A part eval flags as a likely label error is named under the per-part figures.
+    assert!(
+        h.query_by_label_contains("Check the label of part")
+            .is_none()
+    );
+    h.state_mut()
+        .train
+        .result
+        .as_mut()
+        .unwrap()
+        .detailed
+        .report
+        .suspect_parts
+        .push(inspector::evaluation::eval::SuspectPart {
+            group: "g42".into(),
+            label: "good".into(),
+            images: 6,
+            contradicting: vec![
+                "good/a.png".into(),
+                "good/b.png".into(),
+                "good/c.png".into(),
+            ],
+            score_range: (0.97, 0.99),
+        });
+    h.run_steps(2);
+    assert!(
+        h.query_by_label_contains(
+            "Check the label of part g42 (good): 3 of its 6 images score like the other kind \
+             (0.97–0.99), e.g. good/a.png"
+        )
+        .is_some()
+    );
     // Save it as a version and find it listed.
     type_into(&mut h, "Version name", "tiny-v1");
     // The results sit below the two curves: bring the button into view before clicking it.

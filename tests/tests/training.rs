@@ -702,3 +702,50 @@ fn anomaly_model_from_good_images_ranks_painted_defects_above_good_ones() {
     );
     assert!(e.contains("pretrained-backbone preset"), "{e}");
 }
+
+/// `--members 2`: two position heads averaged into one exported head twice as wide (232 → 256
+/// → classes); the engine runs it and its eval agrees with training's val figures.
+#[test]
+fn averaged_position_heads_export_one_wider_head_the_engine_agrees_with() {
+    let _serial = serial();
+    let (data, _) = synthetic_dir(16, 12, 43, true);
+    let out_dir = tempfile::tempdir().expect("tmp");
+    let out = out_dir.path().join("members.safetensors");
+    let mut cfg = lite0_config(data.path(), &out);
+    cfg.head = inspector::training::head_select::HeadKind::Position;
+    cfg.members = 2;
+    let (summary, _) = train_logged(&cfg);
+    let model = Model::load(&out).expect("load exported model");
+    // The head: the convolutions after the local features.
+    let lf = model
+        .spec
+        .layers
+        .iter()
+        .position(|l| matches!(l, kernels::Layer::LocalFeatures { .. }))
+        .expect("local features");
+    let widths: Vec<(u32, u32)> = model.spec.layers[lf..]
+        .iter()
+        .filter_map(|l| match l {
+            kernels::Layer::Conv2d {
+                in_channels,
+                out_channels,
+                ..
+            } => Some((*in_channels, *out_channels)),
+            _ => None,
+        })
+        .collect();
+    let (hidden, k) = (
+        2 * inspector::training::nn::HIDDEN,
+        model.spec.classes.len() as u32,
+    );
+    assert_eq!(widths, [(232, hidden), (hidden, k)]);
+    let report =
+        inspector::evaluation::eval::evaluate(&out, data.path(), Some("val")).expect("eval");
+    let (a, b) = (
+        report.auroc.expect("auroc"),
+        summary.val_auroc.expect("auroc"),
+    );
+    assert!((a - b).abs() < 1e-3, "engine AUROC {a} vs training {b}");
+    assert!((report.accuracy - summary.val_accuracy).abs() < 0.03);
+    assert!(a >= 0.8, "the averaged head learned nothing: AUROC {a}");
+}

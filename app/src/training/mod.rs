@@ -22,6 +22,7 @@ pub mod head_checkpoint;
 pub mod head_select;
 pub mod mask_supervision;
 pub mod nn;
+pub mod position_head;
 pub mod presets;
 pub mod scratch;
 pub mod splits;

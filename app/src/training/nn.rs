@@ -439,6 +439,50 @@ impl PositionHead {
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         self.out.forward(activation::relu(self.hidden.forward(x)))
     }
+
+    /// Hidden units.
+    pub fn hidden_width(&self) -> usize {
+        self.hidden.weight.shape().dims::<2>()[1]
+    }
+
+    /// One head whose class scores are the mean of `members`' (an ensemble as one network, so
+    /// the engine runs it as two 1×1 convolutions like any head): the hidden layers side by
+    /// side, the output layers stacked and divided by their count, the output biases averaged.
+    /// Exact, as ReLU acts on each hidden unit alone. `members` must not be empty.
+    pub fn average(members: &[PositionHead]) -> anyhow::Result<PositionHead> {
+        let first = members
+            .first()
+            .ok_or_else(|| anyhow::anyhow!("an ensemble needs at least one head"))?;
+        let n = members.len() as f32;
+        let device = first.hidden.weight.val().device();
+        let bias = |l: &Linear| {
+            l.bias
+                .as_ref()
+                .map(|b| b.val())
+                .ok_or_else(|| anyhow::anyhow!("a head layer without bias"))
+        };
+        let mut hidden_b = Vec::new();
+        let mut out_b: Option<Tensor<1>> = None;
+        for m in members {
+            hidden_b.push(bias(&m.hidden)?);
+            let b = bias(&m.out)?;
+            out_b = Some(match out_b {
+                Some(sum) => sum + b,
+                None => b,
+            });
+        }
+        let hidden_w = Tensor::cat(members.iter().map(|m| m.hidden.weight.val()).collect(), 1);
+        let out_w = Tensor::cat(members.iter().map(|m| m.out.weight.val()).collect(), 0) / n;
+        let [features, width] = hidden_w.dims();
+        let classes = out_w.dims()[1];
+        let mut hidden = LinearConfig::new(features, width).init(&device);
+        hidden.weight = Param::from_tensor(hidden_w);
+        hidden.bias = Some(Param::from_tensor(Tensor::cat(hidden_b, 0)));
+        let mut out = LinearConfig::new(width, classes).init(&device);
+        out.weight = Param::from_tensor(out_w);
+        out.bias = out_b.map(|b| Param::from_tensor(b / n));
+        Ok(PositionHead { hidden, out })
+    }
 }
 
 /// One wgpu device for burn and the `kernels` engine: burn acquires it (with the features its

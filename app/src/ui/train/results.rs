@@ -101,6 +101,23 @@ pub(in crate::ui) fn results(app: &mut InspectorApp, ui: &mut egui::Ui, ctx: &eg
                 p.miss_rate * 100.0,
                 p.false_reject_rate * 100.0
             ));
+            // Likely label errors: for a person to check in the Label tab, never changed here.
+            for s in &r.suspect_parts {
+                ui.colored_label(
+                    ui.visuals().warn_fg_color,
+                    format!(
+                        "Check the label of part {} ({}): {} of its {} images score like the \
+                         other kind ({:.2}–{:.2}), e.g. {}",
+                        s.group,
+                        s.label,
+                        s.contradicting.len(),
+                        s.images,
+                        s.score_range.0,
+                        s.score_range.1,
+                        s.contradicting.first().map_or("", String::as_str)
+                    ),
+                );
+            }
         });
     });
     ui.label(
