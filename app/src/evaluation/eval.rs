@@ -88,6 +88,21 @@ pub struct SuspectPart {
     pub score_range: (f32, f32),
 }
 
+impl SuspectPart {
+    /// "part G (LABEL): N of its M images score like the other kind (LO–HI)".
+    pub fn summary(&self) -> String {
+        format!(
+            "part {} ({}): {} of its {} images score like the other kind ({:.2}–{:.2})",
+            self.group,
+            self.label,
+            self.contradicting.len(),
+            self.images,
+            self.score_range.0,
+            self.score_range.1
+        )
+    }
+}
+
 /// The parts whose images look like the other kind (see [`EvalReport::suspect_parts`]): a
 /// threshold-free rule, so a two-way model with a low threshold does not flag every good part.
 /// Rows without a group are not parts (see [`EvalReport::disagreements`]); parts that mix good
@@ -697,16 +712,7 @@ pub fn print(report: &EvalReport) {
              part: check them; the labels are not changed):"
         );
         for s in &report.suspect_parts {
-            println!(
-                "  part {:<12} label {:<12} {} of its {} images, scores {:.4}–{:.4}: {}",
-                s.group,
-                s.label,
-                s.contradicting.len(),
-                s.images,
-                s.score_range.0,
-                s.score_range.1,
-                s.contradicting.join(" ")
-            );
+            println!("  {}: {}", s.summary(), s.contradicting.join(" "));
         }
     }
     println!("latency p50 {:.2} ms per image", report.latency_ms_p50);
@@ -770,6 +776,10 @@ mod tests {
                     score_range: (0.1, 0.15),
                 },
             ]
+        );
+        assert_eq!(
+            got[0].summary(),
+            "part a (ok): 2 of its 3 images score like the other kind (0.90–0.95)"
         );
         // Without defective images there is no typical defect to compare with.
         let good = vec![false; rows.len()];

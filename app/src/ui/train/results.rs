@@ -106,14 +106,8 @@ pub(in crate::ui) fn results(app: &mut InspectorApp, ui: &mut egui::Ui, ctx: &eg
                 ui.colored_label(
                     ui.visuals().warn_fg_color,
                     format!(
-                        "Check the label of part {} ({}): {} of its {} images score like the \
-                         other kind ({:.2}–{:.2}), e.g. {}",
-                        s.group,
-                        s.label,
-                        s.contradicting.len(),
-                        s.images,
-                        s.score_range.0,
-                        s.score_range.1,
+                        "Check the label of {}, e.g. {}",
+                        s.summary(),
                         s.contradicting.first().map_or("", String::as_str)
                     ),
                 );
