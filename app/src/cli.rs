@@ -230,7 +230,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             use crate::evaluation::eval;
             let detailed = eval::evaluate_detailed(&args.model, &args.data, args.split.as_deref())?;
             if let Some(out) = &args.scores {
-                eval::write_scores(&args.model, &detailed, out)?;
+                eval::write_scores(&detailed, out)?;
             }
             let report = detailed.report;
             if args.json {

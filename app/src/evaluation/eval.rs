@@ -293,18 +293,20 @@ pub fn evaluate_detailed(
 
 /// Writes one CSV row per evaluated image (`path,label,predicted,score,decision`: the FAIL score
 /// and the three-way decision at the model's thresholds) to `out`, for a spreadsheet or a review
-/// of the images the model is least sure of.
-pub fn write_scores(model_path: &Path, detailed: &Detailed, out: &Path) -> anyhow::Result<()> {
-    let spec = Model::load(model_path)?.spec;
+/// of the images the model is least sure of. The class names and thresholds are the report's
+/// (the model's), so the file says what `detailed` does.
+pub fn write_scores(detailed: &Detailed, out: &Path) -> anyhow::Result<()> {
+    let r = &detailed.report;
+    let classes = &r.confusion.labels;
     let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
     let mut w = csv::Writer::from_writer(std::io::BufWriter::new(file));
     w.write_record(["path", "label", "predicted", "score", "decision"])?;
     for i in &detailed.images {
-        let decision = kernels::ModelSpec::decide(i.score, spec.pass_threshold, spec.threshold);
+        let decision = kernels::ModelSpec::decide(i.score, r.pass_threshold, r.threshold);
         w.write_record([
             i.rel_path.as_str(),
-            spec.classes[i.label].as_str(),
-            spec.classes[i.predicted].as_str(),
+            classes[i.label].as_str(),
+            classes[i.predicted].as_str(),
             &i.score.to_string(),
             decision.as_str(),
         ])?;
@@ -721,6 +723,7 @@ pub fn print(report: &EvalReport) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::dataset::{Layout, Sample};
 
     /// Worked by hand: the median defective score is 0.8 (the 3rd of 0.1, 0.15, 0.8, 0.85,
     /// 0.9), the median good one 0.2 (the 8th of the 15 good scores, sorted). Part a (good; 2
@@ -785,7 +788,6 @@ mod tests {
         let good = vec![false; rows.len()];
         assert!(suspect_parts(&groups, &paths, &labels, &scores, &good).is_empty());
     }
-    use crate::data::dataset::{Layout, Sample};
 
     fn ds(splits: &[Option<&str>]) -> Dataset {
         let samples = splits
