@@ -31,3 +31,8 @@ run direct-cpu-bank KERNELS_POINTWISE=direct KERNELS_BANK=cpu   # the CPU row (t
 for t in 8x8x4x4x8 16x8x4x2x8 8x16x2x2x8 16x16x4x2x4 8x8x4x2x4; do
   run "gemm-$t" KERNELS_POINTWISE=gemm:$t
 done
+# Split-K for the GEMM dispatches that fill few workgroups (batch 1's long-K projections):
+# MIN_WORKGROUPSxMAX_SLICESxMIN_K_STEPS; off in the table until these rows show that it pays.
+for k in 128x8x4 256x8x2 64x4x4 512x16x2; do
+  run "split-$k" KERNELS_SPLIT_K=$k
+done

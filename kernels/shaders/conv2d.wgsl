@@ -1,4 +1,4 @@
-// Fused conv2d + bias (+ ReLU) on NHWC4 activations.
+// Fused conv2d + bias (+ ReLU) (+ the inverted-residual add) on NHWC4 activations.
 //
 // Layouts (all `vec4<f32>` = 4 consecutive channels):
 //   src:     [n][in_h + 2*b][in_w + 2*b][in_c4]   (zero border b = in_border >= the padding)
@@ -6,6 +6,7 @@
 //            holds the weights of input channel 4*ic4+j for the 4 output channels of oc4
 //   bias:    [oc4]
 //   dst:     [n][out_h + 2*ob][out_w + 2*ob][out_c4]  (border `ob` is the consumer's padding)
+//   res:     [n][out_h + 2*rb][out_w + 2*rb][out_c4]  (read only when p.res == 1)
 //
 // Each invocation computes OCB×4 output channels for PX horizontally adjacent output pixels,
 // so every weight load is reused PX times and every input load 4·OCB times: on CPU
@@ -31,6 +32,10 @@ struct Params {
     x_groups: u32,      // ceil(out_w / PX)
     off_y: u32,         // in_border - top padding
     off_x: u32,         // in_border - left padding
+    res: u32,           // 1: add `res` after the activation (the residual skip)
+    res_border: u32,
+    _pad0: u32,
+    _pad1: u32,
     _pad2: u32,
 }
 
@@ -39,6 +44,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> weights: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> dst: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> res: array<vec4<f32>>;
 
 // Tile per invocation, substituted by src/ops/conv2d.rs before compilation.
 const PX: u32 = 4u;     // output pixels (horizontal)
@@ -98,6 +104,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     }
     let ob = p.out_border;
     let out_row = (n * (p.out_h + 2u * ob) + oy + ob) * (p.out_w + 2u * ob) + ob;
+    let rb = p.res_border;
+    let res_row = (n * (p.out_h + 2u * rb) + oy + rb) * (p.out_w + 2u * rb) + rb;
     for (var j = 0u; j < OCB; j++) {
         let oc4 = ocg * OCB + j;
         if oc4 >= p.out_c4 {
@@ -110,6 +118,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
                     v = max(v, vec4<f32>(0.0));
                 } else if p.act == 2u {
                     v = clamp(v, vec4<f32>(0.0), vec4<f32>(6.0));
+                }
+                if p.res == 1u {
+                    v += res[(res_row + ox0 + i) * p.out_c4 + oc4];
                 }
                 dst[(out_row + ox0 + i) * p.out_c4 + oc4] = v;
             }

@@ -18,6 +18,11 @@
 // RM × RN vec4 accumulators; its pixels are tm + i·TM and its output vec4s tn + j·TN, so the
 // stores of neighbouring invocations are neighbouring vec4s. The tile constants are substituted
 // by src/ops/pointwise_gemm.rs from the per-adapter table in src/ops/tuning.rs.
+//
+// Split-K (p.splits > 1, for dispatches too small to fill the GPU): workgroup z takes input
+// vec4s [z·k_chunk, (z+1)·k_chunk) and stores its raw sums (bias in slice 0 only, no
+// activation, no residual) to part[z][m][oc4]; pointwise_split_reduce.wgsl adds the slices up
+// and applies the epilogue.
 // Rust side: src/ops/pointwise_gemm.rs (mirrors `Params`).
 
 struct Params {
@@ -31,8 +36,8 @@ struct Params {
     act: u32,          // 0 none, 1 relu, 2 relu6
     res: u32,          // 1: add `res` after the activation (the residual skip)
     res_border: u32,
-    _pad0: u32,
-    _pad1: u32,
+    splits: u32,       // K slices (1: whole product + epilogue here)
+    k_chunk: u32,      // input vec4s per slice, a multiple of BK (>= in_c4 when unsplit)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -41,6 +46,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> dst: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> res: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> part: array<vec4<f32>>;
 
 const TM: u32 = 8u;     // invocations along pixels
 const TN: u32 = 8u;     // invocations along output vec4s
@@ -74,7 +80,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         @builtin(local_invocation_index) li: u32) {
     let tn = li % TN;
     let tm = li / TN;
-    let m_tile = wg.x + wg.z * nwg.x;
+    let split = p.splits > 1u;
+    let slice = select(0u, wg.z, split);
+    let m_tile = select(wg.x + wg.z * nwg.x, wg.x, split);
+    let k_begin = slice * p.k_chunk;
+    let k_end = min(p.in_c4, k_begin + p.k_chunk);
     let m0 = m_tile * BM;
     let n40 = wg.y * BN4;
     let total = p.batch * p.h * p.w;
@@ -95,18 +105,18 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 
     var acc: array<vec4<f32>, RM * RN>;
     for (var j = 0u; j < RN; j++) {
-        let b = bias[n40 + tn + j * TN];
+        let b = select(vec4<f32>(0.0), bias[n40 + tn + j * TN], slice == 0u);
         for (var i = 0u; i < RM; i++) {
             acc[j * RM + i] = b;
         }
     }
 
     const WL: u32 = BN4 * BK * 4u / WG;
-    for (var k0 = 0u; k0 < p.in_c4; k0 += BK) {
+    for (var k0 = k_begin; k0 < k_end; k0 += BK) {
         let kx = k0 + xc;
         for (var s = 0u; s < XL; s++) {
             var v = vec4<f32>(0.0);
-            if x_ok[s] && kx < p.in_c4 {
+            if x_ok[s] && kx < k_end {
                 v = src[x_base[s] + kx];
             }
             let idx = li + s * WG;
@@ -118,7 +128,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
             let rem = idx % (BK * 4u);
             let kk = k0 + rem / 4u;
             var v = vec4<f32>(0.0);
-            if kk < p.in_c4 {
+            if kk < k_end {
                 v = weights[((n40 + o) * p.in_c4 + kk) * 4u + rem % 4u];
             }
             ws[o * WS + rem] = v;
@@ -143,6 +153,15 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     for (var i = 0u; i < RM; i++) {
         let m = m0 + tm + i * TM;
         if m >= total {
+            continue;
+        }
+        if split {
+            for (var j = 0u; j < RN; j++) {
+                let oc4 = n40 + tn + j * TN;
+                if oc4 < p.out_c4 {
+                    part[(slice * total + m) * p.out_c4 + oc4] = acc[j * RM + i];
+                }
+            }
             continue;
         }
         let ob = pixel_base(m, p.out_border, p.out_c4);

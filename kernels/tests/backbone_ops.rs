@@ -129,7 +129,15 @@ fn depthwise_pointwise_relu6_residual_local_features_match_the_reference() {
         let classes = 2 + rng.below(5) as usize;
         for defect_pool in [false, true] {
             // Kernel 7 runs the generic depthwise pipeline, 3 and 5 the specialised ones.
-            let spec = block_spec(h, w, classes, defect_pool, resize, [5, 3, 7][round]);
+            let mut spec = block_spec(h, w, classes, defect_pool, resize, [5, 3, 7][round]);
+            if round == 1 {
+                // Six sources, two at the finer resolution twice over: two dispatches (4 + 2).
+                spec.layers[13] = Layer::LocalFeatures {
+                    from: vec![7, 12, 9, 1, 5, 12],
+                    kernel: 3,
+                };
+                spec.layers[14] = Layer::conv(10 + 13 + 22 + 10 + 30 + 13, classes as u32, 1, 1, 0);
+            }
             let model = Model::random(spec, rng.next_u64()).expect("model");
             let mut engine =
                 Engine::new(&g.device, &g.queue, &model, 5, g.describe()).expect("engine");
@@ -153,7 +161,7 @@ fn depthwise_pointwise_relu6_residual_local_features_match_the_reference() {
 /// residual add fused) and GEMM tiles of awkward shapes, whatever this adapter is.
 #[test]
 fn every_pointwise_variant_matches_the_reference() {
-    use kernels::ops::pointwise_gemm::GemmTile;
+    use kernels::ops::pointwise_gemm::{GemmTile, SplitK};
     use kernels::ops::tuning::{KernelConfig, Pointwise};
     let mut rng = SplitMix64::new(seed("pointwise_variants"));
     let g = gpu();
@@ -181,10 +189,30 @@ fn every_pointwise_variant_matches_the_reference() {
             bk: 8,
         },
     ];
-    let configs = std::iter::once(KernelConfig::CPU).chain(tiles.iter().map(|&t| KernelConfig {
-        pointwise: Pointwise::Gemm(t),
-        ..KernelConfig::GPU
-    }));
+    // Split-K forced on every GEMM dispatch: K-steps of one input vec4 (bk 1), up to three
+    // slices, so the block's K of 3, 8 and 6 vec4s split into 1+1+1, 3+3+2 and 2+2+2.
+    let split = SplitK {
+        min_workgroups: u32::MAX,
+        max_splits: 3,
+        min_steps: 1,
+    };
+    let one_vec4_steps = GemmTile {
+        tm: 8,
+        tn: 8,
+        rm: 8,
+        rn: 2,
+        bk: 1,
+    };
+    let configs = std::iter::once(KernelConfig::CPU)
+        .chain(tiles.iter().map(|&t| KernelConfig {
+            pointwise: Pointwise::Gemm(t),
+            ..KernelConfig::GPU
+        }))
+        .chain([GemmTile::DEFAULT, one_vec4_steps].map(|t| KernelConfig {
+            pointwise: Pointwise::Gemm(t),
+            split_k: split,
+            ..KernelConfig::GPU
+        }));
     for (round, config) in configs.enumerate() {
         let h = 9 + rng.below(40) as u32;
         let w = 9 + rng.below(40) as u32;
@@ -207,6 +235,18 @@ fn every_pointwise_variant_matches_the_reference() {
                 &frames_of(&cases),
                 &format!("{} {h}×{w} batch {n}", config.describe()),
             );
+            if config.split_k != SplitK::OFF {
+                // The products really were cut: three of the block's five 1×1 convolutions
+                // have two K-steps or more even with 4-vec4 steps.
+                let profile = engine.profile_detail(&frames_of(&cases)).expect("profile");
+                let sums = profile.ops.iter().filter(|o| o.label.ends_with(".sum"));
+                assert!(sums.count() >= 3, "{}", config.describe());
+                assert_eq!(
+                    engine.dispatch_stats().dispatches,
+                    profile.ops.len(),
+                    "the reduce passes are counted as dispatches"
+                );
+            }
         }
     }
 }

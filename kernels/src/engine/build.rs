@@ -115,7 +115,9 @@ impl Engine {
         let mut linear_weights: Option<usize> = None;
         let mut heat_features: Option<usize> = None;
         let mut defect_pool = false;
-        let mut scratch: Option<wgpu::Buffer> = None;
+        // The scratch buffer: the memory bank's partial minima and the split-K slices (never
+        // live at once: every dispatch runs after the one before it).
+        let mut scratch_bytes: u64 = 16;
         let mut bank_sel: Option<wgpu::Buffer> = None;
         let mut bank_cand: Option<wgpu::Buffer> = None;
         let mut bank_head = false;
@@ -150,10 +152,13 @@ impl Engine {
                         }
                         _ => None,
                     };
-                    let fuse_add = match (gemm, layers.get(i + 1)) {
-                        (Some(_), Some(&Layer::Add { from })) => Some(from),
+                    // The residual add right after a dense 1×1 convolution fuses into its
+                    // epilogue (GEMM or direct kernel).
+                    let fuse_add = match layers.get(i + 1) {
+                        Some(&Layer::Add { from }) if kernel == 1 && groups == 1 => Some(from),
                         _ => None,
                     };
+                    let mut split_at_1 = false;
                     let out = new_act(
                         format!("kernels::act::{i}"),
                         out_channels,
@@ -216,9 +221,9 @@ impl Engine {
                         bias.resize(padded, 0.0);
                         let wi = add_weights(device, format!("kernels::{label}::weights"), &packed);
                         let bi = add_weights(device, format!("kernels::{label}::bias"), &bias);
-                        if gemm.is_some() {
+                        if let Some(t) = gemm {
                             let res_border = fuse_add.map_or(0, |f| acts[layer_act[f]].border);
-                            let p = Params::Gemm(ops::pointwise_gemm::Params {
+                            let mut gp = ops::pointwise_gemm::Params {
                                 batch: max_batch,
                                 h: out.h,
                                 w: out.w,
@@ -229,9 +234,21 @@ impl Engine {
                                 act,
                                 res: fuse_add.is_some() as u32,
                                 res_border,
-                                _pad: [0; 2],
-                            });
-                            (p, wi, bi)
+                                splits: 1,
+                                k_chunk: src.c4,
+                            };
+                            // Split-K: the slices of every call size fit the scratch buffer;
+                            // batch 1 splits most, so a product unsplit there never splits.
+                            let k = kernels.config.split_k;
+                            for n in 1..=max_batch {
+                                gp.batch = n;
+                                scratch_bytes = scratch_bytes.max(16 * k.partial_vec4s(&gp, t));
+                            }
+                            gp.batch = 1;
+                            split_at_1 = k.choose(&gp, t).0 > 1;
+                            gp.batch = max_batch;
+                            (gp.splits, gp.k_chunk) = k.choose(&gp, t);
+                            (Params::Gemm(gp), wi, bi)
                         } else {
                             let tile = if kernel == 1 {
                                 kernels.pointwise_tile
@@ -254,7 +271,9 @@ impl Engine {
                                 x_groups: out.w.div_ceil(tile.px),
                                 off_y,
                                 off_x,
-                                _pad: 0,
+                                res: fuse_add.is_some() as u32,
+                                res_border: fuse_add.map_or(0, |f| acts[layer_act[f]].border),
+                                _pad: [0; 3],
                             };
                             let p = if kernel == 1 {
                                 Params::Pointwise(cp)
@@ -271,10 +290,24 @@ impl Engine {
                         Bind::Weights(bi),
                         Bind::Act(acts.len() - 1),
                     ];
-                    if matches!(params, Params::Gemm(_)) {
-                        // The residual (or, unfused, the input again: never read).
-                        binds.push(Bind::Act(fuse_add.map_or(cur, |f| layer_act[f])));
+                    // The residual (or, unfused, the input again: never read).
+                    let res = Bind::Act(fuse_add.map_or(cur, |f| layer_act[f]));
+                    if !matches!(params, Params::Depthwise(_)) {
+                        binds.push(res);
                     }
+                    let reduce = match params {
+                        Params::Gemm(p) => {
+                            binds.push(Bind::Scratch);
+                            split_at_1.then(|| Step {
+                                uniform: uniform(&format!("kernels::{label}.sum::params"), &params),
+                                label: format!("{label}.sum"),
+                                params: Params::GemmReduce(p),
+                                binds: vec![Bind::Scratch, Bind::Act(acts.len() - 1), res],
+                                bind_group: None,
+                            })
+                        }
+                        _ => None,
+                    };
                     steps.push(Step {
                         uniform: uniform(&format!("kernels::{label}::params"), &params),
                         label,
@@ -282,6 +315,7 @@ impl Engine {
                         binds,
                         bind_group: None,
                     });
+                    steps.extend(reduce);
                     layer_act.push(acts.len() - 1);
                 }
                 Layer::Relu | Layer::Relu6 => {
@@ -308,11 +342,13 @@ impl Engine {
                     layer_act.push(cur);
                 }
                 Layer::Add { .. }
-                    if steps
-                        .last()
-                        .is_some_and(|s| matches!(s.params, Params::Gemm(p) if p.res == 1)) =>
+                    if steps.last().is_some_and(|s| match s.params {
+                        Params::Gemm(p) | Params::GemmReduce(p) => p.res == 1,
+                        Params::Pointwise(p) => p.res == 1,
+                        _ => false,
+                    }) =>
                 {
-                    // Fused into the GEMM epilogue of the 1×1 convolution before it.
+                    // Fused into the epilogue of the 1×1 convolution before it.
                     layer_act.push(cur);
                 }
                 Layer::Add { from } => {
@@ -345,33 +381,57 @@ impl Engine {
                         border_before(i + 1),
                     )?;
                     let dst = acts.len();
+                    // Up to four sources per dispatch (one for the usual three stages).
                     let mut c_offset = 0;
-                    for (j, &f) in from.iter().enumerate() {
-                        let sa = layer_act[f];
-                        let s = &acts[sa];
-                        let src_c = plan.shapes[f + 1].c;
+                    let max = ops::local_features::MAX_SOURCES;
+                    for (j, chunk) in from.chunks(max).enumerate() {
+                        let mut src = [ops::local_features::Source::default(); 4];
+                        let mut total4 = 0;
+                        let mut binds = Vec::with_capacity(max + 1);
+                        for (q, &f) in src.iter_mut().zip(chunk) {
+                            let sa = layer_act[f];
+                            let s = &acts[sa];
+                            let c = plan.shapes[f + 1].c;
+                            *q = ops::local_features::Source {
+                                h: s.h,
+                                w: s.w,
+                                c4: s.c4,
+                                border: s.border,
+                                c,
+                                stride: crate::spec::local_stride(plan.shapes[f + 1], out_shape),
+                                c_offset,
+                                first4: total4,
+                            };
+                            c_offset += c;
+                            total4 += s.c4;
+                            binds.push(Bind::Act(sa));
+                        }
+                        // Unused source bindings repeat the first (never read).
+                        while binds.len() < max {
+                            binds.push(binds[0]);
+                        }
+                        binds.push(Bind::Act(dst));
                         let params = Params::LocalFeatures(ops::local_features::Params {
                             batch: max_batch,
-                            src_h: s.h,
-                            src_w: s.w,
-                            src_c4: s.c4,
-                            src_border: s.border,
-                            src_c,
-                            stride: crate::spec::local_stride(plan.shapes[f + 1], out_shape),
                             kernel,
                             dst_h: out.h,
                             dst_w: out.w,
                             dst_c4: out.c4,
                             dst_border: out.border,
-                            c_offset,
-                            _pad: [0; 3],
+                            sources: chunk.len() as u32,
+                            total4,
+                            src,
                         });
-                        c_offset += src_c;
+                        let label = if from.len() > max {
+                            format!("{label}.{j}")
+                        } else {
+                            label.clone()
+                        };
                         steps.push(Step {
-                            uniform: uniform(&format!("kernels::{label}.{j}::params"), &params),
-                            label: format!("{label}.{j}"),
+                            uniform: uniform(&format!("kernels::{label}::params"), &params),
+                            label,
                             params,
-                            binds: vec![Bind::Act(sa), Bind::Act(dst)],
+                            binds,
                             bind_group: None,
                         });
                     }
@@ -496,12 +556,7 @@ impl Engine {
                         })
                         .max()
                         .unwrap_or(1);
-                    scratch = Some(storage(
-                        device,
-                        "kernels::bank_partial",
-                        partial_len * 8,
-                        limit,
-                    )?);
+                    scratch_bytes = scratch_bytes.max(partial_len * 8);
                     let groups = split.support_groups(entries);
                     bank_sel = Some(storage(
                         device,
@@ -691,10 +746,7 @@ impl Engine {
         };
         let out_bytes = max_batch as u64 * (classes + heat_len) as u64 * 4;
         let output = storage(device, "kernels::output", out_bytes, limit)?;
-        let scratch = match scratch {
-            Some(b) => b,
-            None => storage(device, "kernels::scratch", 16, limit)?,
-        };
+        let scratch = storage(device, "kernels::scratch", scratch_bytes, limit)?;
         let bank_sel = match bank_sel {
             Some(b) => b,
             None => storage(device, "kernels::bank_select", 16, limit)?,

@@ -252,10 +252,15 @@ impl Engine {
         &self.adapter_label
     }
 
-    /// Dispatches and submissions per call.
+    /// Dispatches and submissions per call (dispatches at the last call's batch size: a split-K
+    /// reduce pass runs only at the sizes where its product is split).
     pub fn dispatch_stats(&self) -> DispatchStats {
         DispatchStats {
-            dispatches: self.steps.len(),
+            dispatches: self
+                .steps
+                .iter()
+                .filter(|s| s.active(&self.kernels))
+                .count(),
             submissions: self.requested_batch.div_ceil(self.max_batch) as usize,
         }
     }
@@ -413,7 +418,7 @@ impl Engine {
         let classes = self.spec.classes.len() as u32;
         if n != self.current_batch {
             for step in &mut self.steps {
-                step.params.set_batch(n, classes);
+                step.params.set_batch(n, classes, &self.kernels.config);
                 self.queue
                     .write_buffer(&step.uniform, 0, step.params.bytes());
             }

@@ -30,7 +30,7 @@ impl Engine {
         let kind_of = |p: &Params| match p {
             Params::Preprocess(_) => "preprocess",
             Params::Conv(_) => "conv k×k",
-            Params::Pointwise(_) | Params::Gemm(_) => "conv 1×1",
+            Params::Pointwise(_) | Params::Gemm(_) | Params::GemmReduce(_) => "conv 1×1",
             Params::Depthwise(_) => "depthwise",
             Params::MaxPool(_) => "max_pool",
             Params::Relu { .. } | Params::Relu6 { .. } => "relu",
@@ -48,6 +48,12 @@ impl Engine {
             | Params::BankSupport(..)
             | Params::BankFinish(..) => "memory bank",
         };
+        // The steps that dispatch at this batch (a split-K reduce only after a split GEMM).
+        let active: Vec<_> = self
+            .steps
+            .iter()
+            .filter(|s| s.active(&self.kernels))
+            .collect();
         let wait = |device: &wgpu::Device, index| {
             device
                 .poll(wgpu::PollType::Wait {
@@ -61,7 +67,7 @@ impl Engine {
             .features()
             .contains(wgpu::Features::TIMESTAMP_QUERY)
         {
-            let count = 2 * self.steps.len() as u32;
+            let count = 2 * active.len() as u32;
             let query_set = self.device.create_query_set(&wgpu::QuerySetDescriptor {
                 label: Some("kernels::profile"),
                 ty: wgpu::QueryType::Timestamp,
@@ -86,7 +92,7 @@ impl Engine {
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                     label: Some("kernels::profile"),
                 });
-            for (i, step) in self.steps.iter().enumerate() {
+            for (i, step) in active.iter().enumerate() {
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some("kernels::profile"),
                     timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
@@ -118,7 +124,7 @@ impl Engine {
                     .get_mapped_range()
                     .map_err(|e| EngineError::Gpu(e.to_string()))?;
                 let ticks: &[u64] = bytemuck::cast_slice(&view);
-                self.steps
+                active
                     .iter()
                     .enumerate()
                     .map(|(i, step)| OpTime {
@@ -137,9 +143,9 @@ impl Engine {
                 ops,
             });
         }
-        let mut ops = Vec::with_capacity(self.steps.len());
+        let mut ops = Vec::with_capacity(active.len());
         let all = std::time::Instant::now();
-        for step in &self.steps {
+        for step in &active {
             let t = std::time::Instant::now();
             let mut encoder = self
                 .device

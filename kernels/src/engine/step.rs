@@ -11,6 +11,8 @@ pub(super) enum Params {
     Conv(ops::conv2d::Params),
     Pointwise(ops::conv2d::Params),
     Gemm(ops::pointwise_gemm::Params),
+    /// The slices of the GEMM step before it summed (no dispatch when it is unsplit).
+    GemmReduce(ops::pointwise_gemm::Params),
     Depthwise(ops::depthwise::Params),
     MaxPool(ops::max_pool::Params),
     Relu {
@@ -57,11 +59,16 @@ pub(super) fn bank_slices(
 }
 
 impl Params {
-    pub(super) fn set_batch(&mut self, n: u32, classes: u32) {
+    pub(super) fn set_batch(&mut self, n: u32, classes: u32, config: &ops::tuning::KernelConfig) {
         match self {
             Self::Preprocess(p) => p.batch = n,
             Self::Conv(p) | Self::Pointwise(p) => p.batch = n,
-            Self::Gemm(p) => p.batch = n,
+            Self::Gemm(p) | Self::GemmReduce(p) => {
+                p.batch = n;
+                if let ops::tuning::Pointwise::Gemm(t) = config.pointwise {
+                    (p.splits, p.k_chunk) = config.split_k.choose(p, t);
+                }
+            }
             Self::Depthwise(p) => p.batch = n,
             Self::MaxPool(p) => p.batch = n,
             Self::Relu { p, per_image } | Self::Relu6 { p, per_image } => p.len = n * *per_image,
@@ -112,7 +119,7 @@ impl Params {
         match self {
             Self::Preprocess(p) => bytemuck::bytes_of(p),
             Self::Conv(p) | Self::Pointwise(p) => bytemuck::bytes_of(p),
-            Self::Gemm(p) => bytemuck::bytes_of(p),
+            Self::Gemm(p) | Self::GemmReduce(p) => bytemuck::bytes_of(p),
             Self::Depthwise(p) => bytemuck::bytes_of(p),
             Self::MaxPool(p) => bytemuck::bytes_of(p),
             Self::Relu { p, .. } | Self::Relu6 { p, .. } => bytemuck::bytes_of(p),
@@ -140,6 +147,7 @@ impl Params {
                 ops::tuning::Pointwise::Gemm(t) => ops::pointwise_gemm::workgroups(p, t),
                 ops::tuning::Pointwise::Direct(_) => unreachable!("a GEMM step needs a GEMM tile"),
             },
+            Self::GemmReduce(p) => ops::pointwise_gemm::reduce_workgroups(p),
             Self::Depthwise(p) => ops::depthwise::workgroups(p),
             Self::MaxPool(p) => ops::max_pool::workgroups(p),
             Self::Relu { p, .. } | Self::Relu6 { p, .. } => ops::relu::workgroups(p),
@@ -164,6 +172,10 @@ impl Params {
             Self::Pointwise(_) => &k.pointwise,
             Self::Gemm(_) => k
                 .pointwise_gemm
+                .as_ref()
+                .unwrap_or_else(|| unreachable!("a GEMM step needs the GEMM kernel")),
+            Self::GemmReduce(_) => k
+                .pointwise_split_reduce
                 .as_ref()
                 .unwrap_or_else(|| unreachable!("a GEMM step needs the GEMM kernel")),
             Self::Depthwise(p) => ops::depthwise::SPECIALISED
@@ -220,9 +232,18 @@ pub(super) struct Step {
 }
 
 impl Step {
-    /// Records this step's dispatch into `pass`.
+    /// Whether this step dispatches at the current batch (a split-K reduce only after a split
+    /// GEMM).
+    pub(super) fn active(&self, kernels: &Kernels) -> bool {
+        !self.params.workgroups(kernels).contains(&0)
+    }
+
+    /// Records this step's dispatch into `pass` (nothing when it is not active).
     pub(super) fn record(&self, pass: &mut wgpu::ComputePass<'_>, kernels: &Kernels) {
         let [x, y, z] = self.params.workgroups(kernels);
+        if x == 0 || y == 0 || z == 0 {
+            return;
+        }
         pass.set_pipeline(&self.params.kernel(kernels).pipeline);
         pass.set_bind_group(0, self.bind_group.as_ref(), &[]);
         pass.dispatch_workgroups(x, y, z);

@@ -1,4 +1,4 @@
-//! Wrapper of `shaders/conv2d.wgsl`: fused conv2d + bias (+ ReLU) on NHWC4 activations.
+//! Wrapper of `shaders/conv2d.wgsl`: fused conv2d + bias (+ ReLU) (+ the residual add) on NHWC4 activations.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -105,8 +105,12 @@ pub struct Params {
     pub off_y: u32,
     /// `in_border` − left padding.
     pub off_x: u32,
+    /// 1: add `res` after the activation (the inverted-residual skip, fused).
+    pub res: u32,
+    /// Zero border of the residual.
+    pub res_border: u32,
     /// Padding.
-    pub _pad: u32,
+    pub _pad: [u32; 3],
 }
 
 /// Workgroups for `p`: x (and z on overflow) cover (n, oy, x-group); y the output-channel tile.

@@ -39,6 +39,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("bank_support.wgsl", bank::SUPPORT_SOURCE),
     ("bank_finish.wgsl", bank::FINISH_SOURCE),
     ("pointwise_gemm.wgsl", pointwise_gemm::SOURCE),
+    ("pointwise_split_reduce.wgsl", pointwise_gemm::REDUCE_SOURCE),
 ];
 
 /// Invocations per workgroup of the 1-D kernels (`@workgroup_size(64)` in the shaders).
@@ -101,7 +102,10 @@ impl Kernel {
         // `(in + top + bottom − k) / stride + 1`, the input border is at least every side's
         // padding and the window starts `border − top` (`border − left`) into it, so the last
         // row read is below `in + border + bottom`; columns past the edge are clamped to the
-        // last one; the pointwise variant only fixes the kernel side to 1. The specialised
+        // last one; the pointwise variant only fixes the kernel side to 1; its fused residual
+        // (`res`, read only when `p.res == 1`, which the engine sets only for a 1×1 convolution
+        // followed by an `Add` of the same shape) is read at the stored pixels' own (n, y, x)
+        // inside the residual's bordered activation of `out_c4` vec4s. The specialised
         // depthwise.wgsl pipelines (kernel and stride fixed) follow the same border argument:
         // each window row is read at columns clamped to `(out_w − 1)·stride + off_x + k − 1`,
         // inside the bordered row; their register arrays are indexed by loop counters and
@@ -115,7 +119,9 @@ impl Kernel {
         // whole rounds); its register arrays by loop counters below their constant sizes; `src`
         // is read only for pixels `m < total` (row base from `m`'s own (n, y, x)) and vec4s
         // `k < in_c4`; `weights` / `bias` are padded to whole output tiles
-        // (`GemmTile::padded_out_channels`); `dst` / `res` only for `m < total`, `oc4 < out_c4`.
+        // (`GemmTile::padded_out_channels`); `dst` / `res` only for `m < total`, `oc4 < out_c4`;
+        // split, `part` only at `(slice·total + m)·out_c4 + oc4` with `slice < splits`, and the
+        // engine sizes the split buffer for every call size's `SplitK::partial_vec4s`.
         // The engine-vs-reference tests (poisoned outputs, awkward shapes, every tile and
         // every GEMM tile of backbone_ops.rs) check this on every run.
         let module = unsafe {
@@ -200,6 +206,8 @@ pub struct Kernels {
     pub bank_finish: Kernel,
     /// pointwise_gemm.wgsl for the configured tile, where the configuration uses it.
     pub pointwise_gemm: Option<Kernel>,
+    /// pointwise_split_reduce.wgsl (the second pass of a split-K GEMM), with the GEMM.
+    pub pointwise_split_reduce: Option<Kernel>,
     /// max_pool.wgsl
     pub max_pool: Kernel,
     /// relu.wgsl
@@ -237,6 +245,14 @@ impl Kernels {
                     device,
                     "kernels::pointwise_gemm",
                     &t.source(),
+                )),
+                tuning::Pointwise::Direct(_) => None,
+            },
+            pointwise_split_reduce: match config.pointwise {
+                tuning::Pointwise::Gemm(_) => Some(Kernel::new(
+                    device,
+                    "kernels::pointwise_split_reduce",
+                    pointwise_gemm::REDUCE_SOURCE,
                 )),
                 tuning::Pointwise::Direct(_) => None,
             },

@@ -135,13 +135,168 @@ pub struct Params {
     pub res: u32,
     /// Zero border of the residual.
     pub res_border: u32,
-    /// Padding.
-    pub _pad: [u32; 2],
+    /// Slices of K (1: the whole product and its epilogue in one dispatch; more: raw partial
+    /// sums into the split buffer, summed by `pointwise_split_reduce.wgsl`).
+    pub splits: u32,
+    /// Input vec4s per slice (a multiple of the tile's `bk`; at least `in_c4` when unsplit).
+    pub k_chunk: u32,
 }
 
-/// Workgroups for `p`: x (+ x·z on overflow) = pixel tile, y = output-channel tile.
-pub fn workgroups(p: &Params, tile: GemmTile) -> [u32; 3] {
+/// The shader that sums a split product's slices and applies the epilogue.
+pub const REDUCE_SOURCE: &str = include_str!("../../shaders/pointwise_split_reduce.wgsl");
+
+/// When a 1×1 convolution's product is cut along K (split-K): a dispatch that would fill fewer
+/// than `min_workgroups` workgroups (at batch 1 the long-K projections of the last stages fill
+/// 16) runs as up to `max_splits` slices of at least `min_steps` K-steps each, over
+/// proportionally more workgroups, then one reduce dispatch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SplitK {
+    /// Workgroups below which a dispatch is split (0: never).
+    pub min_workgroups: u32,
+    /// Most slices.
+    pub max_splits: u32,
+    /// Fewest K-steps (`bk` input vec4s each) per slice.
+    pub min_steps: u32,
+}
+
+impl SplitK {
+    /// Never split.
+    pub const OFF: Self = Self {
+        min_workgroups: 0,
+        max_splits: 1,
+        min_steps: 1,
+    };
+
+    /// The candidate for GPUs: aim for 128 workgroups, at most 8 slices of 4 K-steps or more.
+    pub const GPU: Self = Self {
+        min_workgroups: 128,
+        max_splits: 8,
+        min_steps: 4,
+    };
+
+    /// Parses `off` or `MINxMAXxSTEPS` (e.g. `128x8x4`); `None` for anything else.
+    pub fn parse(s: &str) -> Option<Self> {
+        let s = s.trim();
+        if s == "off" {
+            return Some(Self::OFF);
+        }
+        let v: Vec<u32> = s
+            .split('x')
+            .map(|p| p.trim().parse().ok())
+            .collect::<Option<_>>()?;
+        match v[..] {
+            [min_workgroups, max_splits, min_steps] if max_splits >= 1 && min_steps >= 1 => {
+                Some(Self {
+                    min_workgroups,
+                    max_splits,
+                    min_steps,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// `(splits, k_chunk)` for the product `p` describes (its batch already set).
+    pub fn choose(self, p: &Params, tile: GemmTile) -> (u32, u32) {
+        let steps = p.in_c4.div_ceil(tile.bk).max(1);
+        let whole = (1, steps * tile.bk);
+        let [x, y, z] = unsplit_workgroups(p, tile);
+        let groups = x * y * z;
+        if self.max_splits <= 1 || groups >= self.min_workgroups || z > 1 {
+            return whole;
+        }
+        let want = self
+            .min_workgroups
+            .div_ceil(groups)
+            .min(self.max_splits)
+            .min(steps / self.min_steps.max(1));
+        if want <= 1 {
+            return whole;
+        }
+        // Equal slices, none empty.
+        let per = steps.div_ceil(want);
+        (steps.div_ceil(per), per * tile.bk)
+    }
+
+    /// The vec4s of partial sums `p` needs in the split buffer (0 when unsplit).
+    pub fn partial_vec4s(self, p: &Params, tile: GemmTile) -> u64 {
+        let (splits, _) = self.choose(p, tile);
+        if splits <= 1 {
+            return 0;
+        }
+        splits as u64 * (p.batch * p.h * p.w) as u64 * p.out_c4 as u64
+    }
+}
+
+fn unsplit_workgroups(p: &Params, tile: GemmTile) -> [u32; 3] {
     let tiles = (p.batch * p.h * p.w).div_ceil(tile.bm()).max(1);
     let x = tiles.min(65_535);
     [x, p.out_c4.div_ceil(tile.bn4()), tiles.div_ceil(x)]
+}
+
+/// Workgroups for `p`: x (+ x·z on overflow) = pixel tile, y = output-channel tile; split, z =
+/// the K slice.
+pub fn workgroups(p: &Params, tile: GemmTile) -> [u32; 3] {
+    let [x, y, z] = unsplit_workgroups(p, tile);
+    if p.splits > 1 {
+        [x, y, p.splits]
+    } else {
+        [x, y, z]
+    }
+}
+
+/// Workgroups of the reduce pass for `p`: one invocation per output vec4; none unsplit.
+pub fn reduce_workgroups(p: &Params) -> [u32; 3] {
+    if p.splits <= 1 {
+        return [0, 0, 0];
+    }
+    let (x, y) = super::grid_1d(p.batch * p.h * p.w * p.out_c4);
+    [x, y, 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn product(batch: u32, hw: u32, in_c: u32, out_c: u32) -> Params {
+        Params {
+            batch,
+            h: hw,
+            w: hw,
+            in_c4: in_c.div_ceil(4),
+            out_c4: out_c.div_ceil(4),
+            in_border: 0,
+            out_border: 0,
+            act: 0,
+            res: 0,
+            res_border: 0,
+            splits: 1,
+            k_chunk: 0,
+        }
+    }
+
+    #[test]
+    fn split_k_cuts_only_the_small_long_k_products() {
+        let (t, k) = (GemmTile::DEFAULT, SplitK::GPU);
+        // Lite0's 672 → 112 projection on 16×16 cells at batch 1: 8 × 2 = 16 workgroups, 42
+        // K-steps → 7 slices of 6 steps (112 workgroups).
+        let p = product(1, 16, 672, 112);
+        assert_eq!(unsplit_workgroups(&p, t), [8, 2, 1]);
+        assert_eq!(k.choose(&p, t), (7, 24));
+        let mut split = p;
+        (split.splits, split.k_chunk) = k.choose(&p, t);
+        assert_eq!(workgroups(&split, t), [8, 2, 7]);
+        assert_eq!(reduce_workgroups(&split), [112, 1, 1]);
+        assert_eq!(k.partial_vec4s(&p, t), 7 * 256 * 28);
+        // At batch 32 it fills 512 workgroups: whole.
+        assert_eq!(k.choose(&product(32, 16, 672, 112), t), (1, 168));
+        // A short K (40 → 240 at 32×32: 3 steps) is never cut below 4 steps a slice.
+        assert_eq!(k.choose(&product(1, 32, 40, 240), t), (1, 12));
+        // Off: whole, and the reduce pass dispatches nothing.
+        assert_eq!(SplitK::OFF.choose(&p, t), (1, 168));
+        assert_eq!(reduce_workgroups(&p), [0, 0, 0]);
+        assert_eq!(SplitK::parse("128x8x4"), Some(SplitK::GPU));
+        assert_eq!(SplitK::parse("off"), Some(SplitK::OFF));
+        assert_eq!(SplitK::parse("128x0x4"), None);
+    }
 }

@@ -1,22 +1,27 @@
 //! Which kernel variants and tile sizes an adapter gets: a small table keyed by the adapter's
 //! device type and vendor, checked against its limits.
 //!
-//! | adapter | 1×1 convolutions | k×k conv tile | memory bank |
-//! |---|---|---|---|
-//! | CPU rasteriser (lavapipe, WARP, SwiftShader) | direct register tiles, `conv2d::Tile::POINTWISE` | `Tile::DEFAULT` | [`BankSplit::CPU`] |
-//! | any GPU (NVIDIA measured on an H200; others take the same entry until measured) | [`GemmTile::DEFAULT`] in workgroup memory, residual add fused | `Tile::DEFAULT` | [`BankSplit::GPU`] |
+//! | adapter | 1×1 convolutions | split-K | k×k conv tile | memory bank |
+//! |---|---|---|---|---|
+//! | CPU rasteriser (lavapipe, WARP, SwiftShader) | direct register tiles, `conv2d::Tile::POINTWISE`, residual add fused | off | `Tile::DEFAULT` | [`BankSplit::CPU`] |
+//! | any GPU (NVIDIA measured on an H200; others take the same entry until measured) | [`GemmTile::DEFAULT`] in workgroup memory, residual add fused | off until measured ([`SplitK::GPU`] is the candidate) | `Tile::DEFAULT` | [`BankSplit::GPU`] |
 //!
 //! Why: on a CPU rasteriser every invocation's load is a gather and workgroup barriers are
 //! costly, so register tiles that maximise FMAs per load win (measured there, see
 //! `conv2d::Tile`); a GPU wants coalesced loads shared through workgroup memory and thousands
 //! of workgroups in flight. A tile the device's limits cannot hold falls back to the direct
-//! kernel. Environment overrides for tuning on a new adapter: `KERNELS_POINTWISE=direct|gemm`
-//! or `gemm:TMxTNxRMxRNxBK`, `KERNELS_BANK=cpu|gpu` (and `KERNELS_CONV_TILE`,
+//! kernel. Split-K cuts a GEMM dispatch that fills too few workgroups (at batch 1 the long-K
+//! projections of the last stages fill 16) along K, then sums the slices in a second dispatch:
+//! it trades one more dispatch for a shorter serial K loop, which only a GPU with many idle
+//! cores can win, so it stays off until an H200 run shows that it pays
+//! (`scripts/gpu-tune.sh` measures it). Environment overrides for tuning on a new adapter:
+//! `KERNELS_POINTWISE=direct|gemm` or `gemm:TMxTNxRMxRNxBK`, `KERNELS_SPLIT_K=off` or
+//! `MINxMAXxSTEPS` (see [`SplitK`]), `KERNELS_BANK=cpu|gpu` (and `KERNELS_CONV_TILE`,
 //! `KERNELS_POINTWISE_TILE`, `KERNELS_DEPTHWISE_PX` for the direct kernels).
 
 use super::bank::BankSplit;
 use super::conv2d::Tile;
-use super::pointwise_gemm::GemmTile;
+use super::pointwise_gemm::{GemmTile, SplitK};
 
 /// How the 1×1 convolutions run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,6 +42,8 @@ pub struct KernelConfig {
     pub pointwise_tile: Tile,
     /// How 1×1 convolutions run.
     pub pointwise: Pointwise,
+    /// When a GEMM dispatch is cut along K (GEMM only).
+    pub split_k: SplitK,
     /// How the memory bank is cut.
     pub bank: BankSplit,
 }
@@ -47,6 +54,7 @@ impl KernelConfig {
         conv_tile: Tile::DEFAULT,
         pointwise_tile: Tile::POINTWISE,
         pointwise: Pointwise::Direct(Tile::POINTWISE),
+        split_k: SplitK::OFF,
         bank: BankSplit::CPU,
     };
     /// The table's entry for a GPU.
@@ -54,6 +62,7 @@ impl KernelConfig {
         conv_tile: Tile::DEFAULT,
         pointwise_tile: Tile::POINTWISE,
         pointwise: Pointwise::Gemm(GemmTile::DEFAULT),
+        split_k: SplitK::OFF,
         bank: BankSplit::GPU,
     };
 
@@ -84,6 +93,12 @@ impl KernelConfig {
             } else if let Some(t) = v.strip_prefix("gemm:").and_then(parse_gemm) {
                 c.pointwise = Pointwise::Gemm(t);
             }
+        }
+        if let Some(k) = std::env::var("KERNELS_SPLIT_K")
+            .ok()
+            .and_then(|v| SplitK::parse(&v))
+        {
+            c.split_k = k;
         }
         match std::env::var("KERNELS_BANK").as_deref().map(str::trim) {
             Ok("cpu") => c.bank = BankSplit::CPU,
@@ -123,8 +138,15 @@ impl KernelConfig {
         } else {
             format!("{:?}", self.bank)
         };
+        let split = match (self.pointwise, self.split_k) {
+            (Pointwise::Gemm(_), k) if k.max_splits > 1 && k.min_workgroups > 0 => format!(
+                ", split-K {}x{}x{}",
+                k.min_workgroups, k.max_splits, k.min_steps
+            ),
+            _ => String::new(),
+        };
         format!(
-            "conv {}x{}, pointwise {pw}, bank {bank}",
+            "conv {}x{}, pointwise {pw}{split}, bank {bank}",
             self.conv_tile.px, self.conv_tile.ocb
         )
     }
