@@ -167,9 +167,9 @@ fn train_tab_trains_saves_a_version_and_cancels() {
             label: "good".into(),
             images: 6,
             contradicting: vec![
-                "good/a.png".into(),
-                "good/b.png".into(),
-                "good/c.png".into(),
+                "good/3.png".into(),
+                "good/7.png".into(),
+                "good/11.png".into(),
             ],
             score_range: (0.97, 0.99),
         });
@@ -177,10 +177,27 @@ fn train_tab_trains_saves_a_version_and_cancels() {
     assert!(
         h.query_by_label_contains(
             "Check the label of part g42 (good): 3 of its 6 images score like the other kind \
-             (0.97–0.99), e.g. good/a.png"
+             (0.97–0.99), e.g. good/3.png"
         )
         .is_some()
     );
+    // "Show in Label" opens the dataset in the Label tab with that image in the editor.
+    h.get_by_label("Show in Label").click();
+    h.run_steps(2);
+    assert_eq!(h.state().tab, Tab::Label);
+    assert!(
+        step_until(&mut h, Duration::from_secs(30), |a| a
+            .label
+            .set
+            .as_ref()
+            .zip(a.label.selected)
+            .is_some_and(|(set, i)| set.rows[i].path == "good/3.png")),
+        "{}",
+        h.state().label.status
+    );
+    assert!(h.state().label.status.contains("possible label error"));
+    h.state_mut().tab = Tab::Train;
+    h.run_steps(2);
     // Save it as a version and find it listed.
     type_into(&mut h, "Version name", "tiny-v1");
     // The results sit below the two curves: bring the button into view before clicking it.

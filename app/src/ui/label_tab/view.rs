@@ -2,7 +2,7 @@
 //! and the undo list, and what the tab does to them (label, move, undo, save).
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
@@ -60,6 +60,8 @@ pub struct LabelView {
     /// Where the large image was drawn last frame (screen points).
     pub canvas: Option<egui::Rect>,
     pub(super) pending_open: Option<(PathBuf, bool)>,
+    /// The image to show once the dataset being opened is open ([`LabelView::reveal`]).
+    pub(super) pending_reveal: Option<String>,
     /// The row whose "checked" mark the person toggled this frame.
     pub(super) toggle_checked: Option<usize>,
     /// Where the brush was last frame during a stroke (image pixels).
@@ -95,6 +97,7 @@ impl Default for LabelView {
             status: String::new(),
             canvas: None,
             pending_open: None,
+            pending_reveal: None,
             toggle_checked: None,
             last_brush: None,
             predict_progress: None,
@@ -157,9 +160,55 @@ impl LabelView {
                 self.mask = None;
                 self.undo.clear();
                 self.predictions = None;
+                if let Some(path) = self.pending_reveal.take() {
+                    self.select_path(&path);
+                }
             }
-            Err(e) => self.status = format!("ERROR: {e}"),
+            Err(e) => {
+                self.pending_reveal = None;
+                self.status = format!("ERROR: {e}");
+            }
         }
+    }
+
+    /// Shows image `path` (as the manifest names it) of the dataset in `root` in the editor,
+    /// with every image in the grid and the page that holds it: for an image the evaluation
+    /// flags as a possible label error. Opens that dataset first when another one (or none) is
+    /// open. Nothing is relabelled: the person decides.
+    pub fn reveal(&mut self, root: &Path, path: &str) {
+        let same = |a: &Path| {
+            a == root
+                || matches!(
+                    (a.canonicalize(), root.canonicalize()),
+                    (Ok(x), Ok(y)) if x == y
+                )
+        };
+        if self.set.as_ref().is_some_and(|s| same(&s.root)) {
+            self.select_path(path);
+        } else {
+            self.folder = root.display().to_string();
+            self.pending_reveal = Some(path.to_owned());
+            self.open(false);
+        }
+    }
+
+    fn select_path(&mut self, path: &str) {
+        let Some(i) = self
+            .set
+            .as_ref()
+            .and_then(|set| set.rows.iter().position(|r| r.path == path))
+        else {
+            self.status = format!("{path} is not in this dataset's manifest");
+            return;
+        };
+        self.flush_mask();
+        self.filter = 0;
+        self.selected = Some(i);
+        self.page = i / GRID_PAGE;
+        self.status = format!(
+            "{path}: the evaluation flags its part as a possible label error (its images look \
+             like the other kind); check the label of every image of the part"
+        );
     }
 
     /// How many images the active model has predicted (so far, while a run goes on).
@@ -415,5 +464,42 @@ mod tests {
         // Other filters keep dataset order.
         v.filter = 0;
         assert_eq!(v.visible(), vec![0, 1, 2, 3, 4]);
+    }
+
+    /// A flagged image of the open dataset is shown at once, whatever the filter; one of
+    /// another dataset opens that dataset first and is shown when it has opened.
+    #[test]
+    fn reveal_shows_a_flagged_image_opening_its_dataset_if_needed() {
+        let set = |root: &str| LabelSet {
+            root: PathBuf::from(root),
+            rows: (0..130)
+                .map(|i| row(&format!("{i}.png"), "good", "g"))
+                .collect(),
+            classes: vec!["good".into()],
+            checked: Default::default(),
+        };
+        let mut v = LabelView {
+            set: Some(set("/data/a")),
+            filter: 1,
+            ..LabelView::default()
+        };
+        v.reveal(Path::new("/data/a"), "125.png");
+        assert_eq!((v.selected, v.filter, v.page), (Some(125), 0, 2));
+        assert!(v.pending_open.is_none());
+        v.reveal(Path::new("/data/a"), "missing.png");
+        assert_eq!(v.selected, Some(125));
+        assert!(v.status.contains("not in this dataset"), "{}", v.status);
+        // Another dataset: opened first (in the loader thread), then shown.
+        v.reveal(Path::new("/data/b"), "7.png");
+        assert_eq!(v.folder, "/data/b");
+        assert_eq!(
+            v.pending_open
+                .as_ref()
+                .map(|(p, create)| (p.clone(), *create)),
+            Some((PathBuf::from("/data/b"), false))
+        );
+        v.opened(PathBuf::from("/data/b"), Ok(set("/data/b")));
+        assert_eq!(v.selected, Some(7));
+        assert!(v.pending_reveal.is_none());
     }
 }

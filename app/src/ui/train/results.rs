@@ -19,6 +19,7 @@ pub fn threshold_plot_id() -> egui::Id {
 }
 
 pub(in crate::ui) fn results(app: &mut InspectorApp, ui: &mut egui::Ui, ctx: &egui::Context) {
+    let mut reveal: Option<String> = None;
     let t = &mut app.train;
     let Some(res) = &t.result else { return };
     let r = &res.detailed.report;
@@ -103,14 +104,21 @@ pub(in crate::ui) fn results(app: &mut InspectorApp, ui: &mut egui::Ui, ctx: &eg
             ));
             // Likely label errors: for a person to check in the Label tab, never changed here.
             for s in &r.suspect_parts {
-                ui.colored_label(
-                    ui.visuals().warn_fg_color,
-                    format!(
-                        "Check the label of {}, e.g. {}",
-                        s.summary(),
-                        s.contradicting.first().map_or("", String::as_str)
-                    ),
-                );
+                let first = s.contradicting.first().map_or("", String::as_str);
+                ui.horizontal_wrapped(|ui| {
+                    ui.colored_label(
+                        ui.visuals().warn_fg_color,
+                        format!("Check the label of {}, e.g. {first}", s.summary()),
+                    );
+                    if !first.is_empty()
+                        && ui
+                            .small_button("Show in Label")
+                            .on_hover_text("Open this image and its part in the Label tab")
+                            .clicked()
+                    {
+                        reveal = Some(first.to_owned());
+                    }
+                });
             }
         });
     });
@@ -353,6 +361,11 @@ pub(in crate::ui) fn results(app: &mut InspectorApp, ui: &mut egui::Ui, ctx: &eg
                 rates,
             ))
         });
+    }
+    if let Some(path) = reveal {
+        let root = PathBuf::from(app.train.data.trim());
+        app.label.reveal(&root, &path);
+        app.tab = crate::ui::Tab::Label;
     }
 }
 
