@@ -190,6 +190,56 @@ fn anomaly_bench(
 }
 
 /// How a profile's times were taken, for the report.
+/// Batch-1 latency of `model` with the split-K candidate (`SplitK::GPU`) against `table`'s
+/// engine (the adapter table's choice), timed alternately `iters` times; `None` where the table
+/// runs no GEMM or already splits.
+fn split_k_candidate(
+    model: &Model,
+    table: &mut Engine,
+    gpu: &kernels::GpuContext,
+    frame: &Frame<'_>,
+    iters: usize,
+) -> anyhow::Result<Option<serde_json::Value>> {
+    use kernels::ops::pointwise_gemm::SplitK;
+    use kernels::ops::tuning::Pointwise;
+    let base = table.kernel_config();
+    if !matches!(base.pointwise, Pointwise::Gemm(_)) || base.split_k != SplitK::OFF {
+        return Ok(None);
+    }
+    let config = kernels::ops::tuning::KernelConfig {
+        split_k: SplitK::GPU,
+        ..base
+    };
+    let mut split = Engine::with_config(&gpu.device, &gpu.queue, model, 1, gpu.describe(), config)?;
+    let frames = std::slice::from_ref(frame);
+    for _ in 0..3 {
+        table.infer(frames)?;
+        split.infer(frames)?;
+    }
+    let (mut a, mut b) = (Vec::with_capacity(iters), Vec::with_capacity(iters));
+    for _ in 0..iters {
+        let t = Instant::now();
+        table.infer(frames)?;
+        a.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        split.infer(frames)?;
+        b.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let p50 = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let prof = split.profile_detail(frames)?;
+    Ok(Some(serde_json::json!({
+        "config": config.describe(),
+        "batch_1_p50_ms": p50(b),
+        "table_batch_1_p50_ms": p50(a),
+        "dispatches": prof.ops.len(),
+        "dispatch_sum_ms": prof.ops.iter().map(|o| o.seconds).sum::<f64>() * 1e3,
+        "split_dispatches": prof.ops.iter().filter(|o| o.label.ends_with(".sum")).count(),
+    })))
+}
+
 fn timing_kind(p: Option<&kernels::Profile>) -> &'static str {
     match p {
         Some(p) if p.gpu_timestamps => "GPU timestamps per dispatch, one submission",
@@ -526,6 +576,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 })
                 .collect(),
         );
+        // The split-K candidate against the table's choice at batch 1, timed alternately in
+        // one run (GEMM adapters only: a CPU rasteriser's table has no GEMM to split).
+        let split = split_k_candidate(&bm, &mut leng, &gpu, &frames[0], liters.max(20))?;
+        if let Some(v) = &split {
+            entry["split_k_candidate"] = v.clone();
+        }
         models.insert(lname.clone(), entry);
         if !args.json {
             println!();
@@ -567,6 +623,17 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                     o.label,
                     o.kind,
                     o.seconds * 1e3
+                );
+            }
+            if let Some(v) = &split {
+                println!(
+                    "batch 1 with {}: p50 {:.3} ms ({} dispatches, sum {:.3} ms) vs {:.3} ms \
+                     without, timed alternately",
+                    v["config"].as_str().unwrap_or(""),
+                    v["batch_1_p50_ms"].as_f64().unwrap_or(0.0),
+                    v["dispatches"],
+                    v["dispatch_sum_ms"].as_f64().unwrap_or(0.0),
+                    v["table_batch_1_p50_ms"].as_f64().unwrap_or(0.0),
                 );
             }
         }

@@ -4,9 +4,12 @@
 // smallest valid margin), and heat_class is the FAIL class that wins at the chosen position.
 //   src:  [n][h][w][c4] (no border), one channel per class
 //   content: [n][2] = the input pixels the image fills (width, height), from preprocess
+// The linear classifier that follows the pool (always: validated) and the softmax run in the
+// epilogue, so the class probabilities come out of this one dispatch:
+//   out[n * classes + j] = softmax_j(bias[j] + Σ weights[j] · scores at the chosen position)
 // One workgroup per image: each invocation scans every 64th position, then a tree reduction
 // (ties to the lower position, as the reference's row-major first maximum). Mirrors
-// `Layer::DefectMaxPool` in reference.rs.
+// `Layer::DefectMaxPool` + `Layer::Linear` + the softmax in reference.rs.
 // Rust side: src/ops/defect_pool.rs.
 
 struct Params {
@@ -18,15 +21,21 @@ struct Params {
     in_w: u32,          // model input width / height in pixels
     in_h: u32,
     heat_offset: u32,   // where the heatmaps start in `out` (batch × classes)
+    in4: u32,           // the classifier's input vec4s (= c4)
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> src: array<f32>;
 @group(0) @binding(2) var<storage, read> is_pass: array<u32>;
 @group(0) @binding(3) var<storage, read> content: array<u32>;
-@group(0) @binding(4) var<storage, read_write> dst: array<vec4<f32>>;
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;
-@group(0) @binding(6) var<storage, read_write> heat_class: array<u32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(5) var<storage, read_write> heat_class: array<u32>;
+// The classifier: [classes][in4] vec4 (zero-padded past its inputs), [classes] (linear.wgsl's).
+@group(0) @binding(6) var<storage, read> weights: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read> bias: array<f32>;
 
 fn valid_cells(c: u32, cells: u32, side: u32) -> u32 {
     return clamp((c * cells + side - 1u) / side, 1u, cells);
@@ -105,9 +114,27 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
     }
     if t == 0u {
         let at = (n * hw + select(sh_p[0], 0u, sh_p[0] >= hw)) * p.c4;
-        for (var c = 0u; c < p.c4; c++) {
-            dst[n * p.c4 + c] = vec4<f32>(src[(at + c) * 4u], src[(at + c) * 4u + 1u],
-                                          src[(at + c) * 4u + 2u], src[(at + c) * 4u + 3u]);
+        // Logits (kept in `out` until the softmax overwrites them), their maximum.
+        let k = p.classes;
+        let base = n * k;
+        var m = -3.4e38;
+        for (var j = 0u; j < k; j++) {
+            var s = 0.0;
+            for (var c = 0u; c < p.in4; c++) {
+                let f = vec4<f32>(src[(at + c) * 4u], src[(at + c) * 4u + 1u],
+                                  src[(at + c) * 4u + 2u], src[(at + c) * 4u + 3u]);
+                s += dot(weights[j * p.in4 + c], f);
+            }
+            let l = s + bias[j];
+            out[base + j] = l;
+            m = max(m, l);
+        }
+        var total = 0.0;
+        for (var j = 0u; j < k; j++) {
+            total += exp(out[base + j] - m);
+        }
+        for (var j = 0u; j < k; j++) {
+            out[base + j] = exp(out[base + j] - m) / total;
         }
         heat_class[n] = sh_k[0];
     }

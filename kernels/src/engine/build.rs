@@ -493,7 +493,29 @@ impl Engine {
                             vec![Bind::Act(cur), Bind::Features],
                         ),
                         _ => {
+                            // The linear classifier that follows (validated: the last layer)
+                            // and the softmax run in the pool's epilogue: one dispatch.
                             defect_pool = true;
+                            let (
+                                Some(Layer::Linear {
+                                    in_features,
+                                    out_features,
+                                }),
+                                Some(Some(lw)),
+                            ) = (layers.get(i + 1), model.weights.get(i + 1))
+                            else {
+                                unreachable!("validated model: a linear follows the pool")
+                            };
+                            debug_assert_eq!(*out_features, classes, "validated: one per class");
+                            let packed = ops::linear::pack_weights(
+                                &lw.weight,
+                                *out_features as usize,
+                                *in_features as usize,
+                            );
+                            let wi =
+                                add_weights(device, "kernels::linear::weights".into(), &packed);
+                            let bi = add_weights(device, "kernels::linear::bias".into(), &lw.bias);
+                            linear_weights = Some(wi);
                             (
                                 Params::DefectPool(ops::defect_pool::Params {
                                     batch: max_batch,
@@ -504,14 +526,17 @@ impl Engine {
                                     in_w: inp.width,
                                     in_h: inp.height,
                                     heat_offset: max_batch * classes,
+                                    in4: in_features.div_ceil(4),
+                                    _pad: [0; 3],
                                 }),
                                 vec![
                                     Bind::Act(cur),
                                     Bind::IsPass,
                                     Bind::Content,
-                                    Bind::Features,
                                     Bind::Output,
                                     Bind::HeatClass,
+                                    Bind::Weights(wi),
+                                    Bind::Weights(bi),
                                 ],
                             )
                         }
@@ -685,6 +710,16 @@ impl Engine {
                     }
                     layer_act.push(cur);
                 }
+                Layer::Linear { out_features, .. } if defect_pool => {
+                    // Run by the defect max pool's dispatch (above); nothing reads the logits.
+                    logits = Some(storage(
+                        device,
+                        "kernels::logits",
+                        max_batch as u64 * out_features as u64 * 4,
+                        limit,
+                    )?);
+                    layer_act.push(cur);
+                }
                 Layer::Linear {
                     in_features,
                     out_features,
@@ -768,13 +803,16 @@ impl Engine {
             keep_class: (defect_pool && !bank_head) as u32,
             _pad: 0,
         });
-        steps.push(Step {
-            label: "softmax".into(),
-            uniform: uniform("kernels::softmax::params", &sm),
-            params: sm,
-            binds: vec![Bind::Logits, Bind::IsPass, Bind::Output, Bind::HeatClass],
-            bind_group: None,
-        });
+        // (The defect max pool computes its probabilities itself.)
+        if !defect_pool || bank_head {
+            steps.push(Step {
+                label: "softmax".into(),
+                uniform: uniform("kernels::softmax::params", &sm),
+                params: sm,
+                binds: vec![Bind::Logits, Bind::IsPass, Bind::Output, Bind::HeatClass],
+                bind_group: None,
+            });
+        }
         if !defect_pool {
             let cam = Params::Cam(ops::cam_heatmap::Params {
                 batch: max_batch,

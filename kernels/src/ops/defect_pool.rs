@@ -1,4 +1,5 @@
-//! Wrapper of `shaders/defect_pool.wgsl`: `Layer::DefectMaxPool` and its margin heatmap.
+//! Wrapper of `shaders/defect_pool.wgsl`: `Layer::DefectMaxPool` and its margin heatmap, with
+//! the linear classifier after it and the softmax in its epilogue.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -25,6 +26,10 @@ pub struct Params {
     pub in_h: u32,
     /// Offset of the heatmaps in the output buffer (batch × classes).
     pub heat_offset: u32,
+    /// The linear classifier's input vec4s (= `c4`).
+    pub in4: u32,
+    /// Padding.
+    pub _pad: [u32; 3],
 }
 
 /// One workgroup per image.
