@@ -36,3 +36,9 @@ done
 for k in 128x8x4 256x8x2 64x4x4 512x16x2; do
   run "split-$k" KERNELS_SPLIT_K=$k
 done
+# The tile of single-frame calls (the table's GPU row: 8x8x2x2x8; it must be as wide as the
+# batch tile, TN·RN = 16): the batch tile everywhere, then other candidates.
+run latency-off KERNELS_LATENCY_TILE=off
+for t in 8x8x1x2x8 8x8x2x2x4 16x4x1x4x8; do
+  run "latency-$t" KERNELS_LATENCY_TILE=$t
+done

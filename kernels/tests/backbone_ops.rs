@@ -203,9 +203,26 @@ fn every_pointwise_variant_matches_the_reference() {
         rn: 2,
         bk: 1,
     };
+    // Single frames run the latency tile where one is set (it must be as wide as the batch
+    // tile): the table's with the table's batch tile, an awkward one with the tile as wide.
+    let awkward_latency = GemmTile {
+        tm: 16,
+        tn: 4,
+        rm: 1,
+        rn: 4,
+        bk: 4,
+    };
+    let latency = |t: GemmTile| {
+        if t == GemmTile::DEFAULT {
+            Some(GemmTile::LATENCY)
+        } else {
+            (awkward_latency.bn4() == t.bn4()).then_some(awkward_latency)
+        }
+    };
     let configs = std::iter::once(KernelConfig::CPU)
         .chain(tiles.iter().map(|&t| KernelConfig {
             pointwise: Pointwise::Gemm(t),
+            latency_tile: latency(t),
             ..KernelConfig::GPU
         }))
         .chain([GemmTile::DEFAULT, one_vec4_steps].map(|t| KernelConfig {
@@ -226,7 +243,7 @@ fn every_pointwise_variant_matches_the_reference() {
             config,
             "the tile fits lavapipe's limits"
         );
-        for n in [5usize, 2] {
+        for n in [5usize, 2, 1] {
             let cases = random_frames(&mut rng, n);
             check(
                 TOLERANCE,
@@ -235,7 +252,7 @@ fn every_pointwise_variant_matches_the_reference() {
                 &frames_of(&cases),
                 &format!("{} {h}×{w} batch {n}", config.describe()),
             );
-            if config.split_k != SplitK::OFF {
+            if config.split_k != SplitK::OFF && n > 1 {
                 // The products really were cut: three of the block's five 1×1 convolutions
                 // have two K-steps or more even with 4-vec4 steps.
                 let profile = engine.profile_detail(&frames_of(&cases)).expect("profile");

@@ -158,7 +158,7 @@ impl Engine {
                         Some(&Layer::Add { from }) if kernel == 1 && groups == 1 => Some(from),
                         _ => None,
                     };
-                    let mut split_at_1 = false;
+                    let mut splits_somewhere = false;
                     let out = new_act(
                         format!("kernels::act::{i}"),
                         out_channels,
@@ -237,17 +237,18 @@ impl Engine {
                                 splits: 1,
                                 k_chunk: src.c4,
                             };
-                            // Split-K: the slices of every call size fit the scratch buffer;
-                            // batch 1 splits most, so a product unsplit there never splits.
-                            let k = kernels.config.split_k;
+                            // Split-K: the slices of every call size fit the scratch buffer; a
+                            // reduce step follows where some call size splits.
+                            // (Single frames may run another tile: `KernelConfig::gemm_tile`.)
+                            let (k, config) = (kernels.config.split_k, &kernels.config);
+                            let tile = |n| config.gemm_tile(n).unwrap_or(t);
                             for n in 1..=max_batch {
                                 gp.batch = n;
-                                scratch_bytes = scratch_bytes.max(16 * k.partial_vec4s(&gp, t));
+                                let part = k.partial_vec4s(&gp, tile(n));
+                                scratch_bytes = scratch_bytes.max(16 * part);
+                                splits_somewhere |= part > 0;
                             }
-                            gp.batch = 1;
-                            split_at_1 = k.choose(&gp, t).0 > 1;
-                            gp.batch = max_batch;
-                            (gp.splits, gp.k_chunk) = k.choose(&gp, t);
+                            (gp.splits, gp.k_chunk) = k.choose(&gp, tile(max_batch));
                             (Params::Gemm(gp), wi, bi)
                         } else {
                             let tile = if kernel == 1 {
@@ -298,7 +299,7 @@ impl Engine {
                     let reduce = match params {
                         Params::Gemm(p) => {
                             binds.push(Bind::Scratch);
-                            split_at_1.then(|| Step {
+                            splits_somewhere.then(|| Step {
                                 uniform: uniform(&format!("kernels::{label}.sum::params"), &params),
                                 label: format!("{label}.sum"),
                                 params: Params::GemmReduce(p),

@@ -65,7 +65,7 @@ impl Params {
             Self::Conv(p) | Self::Pointwise(p) => p.batch = n,
             Self::Gemm(p) | Self::GemmReduce(p) => {
                 p.batch = n;
-                if let ops::tuning::Pointwise::Gemm(t) = config.pointwise {
+                if let Some(t) = config.gemm_tile(n) {
                     (p.splits, p.k_chunk) = config.split_k.choose(p, t);
                 }
             }
@@ -143,9 +143,9 @@ impl Params {
             Self::Preprocess(p) => ops::preprocess::workgroups(p),
             Self::Conv(p) => ops::conv2d::workgroups(p, k.conv_tile),
             Self::Pointwise(p) => ops::conv2d::workgroups(p, k.pointwise_tile),
-            Self::Gemm(p) => match k.config.pointwise {
-                ops::tuning::Pointwise::Gemm(t) => ops::pointwise_gemm::workgroups(p, t),
-                ops::tuning::Pointwise::Direct(_) => unreachable!("a GEMM step needs a GEMM tile"),
+            Self::Gemm(p) => match k.config.gemm_tile(p.batch) {
+                Some(t) => ops::pointwise_gemm::workgroups(p, t),
+                None => unreachable!("a GEMM step needs a GEMM tile"),
             },
             Self::GemmReduce(p) => ops::pointwise_gemm::reduce_workgroups(p),
             Self::Depthwise(p) => ops::depthwise::workgroups(p),
@@ -170,10 +170,11 @@ impl Params {
             Self::Preprocess(_) => &k.preprocess,
             Self::Conv(_) => &k.conv2d,
             Self::Pointwise(_) => &k.pointwise,
-            Self::Gemm(_) => k
-                .pointwise_gemm
-                .as_ref()
-                .unwrap_or_else(|| unreachable!("a GEMM step needs the GEMM kernel")),
+            Self::Gemm(p) => match (&k.pointwise_gemm_latency, &k.pointwise_gemm) {
+                (Some(latency), _) if p.batch <= 1 => latency,
+                (_, Some(batch)) => batch,
+                _ => unreachable!("a GEMM step needs the GEMM kernel"),
+            },
             Self::GemmReduce(_) => k
                 .pointwise_split_reduce
                 .as_ref()

@@ -87,10 +87,15 @@ impl Kernel {
     /// which keeps LLVM (lavapipe) from holding them in registers and nearly halves its speed
     /// (measured on ref-cnn, batch 32, 2 cores: 316 ms unchecked vs 540–600 ms checked).
     fn new_unchecked(device: &wgpu::Device, label: &str, source: &str) -> Self {
-        Self::unchecked_entry(device, label, source)
+        Self::unchecked_entry(device, label, source, None)
     }
 
-    fn unchecked_entry(device: &wgpu::Device, label: &str, source: &str) -> Self {
+    fn unchecked_entry(
+        device: &wgpu::Device,
+        label: &str,
+        source: &str,
+        layout: Option<wgpu::BindGroupLayout>,
+    ) -> Self {
         let desc = wgpu::ShaderModuleDescriptor {
             label: Some(label),
             source: wgpu::ShaderSource::Wgsl(source.into()),
@@ -127,7 +132,34 @@ impl Kernel {
         let module = unsafe {
             device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
         };
-        Self::from_module(device, label, module, "main")
+        match layout {
+            None => Self::from_module(device, label, module, "main"),
+            Some(layout) => Self::with_layout(device, label, module, layout),
+        }
+    }
+
+    /// A pipeline on an explicit bind group layout, so bind groups made for one pipeline of
+    /// that layout serve the others (a derived layout belongs to its one pipeline).
+    fn with_layout(
+        device: &wgpu::Device,
+        label: &str,
+        module: wgpu::ShaderModule,
+        layout: wgpu::BindGroupLayout,
+    ) -> Self {
+        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(label),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(label),
+            layout: Some(&pipeline_layout),
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        Self { pipeline, layout }
     }
 
     fn from_module(
@@ -206,6 +238,9 @@ pub struct Kernels {
     pub bank_finish: Kernel,
     /// pointwise_gemm.wgsl for the configured tile, where the configuration uses it.
     pub pointwise_gemm: Option<Kernel>,
+    /// pointwise_gemm.wgsl for the latency tile (single-frame calls), where configured; same
+    /// bind group layout as `pointwise_gemm`.
+    pub pointwise_gemm_latency: Option<Kernel>,
     /// pointwise_split_reduce.wgsl (the second pass of a split-K GEMM), with the GEMM.
     pub pointwise_split_reduce: Option<Kernel>,
     /// max_pool.wgsl
@@ -236,17 +271,28 @@ impl Kernels {
         let conv_tile = config.conv_tile;
         let pointwise_tile = config.pointwise_tile;
         let depthwise_px = depthwise::px_from_env();
+        let gemm_layout = pointwise_gemm::bind_group_layout(device);
         Self {
             conv_tile,
             pointwise_tile,
             config,
             pointwise_gemm: match config.pointwise {
-                tuning::Pointwise::Gemm(t) => Some(Kernel::new_unchecked(
+                tuning::Pointwise::Gemm(t) => Some(Kernel::unchecked_entry(
                     device,
                     "kernels::pointwise_gemm",
                     &t.source(),
+                    Some(gemm_layout.clone()),
                 )),
                 tuning::Pointwise::Direct(_) => None,
+            },
+            pointwise_gemm_latency: match (config.pointwise, config.latency_tile) {
+                (tuning::Pointwise::Gemm(_), Some(t)) => Some(Kernel::unchecked_entry(
+                    device,
+                    "kernels::pointwise_gemm_latency",
+                    &t.source(),
+                    Some(gemm_layout),
+                )),
+                _ => None,
             },
             pointwise_split_reduce: match config.pointwise {
                 tuning::Pointwise::Gemm(_) => Some(Kernel::new(

@@ -40,6 +40,20 @@ impl GemmTile {
         bk: 4,
     };
 
+    /// The tile for single-frame calls on GPUs (the station's latency): 8×8 invocations, 2
+    /// pixels × 2 output vec4s each (16 pixels × 64 channels), K in steps of 32 channels; twice
+    /// the workgroups of [`Self::DEFAULT`] on the small late-stage maps. Measured in the same
+    /// H200 run as the list above: batch 1 0.871 ms against 0.915 ms for the default, which
+    /// keeps batches (10.2k vs 7.7k images/s at batch 32). Same output tile width, so the
+    /// weights are padded alike and one bind group serves both pipelines.
+    pub const LATENCY: Self = Self {
+        tm: 8,
+        tn: 8,
+        rm: 2,
+        rn: 2,
+        bk: 8,
+    };
+
     /// Invocations per workgroup.
     pub fn invocations(self) -> u32 {
         self.tm * self.tn
@@ -109,6 +123,35 @@ impl GemmTile {
     pub fn padded_out_channels(self, out_c: usize) -> usize {
         out_c.div_ceil(4 * self.bn4() as usize) * 4 * self.bn4() as usize
     }
+}
+
+/// The bind group layout both GEMM pipelines (the batch tile and the latency tile) share, so one
+/// bind group per step serves either: uniform params, then src, weights, bias (read), dst
+/// (read-write), res (read), part (read-write).
+pub fn bind_group_layout(device: &wgpu::Device) -> wgpu::BindGroupLayout {
+    let entry = |binding: u32, ty: wgpu::BufferBindingType| wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty,
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        },
+        count: None,
+    };
+    let storage = |read_only| wgpu::BufferBindingType::Storage { read_only };
+    device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some("kernels::pointwise_gemm::layout"),
+        entries: &[
+            entry(0, wgpu::BufferBindingType::Uniform),
+            entry(1, storage(true)),
+            entry(2, storage(true)),
+            entry(3, storage(true)),
+            entry(4, storage(false)),
+            entry(5, storage(true)),
+            entry(6, storage(false)),
+        ],
+    })
 }
 
 /// Mirrors `Params` in pointwise_gemm.wgsl.

@@ -4,7 +4,7 @@
 //! | adapter | 1×1 convolutions | split-K | k×k conv tile | memory bank |
 //! |---|---|---|---|---|
 //! | CPU rasteriser (lavapipe, WARP, SwiftShader) | direct register tiles, `conv2d::Tile::POINTWISE`, residual add fused | off | `Tile::DEFAULT` | [`BankSplit::CPU`] |
-//! | any GPU (NVIDIA measured on an H200; others take the same entry until measured) | [`GemmTile::DEFAULT`] in workgroup memory, residual add fused | off until measured ([`SplitK::GPU`] is the candidate) | `Tile::DEFAULT` | [`BankSplit::GPU`] |
+//! | any GPU (NVIDIA measured on an H200; others take the same entry until measured) | [`GemmTile::DEFAULT`] in workgroup memory, residual add fused; single frames [`GemmTile::LATENCY`] | off until measured ([`SplitK::GPU`] is the candidate) | `Tile::DEFAULT` | [`BankSplit::GPU`] |
 //!
 //! Why: on a CPU rasteriser every invocation's load is a gather and workgroup barriers are
 //! costly, so register tiles that maximise FMAs per load win (measured there, see
@@ -15,7 +15,8 @@
 //! it trades one more dispatch for a shorter serial K loop, which only a GPU with many idle
 //! cores can win, so it stays off until an H200 run shows that it pays
 //! (`scripts/gpu-tune.sh` measures it). Environment overrides for tuning on a new adapter:
-//! `KERNELS_POINTWISE=direct|gemm` or `gemm:TMxTNxRMxRNxBK`, `KERNELS_SPLIT_K=off` or
+//! `KERNELS_POINTWISE=direct|gemm` or `gemm:TMxTNxRMxRNxBK`,
+//! `KERNELS_LATENCY_TILE=off|TMxTNxRMxRNxBK` (the tile of single-frame calls), `KERNELS_SPLIT_K=off` or
 //! `MINxMAXxSTEPS` (see [`SplitK`]), `KERNELS_BANK=cpu|gpu` (and `KERNELS_CONV_TILE`,
 //! `KERNELS_POINTWISE_TILE`, `KERNELS_DEPTHWISE_PX` for the direct kernels).
 
@@ -44,6 +45,9 @@ pub struct KernelConfig {
     pub pointwise: Pointwise,
     /// When a GEMM dispatch is cut along K (GEMM only).
     pub split_k: SplitK,
+    /// The GEMM tile of single-frame calls (GEMM only; `None`: the batch tile everywhere). Its
+    /// output tile is as wide as the batch tile's (one weight padding for both).
+    pub latency_tile: Option<GemmTile>,
     /// How the memory bank is cut.
     pub bank: BankSplit,
 }
@@ -55,6 +59,7 @@ impl KernelConfig {
         pointwise_tile: Tile::POINTWISE,
         pointwise: Pointwise::Direct(Tile::POINTWISE),
         split_k: SplitK::OFF,
+        latency_tile: None,
         bank: BankSplit::CPU,
     };
     /// The table's entry for a GPU.
@@ -63,6 +68,7 @@ impl KernelConfig {
         pointwise_tile: Tile::POINTWISE,
         pointwise: Pointwise::Gemm(GemmTile::DEFAULT),
         split_k: SplitK::OFF,
+        latency_tile: Some(GemmTile::LATENCY),
         bank: BankSplit::GPU,
     };
 
@@ -94,6 +100,18 @@ impl KernelConfig {
                 c.pointwise = Pointwise::Gemm(t);
             }
         }
+        match std::env::var("KERNELS_LATENCY_TILE")
+            .as_deref()
+            .map(str::trim)
+        {
+            Ok("off") => c.latency_tile = None,
+            Ok(v) => {
+                if let Some(t) = parse_gemm(v) {
+                    c.latency_tile = Some(t);
+                }
+            }
+            Err(_) => {}
+        }
         if let Some(k) = std::env::var("KERNELS_SPLIT_K")
             .ok()
             .and_then(|v| SplitK::parse(&v))
@@ -111,8 +129,28 @@ impl KernelConfig {
         c.checked(&limits)
     }
 
-    /// This configuration with a GEMM tile the device cannot hold replaced by the direct kernel.
+    /// The GEMM tile a call of `batch` images runs (None: the direct kernel).
+    pub fn gemm_tile(&self, batch: u32) -> Option<GemmTile> {
+        match self.pointwise {
+            Pointwise::Gemm(t) if batch <= 1 => Some(self.latency_tile.unwrap_or(t)),
+            Pointwise::Gemm(t) => Some(t),
+            Pointwise::Direct(_) => None,
+        }
+    }
+
+    /// This configuration with a GEMM tile the device cannot hold replaced by the direct kernel
+    /// (a latency tile it cannot hold, or one of another output width, dropped).
     pub fn checked(mut self, limits: &wgpu::Limits) -> Self {
+        if let (Pointwise::Gemm(t), Some(l)) = (self.pointwise, self.latency_tile)
+            && (!l.fits(limits) || l.bn4() != t.bn4())
+        {
+            tracing::warn!(
+                ?l,
+                "the latency GEMM tile does not fit this device or the batch tile's width; \
+                 using the batch tile"
+            );
+            self.latency_tile = None;
+        }
         if let Pointwise::Gemm(t) = self.pointwise
             && !t.fits(limits)
         {
@@ -138,6 +176,12 @@ impl KernelConfig {
         } else {
             format!("{:?}", self.bank)
         };
+        let latency = match (self.pointwise, self.latency_tile) {
+            (Pointwise::Gemm(_), Some(t)) => {
+                format!(" (1 frame: {}x{}x{}x{}x{})", t.tm, t.tn, t.rm, t.rn, t.bk)
+            }
+            _ => String::new(),
+        };
         let split = match (self.pointwise, self.split_k) {
             (Pointwise::Gemm(_), k) if k.max_splits > 1 && k.min_workgroups > 0 => format!(
                 ", split-K {}x{}x{}",
@@ -146,7 +190,7 @@ impl KernelConfig {
             _ => String::new(),
         };
         format!(
-            "conv {}x{}, pointwise {pw}{split}, bank {bank}",
+            "conv {}x{}, pointwise {pw}{latency}{split}, bank {bank}",
             self.conv_tile.px, self.conv_tile.ocb
         )
     }
@@ -160,5 +204,34 @@ fn parse_gemm(s: &str) -> Option<GemmTile> {
     match v[..] {
         [tm, tn, rm, rn, bk] => Some(GemmTile { tm, tn, rm, rn, bk }),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_frames_take_the_latency_tile_only_where_it_fits_the_batch_tile() {
+        let limits = wgpu::Limits::default();
+        let gpu = KernelConfig::GPU.checked(&limits);
+        assert_eq!(gpu.gemm_tile(1), Some(GemmTile::LATENCY));
+        assert_eq!(gpu.gemm_tile(2), Some(GemmTile::DEFAULT));
+        assert_eq!(KernelConfig::CPU.gemm_tile(1), None);
+        // A batch tile of another output width keeps its own tile for single frames too.
+        let narrow = GemmTile {
+            tm: 16,
+            tn: 4,
+            rm: 1,
+            rn: 3,
+            bk: 4,
+        };
+        let c = KernelConfig {
+            pointwise: Pointwise::Gemm(narrow),
+            ..KernelConfig::GPU
+        }
+        .checked(&limits);
+        assert_eq!((c.latency_tile, c.gemm_tile(1)), (None, Some(narrow)));
+        assert!(gpu.describe().contains("(1 frame: 8x8x2x2x8)"), "{}", gpu.describe());
     }
 }
