@@ -23,22 +23,8 @@
 // vec4s [z·k_chunk, (z+1)·k_chunk) and stores its raw sums (bias in slice 0 only, no
 // activation, no residual) to part[z][m][oc4]; pointwise_split_reduce.wgsl adds the slices up
 // and applies the epilogue.
-// Rust side: src/ops/pointwise_gemm.rs (mirrors `Params`).
-
-struct Params {
-    batch: u32,
-    h: u32,
-    w: u32,
-    in_c4: u32,
-    out_c4: u32,
-    in_border: u32,
-    out_border: u32,
-    act: u32,          // 0 none, 1 relu, 2 relu6
-    res: u32,          // 1: add `res` after the activation (the residual skip)
-    res_border: u32,
-    splits: u32,       // K slices (1: whole product + epilogue here)
-    k_chunk: u32,      // input vec4s per slice, a multiple of BK (>= in_c4 when unsplit)
-}
+// `Params` and `pixel_base`: pointwise_common.wgsl. Rust side: src/ops/pointwise_gemm.rs (mirrors
+// `Params`).
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> src: array<vec4<f32>>;
@@ -64,16 +50,6 @@ const WS: u32 = BK * 4u + 1u;
 
 var<workgroup> xs: array<vec4<f32>, BM * XS>;   // [pixel][k]
 var<workgroup> ws: array<vec4<f32>, BN4 * WS>;  // [oc4][k][column]
-
-// Index of the first vec4 of pixel m in an NHWC4 tensor with border b and `c4` vec4s per pixel.
-fn pixel_base(m: u32, b: u32, c4: u32) -> u32 {
-    let hw = p.h * p.w;
-    let n = m / hw;
-    let r = m % hw;
-    let y = r / p.w;
-    let x = r % p.w;
-    return ((n * (p.h + 2u * b) + y + b) * (p.w + 2u * b) + x + b) * c4;
-}
 
 @compute @workgroup_size(64, 1, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,

@@ -1,37 +1,13 @@
 // The second pass of a split-K pointwise convolution (pointwise_gemm.wgsl with p.splits > 1):
 //   dst[m][oc4] = act(Σ_s part[s][m][oc4]) (+ res[m][oc4])
-// (the bias is in slice 0). One invocation per output vec4 of the batch. Same `Params` as the
-// GEMM (one struct, so the two dispatches of a product cannot disagree on a field).
+// (the bias is in slice 0). One invocation per output vec4 of the batch. `Params` and
+// `pixel_base`: pointwise_common.wgsl.
 // Rust side: src/ops/pointwise_gemm.rs (`REDUCE_SOURCE`, `reduce_workgroups`).
-
-struct Params {
-    batch: u32,
-    h: u32,
-    w: u32,
-    in_c4: u32,
-    out_c4: u32,
-    in_border: u32,
-    out_border: u32,
-    act: u32,          // 0 none, 1 relu, 2 relu6
-    res: u32,          // 1: add `res` after the activation (the residual skip)
-    res_border: u32,
-    splits: u32,
-    k_chunk: u32,
-}
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> part: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> dst: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> res: array<vec4<f32>>;
-
-fn pixel_base(m: u32, b: u32) -> u32 {
-    let hw = p.h * p.w;
-    let n = m / hw;
-    let r = m % hw;
-    let y = r / p.w;
-    let x = r % p.w;
-    return ((n * (p.h + 2u * b) + y + b) * (p.w + 2u * b) + x + b) * p.out_c4;
-}
 
 @compute @workgroup_size(64, 1, 1)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -52,7 +28,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         v = clamp(v, vec4<f32>(0.0), vec4<f32>(6.0));
     }
     if p.res == 1u {
-        v += res[pixel_base(m, p.res_border) + oc4];
+        v += res[pixel_base(m, p.res_border, p.out_c4) + oc4];
     }
-    dst[pixel_base(m, p.out_border) + oc4] = v;
+    dst[pixel_base(m, p.out_border, p.out_c4) + oc4] = v;
 }

@@ -59,6 +59,15 @@ impl Engine {
                 })
             };
 
+        // The classifier's logits (one f32 per image and class).
+        let logits_for = |classes: u32| {
+            storage(
+                device,
+                "kernels::logits",
+                max_batch as u64 * classes as u64 * 4,
+                limit,
+            )
+        };
         let mut acts = Vec::new();
         let mut steps: Vec<Step> = Vec::new();
         let inp = &spec.input;
@@ -597,12 +606,7 @@ impl Engine {
                         limit,
                     )?);
                     features = Some(storage(device, "kernels::features", 16, limit)?);
-                    logits = Some(storage(
-                        device,
-                        "kernels::logits",
-                        max_batch as u64 * classes as u64 * 4,
-                        limit,
-                    )?);
+                    logits = Some(logits_for(classes)?);
                     heat_features = Some(cur);
                     linear_weights = Some(wi);
                     // No CAM: the heatmap is the score map; softmax picks the anomaly class.
@@ -713,12 +717,7 @@ impl Engine {
                 }
                 Layer::Linear { out_features, .. } if defect_pool => {
                     // Run by the defect max pool's dispatch (above); nothing reads the logits.
-                    logits = Some(storage(
-                        device,
-                        "kernels::logits",
-                        max_batch as u64 * out_features as u64 * 4,
-                        limit,
-                    )?);
+                    logits = Some(logits_for(out_features)?);
                     layer_act.push(cur);
                 }
                 Layer::Linear {
@@ -736,12 +735,7 @@ impl Engine {
                     let wi = add_weights(device, "kernels::linear::weights".into(), &packed);
                     let bi = add_weights(device, "kernels::linear::bias".into(), &w.bias);
                     linear_weights = Some(wi);
-                    logits = Some(storage(
-                        device,
-                        "kernels::logits",
-                        max_batch as u64 * out_features as u64 * 4,
-                        limit,
-                    )?);
+                    logits = Some(logits_for(out_features)?);
                     let params = Params::Linear(ops::linear::Params {
                         batch: max_batch,
                         in4: in_features.div_ceil(4),

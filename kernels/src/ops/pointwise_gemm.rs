@@ -6,7 +6,10 @@
 use bytemuck::{Pod, Zeroable};
 
 /// The shader source (tile constants substituted by [`GemmTile::source`]).
-pub const SOURCE: &str = include_str!("../../shaders/pointwise_gemm.wgsl");
+pub const SOURCE: &str = concat!(
+    include_str!("../../shaders/pointwise_common.wgsl"),
+    include_str!("../../shaders/pointwise_gemm.wgsl")
+);
 
 /// The workgroup tile of the pointwise GEMM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -186,7 +189,10 @@ pub struct Params {
 }
 
 /// The shader that sums a split product's slices and applies the epilogue.
-pub const REDUCE_SOURCE: &str = include_str!("../../shaders/pointwise_split_reduce.wgsl");
+pub const REDUCE_SOURCE: &str = concat!(
+    include_str!("../../shaders/pointwise_common.wgsl"),
+    include_str!("../../shaders/pointwise_split_reduce.wgsl")
+);
 
 /// When a 1×1 convolution's product is cut along K (split-K): a dispatch that would fill fewer
 /// than `min_workgroups` workgroups (at batch 1 the long-K projections of the last stages fill

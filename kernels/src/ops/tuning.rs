@@ -232,6 +232,10 @@ mod tests {
         }
         .checked(&limits);
         assert_eq!((c.latency_tile, c.gemm_tile(1)), (None, Some(narrow)));
-        assert!(gpu.describe().contains("(1 frame: 8x8x2x2x8)"), "{}", gpu.describe());
+        assert!(
+            gpu.describe().contains("(1 frame: 8x8x2x2x8)"),
+            "{}",
+            gpu.describe()
+        );
     }
 }
