@@ -1,7 +1,8 @@
 //! The station: live inspection of parts.
 //!
 //! - [`source`]: frame sources (image folders, cameras, the synthetic source);
-//! - [`pipeline`]: the capture and inference workers and the [`pipeline::Verdict`] they emit;
+//! - [`pipeline`]: the capture and inference workers;
+//! - [`verdict`]: what they report: the [`verdict::Verdict`], events, counters, the loaded model;
 //! - [`display`]: frames and heatmaps as pixels for people;
 //! - [`trigger`]: triggered capture (one frame per trigger);
 //! - [`line_io`]: the PLC's trigger and results over Modbus TCP, the fail-safe.
@@ -14,3 +15,4 @@ pub mod line_io;
 pub mod pipeline;
 pub mod source;
 pub mod trigger;
+pub mod verdict;
