@@ -189,11 +189,12 @@ fn anomaly_bench(
     Ok(serde_json::Value::Object(out))
 }
 
-/// How a profile's times were taken, for the report.
-/// Batch-1 latency of `model` with the split-K candidate (`SplitK::GPU`) against `table`'s
-/// engine (the adapter table's choice), timed alternately `iters` times; `None` where the table
-/// runs no GEMM or already splits.
-fn split_k_candidate(
+/// Batch-1 latency of `model` under the table's alternatives that matter for it on a GEMM
+/// adapter (the split-K candidate `SplitK::GPU` where the table does not split; the batch tile
+/// for single frames where the table has a latency tile), each against `table`'s engine (the
+/// adapter table's choice), timed round-robin `iters` times in one run. `None` where the table
+/// runs no GEMM.
+fn batch1_alternatives(
     model: &Model,
     table: &mut Engine,
     gpu: &kernels::GpuContext,
@@ -201,45 +202,60 @@ fn split_k_candidate(
     iters: usize,
 ) -> anyhow::Result<Option<serde_json::Value>> {
     use kernels::ops::pointwise_gemm::SplitK;
-    use kernels::ops::tuning::Pointwise;
+    use kernels::ops::tuning::{KernelConfig, Pointwise};
     let base = table.kernel_config();
-    if !matches!(base.pointwise, Pointwise::Gemm(_)) || base.split_k != SplitK::OFF {
+    if !matches!(base.pointwise, Pointwise::Gemm(_)) {
         return Ok(None);
     }
-    let config = kernels::ops::tuning::KernelConfig {
-        split_k: SplitK::GPU,
-        ..base
-    };
-    let mut split = Engine::with_config(&gpu.device, &gpu.queue, model, 1, gpu.describe(), config)?;
+    let mut configs: Vec<(&str, KernelConfig)> = Vec::new();
+    if base.split_k == SplitK::OFF {
+        let split_k = SplitK::GPU;
+        configs.push(("split_k_candidate", KernelConfig { split_k, ..base }));
+    }
+    if base.latency_tile.is_some() {
+        let latency_tile = None;
+        configs.push((
+            "latency_tile_off",
+            KernelConfig {
+                latency_tile,
+                ..base
+            },
+        ));
+    }
+    let mut engines = configs
+        .iter()
+        .map(|&(_, c)| Engine::with_config(&gpu.device, &gpu.queue, model, 1, gpu.describe(), c))
+        .collect::<Result<Vec<_>, _>>()?;
     let frames = std::slice::from_ref(frame);
-    for _ in 0..3 {
-        table.infer(frames)?;
-        split.infer(frames)?;
+    let mut times = vec![Vec::with_capacity(iters); engines.len() + 1];
+    for round in 0..iters + 3 {
+        for (k, e) in std::iter::once(&mut *table).chain(&mut engines).enumerate() {
+            let t = Instant::now();
+            e.infer(frames)?;
+            if round >= 3 {
+                times[k].push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
     }
-    let (mut a, mut b) = (Vec::with_capacity(iters), Vec::with_capacity(iters));
-    for _ in 0..iters {
-        let t = Instant::now();
-        table.infer(frames)?;
-        a.push(t.elapsed().as_secs_f64() * 1e3);
-        let t = Instant::now();
-        split.infer(frames)?;
-        b.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    let p50 = |mut v: Vec<f64>| {
+    let p50 = |v: &[f64]| {
+        let mut v = v.to_vec();
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let prof = split.profile_detail(frames)?;
-    Ok(Some(serde_json::json!({
-        "config": config.describe(),
-        "batch_1_p50_ms": p50(b),
-        "table_batch_1_p50_ms": p50(a),
-        "dispatches": prof.ops.len(),
-        "dispatch_sum_ms": prof.ops.iter().map(|o| o.seconds).sum::<f64>() * 1e3,
-        "split_dispatches": prof.ops.iter().filter(|o| o.label.ends_with(".sum")).count(),
-    })))
+    let mut out = serde_json::json!({ "table_batch_1_p50_ms": p50(&times[0]) });
+    for (((name, config), e), t) in configs.iter().zip(&mut engines).zip(&times[1..]) {
+        let prof = e.profile_detail(frames)?;
+        out[*name] = serde_json::json!({
+            "config": config.describe(),
+            "batch_1_p50_ms": p50(t),
+            "dispatches": prof.ops.len(),
+            "dispatch_sum_ms": prof.ops.iter().map(|o| o.seconds).sum::<f64>() * 1e3,
+        });
+    }
+    Ok(Some(out))
 }
 
+/// How a profile's times were taken, for the report.
 fn timing_kind(p: Option<&kernels::Profile>) -> &'static str {
     match p {
         Some(p) if p.gpu_timestamps => "GPU timestamps per dispatch, one submission",
@@ -578,9 +594,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         );
         // The split-K candidate against the table's choice at batch 1, timed alternately in
         // one run (GEMM adapters only: a CPU rasteriser's table has no GEMM to split).
-        let split = split_k_candidate(&bm, &mut leng, &gpu, &frames[0], liters.max(20))?;
-        if let Some(v) = &split {
-            entry["split_k_candidate"] = v.clone();
+        let alternatives = batch1_alternatives(&bm, &mut leng, &gpu, &frames[0], liters.max(20))?;
+        if let Some(v) = &alternatives {
+            entry["batch_1_alternatives"] = v.clone();
         }
         models.insert(lname.clone(), entry);
         if !args.json {
@@ -625,16 +641,20 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                     o.seconds * 1e3
                 );
             }
-            if let Some(v) = &split {
-                println!(
-                    "batch 1 with {}: p50 {:.3} ms ({} dispatches, sum {:.3} ms) vs {:.3} ms \
-                     without, timed alternately",
-                    v["config"].as_str().unwrap_or(""),
-                    v["batch_1_p50_ms"].as_f64().unwrap_or(0.0),
-                    v["dispatches"],
-                    v["dispatch_sum_ms"].as_f64().unwrap_or(0.0),
-                    v["table_batch_1_p50_ms"].as_f64().unwrap_or(0.0),
-                );
+            if let Some(v) = &alternatives {
+                let table = v["table_batch_1_p50_ms"].as_f64().unwrap_or(0.0);
+                for name in ["split_k_candidate", "latency_tile_off"] {
+                    if let Some(a) = v.get(name) {
+                        println!(
+                            "batch 1 with {}: p50 {:.3} ms ({} dispatches, sum {:.3} ms) vs \
+                             {table:.3} ms with the table's, timed alternately",
+                            a["config"].as_str().unwrap_or(""),
+                            a["batch_1_p50_ms"].as_f64().unwrap_or(0.0),
+                            a["dispatches"],
+                            a["dispatch_sum_ms"].as_f64().unwrap_or(0.0),
+                        );
+                    }
+                }
             }
         }
     }
