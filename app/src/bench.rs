@@ -592,8 +592,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 })
                 .collect(),
         );
-        // The split-K candidate against the table's choice at batch 1, timed alternately in
-        // one run (GEMM adapters only: a CPU rasteriser's table has no GEMM to split).
+        // The table's alternatives at batch 1 (split-K candidate, latency tile off) against its
+        // choice, timed round-robin in one run (GEMM adapters only: a CPU rasteriser has none).
         let alternatives = batch1_alternatives(&bm, &mut leng, &gpu, &frames[0], liters.max(20))?;
         if let Some(v) = &alternatives {
             entry["batch_1_alternatives"] = v.clone();

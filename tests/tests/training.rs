@@ -344,6 +344,23 @@ fn backbone_head_learns_from_masks_and_engine_agrees_with_burn() {
     assert!((report.accuracy - summary.val_accuracy).abs() < 0.05);
 }
 
+/// The exported model evaluated on val through the engine: its AUROC within 1e-3 and its
+/// accuracy within 0.03 of training's val figures. Returns the report and that AUROC.
+fn engine_eval_agrees_with_training(
+    out: &std::path::Path,
+    data: &std::path::Path,
+    summary: &training::TrainSummary,
+) -> (inspector::evaluation::eval::EvalReport, f64) {
+    let report = inspector::evaluation::eval::evaluate(out, data, Some("val")).expect("eval");
+    let (a, b) = (
+        report.auroc.expect("auroc"),
+        summary.val_auroc.expect("auroc"),
+    );
+    assert!((a - b).abs() < 1e-3, "engine AUROC {a} vs training {b}");
+    assert!((report.accuracy - summary.val_accuracy).abs() < 0.03);
+    (report, a)
+}
+
 /// Issue 21: the image-level head forced on images without masks: the summary lists every
 /// candidate and keeps an image head, the exported model ends in a global pool + linear (no
 /// defect max pool), and the engine's eval of it agrees with training's val figures, review
@@ -391,14 +408,7 @@ fn image_head_exports_a_pooled_model_and_the_engine_agrees_with_training() {
         summary.threshold_rule
     );
     assert_eq!(model.spec.pass_threshold, summary.pass_threshold);
-    let report =
-        inspector::evaluation::eval::evaluate(&out, data.path(), Some("val")).expect("eval");
-    let (a, b) = (
-        report.auroc.expect("auroc"),
-        summary.val_auroc.expect("auroc"),
-    );
-    assert!((a - b).abs() < 1e-3, "engine AUROC {a} vs training {b}");
-    assert!((report.accuracy - summary.val_accuracy).abs() < 0.03);
+    let (report, a) = engine_eval_agrees_with_training(&out, data.path(), &summary);
     assert!((report.review_share - summary.val_review_share).abs() < 0.03);
     assert!((report.auto_pass_miss_rate - summary.val_miss_rate).abs() < 0.05);
     assert!(a >= 0.8, "the image head learned nothing: AUROC {a}");
@@ -739,13 +749,6 @@ fn averaged_position_heads_export_one_wider_head_the_engine_agrees_with() {
         model.spec.classes.len() as u32,
     );
     assert_eq!(widths, [(232, hidden), (hidden, k)]);
-    let report =
-        inspector::evaluation::eval::evaluate(&out, data.path(), Some("val")).expect("eval");
-    let (a, b) = (
-        report.auroc.expect("auroc"),
-        summary.val_auroc.expect("auroc"),
-    );
-    assert!((a - b).abs() < 1e-3, "engine AUROC {a} vs training {b}");
-    assert!((report.accuracy - summary.val_accuracy).abs() < 0.03);
+    let (_, a) = engine_eval_agrees_with_training(&out, data.path(), &summary);
     assert!(a >= 0.8, "the averaged head learned nothing: AUROC {a}");
 }

@@ -480,12 +480,13 @@ impl Engine {
                 }
                 Layer::GlobalAvgPool | Layer::GlobalMaxPool | Layer::DefectMaxPool => {
                     let a = &acts[cur];
-                    features = Some(storage(
-                        device,
-                        "kernels::features",
-                        max_batch as u64 * a.c4 as u64 * 16,
-                        limit,
-                    )?);
+                    // The pooled features the linear reads (a placeholder for the defect max
+                    // pool, which runs its classifier itself).
+                    let pooled = match layer {
+                        Layer::DefectMaxPool => 1,
+                        _ => max_batch as u64 * a.c4 as u64,
+                    };
+                    features = Some(storage(device, "kernels::features", pooled * 16, limit)?);
                     heat_features = Some(cur);
                     let gp = ops::global_pool::Params {
                         batch: max_batch,
@@ -715,9 +716,10 @@ impl Engine {
                     }
                     layer_act.push(cur);
                 }
-                Layer::Linear { out_features, .. } if defect_pool => {
-                    // Run by the defect max pool's dispatch (above); nothing reads the logits.
-                    logits = Some(logits_for(out_features)?);
+                Layer::Linear { .. } if defect_pool => {
+                    // Run by the defect max pool's dispatch (above): a placeholder, nothing
+                    // reads the logits.
+                    logits = Some(storage(device, "kernels::logits", 16, limit)?);
                     layer_act.push(cur);
                 }
                 Layer::Linear {

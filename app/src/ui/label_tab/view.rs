@@ -176,14 +176,9 @@ impl LabelView {
     /// flags as a possible label error. Opens that dataset first when another one (or none) is
     /// open. Nothing is relabelled: the person decides.
     pub fn reveal(&mut self, root: &Path, path: &str) {
-        let same = |a: &Path| {
-            a == root
-                || matches!(
-                    (a.canonicalize(), root.canonicalize()),
-                    (Ok(x), Ok(y)) if x == y
-                )
-        };
-        if self.set.as_ref().is_some_and(|s| same(&s.root)) {
+        // Compared as written (no file-system call on the UI thread): the same folder named
+        // another way is only opened again, in the loader thread.
+        if self.set.as_ref().is_some_and(|s| s.root == root) {
             self.select_path(path);
         } else {
             self.folder = root.display().to_string();
