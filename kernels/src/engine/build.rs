@@ -2,7 +2,8 @@
 //! consumers need), packed weights, parameter buffers and dispatch steps, then the bind groups.
 //! One function on purpose: every layer arm reads and extends the same running state (the
 //! activations so far, which layer's output lives where, the head's buffers), and splitting it
-//! would pass that state through a dozen signatures.
+//! would pass that state through a dozen signatures. That is why this file runs past 800 lines
+//! (about 870): the walk is one piece, read top to bottom beside `spec::Layer`.
 
 use super::step::{Bind, Buffers, Params, Step, bank_slices};
 use super::{Act, Engine, init_storage, storage};
