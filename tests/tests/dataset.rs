@@ -186,6 +186,7 @@ fn bad_data_gets_defined_answers() {
         .train_val("train", "val", 0.2, 1)
         .expect_err("one class");
     assert!(e.to_string().contains("at least two classes"), "{e}");
+    assert!(e.to_string().contains("--mode anomaly"), "{e}");
     write(
         root,
         "manifest.csv",

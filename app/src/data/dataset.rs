@@ -369,7 +369,7 @@ impl Dataset {
         let train_classes: BTreeSet<&str> = train.iter().map(|s| s.label.as_str()).collect();
         if train_classes.len() < 2 {
             return Err(invalid(format!(
-                "training needs at least two classes, found {train_classes:?}"
+                "training a classifier needs at least two classes (the good one and a defect), found {train_classes:?} in the training split; with good images only, train an anomaly model instead (`inspector train --mode anomaly`, or \"Anomaly: good parts only\" in the Train tab)"
             )));
         }
         for c in self.classes() {
