@@ -36,11 +36,23 @@ pub fn feature_cache_dir() -> Option<PathBuf> {
 
 /// Cached features, one file per (image file, backbone network): an image's features depend
 /// only on its bytes and the frozen network, so the key is the image's path, size and
-/// modification time plus a hash of the backbone weights and the input geometry. A changed
-/// image, preset or backbone gets a new key; stale files are simply never read again.
+/// modification time plus a hash of the backbone weights, the input geometry and the engine's
+/// shaders (a build whose kernels compute features differently must not read an older build's
+/// cache). A changed image, preset, backbone or shader gets a new key; stale files are simply
+/// never read again.
 pub(crate) struct FeatureCache {
     pub(crate) dir: Option<PathBuf>,
     pub(crate) network: u64,
+}
+
+/// The network part of a cache key: weights, geometry and every shader's name and source.
+fn network_key(weights: &[u8], geometry: &[u8], shaders: &[(&str, &str)]) -> u64 {
+    let mut parts: Vec<&[u8]> = vec![weights, geometry];
+    for (name, source) in shaders {
+        parts.push(name.as_bytes());
+        parts.push(source.as_bytes());
+    }
+    hash_of(&parts)
 }
 
 pub(crate) fn hash_of(parts: &[&[u8]]) -> u64 {
@@ -60,7 +72,7 @@ impl FeatureCache {
             .unwrap_or_default();
         Self {
             dir,
-            network: hash_of(&[&wbytes, &geometry]),
+            network: network_key(&wbytes, &geometry, kernels::ops::SHADERS),
         }
     }
 
@@ -284,4 +296,26 @@ pub(crate) fn extract_splits(
         total - extracted
     );
     Ok((train_f, val_f, extracted))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::network_key;
+
+    /// A shader edited in a later build (one character) gives another key, so features an
+    /// older build's kernels computed are never read back.
+    #[test]
+    fn the_cache_key_follows_the_shaders() {
+        let base = [("a.wgsl", "x = 1;"), ("b.wgsl", "y = 2;")];
+        let key = network_key(b"w", b"g", &base);
+        assert_eq!(key, network_key(b"w", b"g", &base));
+        assert_ne!(
+            key,
+            network_key(b"w", b"g", &[("a.wgsl", "x = 1;"), ("b.wgsl", "y = 3;")])
+        );
+        assert_ne!(key, network_key(b"v", b"g", &base));
+        assert_ne!(key, network_key(b"w", b"h", &base));
+        assert_ne!(key, network_key(b"w", b"g", &base[..1]));
+        assert_ne!(key, network_key(b"w", b"g", &kernels::ops::SHADERS[..]));
+    }
 }
