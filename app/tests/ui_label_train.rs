@@ -162,7 +162,7 @@ fn train_tab_trains_saves_a_version_and_cancels() {
         .detailed
         .report
         .suspect_parts
-        .push(inspector::evaluation::eval::SuspectPart {
+        .push(inspector::evaluation::parts::SuspectPart {
             group: "g42".into(),
             label: "good".into(),
             images: 6,

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::data::dataset::{self, Dataset};
 use crate::evaluation::metrics::{self, ClassMetrics, Confusion};
-pub use crate::evaluation::parts::{PartReport, SuspectPart, part_report, suspect_parts};
+use crate::evaluation::parts::{PartReport, SuspectPart, part_report, suspect_parts};
 
 /// The report `--json` prints.
 #[derive(Clone, Debug, Serialize)]

@@ -6,7 +6,8 @@ use serde::Serialize;
 
 use crate::evaluation::metrics;
 
-/// A part whose images look like the other kind (see [`crate::evaluation::eval::EvalReport::suspect_parts`]).
+/// A part whose images look like the other kind (see
+/// [`crate::evaluation::eval::EvalReport::suspect_parts`]).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SuspectPart {
     /// The part (group).
@@ -36,10 +37,11 @@ impl SuspectPart {
     }
 }
 
-/// The parts whose images look like the other kind (see [`crate::evaluation::eval::EvalReport::suspect_parts`]): a
-/// threshold-free rule, so a two-way model with a low threshold does not flag every good part.
-/// Rows without a group are not parts (see [`crate::evaluation::eval::EvalReport::disagreements`]); parts that mix good
-/// and defective labels are not judged (a part may show its defect in some views only).
+/// The parts whose images look like the other kind (see
+/// [`crate::evaluation::eval::EvalReport::suspect_parts`]): a threshold-free rule, so a two-way
+/// model with a low threshold does not flag every good part. Rows without a group are not parts
+/// (see [`crate::evaluation::eval::EvalReport::disagreements`]); parts that mix good and
+/// defective labels are not judged (a part may show its defect in some views only).
 pub fn suspect_parts(
     groups: &[Option<String>],
     paths: &[String],
@@ -126,7 +128,8 @@ pub struct PartReport {
     pub auto_fail_false_reject_rate: f64,
 }
 
-/// Part-level figures from per-image scores (see [`crate::evaluation::eval::EvalReport::parts`]).
+/// Part-level figures from per-image scores (see
+/// [`crate::evaluation::eval::EvalReport::parts`]).
 pub fn part_report(
     groups: &[Option<String>],
     scores: &[f32],

@@ -316,6 +316,5 @@ mod tests {
         assert_ne!(key, network_key(b"v", b"g", &base));
         assert_ne!(key, network_key(b"w", b"h", &base));
         assert_ne!(key, network_key(b"w", b"g", &base[..1]));
-        assert_ne!(key, network_key(b"w", b"g", &kernels::ops::SHADERS[..]));
     }
 }
